@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# Tests talk to real servers on 127.0.0.1; Prefect telemetry would lock its SQLite database.
+TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+.PHONY: install test demo bench clean
+
+install: $(INSTALLED)
+
+# torch 2.13.0 first and alone: it is the local CPU wheel; a looser spec pulls GBs of CUDA packages.
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+test: install
+	$(TEST_ENV) $(BIN)/python -m pytest
+
+demo: install
+	$(TEST_ENV) $(BIN)/python -m flows.demo
+
+bench: install
+	for script in bench/*.py; do $(TEST_ENV) $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) output .pytest_cache

@@ -1,0 +1,61 @@
+"""The one place where GDAL is configured for reading and writing remote Cloud Optimized GeoTIFFs.
+
+S3-compatible stores are reached through the standard AWS variables that boto3 also reads:
+credentials from the usual chain, and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) for a store
+other than AWS, translated here into GDAL's own endpoint options.
+"""
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import rasterio
+
+REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
+    # Opening a COG must not list its directory: one request per file, not one per sibling.
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    # GDAL's own retry of HTTP 429/5xx, below the pipeline's per-asset retries.
+    "GDAL_HTTP_MAX_RETRY": 3,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+    "GDAL_HTTP_TIMEOUT": 60,
+    "GDAL_HTTP_CONNECTTIMEOUT": 15,
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_VERSION": 2,
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": 64 * 1024 * 1024,
+    "GDAL_CACHEMAX": 512,
+    # Writing a GeoTIFF straight to /vsis3/ needs a local temporary file for random writes.
+    "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
+}
+
+
+def s3_endpoint_options(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """GDAL options for the S3 endpoint named by `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`.
+
+    Empty when neither is set, so AWS itself is used.
+    """
+    endpoint_url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    if not endpoint_url:
+        return {}
+    endpoint = urlsplit(endpoint_url)
+    return {
+        "AWS_S3_ENDPOINT": endpoint.netloc,
+        "AWS_HTTPS": "YES" if endpoint.scheme == "https" else "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+    }
+
+
+def gdal_env(**overrides: str | int) -> rasterio.Env:
+    """A `rasterio.Env` with the remote-COG options, the S3 endpoint, and any overrides."""
+    return rasterio.Env(**{**REMOTE_COG_OPTIONS, **s3_endpoint_options(), **overrides})
+
+
+def gdal_path(uri: str) -> str:
+    """The path GDAL opens for a local path, an `s3://` URI or an `http(s)://` URL."""
+    if uri.startswith("s3://"):
+        return "/vsis3/" + uri.removeprefix("s3://")
+    if uri.startswith(("http://", "https://")):
+        return "/vsicurl/" + uri
+    return uri

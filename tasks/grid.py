@@ -1,0 +1,75 @@
+"""The target grid: one `odc.geo.geobox.GeoBox` (CRS + affine transform + shape) for every stage.
+
+The grid is snapped to whole pixels of its resolution, so the same AOI gives the same grid every
+month and scenes of different dates stack pixel for pixel. Sub-grids (a scene's part of the AOI, a
+composite block) are slices of it: `grid[roi]`, with `roi` from `grid.overlap_roi(other)`.
+"""
+
+import math
+
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from pyproj import CRS as ProjCRS
+
+from tasks.errors import InvalidSettings
+
+METRES_PER_DEGREE_LATITUDE = 111_320.0
+"""Length of one degree of latitude in metres (spherical approximation, good to 0.5 %)."""
+
+
+def utm_crs_for(aoi: Geometry) -> CRS:
+    """The WGS 84 / UTM zone CRS that holds the AOI's centroid (north or south)."""
+    centroid = aoi.to_crs("EPSG:4326").centroid
+    longitude, latitude = centroid.coords[0]
+    zone = min(int((longitude + 180.0) // 6.0) + 1, 60)
+    return CRS(f"EPSG:{32600 + zone if latitude >= 0 else 32700 + zone}")
+
+
+def resolution_in_crs_units(crs: CRS, resolution_m: float) -> float:
+    """The pixel size in the CRS's own unit for a pixel of `resolution_m` metres.
+
+    Geographic CRSs get degrees of latitude; projected CRSs in feet or other units are converted
+    with the unit's factor to metres.
+    """
+    if crs.geographic:
+        return resolution_m / METRES_PER_DEGREE_LATITUDE
+    axis_units_in_metres = ProjCRS.from_wkt(crs.wkt).axis_info[0].unit_conversion_factor
+    return resolution_m / axis_units_in_metres
+
+
+def grid_for_aoi(aoi: Geometry, target_crs: str | None, resolution_m: float) -> GeoBox:
+    """The pixel-aligned grid covering `aoi` in `target_crs` (None: UTM of the centroid).
+
+    `resolution_m` is the pixel size in metres; pixels are square in the CRS's units.
+    """
+    try:
+        crs = CRS(target_crs) if target_crs else utm_crs_for(aoi)
+    except Exception as error:  # pyproj raises several types for an unknown CRS
+        raise InvalidSettings(
+            f"target_crs {target_crs!r} is not a known CRS ({error}); give e.g. 'EPSG:32633'"
+        ) from None
+    resolution = resolution_in_crs_units(crs, resolution_m)
+    grid = GeoBox.from_geopolygon(aoi.to_crs(crs), resolution=resolution, crs=crs)
+    if grid.is_empty() or not all(math.isfinite(v) for v in grid.affine[:6]):
+        raise InvalidSettings(
+            f"the AOI does not project into {crs} at {resolution_m} m; choose a CRS that covers it"
+        )
+    return grid
+
+
+def grid_key(grid: GeoBox) -> str:
+    """A stable text identity of a grid, for cache keys and metadata."""
+    affine = grid.affine
+    coefficients = ",".join(f"{value:.12g}" for value in affine[:6])
+    return f"{grid.crs.to_wkt()}|{coefficients}|{grid.shape.y}x{grid.shape.x}"
+
+
+def grid_metadata(grid: GeoBox) -> dict[str, object]:
+    """The grid as plain JSON values: CRS (EPSG code when it has one, else WKT), transform, shape."""
+    return {
+        "crs": grid.crs.to_epsg() and f"EPSG:{grid.crs.to_epsg()}" or grid.crs.to_wkt(),
+        "transform": list(grid.affine[:6]),
+        "shape": [grid.shape.y, grid.shape.x],
+        "bounds": list(grid.extent.boundingbox),
+    }

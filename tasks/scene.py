@@ -1,0 +1,74 @@
+"""Records that travel between stages: a found scene, its clipped copy on the grid, and the mask classes.
+
+A clipped scene file is a GeoTIFF on a sub-grid of the target grid (a pixel-aligned slice of it) with
+five bands in `SCENE_BANDS` order, all uint16 with nodata 0: red, green, blue, nir as surface
+reflectance x 10000 with the BOA offset removed, then the SCL class. Its mask file lies beside it on
+the same sub-grid: one uint8 band of `MaskClass` values.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from odc.geo.geobox import GeoBox
+
+REFLECTANCE_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
+SCL_BAND = "scl"
+SCENE_BANDS: tuple[str, ...] = (*REFLECTANCE_BANDS, SCL_BAND)
+REFLECTANCE_SCALE = 10_000
+"""Harmonised digital numbers are surface reflectance times this factor."""
+NODATA = 0
+
+
+class MaskClass(IntEnum):
+    """Per-pixel classes of a scene mask; only CLEAR is usable in the composite."""
+
+    CLEAR = 0
+    THICK_CLOUD = 1
+    THIN_CLOUD = 2
+    CLOUD_SHADOW = 3
+    INVALID_SCL = 4
+    NODATA = 5
+
+
+@dataclass(frozen=True)
+class SceneAsset:
+    """One band file of a STAC item, with the item's declared DN -> reflectance conversion."""
+
+    href: str
+    scale: float
+    offset: float
+    nodata: float | None = 0
+
+
+@dataclass(frozen=True)
+class SceneItem:
+    """A Sentinel-2 L2A acquisition as found in a STAC catalogue.
+
+    `assets` maps the canonical band names of `SCENE_BANDS` to their files; `footprint` is the item's
+    GeoJSON geometry in EPSG:4326.
+    """
+
+    item_id: str
+    acquired: datetime
+    tile_id: str
+    processing_baseline: str | None
+    cloud_cover: float | None
+    assets: dict[str, SceneAsset]
+    footprint: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClippedScene:
+    """A scene read onto a pixel-aligned slice of the target grid and stored in the workspace.
+
+    `grid` is that slice; `valid_fraction` is the share of the AOI pixels of the slice that hold data.
+    """
+
+    item_id: str
+    acquired: datetime
+    processing_baseline: str | None
+    path: str
+    grid: GeoBox
+    valid_fraction: float

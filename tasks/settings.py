@@ -1,0 +1,108 @@
+"""Typed, frozen settings of each stage.
+
+Each stage function receives only its own model; the flow's parameter model (issue: orchestration)
+composes them, so the Prefect UI renders one validated form. Models are frozen and forbid unknown
+fields, so a typo in a deployment's parameters fails before any work starts.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
+EARTH_SEARCH_COLLECTION = "sentinel-2-c1-l2a"
+
+Device = Literal["auto", "cuda", "cpu"]
+Resampling = Literal["nearest", "bilinear", "cubic"]
+
+
+class FrozenSettings(BaseModel):
+    """Base of every settings model: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GridSettings(FrozenSettings):
+    """Where the output pixels lie."""
+
+    target_crs: str | None = Field(
+        None,
+        description="CRS of the output grid, e.g. 'EPSG:32633', 'EPSG:5070', 'EPSG:4326'. "
+        "None: the UTM zone of the AOI centroid.",
+    )
+    resolution_m: float = Field(
+        10.0,
+        gt=0,
+        le=10_000,
+        description="Pixel size in metres. A projected CRS takes it in its own linear unit "
+        "(converted from metres when that unit is not the metre); a geographic CRS gets "
+        "the equivalent in degrees of latitude.",
+    )
+
+
+class SearchSettings(FrozenSettings):
+    """Where scenes come from and which ones are kept."""
+
+    stac_api_url: str = Field(EARTH_SEARCH_URL, description="STAC API root URL.")
+    collection: str = Field(EARTH_SEARCH_COLLECTION, description="Sentinel-2 L2A collection id.")
+    item_collection_path: str | None = Field(
+        None,
+        description="A local ItemCollection / GeoJSON FeatureCollection of items used instead of "
+        "the API (air-gapped runs, the demo); filtered by AOI and month locally.",
+    )
+    max_cloud_cover: float = Field(
+        80.0, ge=0, le=100, description="Largest scene-level eo:cloud_cover kept, in percent."
+    )
+    page_size: int = Field(100, ge=1, le=1000, description="Items per STAC API page.")
+
+
+class ReadSettings(FrozenSettings):
+    """How each scene's AOI window is read onto the grid."""
+
+    reflectance_resampling: Resampling = Field(
+        "bilinear", description="Resampling of reflectance bands onto the grid (SCL is always nearest)."
+    )
+    read_attempts: int = Field(
+        4, ge=1, le=10, description="Attempts per asset on transient errors (5xx, timeouts, truncation)."
+    )
+    retry_base_delay_s: float = Field(
+        1.0, ge=0, le=60, description="First retry delay in seconds; doubles each attempt, with jitter."
+    )
+    block_size: int = Field(
+        2048, ge=256, le=8192, description="Rows and columns warped per block; bounds read memory."
+    )
+
+
+class MaskSettings(FrozenSettings):
+    """How clouds and shadows are found."""
+
+    masker: Literal["ocm+scl", "ocm", "scl"] = Field(
+        "ocm+scl", description="OmniCloudMask combined with SCL, OmniCloudMask alone, or SCL alone (no model)."
+    )
+    resolution_m: Literal[10, 20] = Field(
+        10, description="Resolution OmniCloudMask runs at; 20 averages the input down and brings the mask back by nearest."
+    )
+    batch_size: int = Field(8, ge=1, le=256, description="Patches per inference batch; halved on CUDA out-of-memory.")
+    inference_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Inference precision.")
+    patch_size: int = Field(1000, ge=32, le=4000, description="OmniCloudMask patch size in pixels.")
+    patch_overlap: int = Field(300, ge=0, le=2000, description="Overlap between patches in pixels.")
+    device: Device = Field("auto", description="Inference device; auto = CUDA when present, else CPU.")
+    model_version: float | None = Field(None, description="OmniCloudMask model version; None = the library's default.")
+    model_dir: str | None = Field(
+        None, description="Directory of the model weights; None = $OMNICLOUDMASK_MODEL_DIR, else the library's default."
+    )
+    scl_invalid_classes: tuple[int, ...] = Field(
+        (0, 1, 3, 8, 9, 10, 11),
+        description="SCL classes treated as unusable: no data, saturated, shadow, cloud medium/high, cirrus, snow.",
+    )
+    buffer_m: float = Field(0.0, ge=0, le=5000, description="Dilation of cloud and shadow, in metres.")
+
+
+class CompositeSettings(FrozenSettings):
+    """How the clear observations become one value per pixel."""
+
+    percentile: float | Literal["median"] = Field(
+        25.0, description="Per-band percentile of valid observations, 0..100; 'median' = 50."
+    )
+    block_size: int = Field(1024, ge=64, le=8192, description="Output block edge in pixels; bounds memory.")
+    device: Device = Field("auto", description="Compute device; auto = CUDA when present, else CPU.")

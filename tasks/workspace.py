@@ -1,0 +1,109 @@
+"""A workspace: a local directory or an `s3://` prefix holding intermediate and final files.
+
+Every write is atomic: the file is made under a temporary local name and only then renamed into
+place (local) or put as one object (S3), so a killed run never leaves a half-written file that a
+re-run would take as finished. S3 is reached through boto3's default chain, so `AWS_ENDPOINT_URL`
+selects an S3-compatible store.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tasks.gdal_env import gdal_path
+
+S3_SCHEME = "s3://"
+
+
+class Workspace:
+    """Files under one root: `Workspace("/data/ws")` or `Workspace("s3://bucket/prefix")`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.root!r})"
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (Workspace, (self.root,))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith(S3_SCHEME)
+
+    def uri(self, name: str) -> str:
+        """The full URI (or local path) of `name` under the root."""
+        return f"{self.root}/{name}"
+
+    def gdal_path(self, name: str) -> str:
+        """The path GDAL opens for `name`."""
+        return gdal_path(self.uri(name))
+
+    @cached_property
+    def _s3(self) -> Any:
+        import boto3
+
+        return boto3.client("s3")
+
+    def _bucket_key(self, name: str) -> tuple[str, str]:
+        bucket, _, key = self.uri(name).removeprefix(S3_SCHEME).partition("/")
+        return bucket, key
+
+    def exists(self, name: str) -> bool:
+        if not self.is_s3:
+            return Path(self.uri(name)).is_file()
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._bucket_key(name)
+        try:
+            self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    @contextmanager
+    def staged(self, name: str) -> Iterator[Path]:
+        """Yield a local temporary path; on success it becomes `name`, on error it is removed."""
+        suffix = Path(name).suffix
+        if self.is_s3:
+            staging_dir = None
+        else:
+            staging_dir = Path(self.uri(name)).parent
+            staging_dir.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=staging_dir)
+        os.close(handle)
+        staged_path = Path(temporary)
+        try:
+            yield staged_path
+            self._commit(staged_path, name)
+        finally:
+            staged_path.unlink(missing_ok=True)
+
+    def _commit(self, staged_path: Path, name: str) -> None:
+        if self.is_s3:
+            bucket, key = self._bucket_key(name)
+            self._s3.upload_file(str(staged_path), bucket, key)
+        else:
+            os.replace(staged_path, self.uri(name))
+
+    def write_bytes(self, name: str, payload: bytes) -> None:
+        with self.staged(name) as staged_path:
+            staged_path.write_bytes(payload)
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.is_s3:
+            return Path(self.uri(name)).read_bytes()
+        bucket, key = self._bucket_key(name)
+        return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def copy_from(self, local_path: Path, name: str) -> None:
+        """Put a finished local file under `name`, atomically."""
+        with self.staged(name) as staged_path:
+            shutil.copyfile(local_path, staged_path)
