@@ -6,6 +6,7 @@ one-line `InvalidAOI` that names the source and the problem.
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -65,7 +66,7 @@ def _parse_wkt(source: str) -> tuple[shapely.Geometry, str]:
         raise InvalidAOI(f"AOI WKT cannot be parsed ({error}); give {ACCEPTED_FORMS}") from None
 
 
-def _read_vector_file(source: str) -> tuple[shapely.Geometry, str]:
+def _read_vector_file(source: str) -> tuple[shapely.Geometry, Any]:
     import geopandas
     from pyogrio.errors import DataSourceError
 
@@ -85,10 +86,10 @@ def _read_vector_file(source: str) -> tuple[shapely.Geometry, str]:
             f"AOI {source} has an invalid geometry ({explain_validity(invalid.iloc[0])}); "
             "repair it, e.g. with QGIS 'Fix geometries' or shapely.make_valid"
         )
-    return shapely.union_all(geometries.to_numpy()), frame.crs.to_wkt()
+    return shapely.union_all(geometries.to_numpy()), frame.crs
 
 
-def _checked(shape: shapely.Geometry, crs: str, source: str) -> Geometry:
+def _checked(shape: shapely.Geometry, crs: Any, source: str) -> Geometry:
     label = aoi_name(source) if not _is_inline(source) else "AOI"
     where = source if not _is_inline(source) else "given"
     if shape.is_empty:

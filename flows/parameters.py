@@ -1,0 +1,74 @@
+"""The monthly flow's one parameter: a typed settings model the Prefect UI renders as a form.
+
+Block names are settings; secrets never are (they live in the blocks).
+"""
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.settings import (
+    CompositeSettings,
+    FrozenSettings,
+    GridSettings,
+    MaskSettings,
+    ReadSettings,
+    SearchSettings,
+)
+
+MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class RunnerSettings(FrozenSettings):
+    """Where scene work runs."""
+
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="Thread pool in the flow process, or Dask (a scheduler address or a local cluster)."
+    )
+    max_concurrent_scenes: int = Field(4, ge=1, le=256, description="Scenes acquired at the same time.")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler address, e.g. 'tcp://10.0.0.5:8786'; None starts a local cluster."
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local Dask cluster.")
+
+
+class MosaicSettings(FrozenSettings):
+    """Everything one monthly mosaic run needs."""
+
+    aoi: str = Field(
+        description="AOI: path or URL of a vector file (GeoPackage, GeoJSON, Shapefile; any CRS), "
+        "a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326."
+    )
+    month: str | None = Field(
+        None, description="Month 'YYYY-MM'. None: the month before the run's scheduled start time."
+    )
+    grid: GridSettings = Field(default_factory=GridSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    read: ReadSettings = Field(default_factory=ReadSettings)
+    mask: MaskSettings = Field(default_factory=MaskSettings)
+    composite: CompositeSettings = Field(default_factory=CompositeSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    workspace: str = Field(
+        "./workspace", description="Intermediate files: a local directory or an 's3://bucket/prefix'."
+    )
+    output_dir: str = Field("./output", description="Where products go when no S3 block is named.")
+    s3_block: str | None = Field(None, description="Name of a prefect-aws S3Bucket block for the products.")
+    slack_block: str | None = Field(None, description="Name of a Slack notifier block; None sends no message.")
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1, description="Largest share of scenes allowed to fail before the run fails."
+    )
+
+    @field_validator("month")
+    @classmethod
+    def _check_month(cls, month: str | None) -> str | None:
+        if month is not None and not MONTH_PATTERN.match(month):
+            raise ValueError(f"month {month!r} is not 'YYYY-MM' (e.g. '2024-06')")
+        return month
+
+
+def previous_month(moment: datetime) -> str:
+    """'YYYY-MM' of the month before `moment`."""
+    year, month = (moment.year, moment.month - 1) if moment.month > 1 else (moment.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
