@@ -1,9 +1,13 @@
 """Shared fixtures. Servers run on 127.0.0.1 only and are started and stopped here."""
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -18,3 +22,47 @@ def shared_s2() -> Path:
     if not SHARED_S2.is_dir():
         pytest.skip(f"real Sentinel-2 data not found at {SHARED_S2} (set S2_SHARED_DATA to its folder)")
     return SHARED_S2
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the whole session, with the AWS variables pointing at it.
+
+    AWS_ENDPOINT_URL, test credentials and region are set in os.environ while it runs (boto3 and
+    `tasks.gdal_env.gdal_env()` read them) and restored afterwards.
+    """
+    server = S3Server()
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+        environment.setenv("AWS_ACCESS_KEY_ID", TEST_CREDENTIALS["aws_access_key_id"])
+        environment.setenv("AWS_SECRET_ACCESS_KEY", TEST_CREDENTIALS["aws_secret_access_key"])
+        environment.setenv("AWS_DEFAULT_REGION", TEST_CREDENTIALS["region_name"])
+        environment.delenv("AWS_PROFILE", raising=False)
+        environment.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _s3_server_reset_after_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used `s3_server`: clear its injected faults and counters."""
+    yield
+    if "s3_server" in request.fixturenames:
+        server = request.getfixturevalue("s3_server")
+        server.clear_faults()
+        server.reset_counters()
+
+
+@pytest.fixture
+def stac_api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict, list[dict]], str]]:
+    """Start `rustac serve` for (collection, items) and return the API root URL; stopped after the test."""
+    apis: list[StacApi] = []
+
+    def start(collection: dict[str, Any], items: list[dict[str, Any]]) -> str:
+        api = StacApi(collection, items, tmp_path_factory.mktemp("stac_api"))
+        apis.append(api)
+        return api.url
+
+    yield start
+    for api in apis:
+        api.stop()

@@ -1,0 +1,276 @@
+"""Servers the tests talk to, all on 127.0.0.1: an S3 store (moto) and a STAC API (rustac).
+
+The S3 store counts what it serves and can be told to fail, so tests can assert how many bytes a
+read fetched and how the pipeline behaves when the store answers 503. The fixtures in
+`tests/conftest.py` start and stop these servers.
+"""
+
+import json
+import logging
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+LOOPBACK = "127.0.0.1"
+TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+COUNTED_CHUNK_BYTES = 64 * 1024
+"""Response bodies are passed on in pieces of this size and counted as each piece is sent."""
+RUSTAC_START_TIMEOUT_S = 15.0
+RUSTAC_BINARY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rustac"
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclass
+class _Fault:
+    """GET requests whose path contains `path_part` answer `status`; `remaining` None means always."""
+
+    path_part: str
+    status: int
+    remaining: int | None
+
+
+class TrafficMiddleware:
+    """WSGI middleware around moto: counts requests and body bytes per path, injects failures.
+
+    It also answers an anonymous HEAD like real S3 does for a public object (moto answers 403),
+    by asking moto for a GET and dropping the body, so GDAL needs no test-only option.
+    Thread-safe: the server handles each request in its own thread.
+    """
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._requests: Counter[str] = Counter()
+        self._bytes_served = 0
+        self._faults: list[_Fault] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        with self._lock:
+            self._requests[path] += 1
+            fault_status = self._take_fault(path) if method == "GET" else None
+        if fault_status is not None:
+            return self._counted(self._fault_response(fault_status, start_response))
+        if method == "HEAD" and not _is_signed(environ):
+            body = self._app({**environ, "REQUEST_METHOD": "GET"}, start_response)
+            if hasattr(body, "close"):
+                body.close()
+            return []
+        return self._counted(self._app(environ, start_response))
+
+    def _take_fault(self, path: str) -> int | None:
+        for fault in self._faults:
+            if fault.path_part in path and fault.remaining != 0:
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                return fault.status
+        return None
+
+    @staticmethod
+    def _fault_response(status: int, start_response: StartResponse) -> list[bytes]:
+        phrase = HTTPStatus(status).phrase
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Error><Code>{phrase.replace(' ', '')}</Code><Message>injected by the test</Message></Error>"
+        ).encode()
+        start_response(
+            f"{status} {phrase}", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    def _counted(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        """Pass the body on in pieces, counting each piece once the server has taken it."""
+        try:
+            for chunk in body:
+                for start in range(0, len(chunk), COUNTED_CHUNK_BYTES):
+                    piece = chunk[start : start + COUNTED_CHUNK_BYTES]
+                    yield piece
+                    with self._lock:
+                        self._bytes_served += len(piece)
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    def bytes_served(self) -> int:
+        with self._lock:
+            return self._bytes_served
+
+    def requests_for(self, path_part: str) -> int:
+        with self._lock:
+            return sum(count for path, count in self._requests.items() if path_part in path)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._bytes_served = 0
+
+    def add_fault(self, path_part: str, status: int, times: int | None) -> None:
+        with self._lock:
+            self._faults.append(_Fault(path_part, status, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+
+def _is_signed(environ: dict[str, Any]) -> bool:
+    """Whether a request carries AWS credentials (header or presigned query string)."""
+    return "HTTP_AUTHORIZATION" in environ or "X-Amz-Signature" in environ.get("QUERY_STRING", "")
+
+
+class S3Server:
+    """A moto S3 server on 127.0.0.1 with traffic counters and fault injection.
+
+    Counters cover every request (any method) since `reset_counters()`; `bytes_served()` is the sum
+    of response body bytes sent (ranged reads count only their range). Faults apply to GET requests.
+    """
+
+    def __init__(self) -> None:
+        # One log line per request would drown test and benchmark output.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self._moto = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+        self._moto.start()
+        # moto has no hook for middleware; the werkzeug server looks its app up on every request.
+        self._traffic = TrafficMiddleware(self._moto._server.app)
+        self._moto._server.app = self._traffic
+        host, port = self._moto.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        self._client = boto3.client("s3", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
+
+    def stop(self) -> None:
+        self._moto.stop()
+
+    def make_bucket(self, name: str) -> str:
+        """Create bucket `name` (at least 3 characters) readable anonymously; returns the name."""
+        existing = {bucket["Name"] for bucket in self._client.list_buckets()["Buckets"]}
+        if name not in existing:
+            self._client.create_bucket(Bucket=name)
+        public_read = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}
+            ],
+        }
+        self._client.put_bucket_policy(Bucket=name, Policy=json.dumps(public_read))
+        return name
+
+    def upload(self, local_path: str | Path, bucket: str, key: str) -> str:
+        """Upload a local file; returns its `s3://bucket/key` URI."""
+        self._client.upload_file(str(local_path), bucket, key)
+        return f"s3://{bucket}/{key}"
+
+    def http_url(self, bucket: str, key: str) -> str:
+        """The anonymous (unsigned) http URL of an object."""
+        return f"{self.endpoint_url}/{bucket}/{key}"
+
+    def bytes_served(self) -> int:
+        return self._traffic.bytes_served()
+
+    def requests_for(self, path_part: str) -> int:
+        """Requests since `reset_counters()` whose path (`/bucket/key`) contains `path_part`."""
+        return self._traffic.requests_for(path_part)
+
+    def reset_counters(self) -> None:
+        self._traffic.reset_counters()
+
+    def fail_next(self, path_part: str, times: int, status: int = 503) -> None:
+        """The next `times` GET requests whose path contains `path_part` answer `status`."""
+        self._traffic.add_fault(path_part, status, times)
+
+    def fail_always(self, path_part: str, status: int = 503) -> None:
+        """Every GET request whose path contains `path_part` answers `status` until `clear_faults()`."""
+        self._traffic.add_fault(path_part, status, None)
+
+    def clear_faults(self) -> None:
+        self._traffic.clear_faults()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+class StacApi:
+    """`rustac serve` of one collection and its items on 127.0.0.1 (in-memory backend).
+
+    rustac supports collections, bbox/intersects, datetime and paging on POST /search; it ignores
+    `sortby` and answers [] to `query`/`filter`, and GET /search with `collections` fails (500).
+    """
+
+    def __init__(self, collection: dict[str, Any], items: list[dict[str, Any]], work_dir: Path) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        collection_path = work_dir / "collection.json"
+        items_path = work_dir / "items.json"
+        collection_path.write_text(json.dumps(collection))
+        items_path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+        self.url = f"http://{LOOPBACK}:{free_port()}"
+        self._log_path = work_dir / "rustac.log"
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                [str(RUSTAC_BINARY), "serve", "--addr", self.url.removeprefix("http://"), str(collection_path), str(items_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_until_answering()
+
+    def _wait_until_answering(self) -> None:
+        deadline = time.monotonic() + RUSTAC_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/collections", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"rustac serve at {self.url} did not start: {self._log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def stac_collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A minimal STAC Collection for `items`, its extent computed from their bbox and datetime."""
+    boxes = [item["bbox"] for item in items if "bbox" in item]
+    datetimes = sorted(item["properties"]["datetime"] for item in items if item["properties"].get("datetime"))
+    bbox = (
+        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        if boxes
+        else [-180.0, -90.0, 180.0, 90.0]
+    )
+    return {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "id": collection_id,
+        "description": f"{collection_id} served for tests",
+        "license": "proprietary",
+        "extent": {
+            "spatial": {"bbox": [bbox]},
+            "temporal": {"interval": [[datetimes[0], datetimes[-1]] if datetimes else [None, None]]},
+        },
+        "links": [],
+    }
