@@ -26,7 +26,7 @@ from moto.server import ThreadedMotoServer
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 COUNTED_CHUNK_BYTES = 64 * 1024
-"""Response bodies are passed on in pieces of this size and counted as each piece is sent."""
+"""Response bodies are passed on and counted in pieces of this size."""
 RUSTAC_START_TIMEOUT_S = 15.0
 RUSTAC_BINARY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rustac"
 
@@ -94,14 +94,17 @@ class TrafficMiddleware:
         return [body]
 
     def _counted(self, body: Iterable[bytes]) -> Iterator[bytes]:
-        """Pass the body on in pieces, counting each piece once the server has taken it."""
+        """Pass the body on in pieces, counting each piece as it is handed to the server.
+
+        A client that hangs up early is charged at most one piece more than it received.
+        """
         try:
             for chunk in body:
                 for start in range(0, len(chunk), COUNTED_CHUNK_BYTES):
                     piece = chunk[start : start + COUNTED_CHUNK_BYTES]
-                    yield piece
                     with self._lock:
                         self._bytes_served += len(piece)
+                    yield piece
         finally:
             if hasattr(body, "close"):
                 body.close()
