@@ -66,3 +66,25 @@ def stac_api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
     yield start
     for api in apis:
         api.stop()
+
+
+# --- Prefect API and Slack webhook stand-in (blocks: notification and publishing) ---------------
+
+from tests.slack_receiver import SlackReceiver  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throw-away Prefect API (SQLite, ~8 s to start) for the rest of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture
+def slack_receiver() -> Iterator[SlackReceiver]:
+    """A loopback Slack webhook endpoint recording each POSTed payload; answers 200 "ok"."""
+    receiver = SlackReceiver()
+    yield receiver
+    receiver.stop()
