@@ -1,0 +1,366 @@
+"""Cloud and shadow mask of each clipped scene: OmniCloudMask and/or SCL, written beside the scene.
+
+For a clipped scene `scenes/X.tif` the mask is `scenes/X_mask.tif`: same sub-grid (CRS, transform,
+shape), one uint8 band of `MaskClass` values, tiled and deflate-compressed. The rules that combine
+model output, SCL and data coverage live in `tasks.mask_rules` (pure); this module runs the model,
+reads and writes files, and wraps it as a Prefect task.
+
+Model. OmniCloudMask (`predict_from_array`) sees red, green and nir. At `resolution_m=20` on a grid
+finer than 20 m its input is averaged down by round(20 / grid pixel) and its classes are brought
+back to the grid by nearest; on a grid of 20 m or coarser it runs on the grid itself. Inference runs
+on `settings.device` ('auto': CUDA when present, else CPU) in `settings.inference_dtype` on CUDA and
+always in fp32 on CPU (bf16/fp16 are slower there, and the library warns about it).
+
+GPU work is serialised: one inference at a time per process (a module lock), and across processes
+and workers by the Prefect global concurrency limit `gpu`, which the task takes only when inferring
+on CUDA. Create it once per Prefect server with `prefect gcl create gpu --limit 1` (one slot per GPU
+of the machine that runs the workers); while it does not exist the task logs a warning and goes on.
+On CUDA out-of-memory the batch size is halved down to 1 before giving up with `InferenceOutOfMemory`.
+
+Weights are never fetched during a run: a missing file raises `MissingModelWeights` at once, naming
+the directory and the files, so an air-gapped run cannot hang on the model hub. Fetch them ahead of
+time with `python -m tasks.mask download-models [--dir D]`. The directory is `settings.model_dir`,
+else `$OMNICLOUDMASK_MODEL_DIR`, else the library's own data directory.
+"""
+
+import argparse
+import csv
+import os
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import rasterio
+import torch
+from odc.geo.geobox import GeoBox
+from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+
+from tasks.errors import InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
+from tasks.gdal_env import gdal_env
+from tasks.grid import resolution_in_crs_units
+from tasks.mask_rules import (
+    average_down,
+    buffer_cloud_and_shadow,
+    buffer_radius_px,
+    classes_from_scl,
+    combine_classes,
+    downsample_factor,
+    has_data,
+    scl_invalid,
+    upsample_nearest,
+)
+from tasks.percentile import compute_device
+from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
+from tasks.settings import MaskSettings
+from tasks.torch_compat import ensure_torchvision_importable
+from tasks.workspace import Workspace
+
+MASK_SUFFIX = "_mask.tif"
+GPU_CONCURRENCY_LIMIT = "gpu"
+MODEL_DIR_ENV = "OMNICLOUDMASK_MODEL_DIR"
+MIN_WEIGHTS_BYTES = 1024 * 1024
+"""A weights file at most this size is taken as missing (the library's own rule)."""
+OCM_BANDS: tuple[str, ...] = ("red", "green", "nir")
+OCM_MIN_SIDE_PX = 32
+"""OmniCloudMask rejects inputs narrower than this; smaller scenes are padded with nodata."""
+CPU_INFERENCE_DTYPE = "fp32"
+MASK_BLOCK_PX = 256
+MASK_PROFILE: dict[str, object] = {
+    "driver": "GTiff",
+    "dtype": "uint8",
+    "count": 1,
+    "tiled": True,
+    "blockxsize": MASK_BLOCK_PX,
+    "blockysize": MASK_BLOCK_PX,
+    "compress": "deflate",
+}
+MASK_CLASS_TAGS = {f"CLASS_{member.value}": member.name for member in MaskClass}
+MASKERS_USING_OCM = frozenset({"ocm+scl", "ocm"})
+MASKERS_USING_SCL = frozenset({"ocm+scl", "scl"})
+
+_inference_lock = threading.Lock()
+"""One mask inference at a time in this process: two would compete for the same GPU memory."""
+
+
+class InferenceOutOfMemory(MosaicError):
+    """The device ran out of memory even at batch size 1."""
+
+
+def load_omnicloudmask() -> ModuleType:
+    """The `omnicloudmask` package, importable also next to a CPU-only torch."""
+    ensure_torchvision_importable()
+    import omnicloudmask
+    import omnicloudmask.download_models
+
+    return omnicloudmask
+
+
+def model_dir_for(settings: MaskSettings) -> Path:
+    """The weights directory: `settings.model_dir`, else $OMNICLOUDMASK_MODEL_DIR, else the library's."""
+    configured = settings.model_dir or os.environ.get(MODEL_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return load_omnicloudmask().download_models.get_model_data_dir()
+
+
+def model_version_for(settings: MaskSettings) -> float:
+    """The model version to run: `settings.model_version`, else the library's latest."""
+    if settings.model_version is not None:
+        return float(settings.model_version)
+    return load_omnicloudmask().download_models.get_latest_model_version()
+
+
+def expected_weight_files(model_version: float) -> list[str]:
+    """File names of the weights of `model_version`, from the package's `model_download_links.csv`."""
+    index_path = load_omnicloudmask().download_models.model_index_path
+    with index_path.open() as index:
+        rows = list(csv.DictReader(index))
+    names = [row["file_name"] for row in rows if float(row["version"]) == model_version]
+    if not names:
+        versions = sorted({float(row["version"]) for row in rows})
+        raise InvalidSettings(f"OmniCloudMask model_version {model_version} does not exist; use one of {versions}")
+    return names
+
+
+def download_command(model_dir: Path) -> str:
+    return f"python -m tasks.mask download-models --dir {model_dir}"
+
+
+def check_model_weights(model_dir: Path, model_version: float) -> None:
+    """Raise `MissingModelWeights` unless every weights file of the version is in `model_dir` (> 1 MiB)."""
+    missing = [
+        name
+        for name in expected_weight_files(model_version)
+        if not ((model_dir / name).is_file() and (model_dir / name).stat().st_size > MIN_WEIGHTS_BYTES)
+    ]
+    if missing:
+        raise MissingModelWeights(
+            f"OmniCloudMask v{model_version:g} weights missing in {model_dir}: {', '.join(missing)}; "
+            f"fetch them with `{download_command(model_dir)}` (then copy the directory here, or point "
+            f"model_dir / ${MODEL_DIR_ENV} at it)"
+        )
+
+
+def download_model_weights(model_dir: Path, model_version: float) -> list[Path]:
+    """Fetch the weights of `model_version` into `model_dir` with the library's own downloader."""
+    download_models = load_omnicloudmask().download_models
+    model_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fetched = download_models.get_models(model_dir=model_dir, model_version=model_version)
+    except Exception as error:  # the hub client raises many types (HTTP, DNS, offline mode)
+        raise MissingModelWeights(
+            f"could not download OmniCloudMask v{model_version:g} weights to {model_dir}: {root_cause(error)}; "
+            "check the connection to huggingface.co, or copy the files from a machine that has them"
+        ) from None
+    return [entry["Path"] for entry in fetched]
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the innermost exception of a chain (the DNS failure under the hub's wrapper)."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a CUDA out-of-memory error, typed or as torch's plain RuntimeError message."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)
+    )
+
+
+def predict_with_fallback(
+    predict: Callable[[int], np.ndarray], batch_size: int, on_retry: Callable[[int], None] | None = None
+) -> np.ndarray:
+    """`predict(batch_size)`, halving the batch size on out-of-memory down to 1, then `InferenceOutOfMemory`."""
+    while True:
+        try:
+            return predict(batch_size)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            if batch_size == 1:
+                raise InferenceOutOfMemory(
+                    "cloud mask inference ran out of GPU memory even at batch size 1; lower patch_size, "
+                    "free the GPU (another process may hold it), or use device='cpu'"
+                ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        batch_size = max(1, batch_size // 2)
+        if on_retry is not None:
+            on_retry(batch_size)
+
+
+def pad_to_min_side(bands: np.ndarray, min_side_px: int) -> np.ndarray:
+    """`bands` (band, y, x) padded at the bottom and right with nodata (0) to at least `min_side_px` per side."""
+    _, height, width = bands.shape
+    pad_y, pad_x = max(0, min_side_px - height), max(0, min_side_px - width)
+    if not (pad_y or pad_x):
+        return bands
+    return np.pad(bands, ((0, 0), (0, pad_y), (0, pad_x)))
+
+
+def predict_cloud_classes(
+    red_green_nir: np.ndarray, settings: MaskSettings, device: torch.device, model_dir: Path, model_version: float
+) -> np.ndarray:
+    """OmniCloudMask classes (uint8, y, x: 0 clear, 1 thick, 2 thin, 3 shadow) of a (3, y, x) array.
+
+    Reflectance scale does not matter (the model normalises each patch); 0 is nodata.
+    """
+    if settings.patch_overlap >= settings.patch_size:
+        raise InvalidSettings(
+            f"patch_overlap {settings.patch_overlap} must be smaller than patch_size {settings.patch_size}"
+        )
+    check_model_weights(model_dir, model_version)
+    omnicloudmask = load_omnicloudmask()
+    _, height, width = red_green_nir.shape
+    model_input = pad_to_min_side(red_green_nir, OCM_MIN_SIDE_PX)
+    dtype = settings.inference_dtype if device.type == "cuda" else CPU_INFERENCE_DTYPE
+
+    def predict(batch_size: int) -> np.ndarray:
+        return omnicloudmask.predict_from_array(
+            model_input,
+            patch_size=settings.patch_size,
+            patch_overlap=settings.patch_overlap,
+            batch_size=batch_size,
+            inference_device=device,
+            inference_dtype=dtype,
+            no_data_value=0,
+            destination_model_dir=model_dir,
+            model_version=model_version,
+        )
+
+    with _inference_lock:
+        classes = predict_with_fallback(predict, settings.batch_size)
+    return classes[0, :height, :width].astype(np.uint8)
+
+
+def pixel_size_m(grid: GeoBox) -> float:
+    """The grid's pixel width in metres (degrees of latitude converted for a geographic CRS)."""
+    return abs(grid.resolution.x) / resolution_in_crs_units(grid.crs, 1.0)
+
+
+def model_classes_on_grid(
+    bands: np.ndarray, grid_pixel_m: float, settings: MaskSettings, device: torch.device
+) -> np.ndarray:
+    """OmniCloudMask classes on the scene's own pixels, run at `settings.resolution_m`."""
+    factor = downsample_factor(grid_pixel_m, settings.resolution_m)
+    red_green_nir = bands[[SCENE_BANDS.index(name) for name in OCM_BANDS]]
+    model_input = average_down(red_green_nir, factor) if factor > 1 else red_green_nir
+    classes = predict_cloud_classes(
+        model_input, settings, device, model_dir_for(settings), model_version_for(settings)
+    )
+    return upsample_nearest(classes, factor, red_green_nir.shape[1:])
+
+
+def mask_from_bands(bands: np.ndarray, grid_pixel_m: float, settings: MaskSettings) -> np.ndarray:
+    """The scene mask (uint8 `MaskClass`, y, x) of a clipped scene's bands (`SCENE_BANDS`, y, x)."""
+    reflectance = bands[[SCENE_BANDS.index(name) for name in REFLECTANCE_BANDS]]
+    scl = bands[SCENE_BANDS.index(SCL_BAND)]
+    data = has_data(reflectance)
+    if not data.any():
+        return np.full(data.shape, MaskClass.NODATA, dtype=np.uint8)
+    if settings.masker in MASKERS_USING_OCM:
+        cloud_classes = model_classes_on_grid(bands, grid_pixel_m, settings, compute_device(settings.device))
+    else:
+        cloud_classes = classes_from_scl(scl, settings.scl_invalid_classes)
+    radius_px = buffer_radius_px(settings.buffer_m, grid_pixel_m)
+    if radius_px > 0:
+        cloud_classes = buffer_cloud_and_shadow(cloud_classes, radius_px)
+    invalid = scl_invalid(scl, settings.scl_invalid_classes) if settings.masker in MASKERS_USING_SCL else None
+    return combine_classes(cloud_classes, invalid, data)
+
+
+def mask_name_for(scene_name: str) -> str:
+    """The mask's name beside a clipped scene: `scenes/X.tif` -> `scenes/X_mask.tif`."""
+    stem, dot, _ = scene_name.rpartition(".")
+    return f"{stem if dot else scene_name}{MASK_SUFFIX}"
+
+
+def read_scene_bands(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
+    """All bands (`SCENE_BANDS`, y, x, uint16) of a clipped scene, checked against its grid."""
+    with gdal_env(), rasterio.open(workspace.gdal_path(scene.path)) as source:
+        if source.count != len(SCENE_BANDS) or (source.height, source.width) != tuple(scene.grid.shape):
+            raise SceneReadError(
+                scene.item_id,
+                "clipped scene",
+                f"{source.count} bands of {source.height}x{source.width} px where {len(SCENE_BANDS)} bands "
+                f"on its {scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read stage",
+            )
+        return source.read()
+
+
+def write_mask(workspace: Workspace, name: str, mask: np.ndarray, grid: GeoBox, masker: str) -> None:
+    """Write `mask` (uint8, y, x) on `grid` as a tiled, compressed GeoTIFF, atomically."""
+    profile = {**MASK_PROFILE, "height": grid.shape.y, "width": grid.shape.x, "crs": grid.crs.to_wkt()}
+    with workspace.staged(name) as staged_path, rasterio.open(staged_path, "w", transform=grid.affine, **profile) as out:
+        out.write(mask, 1)
+        out.update_tags(MASKER=masker, **MASK_CLASS_TAGS)
+
+
+def mask_scene(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
+    """Mask one clipped scene and write `<scene>_mask.tif` beside it; returns the mask's name."""
+    bands = read_scene_bands(workspace, scene)
+    mask = mask_from_bands(bands, pixel_size_m(scene.grid), settings)
+    mask_name = mask_name_for(scene.path)
+    write_mask(workspace, mask_name, mask, scene.grid, settings.masker)
+    return mask_name
+
+
+def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
+    """One slot of the Prefect global concurrency limit `gpu` when the model runs on CUDA, else nothing.
+
+    `strict=False`: while the limit does not exist Prefect logs a warning and lets the task run.
+    """
+    if settings.masker in MASKERS_USING_OCM and compute_device(settings.device).type == "cuda":
+        return concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=False)
+    return nullcontext()
+
+
+def _retry_unless_our_error(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
+    """Retry transient failures (workspace I/O), never one of our own one-line errors."""
+    try:
+        state.result()
+    except MosaicError:
+        return False
+    except Exception:  # anything else may be transient
+        return True
+    return True
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_unless_our_error)
+def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
+    """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
+    with gpu_slot(settings):
+        mask_name = mask_scene(scene, workspace, settings)
+    get_run_logger().info("masked %s with %s -> %s", scene.item_id, settings.masker, mask_name)
+    return mask_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tasks.mask download-models [--dir D] [--model-version V]`."""
+    parser = argparse.ArgumentParser(prog="python -m tasks.mask", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    download = commands.add_parser("download-models", help="fetch OmniCloudMask weights for offline runs")
+    download.add_argument("--dir", help=f"target directory (default: ${MODEL_DIR_ENV}, else the library's)")
+    download.add_argument("--model-version", type=float, help="model version (default: the latest)")
+    arguments = parser.parse_args(argv)
+    settings = MaskSettings(model_dir=arguments.dir, model_version=arguments.model_version)
+    try:
+        paths = download_model_weights(model_dir_for(settings), model_version_for(settings))
+    except MosaicError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
