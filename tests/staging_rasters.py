@@ -6,6 +6,7 @@ overviews.
 """
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from odc.geo.geom import Geometry
 
 from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.grid import grid_for_aoi
+from tasks.metadata import FailedScene, Month, ProductRun
+from tasks.scene import ClippedScene
+from tasks.settings import CompositeSettings, MaskSettings
 
 L_SHAPED_AOI_WKT = (
     "POLYGON((15.00 45.00, 15.09 45.00, 15.09 45.03, 15.03 45.03, 15.03 45.07, 15.00 45.07, 15.00 45.00))"
@@ -84,3 +88,33 @@ def _write(path: Path, array: np.ndarray, grid: GeoBox, nodata: int | None) -> N
     }
     with rasterio.open(path, "w", **profile) as dataset:
         dataset.write(array)
+
+
+AOI_SOURCE = "tests/l-shaped.gpkg"
+SCENE_DATES = (datetime(2024, 6, 3, 10, 5, tzinfo=UTC), datetime(2024, 6, 18, 10, 7, tzinfo=UTC))
+
+
+def make_product_run(staging: StagingRasters, scene_dates: tuple[datetime, ...] = SCENE_DATES) -> ProductRun:
+    """The flow's record for the staging rasters: June 2024, one scene per date, one failed scene."""
+    scenes = tuple(
+        ClippedScene(
+            item_id=f"S2B_33TWL_{acquired:%Y%m%d}_0_L2A",
+            acquired=acquired,
+            processing_baseline="05.10",
+            path=f"scenes/S2B_33TWL_{acquired:%Y%m%d}_0_L2A.tif",
+            grid=staging.grid,
+            valid_fraction=0.9,
+        )
+        for acquired in scene_dates
+    )
+    return ProductRun(
+        aoi_name="l-shaped",
+        aoi_source=AOI_SOURCE,
+        aoi=staging.aoi,
+        grid=staging.grid,
+        month=Month(2024, 6),
+        composite=CompositeSettings(),
+        mask=MaskSettings(masker="scl"),
+        scenes_used=scenes,
+        scenes_failed=(FailedScene("S2A_33TWL_20240611_0_L2A", "asset 'red' could not be read: HTTP 503"),),
+    )

@@ -1,0 +1,338 @@
+"""What a run made and how: the input record the flow hands over, product names, and metadata.json.
+
+The flow builds one `ProductRun` (AOI, grid, month, settings, scenes used and failed); metadata.json
+and the STAC Item are built from it and from the `BandStatistics` of the finished rasters.
+Statistics are in stored values (digital numbers); multiply reflectance bands by their scale.
+"""
+
+import importlib.metadata
+import json
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from pyproj import Geod
+
+from tasks.aoi import aoi_pixel_mask
+from tasks.cog import (
+    COUNT_DESCRIPTION,
+    MOSAIC_BANDS,
+    REFLECTANCE_SCALE_FACTOR,
+    InvalidProduct,
+    grid_blocks,
+)
+from tasks.errors import InvalidSettings
+from tasks.grid import grid_metadata
+from tasks.scene import NODATA, ClippedScene
+from tasks.settings import CompositeSettings, MaskSettings
+
+PROJECT_DISTRIBUTION = "s2-monthly-basemap"
+PYPROJECT_PATH = Path(__file__).resolve().parents[1] / "pyproject.toml"
+SOFTWARE_DISTRIBUTIONS = ("prefect", "rasterio", "torch", "omnicloudmask", "odc-geo", "pystac", "rio-cogeo")
+ATTRIBUTION_TEMPLATE = "Contains modified Copernicus Sentinel data {years}"
+LOW_PERCENTILE = 2.0
+HIGH_PERCENTILE = 98.0
+SQUARE_METRES_PER_KM2 = 1_000_000.0
+WGS84_ELLIPSOID = Geod(ellps="WGS84")
+
+
+@dataclass(frozen=True)
+class Month:
+    """One calendar month in UTC; `start` and `end` are its first and last instants."""
+
+    year: int
+    month: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.month <= 12:
+            raise InvalidSettings(f"month {self.month} of {self.year} is not 1..12; give a month like '2024-06'")
+
+    @classmethod
+    def parse(cls, text: str) -> "Month":
+        """'2024-06' -> Month(2024, 6)."""
+        try:
+            year, month = (int(part) for part in text.split("-"))
+        except ValueError:
+            raise InvalidSettings(f"month {text!r} is not YYYY-MM; give e.g. '2024-06'") from None
+        return cls(year, month)
+
+    @property
+    def label(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def start(self) -> datetime:
+        return datetime(self.year, self.month, 1, tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        following = datetime(self.year + self.month // 12, self.month % 12 + 1, 1, tzinfo=UTC)
+        return following - timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ProductNames:
+    """File names of one run's products, deterministic from AOI name and month."""
+
+    mosaic: str
+    count: str
+    quicklook: str
+    metadata: str
+    item: str
+
+    @classmethod
+    def for_run(cls, aoi_name: str, month: Month) -> "ProductNames":
+        stem = f"{aoi_name}_{month.label}"
+        return cls(
+            mosaic=f"{stem}_mosaic.tif",
+            count=f"{stem}_count.tif",
+            quicklook=f"{stem}_quicklook.png",
+            metadata=f"{stem}_metadata.json",
+            item=f"{stem}_item.json",
+        )
+
+
+@dataclass(frozen=True)
+class FailedScene:
+    """A scene that was found but could not be used, with the one-line reason."""
+
+    item_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProductRun:
+    """Everything the flow passes to the product stage about one AOI and month.
+
+    `aoi` is the AOI polygon in any CRS, `grid` the target grid of the mosaic, `scenes_used` the
+    clipped scenes the composite read, `scenes_failed` those skipped with their reasons.
+    """
+
+    aoi_name: str
+    aoi_source: str
+    aoi: Geometry
+    grid: GeoBox
+    month: Month
+    composite: CompositeSettings
+    mask: MaskSettings
+    scenes_used: tuple[ClippedScene, ...]
+    scenes_failed: tuple[FailedScene, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.scenes_used:
+            raise InvalidProduct(
+                f"no scenes were used for {self.aoi_name} {self.month.label}; products need at least one scene"
+            )
+
+    @property
+    def product_id(self) -> str:
+        """The STAC Item id: `<aoi>-<YYYY-MM>`."""
+        return f"{self.aoi_name}-{self.month.label}"
+
+    @property
+    def scene_years(self) -> tuple[int, ...]:
+        return tuple(sorted({scene.acquired.year for scene in self.scenes_used}))
+
+    @property
+    def aoi_wgs84(self) -> Geometry:
+        return self.aoi.to_crs("EPSG:4326")
+
+
+@dataclass(frozen=True)
+class BandStatistics:
+    """Statistics of one band's valid pixels inside the AOI, in stored values.
+
+    Valid: inside the AOI and not nodata (for a band without nodata, every AOI pixel). The
+    statistics are None when the band has no valid pixel.
+    """
+
+    name: str
+    minimum: float | None
+    maximum: float | None
+    mean: float | None
+    stddev: float | None
+    p2: float | None
+    p98: float | None
+    valid_pixels: int
+    aoi_pixels: int
+    grid_pixels: int
+
+    @property
+    def valid_share(self) -> float:
+        """Share of AOI pixels that are valid, 0..1."""
+        return self.valid_pixels / self.aoi_pixels if self.aoi_pixels else 0.0
+
+    @property
+    def valid_percent(self) -> float:
+        """Percentage of all grid pixels that are valid (the STAC raster extension's definition)."""
+        return 100.0 * self.valid_pixels / self.grid_pixels
+
+    def as_json(self) -> dict[str, float | int | None]:
+        return {
+            "min": self.minimum,
+            "max": self.maximum,
+            "mean": self.mean,
+            "stddev": self.stddev,
+            "p2": self.p2,
+            "p98": self.p98,
+            "valid_pixels": self.valid_pixels,
+            "valid_share_of_aoi": self.valid_share,
+        }
+
+
+def band_statistics(path: Path, aoi: Geometry, grid: GeoBox, names: tuple[str, ...]) -> tuple[BandStatistics, ...]:
+    """Exact statistics of each band of the integer raster at `path` (on `grid`), block by block.
+
+    One histogram per band over the whole integer range gives exact percentiles in bounded memory.
+    """
+    with rasterio.open(path) as dataset:
+        nodata = dataset.nodata
+        value_count = int(np.iinfo(dataset.dtypes[0]).max) + 1
+        histograms = np.zeros((dataset.count, value_count), dtype=np.int64)
+        aoi_pixels = 0
+        for window, block_grid in grid_blocks(grid):
+            inside = aoi_pixel_mask(aoi, block_grid)
+            aoi_pixels += int(inside.sum())
+            block = dataset.read(window=window)
+            for band_index, band in enumerate(block):
+                valid = inside if nodata is None else inside & (band != nodata)
+                histograms[band_index] += np.bincount(band[valid], minlength=value_count)
+    return tuple(
+        _statistics_from_histogram(name, histogram, aoi_pixels, grid.shape.y * grid.shape.x)
+        for name, histogram in zip(names, histograms, strict=True)
+    )
+
+
+def _statistics_from_histogram(name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int) -> BandStatistics:
+    valid_pixels = int(histogram.sum())
+    if valid_pixels == 0:
+        return BandStatistics(name, None, None, None, None, None, None, 0, aoi_pixels, grid_pixels)
+    values = np.flatnonzero(histogram)
+    weights = histogram[values]
+    mean = float(np.average(values, weights=weights))
+    stddev = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
+    cumulative = np.cumsum(weights)
+
+    def percentile(share: float) -> float:
+        return float(values[np.searchsorted(cumulative, share / 100.0 * valid_pixels)])
+
+    return BandStatistics(
+        name=name,
+        minimum=float(values[0]),
+        maximum=float(values[-1]),
+        mean=mean,
+        stddev=stddev,
+        p2=percentile(LOW_PERCENTILE),
+        p98=percentile(HIGH_PERCENTILE),
+        valid_pixels=valid_pixels,
+        aoi_pixels=aoi_pixels,
+        grid_pixels=grid_pixels,
+    )
+
+
+def attribution(years: tuple[int, ...]) -> str:
+    """The Copernicus attribution for scenes acquired in `years`."""
+    return ATTRIBUTION_TEMPLATE.format(years=", ".join(str(year) for year in years))
+
+
+def project_version() -> str:
+    """This project's version: the installed distribution's, else the source checkout's pyproject.toml."""
+    try:
+        return importlib.metadata.version(PROJECT_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return tomllib.loads(PYPROJECT_PATH.read_text())["project"]["version"]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of this project, GDAL and the libraries that shape the product."""
+    versions = {PROJECT_DISTRIBUTION: project_version(), "GDAL": rasterio.__gdal_version__}
+    for distribution in SOFTWARE_DISTRIBUTIONS:
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[distribution] = "not installed"
+    return versions
+
+
+def aoi_area_km2(aoi: Geometry) -> float:
+    """Geodesic area of the AOI on the WGS 84 ellipsoid, in km²."""
+    area_m2, _ = WGS84_ELLIPSOID.geometry_area_perimeter(aoi.to_crs("EPSG:4326").geom)
+    return abs(area_m2) / SQUARE_METRES_PER_KM2
+
+
+def metadata_document(
+    run: ProductRun,
+    names: ProductNames,
+    mosaic_statistics: tuple[BandStatistics, ...],
+    count_statistics: BandStatistics,
+) -> dict[str, Any]:
+    """The content of metadata.json: plain JSON values only."""
+    return {
+        "id": run.product_id,
+        "files": {
+            "mosaic": names.mosaic,
+            "count": names.count,
+            "quicklook": names.quicklook,
+            "stac_item": names.item,
+        },
+        "period": {"month": run.month.label, "start": run.month.start.isoformat(), "end": run.month.end.isoformat()},
+        "aoi": {
+            "name": run.aoi_name,
+            "source": run.aoi_source,
+            "bounds_epsg4326": list(run.aoi_wgs84.boundingbox),
+            "area_km2": aoi_area_km2(run.aoi),
+        },
+        "grid": grid_metadata(run.grid),
+        "composite": run.composite.model_dump(mode="json"),
+        "masking": run.mask.model_dump(mode="json"),
+        "scenes_used": [
+            {
+                "id": scene.item_id,
+                "acquired": scene.acquired.isoformat(),
+                "processing_baseline": scene.processing_baseline,
+                "valid_fraction": scene.valid_fraction,
+            }
+            for scene in run.scenes_used
+        ],
+        "scenes_failed": [{"id": scene.item_id, "reason": scene.reason} for scene in run.scenes_failed],
+        "mosaic": {
+            "dtype": "uint16",
+            "nodata": NODATA,
+            "bands": [
+                {
+                    "name": band.common_name,
+                    "sentinel2_band": band.sentinel_band,
+                    "center_wavelength_um": band.center_wavelength_um,
+                    "scale": REFLECTANCE_SCALE_FACTOR,
+                    "offset": 0.0,
+                    "statistics": statistics.as_json(),
+                }
+                for band, statistics in zip(MOSAIC_BANDS, mosaic_statistics, strict=True)
+            ],
+        },
+        "count": {
+            "dtype": "uint8",
+            "nodata": None,
+            "description": COUNT_DESCRIPTION,
+            "statistics": count_statistics.as_json(),
+        },
+        "software": software_versions(),
+        "attribution": attribution(run.scene_years),
+    }
+
+
+def metadata_json(
+    run: ProductRun,
+    names: ProductNames,
+    mosaic_statistics: tuple[BandStatistics, ...],
+    count_statistics: BandStatistics,
+) -> bytes:
+    """metadata.json as UTF-8 bytes, indented for people."""
+    document = metadata_document(run, names, mosaic_statistics, count_statistics)
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
