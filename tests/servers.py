@@ -226,8 +226,9 @@ class StacApi:
         self.url = f"http://{LOOPBACK}:{free_port()}"
         self._log_path = work_dir / "rustac.log"
         with self._log_path.open("wb") as log:
+            address = self.url.removeprefix("http://")
             self._process = subprocess.Popen(
-                [str(RUSTAC_BINARY), "serve", "--addr", self.url.removeprefix("http://"), str(collection_path), str(items_path)],
+                [str(RUSTAC_BINARY), "serve", "--addr", address, str(collection_path), str(items_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -1,0 +1,354 @@
+"""Finding the Sentinel-2 L2A scenes of an AOI and a month, in a STAC API or a local item file.
+
+Steps, each a pure function: raw STAC item dicts (API search, or a local FeatureCollection) -> kept
+when they intersect the AOI and were acquired in the month -> `SceneItem` with the canonical bands of
+`SCENE_BANDS` (items lacking one are skipped with a warning) -> one scene per acquisition (newest
+processing baseline) -> scene-level cloud-cover limit -> sorted by acquisition time.
+
+De-duplication runs before the cloud-cover limit: a reprocessed twin whose (newer) cloud estimate
+exceeds the limit must not let its stale older twin through.
+"""
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import shapely
+from odc.geo.geom import Geometry
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pystac_client import Client
+from pystac_client.errors import ClientTypeError
+from pystac_client.exceptions import APIError
+from pystac_client.warnings import DoesNotConformTo
+
+from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
+from tasks.settings import SearchSettings
+
+logger = logging.getLogger(__name__)
+
+WGS84 = "EPSG:4326"
+MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+API_TIMEOUT_S = 60
+"""Seconds to wait for one STAC API response."""
+DUPLICATE_WINDOW = timedelta(seconds=60)
+"""Items of one tile acquired within this time of each other are one acquisition processed twice."""
+BOA_OFFSET_BASELINE = (4, 0)
+"""Processing baseline 04.00 and later store reflectance with a BOA offset."""
+BOA_OFFSET = -0.1
+"""That offset, in reflectance units: reflectance = DN * scale + offset."""
+BOA_OFFSET_START = datetime(2022, 1, 25, tzinfo=UTC)
+"""First acquisitions processed with baseline 04.00; used when an item declares no baseline."""
+DN_SCALE = 1 / REFLECTANCE_SCALE
+MGRS_TILE_PATTERN = re.compile(r"(?:^|[_-])T?(\d{1,2})([C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
+SEQUENCE_PATTERN = re.compile(r"_(\d+)_L2A$")
+SOCKET_ERROR_PATTERN = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class AssetNames:
+    """How one family of catalogues names the bands of `SCENE_BANDS` among an item's assets."""
+
+    catalogues: str
+    asset_key_of: Mapping[str, str]
+
+    def matches(self, assets: Mapping[str, Any]) -> bool:
+        return all(key in assets for key in self.asset_key_of.values())
+
+    def missing(self, assets: Mapping[str, Any]) -> list[str]:
+        return [key for key in self.asset_key_of.values() if key not in assets]
+
+
+EARTH_SEARCH_V1 = AssetNames(
+    "Earth Search v1 (sentinel-2-l2a, sentinel-2-c1-l2a)",
+    MappingProxyType({"red": "red", "green": "green", "blue": "blue", "nir": "nir", "scl": "scl"}),
+)
+SAFE_BAND_NAMES = AssetNames(
+    "Planetary Computer, Earth Search v0",
+    MappingProxyType({"red": "B04", "green": "B03", "blue": "B02", "nir": "B08", "scl": "SCL"}),
+)
+KNOWN_ASSET_NAMES: tuple[AssetNames, ...] = (EARTH_SEARCH_V1, SAFE_BAND_NAMES)
+
+
+def month_range(month: str) -> tuple[datetime, datetime]:
+    """The UTC interval of `month` ('YYYY-MM'): start inclusive, end exclusive (first instant of the next month)."""
+    match = MONTH_PATTERN.match(month)
+    if not match:
+        raise InvalidSettings(f"month {month!r} is not 'YYYY-MM'; give e.g. '2024-06'")
+    year, month_number = int(match.group(1)), int(match.group(2))
+    start = datetime(year, month_number, 1, tzinfo=UTC)
+    end = datetime(year + month_number // 12, month_number % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
+    """The usable scenes over `aoi` acquired in `month`, one per acquisition, sorted by time.
+
+    Items come from `settings.item_collection_path` when set (a local ItemCollection, any
+    collection), else from the STAC API's `settings.collection`. Raises `NoScenesFound` when
+    nothing is left, `TransientReadError` when the API cannot be reached (worth retrying), and
+    `InvalidSettings` when the API refuses the search or the file cannot be read.
+    """
+    start, end = month_range(month)
+    aoi_wgs84 = aoi.to_crs(WGS84)
+    if settings.item_collection_path:
+        raw_items = read_item_file(settings.item_collection_path)
+    else:
+        raw_items = query_stac_api(aoi_wgs84, start, end, settings)
+    in_month = [item for item in raw_items if item_in_window(item, aoi_wgs84, start, end)]
+    scenes = [scene for item in in_month if (scene := scene_from_item(item)) is not None]
+    newest = newest_processing(scenes)
+    kept = [scene for scene in newest if within_cloud_limit(scene, settings.max_cloud_cover)]
+    logger.info(
+        "search %s %s: %d items, %d in AOI and month, %d with all bands, %d after de-duplication, %d under %g%% cloud",
+        _source(settings), month, len(raw_items), len(in_month), len(scenes), len(newest), len(kept),
+        settings.max_cloud_cover,
+    )  # fmt: skip
+    if not kept:
+        bounds = ", ".join(f"{value:.4f}" for value in aoi_wgs84.boundingbox)
+        raise NoScenesFound(
+            f"no scenes over AOI bounds ({bounds}) EPSG:4326 in {month} from {_source(settings)} with "
+            f"eo:cloud_cover <= {settings.max_cloud_cover:g}% ({len(raw_items)} items found, {len(in_month)} "
+            f"in AOI and month, {len(newest)} distinct with all bands); "
+            "raise max_cloud_cover or check month, AOI and collection"
+        )
+    return sorted(kept, key=lambda scene: (scene.acquired, scene.tile_id))
+
+
+def _source(settings: SearchSettings) -> str:
+    if settings.item_collection_path:
+        return f"item file {settings.item_collection_path}"
+    return f"{settings.stac_api_url} collection {settings.collection!r}"
+
+
+def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings: SearchSettings) -> list[dict]:
+    """All items of `settings.collection` intersecting the AOI's convex hull in [start, end), every page.
+
+    The hull keeps requests small for detailed AOIs; items are filtered by the AOI itself afterwards.
+    """
+    url = settings.stac_api_url
+    try:
+        client = Client.open(url, timeout=API_TIMEOUT_S)
+        search = client.search(
+            collections=[settings.collection],
+            intersects=aoi_wgs84.convex_hull.json,
+            datetime=[start, end - timedelta(microseconds=1)],  # STAC intervals include their end
+            limit=settings.page_size,
+        )
+        return list(search.items_as_dicts())
+    except APIError as error:
+        status = getattr(error, "status_code", None)
+        socket_error = SOCKET_ERROR_PATTERN.search(str(error))
+        reason = socket_error.group(0) if socket_error else _first_line(str(error))
+        if status is None or status in TRANSIENT_HTTP_STATUSES:
+            raise TransientReadError(
+                f"STAC API {url} did not answer ({reason}); check the URL and the network, the search is retried"
+            ) from None
+        raise InvalidSettings(
+            f"STAC API {url} refused the search of collection {settings.collection!r} (HTTP {status}: {reason}); "
+            "check stac_api_url and collection"
+        ) from None
+    except (ClientTypeError, DoesNotConformTo, NotImplementedError, ValueError) as error:
+        raise InvalidSettings(
+            f"{url} is not a STAC API with item search ({_first_line(str(error))}); "
+            "give an API root URL such as https://earth-search.aws.element84.com/v1, or set item_collection_path"
+        ) from None
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line[:limit]
+
+
+def read_item_file(path: str) -> list[dict]:
+    """The items of a local GeoJSON FeatureCollection / STAC ItemCollection file."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InvalidSettings(
+            f"item_collection_path {path} cannot be read ({_first_line(str(error))}); "
+            "give a GeoJSON FeatureCollection of STAC items"
+        ) from None
+    features = document.get("features") if isinstance(document, dict) else None
+    if not isinstance(features, list):
+        raise InvalidSettings(
+            f"item_collection_path {path} is not a FeatureCollection (no 'features' list); "
+            "give a GeoJSON FeatureCollection of STAC items"
+        )
+    return features
+
+
+def item_in_window(item: Mapping[str, Any], aoi_wgs84: Geometry, start: datetime, end: datetime) -> bool:
+    """Whether the item was acquired in [start, end) and its footprint intersects the AOI (EPSG:4326)."""
+    acquired = acquisition_time(item)
+    footprint = item.get("geometry")
+    if acquired is None or not footprint:
+        return False
+    return start <= acquired < end and shapely.geometry.shape(footprint).intersects(aoi_wgs84.geom)
+
+
+def acquisition_time(item: Mapping[str, Any]) -> datetime | None:
+    """The item's `datetime` (else `start_datetime`) as an aware UTC datetime; None when absent."""
+    properties = item.get("properties", {})
+    text = properties.get("datetime") or properties.get("start_datetime")
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def scene_from_item(item: Mapping[str, Any]) -> SceneItem | None:
+    """The item as a `SceneItem` with canonical band assets; None (and a warning) when a band or the time is missing."""
+    assets = item.get("assets", {})
+    acquired = acquisition_time(item)
+    if acquired is None:
+        logger.warning("item %s skipped: it has no datetime", item.get("id"))
+        return None
+    names = next((candidate for candidate in KNOWN_ASSET_NAMES if candidate.matches(assets)), None)
+    if names is None:
+        closest = min(KNOWN_ASSET_NAMES, key=lambda candidate: len(candidate.missing(assets)))
+        logger.warning(
+            "item %s skipped: assets %s missing (asset names of %s)",
+            item.get("id"), ", ".join(closest.missing(assets)), closest.catalogues,
+        )  # fmt: skip
+        return None
+    properties = item.get("properties", {})
+    baseline = properties.get("s2:processing_baseline") or properties.get("sentinel:processing_baseline")
+    reflectance_offset = boa_offset(baseline, acquired)
+    return SceneItem(
+        item_id=item["id"],
+        acquired=acquired,
+        tile_id=tile_id(item),
+        processing_baseline=baseline,
+        cloud_cover=properties.get("eo:cloud_cover"),
+        assets={
+            band: scene_asset(assets[names.asset_key_of[band]], band, reflectance_offset) for band in SCENE_BANDS
+        },
+        footprint=item["geometry"],
+    )
+
+
+def boa_offset(processing_baseline: str | None, acquired: datetime) -> float:
+    """The BOA reflectance offset implied by the processing baseline (by the date when it is unknown)."""
+    parsed = _baseline_number(processing_baseline)
+    if parsed is not None:
+        return BOA_OFFSET if parsed >= BOA_OFFSET_BASELINE else 0.0
+    return BOA_OFFSET if acquired >= BOA_OFFSET_START else 0.0
+
+
+def _baseline_number(processing_baseline: str | None) -> tuple[int, ...] | None:
+    """'05.00' -> (5, 0); None for an absent or unreadable baseline."""
+    if not processing_baseline:
+        return None
+    try:
+        return tuple(int(part) for part in str(processing_baseline).split("."))
+    except ValueError:
+        return None
+
+
+def scene_asset(asset: Mapping[str, Any], band: str, reflectance_offset: float) -> SceneAsset:
+    """The band's file and DN conversion: declared `raster:bands` scale/offset/nodata, else the defaults.
+
+    Reflectance bands default to scale 1/10000 and the baseline's offset; SCL to scale 1, offset 0.
+    """
+    is_scl = band == SCL_BAND
+    scale = _declared(asset, "scale")
+    offset = _declared(asset, "offset")
+    nodata = _declared(asset, "nodata")
+    return SceneAsset(
+        href=asset["href"],
+        scale=float(scale) if scale is not None else (1.0 if is_scl else DN_SCALE),
+        offset=float(offset) if offset is not None else (0.0 if is_scl else reflectance_offset),
+        nodata=nodata if nodata is not None else NODATA,
+    )
+
+
+def _declared(asset: Mapping[str, Any], field_name: str) -> Any:
+    """A band field from `raster:bands` (STAC 1.0), `bands` (STAC 1.1) or the asset itself."""
+    for bands_key in ("raster:bands", "bands"):
+        bands = asset.get(bands_key) or [{}]
+        if field_name in bands[0]:
+            return bands[0][field_name]
+    return asset.get(field_name)
+
+
+def tile_id(item: Mapping[str, Any]) -> str:
+    """The MGRS tile, e.g. '32TMT', from the item's properties or its id; the id itself when none is found."""
+    properties = item.get("properties", {})
+    for prefix in ("mgrs", "sentinel"):
+        parts = [properties.get(f"{prefix}:{name}") for name in ("utm_zone", "latitude_band", "grid_square")]
+        if all(part is not None for part in parts):
+            return f"{int(parts[0]):02d}{parts[1]}{parts[2]}"
+    for text in (
+        properties.get("s2:mgrs_tile"),
+        (properties.get("grid:code") or "").removeprefix("MGRS-"),
+        properties.get("s2:tile_id"),
+        item["id"],
+    ):
+        match = MGRS_TILE_PATTERN.search(str(text or ""))
+        if match:
+            return f"{int(match.group(1)):02d}{match.group(2)}"
+    return item["id"]
+
+
+def newest_processing(scenes: Iterable[SceneItem]) -> list[SceneItem]:
+    """One scene per acquisition (same tile, acquired within `DUPLICATE_WINDOW`): the newest processing.
+
+    Newest = highest processing baseline, then highest sequence number in the id (`..._1_L2A`),
+    then the larger id.
+    """
+    kept: list[SceneItem] = []
+    for scene in sorted(scenes, key=lambda scene: (scene.tile_id, scene.acquired)):
+        twin = kept[-1] if kept else None
+        if twin and twin.tile_id == scene.tile_id and scene.acquired - twin.acquired <= DUPLICATE_WINDOW:
+            newer, older = sorted((twin, scene), key=_processing_rank, reverse=True)
+            logger.debug("%s replaces %s (same acquisition, older processing)", newer.item_id, older.item_id)
+            kept[-1] = newer
+        else:
+            kept.append(scene)
+    return kept
+
+
+def _processing_rank(scene: SceneItem) -> tuple[tuple[int, ...], int, str]:
+    sequence = SEQUENCE_PATTERN.search(scene.item_id)
+    return (
+        _baseline_number(scene.processing_baseline) or (-1,),
+        int(sequence.group(1)) if sequence else 0,
+        scene.item_id,
+    )
+
+
+def within_cloud_limit(scene: SceneItem, max_cloud_cover: float) -> bool:
+    """Whether the scene's eo:cloud_cover (percent) is at most the limit; scenes without one are kept."""
+    return scene.cloud_cover is None or scene.cloud_cover <= max_cloud_cover
+
+
+def is_transient_search_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry only when the API could not be reached."""
+    try:
+        state.result()
+    except TransientReadError:
+        return True
+    except Exception:  # any other failure is final: bad settings, no scenes
+        return False
+    return False
+
+
+@task(
+    name="search-scenes",
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=is_transient_search_failure,
+    cache_policy=NO_CACHE,
+)
+def search_scenes_task(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
+    """`search_scenes`, retried with backoff when the STAC API is unreachable or answers 5xx/429."""
+    return search_scenes(aoi, month, settings)

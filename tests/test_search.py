@@ -1,0 +1,268 @@
+"""Scene search against real catalogue responses: Earth Search v1 served by rustac, a Planetary Computer file."""
+
+import copy
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from odc.geo.geom import box
+from prefect.states import Failed
+
+from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
+from tasks.search import (
+    BOA_OFFSET,
+    DN_SCALE,
+    is_transient_search_failure,
+    month_range,
+    scene_from_item,
+    search_scenes,
+    tile_id,
+)
+from tasks.settings import SearchSettings
+from tests.servers import free_port, stac_collection
+
+EARTH_SEARCH_COLLECTION = "sentinel-2-l2a"
+EARTH_SEARCH_PAGES = "stac_earthsearch_v1/earthsearch_v1_s2l2a_bbox9-47-10-48_20200301-05_page{}.json"
+PLANETARY_COMPUTER_FILE = "stac_planetary_computer/site2-2020_jun_jul-35MNM.geojson"
+EARTH_SEARCH_AOI = box(9, 47, 10, 48, "EPSG:4326")
+PLANETARY_COMPUTER_AOI = box(27.2, -8.0, 27.5, -7.5, "EPSG:4326")
+
+
+@pytest.fixture(scope="module")
+def earth_search_items(shared_s2: Path) -> list[dict]:
+    """The 16 items of the real Earth Search v1 search (bbox 9,47,10,48, 2020-03-01..05), all pages."""
+    items: list[dict] = []
+    for page in (1, 2, 3):
+        items += json.loads((shared_s2 / EARTH_SEARCH_PAGES.format(page)).read_text())["features"]
+    return items
+
+
+@pytest.fixture
+def earth_search_api(stac_api_factory, earth_search_items: list[dict]) -> str:
+    return stac_api_factory(stac_collection(EARTH_SEARCH_COLLECTION, earth_search_items), earth_search_items)
+
+
+@pytest.fixture(scope="module")
+def planetary_computer_items(shared_s2: Path) -> list[dict]:
+    return json.loads((shared_s2 / PLANETARY_COMPUTER_FILE).read_text())["features"]
+
+
+def _write_items(path: Path, items: list[dict]) -> str:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return str(path)
+
+
+def _in_month(items: list[dict], month: str) -> list[dict]:
+    start, end = month_range(month)
+    return [item for item in items if start <= datetime.fromisoformat(item["properties"]["datetime"]) < end]
+
+
+def test_month_range_is_the_utc_month_with_exclusive_end() -> None:
+    assert month_range("2020-03") == (datetime(2020, 3, 1, tzinfo=UTC), datetime(2020, 4, 1, tzinfo=UTC))
+    assert month_range("2023-12") == (datetime(2023, 12, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("month", ["2020-13", "2020-3", "2020-00", "March 2020", "2020-03-01", ""])
+def test_bad_month_is_a_one_line_error(month: str) -> None:
+    with pytest.raises(InvalidSettings, match="YYYY-MM") as error:
+        month_range(month)
+    assert repr(month) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_earth_search_twins_deduplicate_to_the_offset_baseline(
+    earth_search_api: str, earth_search_items: list[dict]
+) -> None:
+    settings = SearchSettings(
+        stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100, page_size=3
+    )
+    scenes = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+
+    # 3 items per page: finding all 16 needs every page of the search.
+    newer_twins = {item["id"] for item in earth_search_items if "_1_L2A" in item["id"]}
+    assert len(earth_search_items) == 16 and len(newer_twins) == 8
+    assert {scene.item_id for scene in scenes} == newer_twins
+    assert len({(scene.tile_id, scene.acquired.date()) for scene in scenes}) == len(scenes)
+    assert [scene.acquired for scene in scenes] == sorted(scene.acquired for scene in scenes)
+    for scene in scenes:
+        assert set(scene.assets) == set(SCENE_BANDS)
+        assert scene.processing_baseline >= "04.00"
+        for band in REFLECTANCE_BANDS:
+            assert scene.assets[band].offset == pytest.approx(BOA_OFFSET)
+            assert scene.assets[band].scale == pytest.approx(DN_SCALE)
+        assert scene.assets[SCL_BAND].offset == 0
+        assert scene.assets["red"].href.endswith(f"/{scene.item_id}/B04.tif")
+
+
+def test_aoi_in_a_projected_crs_finds_the_same_scenes(earth_search_api: str) -> None:
+    settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100)
+    in_wgs84 = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    in_utm = search_scenes(EARTH_SEARCH_AOI.to_crs("EPSG:32632"), "2020-03", settings)
+    assert [scene.item_id for scene in in_utm] == [scene.item_id for scene in in_wgs84]
+
+
+def test_stale_twin_does_not_pass_the_cloud_limit_in_place_of_its_newer_twin(
+    earth_search_api: str, earth_search_items: list[dict]
+) -> None:
+    by_id = {item["id"]: item for item in earth_search_items}
+    cloud = {item_id: item["properties"]["eo:cloud_cover"] for item_id, item in by_id.items()}
+    # An acquisition whose old processing is clearer than its reprocessing, per the catalogue.
+    old_id = next(
+        item_id for item_id in cloud if "_0_L2A" in item_id and cloud[item_id] < cloud[item_id.replace("_0_", "_1_")]
+    )
+    limit = (cloud[old_id] + cloud[old_id.replace("_0_", "_1_")]) / 2
+    settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=limit)
+
+    scenes = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+
+    assert all("_1_L2A" in scene.item_id for scene in scenes)
+    assert all(scene.cloud_cover <= limit for scene in scenes)
+    assert len(scenes) == sum(1 for item_id in cloud if "_1_L2A" in item_id and cloud[item_id] <= limit)
+
+
+def test_nothing_under_the_cloud_limit_names_the_search(earth_search_api: str, earth_search_items: list[dict]) -> None:
+    least_cloudy = min(item["properties"]["eo:cloud_cover"] for item in earth_search_items)
+    limit = least_cloudy - 1
+    settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=limit)
+    with pytest.raises(NoScenesFound) as error:
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    message = str(error.value)
+    assert "\n" not in message
+    for expected in (
+        "2020-03", earth_search_api, EARTH_SEARCH_COLLECTION, f"{limit:g}%", "9.0000, 47.0000", "max_cloud_cover"
+    ):
+        assert expected in message
+
+
+def test_month_without_acquisitions_finds_nothing(earth_search_api: str) -> None:
+    settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100)
+    with pytest.raises(NoScenesFound, match="2020-04"):
+        search_scenes(EARTH_SEARCH_AOI, "2020-04", settings)
+
+
+def test_planetary_computer_file_maps_safe_band_names(shared_s2: Path, planetary_computer_items: list[dict]) -> None:
+    settings = SearchSettings(item_collection_path=str(shared_s2 / PLANETARY_COMPUTER_FILE), max_cloud_cover=100)
+    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings)
+
+    june = _in_month(planetary_computer_items, "2020-06")
+    assert 0 < len(june) < len(planetary_computer_items)
+    assert {scene.item_id for scene in scenes} == {item["id"] for item in june}
+    assert [scene.acquired for scene in scenes] == sorted(scene.acquired for scene in scenes)
+    for scene in scenes:
+        assert scene.tile_id == "35MNM"
+        assert scene.assets["red"].href.endswith("_B04_10m.tif")
+        assert scene.assets["green"].href.endswith("_B03_10m.tif")
+        assert scene.assets["blue"].href.endswith("_B02_10m.tif")
+        assert scene.assets["nir"].href.endswith("_B08_10m.tif")
+        assert scene.assets[SCL_BAND].href.endswith("_SCL_20m.tif")
+        # Baseline 02.12 and no raster:bands: scale 1/10000, no offset.
+        assert scene.processing_baseline < "04.00"
+        assert (scene.assets["red"].scale, scene.assets["red"].offset) == (pytest.approx(DN_SCALE), 0)
+
+
+def test_cloud_cover_limit_keeps_scenes_at_or_under_it(shared_s2: Path, planetary_computer_items: list[dict]) -> None:
+    july = _in_month(planetary_computer_items, "2020-07")
+    covers = sorted(item["properties"]["eo:cloud_cover"] for item in july)
+    limit = covers[len(covers) // 2]
+    settings = SearchSettings(item_collection_path=str(shared_s2 / PLANETARY_COMPUTER_FILE), max_cloud_cover=limit)
+
+    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-07", settings)
+
+    expected = {item["id"] for item in july if item["properties"]["eo:cloud_cover"] <= limit}
+    assert 0 < len(expected) < len(july)
+    assert {scene.item_id for scene in scenes} == expected
+
+
+def test_local_file_is_filtered_by_aoi(shared_s2: Path) -> None:
+    settings = SearchSettings(item_collection_path=str(shared_s2 / PLANETARY_COMPUTER_FILE), max_cloud_cover=100)
+    with pytest.raises(NoScenesFound, match="item file .*site2-2020_jun_jul-35MNM.geojson"):
+        search_scenes(EARTH_SEARCH_AOI, "2020-06", settings)
+
+
+def test_item_lacking_a_band_is_skipped_with_a_warning(
+    tmp_path: Path, planetary_computer_items: list[dict], caplog: pytest.LogCaptureFixture
+) -> None:
+    june = _in_month(planetary_computer_items, "2020-06")
+    items = copy.deepcopy(june)
+    del items[0]["assets"]["SCL"]
+    settings = SearchSettings(item_collection_path=_write_items(tmp_path / "items.json", items), max_cloud_cover=100)
+
+    with caplog.at_level(logging.WARNING, logger="tasks.search"):
+        scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings)
+
+    assert {scene.item_id for scene in scenes} == {item["id"] for item in items[1:]}
+    assert any(items[0]["id"] in record.message and "SCL" in record.message for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "acquired", "expected_offset"),
+    [("04.00", "2020-06-01T08:00:00Z", BOA_OFFSET), ("05.09", "2019-01-01T08:00:00Z", BOA_OFFSET),
+     ("03.01", "2023-06-01T08:00:00Z", 0.0), (None, "2023-06-01T08:00:00Z", BOA_OFFSET),
+     (None, "2021-06-01T08:00:00Z", 0.0)],
+)  # fmt: skip
+def test_offset_follows_the_processing_baseline_when_undeclared(
+    planetary_computer_items: list[dict], baseline: str | None, acquired: str, expected_offset: float
+) -> None:
+    item = copy.deepcopy(planetary_computer_items[0])
+    item["properties"]["s2:processing_baseline"] = baseline
+    item["properties"]["datetime"] = acquired
+    scene = scene_from_item(item)
+    assert scene.assets["nir"].offset == pytest.approx(expected_offset)
+    assert scene.assets[SCL_BAND].offset == 0
+
+
+def test_declared_raster_bands_win_over_the_baseline(earth_search_items: list[dict]) -> None:
+    old_twin = next(item for item in earth_search_items if "_0_L2A" in item["id"])
+    declared = old_twin["assets"]["red"]["raster:bands"][0]
+    scene = scene_from_item(old_twin)
+    assert (scene.assets["red"].scale, scene.assets["red"].offset) == (declared["scale"], declared["offset"])
+
+
+@pytest.mark.parametrize(
+    ("item_id", "properties", "expected"),
+    [("S2A_32TMT_20200305_1_L2A", {"mgrs:utm_zone": 32, "mgrs:latitude_band": "T", "mgrs:grid_square": "MT"}, "32TMT"),
+     ("x", {"mgrs:utm_zone": 9, "mgrs:latitude_band": "U", "mgrs:grid_square": "XA"}, "09UXA"),
+     ("x", {"sentinel:utm_zone": 29, "sentinel:latitude_band": "R", "sentinel:grid_square": "KH"}, "29RKH"),
+     ("x", {"s2:mgrs_tile": "35MNM"}, "35MNM"),
+     ("x", {"grid:code": "MGRS-20EPT"}, "20EPT"),
+     ("S2B_T20EPT_20250731T131905_L2A", {}, "20EPT"),
+     ("S2A_MSIL2A_20200731T080611_R078_T35MNM_20200818T062751", {}, "35MNM"),
+     ("S2A_9UXA_20200305_0_L2A", {}, "09UXA"),
+     ("no-tile-here", {}, "no-tile-here")],
+)  # fmt: skip
+def test_tile_id_from_properties_or_id(item_id: str, properties: dict, expected: str) -> None:
+    assert tile_id({"id": item_id, "properties": properties}) == expected
+
+
+def test_unreachable_api_is_a_transient_error_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    settings = SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION)
+    with pytest.raises(TransientReadError, match=url) as error:
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path", ["/no-such-path", f"/collections/{EARTH_SEARCH_COLLECTION}"])
+def test_api_refusal_or_non_api_url_is_a_settings_error_naming_the_url(earth_search_api: str, path: str) -> None:
+    url = earth_search_api + path
+    settings = SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION)
+    with pytest.raises(InvalidSettings, match=url) as error:
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    assert "\n" not in str(error.value)
+
+
+def test_unreadable_item_file_is_a_settings_error(tmp_path: Path) -> None:
+    not_items = tmp_path / "not_items.json"
+    not_items.write_text('{"type": "Feature"}')
+    for path in (tmp_path / "missing.json", not_items):
+        with pytest.raises(InvalidSettings, match=path.name):
+            search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(item_collection_path=str(path)))
+
+
+def test_task_retries_only_transient_failures() -> None:
+    assert is_transient_search_failure(None, None, Failed(data=TransientReadError("api down")))
+    assert not is_transient_search_failure(None, None, Failed(data=NoScenesFound("none")))
+    assert not is_transient_search_failure(None, None, Failed(data=InvalidSettings("bad url")))
