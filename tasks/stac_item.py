@@ -1,0 +1,189 @@
+"""The STAC Item of one monthly product, and its validation with no network.
+
+The Item's id is `<aoi>-<YYYY-MM>`, its geometry the AOI polygon in EPSG:4326, its datetime null with
+`start_datetime`/`end_datetime` spanning the month. The projection fields in `properties` describe
+the target grid shared by the mosaic and count assets. Asset hrefs are relative (`./<file>`): the
+Item lies beside its files wherever they are copied (a local folder, `s3://.../{aoi}/{YYYY}/{MM}/`),
+so it carries no self link unless one is given.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema.exceptions
+import pystac
+import shapely.geometry
+from pystac.errors import STACValidationError
+from pystac.validation import validate_dict
+from pystac.extensions.eo import Band, EOExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
+from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR, InvalidProduct
+from tasks.metadata import BandStatistics, ProductNames, ProductRun, attribution
+from tasks.scene import NODATA
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"
+"""Extension schemas for offline validation (see its README.md)."""
+
+
+class OfflineSTACValidator(JsonSchemaSTACValidator):
+    """pystac's JSON-schema validator with every schema read from disk, never from the network.
+
+    Core and GeoJSON schemas come from pystac's own copies; extension schemas from
+    `tasks/stac_schemas/` (see its README). A schema found in neither raises `InvalidProduct`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for schema_file in sorted(SCHEMA_DIR.glob("*.json")):
+            schema = json.loads(schema_file.read_text())
+            self.schema_cache[schema["$id"]] = schema
+
+    def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+        if schema_uri not in self.schema_cache:
+            raise InvalidProduct(
+                f"STAC schema {schema_uri} is not available offline; add it to tasks/stac_schemas/"
+            )
+        return self.schema_cache[schema_uri]
+
+
+def _statistics(statistics: BandStatistics) -> Statistics | None:
+    if statistics.valid_pixels == 0:
+        return None
+    return Statistics.create(
+        minimum=statistics.minimum,
+        maximum=statistics.maximum,
+        mean=statistics.mean,
+        stddev=statistics.stddev,
+        valid_percent=statistics.valid_percent,
+    )
+
+
+def _grid_resolution(run: ProductRun) -> float:
+    return abs(run.grid.resolution.x)
+
+
+def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandStatistics, ...]) -> pystac.Asset:
+    asset = pystac.Asset(
+        href=f"./{names.mosaic}",
+        media_type=pystac.MediaType.COG,
+        roles=["data"],
+        title="Cloud-free surface reflectance mosaic (red, green, blue, nir)",
+        description="Surface reflectance x 10000 (scale 0.0001), nodata 0.",
+    )
+    RasterExtension.ext(asset).bands = [
+        RasterBand.create(
+            nodata=NODATA,
+            data_type=DataType.UINT16,
+            scale=REFLECTANCE_SCALE_FACTOR,
+            offset=0.0,
+            spatial_resolution=_grid_resolution(run),
+            statistics=_statistics(band_statistics),
+        )
+        for band_statistics in statistics
+    ]
+    EOExtension.ext(asset).bands = [
+        Band.create(
+            name=band.sentinel_band,
+            common_name=band.common_name,
+            description=band.description,
+            center_wavelength=band.center_wavelength_um,
+            full_width_half_max=band.full_width_half_max_um,
+        )
+        for band in MOSAIC_BANDS
+    ]
+    return asset
+
+
+def _count_asset(run: ProductRun, names: ProductNames, statistics: BandStatistics) -> pystac.Asset:
+    asset = pystac.Asset(
+        href=f"./{names.count}",
+        media_type=pystac.MediaType.COG,
+        roles=["data"],
+        title="Clear observation count",
+        description=f"Number of clear observations per pixel; {COUNT_DESCRIPTION}. No nodata value.",
+    )
+    RasterExtension.ext(asset).bands = [
+        RasterBand.create(
+            data_type=DataType.UINT8,
+            spatial_resolution=_grid_resolution(run),
+            statistics=_statistics(statistics),
+        )
+    ]
+    return asset
+
+
+def build_item(
+    run: ProductRun,
+    names: ProductNames,
+    mosaic_statistics: tuple[BandStatistics, ...],
+    count_statistics: BandStatistics,
+    self_href: str | None = None,
+) -> pystac.Item:
+    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published."""
+    aoi = run.aoi_wgs84
+    item = pystac.Item(
+        id=run.product_id,
+        geometry=shapely.geometry.mapping(aoi.geom),
+        bbox=list(aoi.boundingbox),
+        datetime=None,
+        start_datetime=run.month.start,
+        end_datetime=run.month.end,
+        properties={
+            "title": f"Sentinel-2 monthly mosaic {run.aoi_name} {run.month.label}",
+            "description": f"Per-pixel composite of clear Sentinel-2 L2A observations. {attribution(run.scene_years)}",
+        },
+    )
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = run.grid.crs.epsg
+    projection.code = f"EPSG:{epsg}" if epsg else None
+    projection.wkt2 = None if epsg else run.grid.crs.to_wkt()
+    projection.shape = list(run.grid.shape.yx)
+    projection.transform = list(run.grid.affine[:6])
+    projection.bbox = list(run.grid.extent.boundingbox)
+    RasterExtension.add_to(item)
+    EOExtension.add_to(item)
+    item.add_asset("mosaic", _mosaic_asset(run, names, mosaic_statistics))
+    item.add_asset("count", _count_asset(run, names, count_statistics))
+    item.add_asset(
+        "quicklook",
+        pystac.Asset(href=f"./{names.quicklook}", media_type=pystac.MediaType.PNG, roles=["overview", "visual"],
+                     title="RGB quicklook, 2-98 percentile stretch"),
+    )
+    item.add_asset(
+        "metadata",
+        pystac.Asset(href=f"./{names.metadata}", media_type=pystac.MediaType.JSON, roles=["metadata"],
+                     title="Run metadata: scenes, settings, statistics, software, attribution"),
+    )
+    if self_href is not None:
+        item.set_self_href(self_href)
+    return item
+
+
+def item_document(item: pystac.Item) -> dict[str, Any]:
+    """The Item as a new dict of plain JSON values, hrefs exactly as set (relative assets stay relative)."""
+    document = item.to_dict(include_self_link=item.get_self_href() is not None, transform_hrefs=False)
+    return json.loads(json.dumps(document))
+
+
+def validate_item(document: dict[str, Any]) -> None:
+    """Validate an Item dict against STAC core and its extensions, offline; raise `InvalidProduct`."""
+    try:
+        validate_dict(document, validator=OfflineSTACValidator())
+    except STACValidationError as error:
+        schema = str(error).splitlines()[0].rpartition(" against schema at ")[2]
+        best = jsonschema.exceptions.best_match(error.source or [])
+        problem = f"{best.json_path}: {best.message}" if best else str(error).splitlines()[0]
+        raise InvalidProduct(
+            f"STAC Item {document.get('id')} does not validate against {schema} ({problem}); fix that field"
+        ) from None
+
+
+def item_json(item: pystac.Item) -> bytes:
+    """The validated Item as UTF-8 JSON bytes."""
+    document = item_document(item)
+    validate_item(document)
+    return (json.dumps(document, indent=2) + "\n").encode()
