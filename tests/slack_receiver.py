@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 Answer = Literal["ok", "error", "close"]
 WEBHOOK_PATH = "/services/T0LOOPBACK/B0LOOPBACK/receiver-secret-token-0123456789"
+POLL_INTERVAL_S = 0.05
 
 
 class SlackReceiver:
@@ -22,7 +23,7 @@ class SlackReceiver:
         self.bodies: list[dict[str, Any]] = []
         self.answer: Answer = "ok"
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-receiver", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="slack-receiver", daemon=True)
         self._thread.start()
 
     @property

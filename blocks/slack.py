@@ -1,0 +1,327 @@
+"""Slack notices of a monthly mosaic run, sent to an Incoming Webhook.
+
+What the flow uses:
+- `RunReport` (with `FailedScene`): what a run tells Slack. The flow returns one, so the success
+  notice can show its numbers.
+- `SlackNotifier`, a Prefect block (type slug "slack-notifier") holding the webhook URL as a secret:
+  `notify_started(report)`, `notify_succeeded(report)`, `notify_failed(reason, failed_scenes, report)`.
+  Each returns True when Slack answered "ok"; a notice that cannot be sent is logged, never raised.
+- `slack_state_hooks()`: the state hooks for `@flow(..., **slack_state_hooks())`. They read the
+  block name from the run's `settings` parameter (`settings.slack_block`; None sends nothing) and
+  the AOI and month from `settings.aoi` and `settings.month`. On completion they send the returned
+  `RunReport`; on failure or crash the state message, plus the failed scenes when the exception
+  carries a `failed_scenes` attribute (a sequence of (item id, reason)).
+- `started_message`, `succeeded_message`, `failed_message`: pure builders of the Block Kit
+  `blocks` and fallback `text` of each notice.
+"""
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from http.client import HTTPException
+from typing import Any, NamedTuple
+
+from prefect.blocks.core import Block
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.exceptions import MissingContextError, MissingResult
+from prefect.flows import Flow
+from prefect.logging import get_run_logger
+from prefect.utilities.urls import url_for
+from pydantic import BaseModel, Field, SecretStr
+from slack_sdk.errors import SlackRequestError
+from slack_sdk.webhook import WebhookClient
+
+from flows.parameters import previous_month
+from tasks.aoi import aoi_name
+
+SETTINGS_PARAMETER = "settings"
+SLACK_OK_BODY = "ok"
+HEADER_MAX_CHARS = 150
+SECTION_MAX_CHARS = 3000
+LISTED_SCENES_MAX = 10
+REASON_MAX_CHARS = 2000
+
+_logger = logging.getLogger(__name__)
+
+# slack-sdk logs the webhook URL at DEBUG; its client gets a logger that drops everything and this
+# module logs each failure itself, without the URL.
+_SDK_LOGGER = logging.getLogger(f"{__name__}.sdk")
+_SDK_LOGGER.setLevel(logging.CRITICAL + 1)
+_SDK_LOGGER.propagate = False
+
+SEND_ERRORS = (OSError, HTTPException, SlackRequestError, ValueError)
+
+StateHook = Callable[[Flow, FlowRun, State], None]
+
+
+class FailedScene(NamedTuple):
+    """A scene that was skipped, and why."""
+
+    item_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one monthly run reports; the counts stay None until they are known."""
+
+    aoi: str
+    month: str
+    scenes_found: int | None = None
+    scenes_used: int | None = None
+    failed_scenes: tuple[FailedScene, ...] = ()
+    valid_share: float | None = None
+    """Share of the AOI's pixels that have a value in the mosaic, 0..1."""
+    product_urls: dict[str, str] = field(default_factory=dict)
+    """Product name -> URL (s3:// or https://) or local path."""
+    flow_run_name: str | None = None
+    flow_run_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """A webhook payload: Block Kit blocks and the plain text shown in notifications."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+def started_message(report: RunReport) -> SlackMessage:
+    title = f"{_title(report)}: started"
+    blocks = [_header(f":hourglass_flowing_sand: {title}")]
+    blocks += _run_context(report)
+    return SlackMessage(text=_with_run_name(title, report), blocks=blocks)
+
+
+def succeeded_message(report: RunReport) -> SlackMessage:
+    title = f"{_title(report)}: done"
+    numbers = {
+        "Scenes found": _count(report.scenes_found),
+        "Scenes used": _count(report.scenes_used),
+        "Scenes failed": str(len(report.failed_scenes)),
+        "Valid pixels": "?" if report.valid_share is None else f"{report.valid_share:.1%}",
+    }
+    blocks = [
+        _header(f":white_check_mark: {title}"),
+        {"type": "section", "fields": [_mrkdwn(f"*{name}*\n{value}") for name, value in numbers.items()]},
+    ]
+    if report.product_urls:
+        lines = (f"• {_escape(name)}: {_link(url)}" for name, url in report.product_urls.items())
+        blocks.append(_section("*Products*", lines))
+    blocks += _failed_scenes_section(report.failed_scenes)
+    blocks += _run_context(report)
+    text = f"{title}, {numbers['Scenes used']} of {numbers['Scenes found']} scenes used, {numbers['Valid pixels']} valid"
+    return SlackMessage(text=_with_run_name(text, report), blocks=blocks)
+
+
+def failed_message(
+    reason: str, failed_scenes: Sequence[tuple[str, str]] = (), report: RunReport | None = None
+) -> SlackMessage:
+    title = f"{_title(report)}: failed" if report else "Basemap run failed"
+    blocks = [
+        _header(f":x: {title}"),
+        _section("*Reason*", [f"```{_escape(_truncated(reason, REASON_MAX_CHARS))}```"]),
+    ]
+    blocks += _failed_scenes_section([FailedScene(*scene) for scene in failed_scenes])
+    if report:
+        blocks += _run_context(report)
+    text = f"{title}: {reason}"
+    return SlackMessage(text=_with_run_name(text, report) if report else text, blocks=blocks)
+
+
+class SlackNotifier(Block):
+    """Posts the start, success and failure of basemap runs to a Slack channel through an Incoming
+    Webhook. The webhook URL is stored encrypted and never logged."""
+
+    _block_type_name = "Slack Notifier"
+    _block_type_slug = "slack-notifier"
+
+    webhook_url: SecretStr = Field(
+        description="Slack Incoming Webhook URL (https://hooks.slack.com/services/...); it is a secret."
+    )
+    channel: str | None = Field(
+        None, description="Channel to post in, e.g. '#basemaps'; None: the webhook's own channel."
+    )
+    username: str | None = Field(None, description="Name shown as the sender; None: the webhook's default.")
+    icon_emoji: str | None = Field(None, description="Emoji shown as the sender's icon, e.g. ':satellite:'.")
+    timeout_s: int = Field(10, ge=1, le=120, description="Seconds to wait for Slack before giving up.")
+
+    def notify_started(self, report: RunReport) -> bool:
+        return self.send(started_message(report))
+
+    def notify_succeeded(self, report: RunReport) -> bool:
+        return self.send(succeeded_message(report))
+
+    def notify_failed(
+        self, reason: str, failed_scenes: Sequence[tuple[str, str]] = (), report: RunReport | None = None
+    ) -> bool:
+        return self.send(failed_message(reason, failed_scenes, report))
+
+    def send(self, message: SlackMessage) -> bool:
+        """Post `message`; True when Slack accepted it. Failures are logged, not raised."""
+        logger = _current_logger()
+        webhook_url = self.webhook_url.get_secret_value()
+        client = WebhookClient(webhook_url, timeout=self.timeout_s, logger=_SDK_LOGGER)
+        body = {"text": message.text, "blocks": message.blocks} | self._sender_fields()
+        try:
+            response = client.send_dict(body)
+        except SEND_ERRORS as error:
+            logger.warning("Slack notice %r not sent: %s", message.text, _redacted(str(error), webhook_url))
+            return False
+        if response.status_code != 200 or response.body != SLACK_OK_BODY:
+            answer = _redacted(str(response.body)[:200], webhook_url)
+            logger.warning("Slack notice %r refused: HTTP %d %s", message.text, response.status_code, answer)
+            return False
+        return True
+
+    def _sender_fields(self) -> dict[str, str]:
+        fields = {"channel": self.channel, "username": self.username, "icon_emoji": self.icon_emoji}
+        return {name: value for name, value in fields.items() if value}
+
+
+def slack_state_hooks() -> dict[str, list[StateHook]]:
+    """Keyword arguments for `@flow` that send a notice when a run starts, completes, fails or crashes."""
+    return {
+        "on_running": [announce_start],
+        "on_completion": [announce_success],
+        "on_failure": [announce_failure],
+        "on_crashed": [announce_failure],
+    }
+
+
+def announce_start(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    notifier = _notifier_for(flow_run)
+    if notifier:
+        notifier.notify_started(_report_from_parameters(flow_run))
+
+
+def announce_success(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    notifier = _notifier_for(flow_run)
+    if not notifier:
+        return
+    run_report = _report_from_parameters(flow_run)
+    returned = _state_result(state)
+    if isinstance(returned, RunReport):
+        run_report = replace(
+            returned,
+            flow_run_name=returned.flow_run_name or run_report.flow_run_name,
+            flow_run_url=returned.flow_run_url or run_report.flow_run_url,
+        )
+    notifier.notify_succeeded(run_report)
+
+
+def announce_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    notifier = _notifier_for(flow_run)
+    if not notifier:
+        return
+    failed_scenes = getattr(_state_result(state), "failed_scenes", None) or ()
+    reason = state.message or f"the run ended {state.name}"
+    notifier.notify_failed(reason, failed_scenes, _report_from_parameters(flow_run))
+
+
+def _notifier_for(flow_run: FlowRun) -> SlackNotifier | None:
+    block_name = _settings_of(flow_run).get("slack_block")
+    if not block_name:
+        return None
+    try:
+        return SlackNotifier.load(block_name, _sync=True)
+    except ValueError as error:
+        _current_logger().warning(
+            "Slack block %r could not be loaded (%s); create it with `python -m blocks.register`", block_name, error
+        )
+        return None
+
+
+def _settings_of(flow_run: FlowRun) -> Mapping[str, Any]:
+    settings = (flow_run.parameters or {}).get(SETTINGS_PARAMETER)
+    if isinstance(settings, BaseModel):
+        return settings.model_dump()
+    return settings if isinstance(settings, Mapping) else {}
+
+
+def _report_from_parameters(flow_run: FlowRun) -> RunReport:
+    settings = _settings_of(flow_run)
+    aoi_source = settings.get("aoi")
+    start = flow_run.expected_start_time or datetime.now(timezone.utc)
+    return RunReport(
+        aoi=aoi_name(str(aoi_source)) if aoi_source else "AOI",
+        month=settings.get("month") or previous_month(start),
+        flow_run_name=flow_run.name,
+        flow_run_url=url_for(flow_run),
+    )
+
+
+def _state_result(state: State) -> Any:
+    """The run's return value or exception; None when it was not kept."""
+    try:
+        return state.result(raise_on_failure=False, _sync=True)
+    except MissingResult:
+        return None
+
+
+def _current_logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _logger
+
+
+def _redacted(text: str, secret: str) -> str:
+    return text.replace(secret, "[webhook URL]")
+
+
+def _title(report: RunReport) -> str:
+    return f"Basemap {report.aoi} {report.month}"
+
+
+def _with_run_name(text: str, report: RunReport) -> str:
+    return f"{text} (flow run {report.flow_run_name})" if report.flow_run_name else text
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _escape(text: str) -> str:
+    """Slack mrkdwn treats &, < and > as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link(url: str) -> str:
+    if url.startswith(("https://", "http://")):
+        return f"<{url}>"
+    return f"`{_escape(url)}`"
+
+
+def _truncated(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mrkdwn(text: str) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": _truncated(text, SECTION_MAX_CHARS)}
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": _truncated(text, HEADER_MAX_CHARS), "emoji": True}}
+
+
+def _section(title: str, lines: Iterable[str]) -> dict[str, Any]:
+    return {"type": "section", "text": _mrkdwn("\n".join([title, *lines]))}
+
+
+def _failed_scenes_section(failed_scenes: Sequence[FailedScene]) -> list[dict[str, Any]]:
+    if not failed_scenes:
+        return []
+    lines = [f"• `{_escape(scene.item_id)}`: {_escape(scene.reason)}" for scene in failed_scenes[:LISTED_SCENES_MAX]]
+    if len(failed_scenes) > LISTED_SCENES_MAX:
+        lines.append(f"… and {len(failed_scenes) - LISTED_SCENES_MAX} more")
+    return [_section(f"*Failed scenes ({len(failed_scenes)})*", lines)]
+
+
+def _run_context(report: RunReport) -> list[dict[str, Any]]:
+    if not report.flow_run_name:
+        return []
+    name = _escape(report.flow_run_name)
+    run = f"<{report.flow_run_url}|{name}>" if report.flow_run_url else f"`{name}`"
+    return [{"type": "context", "elements": [_mrkdwn(f"Flow run {run}")]}]

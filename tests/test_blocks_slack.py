@@ -1,0 +1,218 @@
+"""Slack notices: message builders, delivery through the real WebhookClient to a loopback
+receiver, failures that are logged and not raised, the secret kept out of sight, and the flow
+state hooks in a Prefect test-harness flow run."""
+
+import json
+import logging
+import socket
+import uuid
+from typing import Any
+
+import pytest
+from prefect import flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Crashed
+
+from blocks.slack import (
+    HEADER_MAX_CHARS,
+    LISTED_SCENES_MAX,
+    FailedScene,
+    RunReport,
+    SlackNotifier,
+    announce_failure,
+    failed_message,
+    slack_state_hooks,
+    started_message,
+    succeeded_message,
+)
+from flows.parameters import MosaicSettings
+from tasks.aoi import aoi_name
+from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
+
+AOI_PATH = "deployments/lake_constance.geojson"
+MONTH = "2024-06"
+
+
+@pytest.fixture
+def report() -> RunReport:
+    return RunReport(
+        aoi="lake_constance",
+        month=MONTH,
+        scenes_found=14,
+        scenes_used=11,
+        failed_scenes=(FailedScene("S2B_32TNT_20240611_0_L2A", "HTTP 503 after 4 attempts"),),
+        valid_share=0.9731,
+        product_urls={"mosaic": "s3://basemaps/lake_constance/2024/06/mosaic.tif", "preview": "https://x.example/p.png"},
+        flow_run_name="brave-heron",
+        flow_run_url="http://127.0.0.1:4200/runs/flow-run/1234",
+    )
+
+
+def _payload_text(body: dict[str, Any]) -> str:
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _fields(body: dict[str, Any]) -> dict[str, str]:
+    """The '*label*\\nvalue' fields of a message's sections, as {label: value}."""
+    texts = [item["text"] for block in body["blocks"] for item in block.get("fields", [])]
+    return {label.strip("*"): value for label, value in (text.split("\n", 1) for text in texts)}
+
+
+def _refused_url() -> str:
+    """A loopback URL nobody listens on (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+
+
+def test_start_success_and_failure_reach_the_webhook(slack_receiver: SlackReceiver, report: RunReport) -> None:
+    notifier = SlackNotifier(webhook_url=slack_receiver.url, channel="#basemaps", username="basemap-bot")
+
+    assert notifier.notify_started(report)
+    assert notifier.notify_succeeded(report)
+    assert notifier.notify_failed("no scene left after masking", report.failed_scenes, report)
+
+    started, succeeded, failed = slack_receiver.bodies
+    assert all(body["channel"] == "#basemaps" and body["username"] == "basemap-bot" for body in slack_receiver.bodies)
+    assert "started" in started["text"] and report.flow_run_name in started["text"]
+    success_text = _payload_text(succeeded)
+    assert _fields(succeeded) == {
+        "Scenes found": str(report.scenes_found),
+        "Scenes used": str(report.scenes_used),
+        "Scenes failed": str(len(report.failed_scenes)),
+        "Valid pixels": f"{report.valid_share:.1%}",
+    }
+    assert all(url in success_text for url in report.product_urls.values())
+    assert report.failed_scenes[0].item_id in success_text
+    failure_text = _payload_text(failed)
+    assert "no scene left after masking" in failed["text"]
+    assert report.failed_scenes[0].item_id in failure_text and report.failed_scenes[0].reason in failure_text
+    assert report.flow_run_url in failure_text
+
+
+def test_failure_message_lists_a_bounded_number_of_scenes_and_escapes_markup() -> None:
+    failed_scenes = [(f"S2A_{number:03d}", "read <timeout> & retry") for number in range(LISTED_SCENES_MAX + 5)]
+    long_aoi = "a" * 300
+    message = failed_message("bad <AOI> & more", failed_scenes, RunReport(aoi=long_aoi, month=MONTH))
+
+    text = _payload_text({"blocks": message.blocks})
+    assert f"S2A_{LISTED_SCENES_MAX - 1:03d}" in text and f"S2A_{LISTED_SCENES_MAX:03d}" not in text
+    assert "and 5 more" in text
+    assert "<AOI>" not in text and "bad &lt;AOI&gt; &amp; more" in text
+    header = message.blocks[0]["text"]["text"]
+    assert len(header) <= HEADER_MAX_CHARS
+    assert message.text.startswith(f"Basemap {long_aoi}")
+
+
+def test_builders_show_unknown_counts_as_unknown() -> None:
+    report = RunReport(aoi="x", month=MONTH)
+    assert set(_fields({"blocks": succeeded_message(report).blocks}).values()) == {"?", "0"}
+    assert started_message(report).text == f"Basemap x {MONTH}: started"
+
+
+@pytest.mark.parametrize("answer", ["error", "close"])
+def test_webhook_errors_are_logged_not_raised(
+    slack_receiver: SlackReceiver, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack_receiver.answer = answer
+    caplog.set_level(logging.DEBUG)
+
+    assert not SlackNotifier(webhook_url=slack_receiver.url).notify_failed("disk full")
+
+    assert slack_receiver.bodies, "the receiver saw no request"
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "disk full" in warnings[0].getMessage()
+    assert WEBHOOK_PATH not in caplog.text
+
+
+def test_refused_connection_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert not SlackNotifier(webhook_url=_refused_url(), timeout_s=2).notify_started(RunReport("x", MONTH))
+    assert "not sent" in caplog.text and "refused" in caplog.text.lower()
+    assert WEBHOOK_PATH not in caplog.text
+
+
+def test_secret_stays_out_of_repr_logs_and_messages(
+    slack_receiver: SlackReceiver, report: RunReport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    notifier = SlackNotifier(webhook_url=slack_receiver.url)
+    bad_scheme = SlackNotifier(webhook_url=slack_receiver.url.replace("http://", "ftp://"))
+
+    assert notifier.notify_succeeded(report)
+    slack_receiver.answer = "error"
+    assert not notifier.notify_failed("boom", report.failed_scenes, report)
+    assert not bad_scheme.notify_started(report)
+
+    assert WEBHOOK_PATH not in repr(notifier) and WEBHOOK_PATH not in str(notifier)
+    assert "[webhook URL]" in caplog.text, "the invalid-URL error should have been redacted, not dropped"
+    assert WEBHOOK_PATH not in caplog.text
+    assert all(WEBHOOK_PATH not in _payload_text(body) for body in slack_receiver.bodies)
+
+
+# --- state hooks in Prefect flow runs -----------------------------------------------------------
+
+
+class ScenesFailed(Exception):
+    """Stands in for the flow's error carrying the failed scenes."""
+
+    def __init__(self, message: str, failed_scenes: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failed_scenes = failed_scenes
+
+
+FAILED_SCENE = ("S2A_32TNT_20240603_0_L2A", "HTTP 500 on B04")
+
+
+@flow(**slack_state_hooks())
+def failing_mosaic(settings: MosaicSettings) -> RunReport:
+    raise ScenesFailed("3 of 5 scenes failed, more than the allowed 10%", [FAILED_SCENE])
+
+
+@flow(**slack_state_hooks())
+def finishing_mosaic(settings: MosaicSettings) -> RunReport:
+    return RunReport(aoi=aoi_name(settings.aoi), month=settings.month, scenes_found=5, scenes_used=4, valid_share=0.5)
+
+
+@pytest.fixture
+def slack_block(prefect_harness: None, slack_receiver: SlackReceiver) -> str:
+    name = f"test-slack-{uuid.uuid4().hex[:8]}"
+    SlackNotifier(webhook_url=slack_receiver.url).save(name)
+    return name
+
+
+def test_failing_flow_sends_start_then_failure_with_reason(slack_receiver: SlackReceiver, slack_block: str) -> None:
+    state = failing_mosaic(MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block), return_state=True)
+
+    assert state.is_failed()
+    started, failed = slack_receiver.bodies
+    assert started["text"].startswith(f"Basemap {aoi_name(AOI_PATH)} {MONTH}: started")
+    assert "3 of 5 scenes failed" in failed["text"]
+    failure_text = _payload_text(failed)
+    assert FAILED_SCENE[0] in failure_text and FAILED_SCENE[1] in failure_text
+
+
+def test_completed_flow_sends_its_returned_report(slack_receiver: SlackReceiver, slack_block: str) -> None:
+    returned = finishing_mosaic(MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block))
+
+    succeeded = slack_receiver.bodies[-1]
+    assert len(slack_receiver.bodies) == 2
+    assert f"{returned.scenes_used} of {returned.scenes_found} scenes used" in succeeded["text"]
+    assert _fields(succeeded)["Valid pixels"] == f"{returned.valid_share:.1%}"
+
+
+def test_no_block_named_sends_nothing(slack_receiver: SlackReceiver, slack_block: str) -> None:
+    finishing_mosaic(MosaicSettings(aoi=AOI_PATH, month=MONTH))
+    assert slack_receiver.bodies == []
+
+
+def test_crash_hook_sends_the_state_message(slack_receiver: SlackReceiver, slack_block: str) -> None:
+    settings = MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block)
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="crashed-run", parameters={"settings": settings.model_dump(mode="json")})
+    crash = Crashed(message="Flow run infrastructure exited with non-zero status code 137.")
+
+    announce_failure(failing_mosaic, flow_run, crash)
+
+    (crashed,) = slack_receiver.bodies
+    assert "exited with non-zero status code 137" in crashed["text"] and "crashed-run" in crashed["text"]
