@@ -38,6 +38,7 @@ import rasterio
 import torch
 from odc.geo.geobox import GeoBox
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from tasks.errors import InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
@@ -334,7 +335,7 @@ def _retry_unless_our_error(task, task_run, state) -> bool:  # noqa: ANN001 (Pre
     return True
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_unless_our_error)
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_unless_our_error, cache_policy=NO_CACHE)
 def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
     """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
     with gpu_slot(settings):

@@ -1,0 +1,452 @@
+"""Tests of the masking stage: torchvision shim, mask rules, OmniCloudMask runs offline, files, task."""
+
+import csv
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from odc.geo.geobox import GeoBox
+
+from tasks import mask as mask_module
+from tasks import torch_compat
+from tasks.errors import MissingModelWeights
+from tasks.mask import (
+    GPU_CONCURRENCY_LIMIT,
+    InferenceOutOfMemory,
+    check_model_weights,
+    expected_weight_files,
+    load_omnicloudmask,
+    mask_from_bands,
+    mask_name_for,
+    mask_scene,
+    model_dir_for,
+    predict_with_fallback,
+)
+from tasks.mask_rules import (
+    SclClass,
+    average_down,
+    buffer_cloud_and_shadow,
+    classes_from_scl,
+    combine_classes,
+    dilate_disk,
+    downsample_factor,
+    scl_invalid,
+    upsample_nearest,
+)
+from tasks.scene import SCENE_BANDS, ClippedScene, MaskClass
+from tasks.settings import MaskSettings
+from tasks.workspace import Workspace
+from tests.synthetic import full_resolution, make_synthetic_month, synthetic_grid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_VERSION = 4.0
+SMALL_PATCHES = {"patch_size": 128, "patch_overlap": 32, "batch_size": 2}
+DEFAULT_INVALID = MaskSettings().scl_invalid_classes
+ALL_SCL_CLASSES = np.array(list(SclClass), dtype=np.uint16)
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Randomly initialised v4 weights under their real file names, built as the library builds them."""
+    load_omnicloudmask()
+    import segmentation_models_pytorch as smp
+    from omnicloudmask.download_models import model_index_path
+    from safetensors.torch import save_file
+
+    model_dir = tmp_path_factory.mktemp("ocm_weights")
+    with model_index_path.open() as index:
+        rows = [row for row in csv.DictReader(index) if float(row["version"]) == MODEL_VERSION]
+    for row in rows:
+        model = smp.Unet(encoder_name=row["timm_model_name"], encoder_weights=None, in_channels=3, classes=4)
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, model_dir / row["file_name"])
+    return model_dir
+
+
+def scene_grid(shape: tuple[int, int] = (256, 256), resolution: float = 10.0) -> GeoBox:
+    return synthetic_grid(shape=shape, resolution=resolution, origin=(500_000.0, 4_002_560.0))
+
+
+def random_bands(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Five uint16 bands in SCENE_BANDS order: reflectance 1..9000 and SCL classes 0..11."""
+    rng = np.random.default_rng(seed)
+    reflectance = rng.integers(1, 9000, size=(4, *shape), dtype=np.uint16)
+    scl = rng.integers(0, 12, size=(1, *shape), dtype=np.uint16)
+    return np.concatenate([reflectance, scl])
+
+
+def write_clipped_scene(root: Path, name: str, bands: np.ndarray, grid: GeoBox, item_id: str = "S2X_TEST") -> ClippedScene:
+    """A clipped scene file in the stage contract's format, and its record."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff", "width": grid.shape.x, "height": grid.shape.y, "count": len(SCENE_BANDS),
+        "dtype": "uint16", "crs": grid.crs.to_wkt(), "transform": grid.affine, "nodata": 0,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(bands)
+    acquired = datetime(2020, 3, 5, tzinfo=timezone.utc)
+    return ClippedScene(item_id, acquired, "02.14", name, grid, valid_fraction=1.0)
+
+
+def settings_for(model_dir: Path, **overrides: object) -> MaskSettings:
+    return MaskSettings(model_dir=str(model_dir), device="cpu", **{**SMALL_PATCHES, **overrides})
+
+
+# --- torchvision compatibility ----------------------------------------------------------------
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_compat_makes_torchvision_and_omnicloudmask_importable():
+    plain = run_python("import torchvision")
+    patched = run_python(
+        "from tasks.torch_compat import ensure_torchvision_importable, placeholder_operators\n"
+        "ensure_torchvision_importable()\n"
+        "import torchvision, timm, omnicloudmask\n"
+        "print(','.join(sorted(placeholder_operators())))"
+    )
+    assert patched.returncode == 0, patched.stderr[-2000:]
+    placeholders = set(filter(None, patched.stdout.strip().split(",")))
+    if plain.returncode == 0:
+        assert placeholders == set()
+    else:
+        assert "torchvision::nms does not exist" in plain.stderr
+        assert placeholders == {"nms", "qnms"}
+
+
+def test_compat_does_nothing_when_torchvision_imports(monkeypatch: pytest.MonkeyPatch):
+    imported = []
+    monkeypatch.setattr(torch_compat, "import_module", imported.append)
+    before = torch_compat.placeholder_operators()
+    torch_compat.ensure_torchvision_importable()
+    assert imported == ["torchvision"]
+    assert torch_compat.placeholder_operators() == before
+
+
+@pytest.mark.parametrize(
+    "message", ["operator torchvision::roi_align does not exist", "CUDA driver version is insufficient"]
+)
+def test_compat_reraises_other_import_errors(monkeypatch: pytest.MonkeyPatch, message: str):
+    def failing_import(name: str) -> None:
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch_compat, "import_module", failing_import)
+    with pytest.raises(RuntimeError, match=message):
+        torch_compat.ensure_torchvision_importable()
+
+
+# --- mask rules on hand-made arrays -----------------------------------------------------------
+
+
+def test_every_scl_class_under_ocm_plus_scl_with_clear_model():
+    scl = ALL_SCL_CLASSES
+    mask = combine_classes(np.zeros(scl.shape, np.uint8), scl_invalid(scl, DEFAULT_INVALID), np.ones(scl.shape, bool))
+    expected = [MaskClass.INVALID_SCL if value in DEFAULT_INVALID else MaskClass.CLEAR for value in range(12)]
+    assert mask.tolist() == expected
+    kept = {SclClass.DARK_AREA, SclClass.UNCLASSIFIED, SclClass.VEGETATION, SclClass.NOT_VEGETATED, SclClass.WATER}
+    assert {int(value) for value in scl[mask == MaskClass.CLEAR]} == kept
+
+
+def test_every_scl_class_under_scl_masker():
+    scl = ALL_SCL_CLASSES
+    classes = classes_from_scl(scl, DEFAULT_INVALID)
+    mask = combine_classes(classes, scl_invalid(scl, DEFAULT_INVALID), np.ones(scl.shape, bool))
+    expected = {
+        0: MaskClass.INVALID_SCL, 1: MaskClass.INVALID_SCL, 2: MaskClass.CLEAR, 3: MaskClass.CLOUD_SHADOW,
+        4: MaskClass.CLEAR, 5: MaskClass.CLEAR, 6: MaskClass.CLEAR, 7: MaskClass.CLEAR,
+        8: MaskClass.THICK_CLOUD, 9: MaskClass.THICK_CLOUD, 10: MaskClass.THIN_CLOUD, 11: MaskClass.INVALID_SCL,
+    }  # fmt: skip
+    assert dict(enumerate(mask.tolist())) == expected
+
+
+def test_scl_class_left_out_of_invalid_set_is_clear():
+    scl = ALL_SCL_CLASSES
+    without_cirrus = tuple(value for value in DEFAULT_INVALID if value != SclClass.THIN_CIRRUS)
+    classes = classes_from_scl(scl, without_cirrus)
+    assert classes[SclClass.THIN_CIRRUS] == MaskClass.CLEAR
+    assert classes[SclClass.CLOUD_HIGH_PROBABILITY] == MaskClass.THICK_CLOUD
+
+
+def test_precedence_nodata_then_model_then_scl():
+    model = np.array([[1, 2, 3, 0, 3, 0]], np.uint8)
+    invalid = np.array([[True, True, True, True, False, False]])
+    data = np.array([[True, True, True, True, False, True]])
+    assert combine_classes(model, invalid, data).tolist() == [[1, 2, 3, 4, 5, 0]]
+    assert combine_classes(model, None, data).tolist() == [[1, 2, 3, 0, 5, 0]]
+
+
+def test_nodata_edges_from_any_empty_band():
+    bands = random_bands((40, 50))
+    bands[:, :3, :] = 0
+    bands[2, :, -4:] = 0
+    mask = mask_from_bands(bands, 10.0, MaskSettings(masker="scl"))
+    assert np.all(mask[:3, :] == MaskClass.NODATA) and np.all(mask[:, -4:] == MaskClass.NODATA)
+    assert not np.any(mask[3:, :-4] == MaskClass.NODATA)
+
+
+def test_dilate_disk_matches_euclidean_distance():
+    rng = np.random.default_rng(3)
+    region = rng.random((60, 70)) > 0.995
+    radius = 4.6
+    rows, cols = np.indices(region.shape)
+    seeds = np.argwhere(region)
+    distance = np.min(np.hypot(rows[..., None] - seeds[:, 0], cols[..., None] - seeds[:, 1]), axis=-1)
+    assert np.array_equal(dilate_disk(region, radius), distance <= radius)
+
+
+def test_buffer_takes_source_class_and_never_overrides_nodata():
+    classes = np.zeros((21, 21), np.uint8)
+    classes[10, 5] = MaskClass.THICK_CLOUD
+    classes[10, 8] = MaskClass.CLOUD_SHADOW
+    buffered = buffer_cloud_and_shadow(classes, 2.0)
+    assert buffered[10, 8] == MaskClass.CLOUD_SHADOW  # detected pixels keep their class
+    assert buffered[10, 7] == MaskClass.THICK_CLOUD  # thick buffer beats shadow buffer
+    assert buffered[10, 10] == MaskClass.CLOUD_SHADOW and buffered[10, 11] == MaskClass.CLEAR
+    assert buffered[8, 5] == MaskClass.THICK_CLOUD and buffered[8, 4] == MaskClass.CLEAR  # (2,1) is beyond 2 px
+    data = np.ones(classes.shape, bool)
+    data[10, 9] = False
+    assert combine_classes(buffered, None, data)[10, 9] == MaskClass.NODATA
+
+
+def test_buffer_in_metres_through_mask_from_bands():
+    bands = random_bands((30, 30))
+    bands[4] = SclClass.VEGETATION
+    bands[4, 15, 15] = SclClass.CLOUD_HIGH_PROBABILITY
+    mask = mask_from_bands(bands, 10.0, MaskSettings(masker="scl", buffer_m=30.0))
+    assert np.count_nonzero(mask == MaskClass.THICK_CLOUD) == 29  # pixels within 3 px of the centre
+
+
+@pytest.mark.parametrize(
+    ("grid_m", "mask_m", "factor"), [(10, 20, 2), (10, 10, 1), (5, 20, 4), (20, 20, 1), (30, 20, 1), (15, 20, 1)]
+)
+def test_downsample_factor(grid_m: float, mask_m: int, factor: int):
+    assert downsample_factor(grid_m, mask_m) == factor
+
+
+def test_average_down_ignores_nodata_and_upsample_restores_shape():
+    bands = np.array([[[4, 0, 8], [2, 2, 0], [0, 0, 6]]], np.uint16)
+    averaged = average_down(bands, 2)
+    assert averaged.shape == (1, 2, 2) and np.allclose(averaged, [[[8 / 3, 8.0], [0.0, 6.0]]])
+    assert upsample_nearest(np.arange(4).reshape(2, 2), 2, (3, 3)).tolist() == [[0, 0, 1], [0, 0, 1], [2, 2, 3]]
+
+
+# --- OmniCloudMask with random weights (offline, the real loading path) -----------------------
+
+
+def test_mask_scene_writes_aligned_mask(tmp_path: Path, random_model_dir: Path):
+    grid = scene_grid()
+    bands = random_bands(grid.shape.yx)
+    bands[:, :, :20] = 0
+    scene = write_clipped_scene(tmp_path, "scenes/S2X_TEST.tif", bands, grid)
+    mask_name = mask_scene(scene, Workspace(str(tmp_path)), settings_for(random_model_dir))
+    assert mask_name == "scenes/S2X_TEST_mask.tif"
+    with rasterio.open(tmp_path / mask_name) as mask_file:
+        mask = mask_file.read(1)
+        assert (mask_file.count, mask_file.dtypes[0]) == (1, "uint8")
+        assert mask_file.transform == grid.affine and mask_file.crs == rasterio.crs.CRS.from_wkt(grid.crs.to_wkt())
+        assert mask_file.block_shapes == [(256, 256)] and mask_file.compression.name == "deflate"
+    assert mask.shape == grid.shape.yx
+    assert set(np.unique(mask)) <= set(MaskClass)
+    assert np.all(mask[:, :20] == MaskClass.NODATA) and not np.any(mask[:, 20:] == MaskClass.NODATA)
+    invalid = scl_invalid(bands[4], DEFAULT_INVALID)
+    assert np.all(mask[:, 20:][invalid[:, 20:]] != MaskClass.CLEAR)
+    assert not list(tmp_path.glob("scenes/.partial-*"))
+
+
+def spy_on_model_input(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    omnicloudmask = load_omnicloudmask()
+    real_predict = omnicloudmask.predict_from_array
+    shapes: list[tuple[int, ...]] = []
+
+    def spy(input_array: np.ndarray, **options: object) -> np.ndarray:
+        shapes.append(input_array.shape)
+        return real_predict(input_array, **options)
+
+    monkeypatch.setattr(omnicloudmask, "predict_from_array", spy)
+    return shapes
+
+
+def test_20m_mode_runs_on_averaged_input_and_returns_grid_shape(monkeypatch: pytest.MonkeyPatch, random_model_dir: Path):
+    shapes = spy_on_model_input(monkeypatch)
+    bands = random_bands((130, 97))
+    mask = mask_from_bands(bands, 10.0, settings_for(random_model_dir, resolution_m=20, masker="ocm"))
+    assert shapes == [(3, 65, 49)]
+    assert mask.shape == (130, 97) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1, 2, 3}
+
+
+def test_small_scene_is_padded_to_model_minimum(monkeypatch: pytest.MonkeyPatch, random_model_dir: Path):
+    shapes = spy_on_model_input(monkeypatch)
+    mask = mask_from_bands(random_bands((12, 90)), 10.0, settings_for(random_model_dir, masker="ocm"))
+    assert shapes == [(3, 32, 90)] and mask.shape == (12, 90)
+
+
+def test_all_nodata_scene_skips_the_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr(mask_module, "predict_cloud_classes", pytest.fail)
+    mask = mask_from_bands(np.zeros((5, 40, 40), np.uint16), 10.0, settings_for(tmp_path))
+    assert np.all(mask == MaskClass.NODATA)
+
+
+# --- out-of-memory fallback -------------------------------------------------------------------
+
+
+def fake_predict_oom_above(limit: int, error: Callable[[], BaseException], calls: list[int]):
+    def predict(input_array: np.ndarray, *, batch_size: int, **options: object) -> np.ndarray:
+        calls.append(batch_size)
+        if batch_size > limit:
+            raise error()
+        return np.zeros((1, *input_array.shape[1:]), np.uint8)
+
+    return predict
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
+    ],
+)
+def test_out_of_memory_halves_batch_until_it_fits(monkeypatch: pytest.MonkeyPatch, random_model_dir: Path, error):
+    calls: list[int] = []
+    monkeypatch.setattr(load_omnicloudmask(), "predict_from_array", fake_predict_oom_above(4, error, calls))
+    mask = mask_from_bands(random_bands((64, 64)), 10.0, settings_for(random_model_dir, batch_size=8, masker="ocm"))
+    assert calls == [8, 4]
+    assert mask.shape == (64, 64)
+
+
+def test_out_of_memory_at_batch_one_is_one_line_error():
+    calls: list[int] = []
+
+    def always_oom(batch_size: int) -> np.ndarray:
+        calls.append(batch_size)
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(InferenceOutOfMemory) as raised:
+        predict_with_fallback(always_oom, 8)
+    assert calls == [8, 4, 2, 1]
+    assert "\n" not in str(raised.value) and "batch size 1" in str(raised.value)
+
+
+def test_other_runtime_errors_are_not_retried():
+    calls: list[int] = []
+
+    def broken(batch_size: int) -> np.ndarray:
+        calls.append(batch_size)
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    with pytest.raises(RuntimeError, match="same device"):
+        predict_with_fallback(broken, 8)
+    assert calls == [8]
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+
+def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setattr(load_omnicloudmask(), "predict_from_array", pytest.fail)
+    names = expected_weight_files(MODEL_VERSION)
+    (tmp_path / names[0]).write_bytes(b"\0" * 1024)  # an interrupted download is not a weights file
+    with pytest.raises(MissingModelWeights) as raised:
+        mask_from_bands(random_bands((64, 64)), 10.0, settings_for(tmp_path))
+    message = str(raised.value)
+    assert "\n" not in message and str(tmp_path) in message
+    assert all(name in message for name in names)
+    assert f"python -m tasks.mask download-models --dir {tmp_path}" in message
+
+
+def test_present_weights_pass_the_check(random_model_dir: Path):
+    check_model_weights(random_model_dir, MODEL_VERSION)
+
+
+def test_model_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv(mask_module.MODEL_DIR_ENV, str(tmp_path))
+    assert model_dir_for(MaskSettings()) == tmp_path
+    assert model_dir_for(MaskSettings(model_dir="/elsewhere")) == Path("/elsewhere")
+
+
+def test_download_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture):
+    def offline(**options: object) -> None:
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError as dns_error:
+            raise ValueError("Force download failed due to the above error.") from dns_error
+
+    monkeypatch.setattr(load_omnicloudmask().download_models, "get_models", offline)
+    assert mask_module.main(["download-models", "--dir", str(tmp_path / "weights")]) == 1
+    error_line = capsys.readouterr().err.strip()
+    assert "\n" not in error_line and "Name or service not known" in error_line
+    assert str(tmp_path / "weights") in error_line
+
+
+def test_mask_name_beside_scene():
+    assert mask_name_for("scenes/S2B_33UVP_20240305_0_L2A.tif") == "scenes/S2B_33UVP_20240305_0_L2A_mask.tif"
+
+
+# --- SCL masker over a synthetic month --------------------------------------------------------
+
+
+def clipped_scenes_of(month, root: Path) -> list[ClippedScene]:
+    """Clipped scenes on the month's grid, in the stage contract's format, from the generator's files."""
+    scenes = []
+    for item in month.items:
+        reflectance = []
+        for key in ("red", "green", "blue", "nir"):
+            with rasterio.open(item["assets"][key]["href"]) as band:
+                reflectance.append(band.read(1))
+        with rasterio.open(item["assets"]["scl"]["href"]) as scl_file:
+            scl = full_resolution(scl_file.read(1), month.grid.shape.yx)
+        bands = np.concatenate([np.stack(reflectance), scl[None].astype(np.uint16)])
+        scenes.append(write_clipped_scene(root, f"scenes/{item['id']}.tif", bands, month.grid, item["id"]))
+    return scenes
+
+
+def test_scl_masker_finds_synthetic_clouds_and_shadows(tmp_path: Path):
+    grid = synthetic_grid(shape=(256, 256), resolution=60.0)
+    month = make_synthetic_month(tmp_path / "cogs", dates=(date(2020, 3, 5), date(2020, 3, 20)), grid=grid, partial_dates=(date(2020, 3, 20),))
+    workspace = Workspace(str(tmp_path / "ws"))
+    for scene in clipped_scenes_of(month, tmp_path / "ws"):
+        with rasterio.open(workspace.uri(mask_scene(scene, workspace, MaskSettings(masker="scl")))) as mask_file:
+            mask = mask_file.read(1)
+        sky = month.cloud_mask[scene.item_id] | month.thin_mask[scene.item_id] | month.shadow_mask[scene.item_id]
+        assert sky.sum() > 1000
+        assert np.count_nonzero(np.isin(mask[sky], (1, 2, 3))) >= 0.95 * sky.sum()
+        assert np.all(mask[~month.data_mask[scene.item_id]] == MaskClass.NODATA)
+        assert np.count_nonzero(mask[month.clear_mask[scene.item_id]] == MaskClass.CLEAR) > 0.9 * month.clear_mask[scene.item_id].sum()
+
+
+# --- Prefect task -----------------------------------------------------------------------------
+
+
+def test_task_in_flow_with_gpu_slot_without_limit(prefect_harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from prefect import flow
+
+    grid = scene_grid((64, 64))
+    scene = write_clipped_scene(tmp_path, "scenes/S2X_TASK.tif", random_bands(grid.shape.yx), grid)
+    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
+    gpu_settings = MaskSettings(masker="ocm")
+
+    @flow
+    def mask_one() -> tuple[str, bool]:
+        with mask_module.gpu_slot(gpu_settings):  # the limit "gpu" was never created: a warning, no failure
+            held = True
+        return mask_module.mask_scene_task(scene, Workspace(str(tmp_path)), MaskSettings(masker="scl")), held
+
+    assert GPU_CONCURRENCY_LIMIT == "gpu"
+    assert mask_one() == ("scenes/S2X_TASK_mask.tif", True)
+    assert (tmp_path / "scenes/S2X_TASK_mask.tif").is_file()
+    assert math.isclose(mask_module.pixel_size_m(grid), 10.0)
