@@ -191,7 +191,7 @@ def write_cog(source: Path, destination: Path, profile: CogProfile) -> None:
         rasterio.shutil.copy(str(source), str(destination), driver="COG", **profile.creation_options())
 
 
-def validate_cog(path: Path, strict: bool = True) -> list[str]:
+def validate_cog(path: Path | str, strict: bool = True) -> list[str]:
     """Check `path` with rio-cogeo; raise `InvalidProduct` when it is not a valid COG.
 
     With `strict` warnings (e.g. a large raster without overviews) count as errors; otherwise they
