@@ -111,7 +111,8 @@ def succeeded_message(report: RunReport) -> SlackMessage:
         blocks.append(_section("*Products*", lines))
     blocks += _failed_scenes_section(report.failed_scenes)
     blocks += _run_context(report)
-    text = f"{title}, {numbers['Scenes used']} of {numbers['Scenes found']} scenes used, {numbers['Valid pixels']} valid"
+    used, found, valid = numbers["Scenes used"], numbers["Scenes found"], numbers["Valid pixels"]
+    text = f"{title}, {used} of {found} scenes used, {valid} valid"
     return SlackMessage(text=_with_run_name(text, report), blocks=blocks)
 
 

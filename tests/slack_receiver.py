@@ -23,7 +23,9 @@ class SlackReceiver:
         self.bodies: list[dict[str, Any]] = []
         self.answer: Answer = "ok"
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="slack-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="slack-receiver", daemon=True
+        )
         self._thread.start()
 
     @property

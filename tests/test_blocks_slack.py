@@ -42,7 +42,10 @@ def report() -> RunReport:
         scenes_used=11,
         failed_scenes=(FailedScene("S2B_32TNT_20240611_0_L2A", "HTTP 503 after 4 attempts"),),
         valid_share=0.9731,
-        product_urls={"mosaic": "s3://basemaps/lake_constance/2024/06/mosaic.tif", "preview": "https://x.example/p.png"},
+        product_urls={
+            "mosaic": "s3://basemaps/lake_constance/2024/06/mosaic.tif",
+            "preview": "https://x.example/p.png",
+        },
         flow_run_name="brave-heron",
         flow_run_url="http://127.0.0.1:4200/runs/flow-run/1234",
     )
@@ -209,7 +212,8 @@ def test_no_block_named_sends_nothing(slack_receiver: SlackReceiver, slack_block
 
 def test_crash_hook_sends_the_state_message(slack_receiver: SlackReceiver, slack_block: str) -> None:
     settings = MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block)
-    flow_run = FlowRun(flow_id=uuid.uuid4(), name="crashed-run", parameters={"settings": settings.model_dump(mode="json")})
+    parameters = {"settings": settings.model_dump(mode="json")}
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="crashed-run", parameters=parameters)
     crash = Crashed(message="Flow run infrastructure exited with non-zero status code 137.")
 
     announce_failure(failing_mosaic, flow_run, crash)

@@ -1,0 +1,141 @@
+"""Publishing a month's products: to S3 through a prefect-aws `S3Bucket` block, or to a local
+output directory when no block is named, with the same layout either way.
+
+What the flow uses:
+- `publish_products(local_files, bucket_block, aoi, month, item_file, output_dir=None)` puts the
+  files under `{aoi}/{YYYY}/{MM}/` (below the block's `bucket_folder`, or below `output_dir`) and
+  returns {product name: URL}: `s3://bucket/key` URLs, or absolute local paths; the STAC Item is
+  under `ITEM_PRODUCT`.
+- `publish_products_task`: the same as a Prefect task that retries I/O failures.
+
+The STAC Item is put last, and an Item left by an earlier run is removed first, so an Item's
+presence means every product beside it is complete. Publishing again overwrites: re-runs are
+idempotent. Local copies are atomic (temporary name, then rename).
+"""
+
+import mimetypes
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task
+from prefect_aws.s3 import S3Bucket
+
+from flows.parameters import MONTH_PATTERN
+from tasks.errors import InvalidSettings, MosaicError
+from tasks.workspace import Workspace
+
+ITEM_PRODUCT = "item"
+ITEM_CONTENT_TYPE = "application/geo+json"
+COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+AOI_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+PUBLISH_RETRY_DELAYS_S = [2, 5, 15]
+
+
+def publish_products(
+    local_files: Mapping[str, Path] | Sequence[Path],
+    bucket_block: S3Bucket | None,
+    aoi: str,
+    month: str,
+    item_file: Path,
+    output_dir: Path | None = None,
+) -> dict[str, str]:
+    """Publish the products and then the STAC Item of one AOI and month ('YYYY-MM').
+
+    `local_files` is {product name: path} or a list of paths (named by file name); each keeps its
+    file name at the destination. Without `bucket_block`, the files go under `output_dir`.
+    """
+    products = _named_products(local_files, item_file)
+    folder = month_folder(aoi, month)
+    if bucket_block is not None:
+        return _publish_to_bucket(products, item_file, bucket_block, folder)
+    if output_dir is None:
+        raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
+    return _publish_to_directory(products, item_file, Path(output_dir), folder)
+
+
+def month_folder(aoi: str, month: str) -> str:
+    """'{aoi}/{YYYY}/{MM}', the folder of one AOI's products for one month."""
+    if not AOI_NAME_PATTERN.match(aoi):
+        raise InvalidSettings(f"AOI name {aoi!r} is not usable in a path; use letters, digits, '_' and '-'")
+    if not MONTH_PATTERN.match(month):
+        raise InvalidSettings(f"month {month!r} is not 'YYYY-MM' (e.g. '2024-06')")
+    year, month_number = month.split("-")
+    return f"{aoi}/{year}/{month_number}"
+
+
+def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file: Path) -> dict[str, Path]:
+    """{product name: path}, checked: every file exists and no two land on the same name."""
+    if isinstance(local_files, Mapping):
+        products = {name: Path(path) for name, path in local_files.items()}
+    else:
+        products = {Path(path).name: Path(path) for path in local_files}
+    missing = [str(path) for path in [*products.values(), Path(item_file)] if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot publish missing files: {', '.join(missing)}")
+    file_names = [path.name for path in products.values()] + [Path(item_file).name]
+    if len(set(file_names)) != len(file_names) or ITEM_PRODUCT in products:
+        raise InvalidSettings(
+            f"products {sorted(file_names)} would overwrite each other; give each file its own name "
+            f"and no product the name {ITEM_PRODUCT!r}"
+        )
+    return products
+
+
+def _publish_to_bucket(
+    products: Mapping[str, Path], item_file: Path, bucket_block: S3Bucket, folder: str
+) -> dict[str, str]:
+    client = bucket_block.credentials.get_s3_client()
+    bucket = bucket_block.bucket_name
+    prefix = "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
+    item_key = f"{prefix}/{item_file.name}"
+    client.delete_object(Bucket=bucket, Key=item_key)
+    urls = {}
+    for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
+        key = f"{prefix}/{path.name}"
+        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
+        urls[name] = f"s3://{bucket}/{key}"
+    return urls
+
+
+def _publish_to_directory(
+    products: Mapping[str, Path], item_file: Path, output_dir: Path, folder: str
+) -> dict[str, str]:
+    destination = Workspace(str(output_dir.resolve()))
+    item_name = f"{folder}/{item_file.name}"
+    Path(destination.uri(item_name)).unlink(missing_ok=True)
+    paths = {}
+    for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
+        destination.copy_from(path, f"{folder}/{path.name}")
+        paths[name] = destination.uri(f"{folder}/{path.name}")
+    return paths
+
+
+def content_type(path: Path) -> str:
+    """The Content-Type an object gets: COG for GeoTIFFs, GeoJSON for the STAC Item."""
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return COG_CONTENT_TYPE
+    if suffix in (".json", ".geojson"):
+        return ITEM_CONTENT_TYPE
+    return mimetypes.guess_type(path.name)[0] or DEFAULT_CONTENT_TYPE
+
+
+def _is_io_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
+    """Retry failed uploads and copies, not bad input."""
+    error = state.result(raise_on_failure=False, _sync=True)
+    return not isinstance(error, (MosaicError, FileNotFoundError))
+
+
+publish_products_task = task(
+    publish_products,
+    name="publish-products",
+    retries=len(PUBLISH_RETRY_DELAYS_S),
+    retry_delay_seconds=PUBLISH_RETRY_DELAYS_S,
+    retry_condition_fn=_is_io_failure,
+)

@@ -1,0 +1,207 @@
+"""Publishing products to S3 (moto on loopback, through prefect-aws blocks) and to a local
+directory: layout, returned URLs, the STAC Item put last, re-runs overwriting, bad input."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from prefect_aws import AwsCredentials
+from prefect_aws.client_parameters import AwsClientParameters
+from prefect_aws.s3 import S3Bucket
+
+from blocks.publish import COG_CONTENT_TYPE, ITEM_CONTENT_TYPE, ITEM_PRODUCT, month_folder, publish_products
+from tasks.errors import InvalidSettings
+from tasks.workspace import Workspace
+from tests.servers import TEST_CREDENTIALS, S3Server
+
+AOI = "lake_constance"
+MONTH = "2024-06"
+BUCKET = "basemaps-publish"
+BUCKET_FOLDER = "mosaics"
+MONTH_PREFIX = f"{BUCKET_FOLDER}/{AOI}/2024/06"
+
+
+class UploadRefused(Exception):
+    """Raised by a test hook in place of a failed PUT."""
+
+
+@pytest.fixture
+def products(tmp_path: Path) -> dict[str, Path]:
+    files = {"mosaic": tmp_path / f"{AOI}_{MONTH}.tif", "valid_count": tmp_path / f"{AOI}_{MONTH}_count.tif"}
+    for name, path in files.items():
+        path.write_bytes(f"{name} pixels".encode())
+    return files
+
+
+@pytest.fixture
+def item_file(tmp_path: Path) -> Path:
+    path = tmp_path / f"{AOI}_{MONTH}.json"
+    path.write_text('{"type": "Feature"}')
+    return path
+
+
+@pytest.fixture
+def bucket_block(s3_server: S3Server) -> Iterator[S3Bucket]:
+    """An S3Bucket block on the session's moto server; what the test published is removed afterwards."""
+    credentials = AwsCredentials(
+        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
+        region_name=TEST_CREDENTIALS["region_name"],
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_server.endpoint_url),
+    )
+    bucket_name = s3_server.make_bucket(BUCKET)
+    bucket_block = S3Bucket(bucket_name=bucket_name, credentials=credentials, bucket_folder=BUCKET_FOLDER)
+    yield bucket_block
+    for key in _object_keys(bucket_block):
+        credentials.get_s3_client().delete_object(Bucket=BUCKET, Key=key)
+
+
+@pytest.fixture
+def s3_calls(bucket_block: S3Bucket) -> Iterator[list[tuple[str, str]]]:
+    """(operation, key) of every PutObject and DeleteObject the block's client sends, in order."""
+    calls: list[tuple[str, str]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, params["Key"]))
+
+    events = bucket_block.credentials.get_s3_client().meta.events
+    for operation in ("PutObject", "DeleteObject"):
+        events.register(f"before-parameter-build.s3.{operation}", record)
+    yield calls
+    for operation in ("PutObject", "DeleteObject"):
+        events.unregister(f"before-parameter-build.s3.{operation}", record)
+
+
+def _object_keys(bucket_block: S3Bucket) -> set[str]:
+    listing = bucket_block.credentials.get_s3_client().list_objects_v2(Bucket=BUCKET, Prefix=MONTH_PREFIX)
+    return {entry["Key"] for entry in listing.get("Contents", [])}
+
+
+def _object(bucket_block: S3Bucket, key: str) -> dict[str, Any]:
+    return bucket_block.credentials.get_s3_client().get_object(Bucket=BUCKET, Key=key)
+
+
+def test_bucket_layout_urls_and_content_types(
+    bucket_block: S3Bucket, products: dict[str, Path], item_file: Path
+) -> None:
+    urls = publish_products(products, bucket_block, AOI, MONTH, item_file)
+
+    published = [*products.items(), (ITEM_PRODUCT, item_file)]
+    expected_keys = {name: f"{MONTH_PREFIX}/{path.name}" for name, path in published}
+    assert urls == {name: f"s3://{BUCKET}/{key}" for name, key in expected_keys.items()}
+    assert _object_keys(bucket_block) == set(expected_keys.values())
+    for name, path in products.items():
+        stored = _object(bucket_block, expected_keys[name])
+        assert stored["Body"].read() == path.read_bytes()
+        assert stored["ContentType"] == COG_CONTENT_TYPE
+    assert _object(bucket_block, expected_keys[ITEM_PRODUCT])["ContentType"] == ITEM_CONTENT_TYPE
+
+
+def test_item_is_removed_first_and_put_last(
+    bucket_block: S3Bucket, products: dict[str, Path], item_file: Path, s3_calls: list[tuple[str, str]]
+) -> None:
+    publish_products(list(products.values()), bucket_block, AOI, MONTH, item_file)
+
+    item_key = f"{MONTH_PREFIX}/{item_file.name}"
+    assert s3_calls[0] == ("DeleteObject", item_key)
+    assert s3_calls[-1] == ("PutObject", item_key)
+    assert {key for operation, key in s3_calls[1:-1]} == {f"{MONTH_PREFIX}/{path.name}" for path in products.values()}
+
+
+def test_republishing_overwrites(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
+    publish_products(products, bucket_block, AOI, MONTH, item_file)
+    products["mosaic"].write_bytes(b"second run pixels")
+
+    urls = publish_products(products, bucket_block, AOI, MONTH, item_file)
+
+    assert len(_object_keys(bucket_block)) == len(urls)
+    assert _object(bucket_block, f"{MONTH_PREFIX}/{products['mosaic'].name}")["Body"].read() == b"second run pixels"
+
+
+def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
+    publish_products(products, bucket_block, AOI, MONTH, item_file)
+    refused_key = f"{MONTH_PREFIX}/{products['valid_count'].name}"
+
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == refused_key:
+            raise UploadRefused(refused_key)
+
+    events = bucket_block.credentials.get_s3_client().meta.events
+    events.register("before-parameter-build.s3.PutObject", refuse)
+    try:
+        with pytest.raises(UploadRefused):
+            publish_products(products, bucket_block, AOI, MONTH, item_file)
+    finally:
+        events.unregister("before-parameter-build.s3.PutObject", refuse)
+
+    with pytest.raises(ClientError):
+        _object(bucket_block, f"{MONTH_PREFIX}/{item_file.name}")
+
+
+def test_local_layout_and_item_last(
+    tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output_dir = tmp_path / "output"
+    copied: list[str] = []
+    original_copy = Workspace.copy_from
+
+    def recording_copy(workspace: Workspace, local_path: Path, name: str) -> None:
+        original_copy(workspace, local_path, name)
+        copied.append(name)
+
+    monkeypatch.setattr(Workspace, "copy_from", recording_copy)
+
+    paths = publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+
+    folder = output_dir.resolve() / month_folder(AOI, MONTH)
+    assert paths == {name: str(folder / path.name) for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]}
+    assert all(Path(paths[name]).read_bytes() == path.read_bytes() for name, path in products.items())
+    assert copied[-1] == f"{month_folder(AOI, MONTH)}/{item_file.name}"
+    assert sorted(entry.name for entry in folder.iterdir()) == sorted(Path(path).name for path in paths.values())
+
+
+def test_local_failure_removes_the_previous_item(
+    tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output_dir = tmp_path / "output"
+    paths = publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+
+    def refuse(workspace: Workspace, local_path: Path, name: str) -> None:
+        raise OSError(f"disk full writing {name}")
+
+    monkeypatch.setattr(Workspace, "copy_from", refuse)
+    with pytest.raises(OSError):
+        publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+
+    assert not Path(paths[ITEM_PRODUCT]).exists()
+    assert Path(paths["mosaic"]).exists()
+
+
+@pytest.mark.parametrize(
+    ("aoi", "month", "message"),
+    [("lake/constance", MONTH, "AOI name"), (AOI, "2024-13", "YYYY-MM"), (AOI, "June 2024", "YYYY-MM")],
+)
+def test_bad_aoi_or_month_is_refused(
+    tmp_path: Path, products: dict[str, Path], item_file: Path, aoi: str, month: str, message: str
+) -> None:
+    with pytest.raises(InvalidSettings, match=message):
+        publish_products(products, None, aoi, month, item_file, output_dir=tmp_path)
+
+
+def test_nowhere_to_publish_or_clashing_names_are_refused(
+    tmp_path: Path, products: dict[str, Path], item_file: Path
+) -> None:
+    with pytest.raises(InvalidSettings, match="nowhere"):
+        publish_products(products, None, AOI, MONTH, item_file)
+    with pytest.raises(InvalidSettings, match="overwrite each other"):
+        publish_products([*products.values(), item_file], None, AOI, MONTH, item_file, output_dir=tmp_path)
+
+
+def test_missing_file_publishes_nothing(tmp_path: Path, products: dict[str, Path], item_file: Path) -> None:
+    products["mosaic"].unlink()
+    output_dir = tmp_path / "output"
+    with pytest.raises(FileNotFoundError, match=products["mosaic"].name):
+        publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+    assert not output_dir.exists()
