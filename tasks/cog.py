@@ -187,8 +187,7 @@ def write_cog(source: Path, destination: Path, profile: CogProfile) -> None:
     Band descriptions, nodata, scales and offsets are carried over. `destination` is overwritten;
     callers make it a temporary name that is renamed once validated (see `tasks.products`).
     """
-    with rasterio.Env(GDAL_NUM_THREADS=profile.num_threads):
-        rasterio.shutil.copy(str(source), str(destination), driver="COG", **profile.creation_options())
+    rasterio.shutil.copy(str(source), str(destination), driver="COG", **profile.creation_options())
 
 
 def validate_cog(path: Path | str, strict: bool = True) -> list[str]:

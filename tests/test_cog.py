@@ -50,6 +50,21 @@ def test_mosaic_is_a_valid_cog_on_the_grid(tmp_path: Path) -> None:
         assert np.array_equal(dataset.read(), staging.mosaic)
 
 
+def test_mosaic_overviews_average_the_full_resolution_pixels(tmp_path: Path) -> None:
+    staging = make_staging_rasters(tmp_path / "staging")
+    cog_path = _mosaic_cog(staging, tmp_path)
+
+    with rasterio.open(cog_path, overview_level=0) as overview:
+        first_overview = overview.read(1).astype(np.float64)
+    height, width = (side // 2 * 2 for side in staging.grid.shape.yx)
+    pairs = staging.mosaic[0, :height, :width].reshape(height // 2, 2, width // 2, 2).astype(np.float64)
+    all_valid = (pairs != 0).all(axis=(1, 3))
+    expected = pairs.mean(axis=(1, 3))
+
+    assert all_valid.sum() > 1000
+    assert np.abs(first_overview[: height // 2, : width // 2][all_valid] - expected[all_valid]).max() <= 1.0
+
+
 def test_pixels_outside_the_aoi_become_nodata(tmp_path: Path) -> None:
     staging = make_staging_rasters(tmp_path / "staging", data_outside_aoi=True)
     with rasterio.open(staging.mosaic_path) as dataset:
