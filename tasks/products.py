@@ -40,11 +40,6 @@ from tasks.workspace import Workspace
 COUNT_BAND_NAME = "count"
 
 
-def product_folder(aoi_name: str, month: Month) -> str:
-    """The folder of a run's products below an output root: `<aoi>/<YYYY>/<MM>`."""
-    return f"{aoi_name}/{month.year:04d}/{month.month:02d}"
-
-
 def products_complete(workspace: Workspace, aoi_name: str, month: Month) -> bool:
     """Whether the run's products are all in `workspace` (its STAC Item, written last, is there)."""
     return workspace.exists(ProductNames.for_run(aoi_name, month).item)
