@@ -266,3 +266,32 @@ def test_task_retries_only_transient_failures() -> None:
     assert is_transient_search_failure(None, None, Failed(data=TransientReadError("api down")))
     assert not is_transient_search_failure(None, None, Failed(data=NoScenesFound("none")))
     assert not is_transient_search_failure(None, None, Failed(data=InvalidSettings("bad url")))
+
+
+@pytest.mark.parametrize(("failures", "expected_calls"), [([TransientReadError("api down")] * 2, 3),
+                                                          ([NoScenesFound("none")], 1)])  # fmt: skip
+def test_task_wrapper_retries_transient_failures_only(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch, failures: list[Exception], expected_calls: int
+) -> None:
+    from prefect import flow
+
+    import tasks.search
+
+    calls: list[str] = []
+
+    def flaky_search(aoi, month, settings):
+        calls.append(month)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+        return []
+
+    monkeypatch.setattr(tasks.search, "search_scenes", flaky_search)
+    quick_task = tasks.search.search_scenes_task.with_options(retry_delay_seconds=0)
+
+    @flow
+    def search_flow() -> bool:
+        return quick_task(EARTH_SEARCH_AOI, "2020-03", SearchSettings(), return_state=True).is_completed()
+
+    completed = search_flow()
+    assert len(calls) == expected_calls
+    assert completed == isinstance(failures[0], TransientReadError)
