@@ -1,6 +1,5 @@
 """Tests of the masking stage: torchvision shim, mask rules, OmniCloudMask runs offline, files, task."""
 
-import csv
 import math
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import rasterio
 import torch
 from odc.geo.geobox import GeoBox
 
+from bench.mask import write_random_weights
 from tasks import mask as mask_module
 from tasks import torch_compat
 from tasks.errors import MissingModelWeights
@@ -57,19 +57,9 @@ ALL_SCL_CLASSES = np.array(list(SclClass), dtype=np.uint16)
 
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Randomly initialised v4 weights under their real file names, built as the library builds them."""
-    load_omnicloudmask()
-    import segmentation_models_pytorch as smp
-    from omnicloudmask.download_models import model_index_path
-    from safetensors.torch import save_file
-
+    """Randomly initialised v4 weights under their real file names: the real loading path, offline."""
     model_dir = tmp_path_factory.mktemp("ocm_weights")
-    with model_index_path.open() as index:
-        rows = [row for row in csv.DictReader(index) if float(row["version"]) == MODEL_VERSION]
-    for row in rows:
-        model = smp.Unet(encoder_name=row["timm_model_name"], encoder_weights=None, in_channels=3, classes=4)
-        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-        save_file(state, model_dir / row["file_name"])
+    write_random_weights(model_dir, MODEL_VERSION)
     return model_dir
 
 
