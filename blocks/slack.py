@@ -70,7 +70,8 @@ class RunReport:
     month: str
     scenes_found: int | None = None
     scenes_used: int | None = None
-    failed_scenes: tuple[FailedScene, ...] = ()
+    failed_scenes: Sequence[tuple[str, str]] = ()
+    """(item id, reason) of each skipped scene; `FailedScene` records or plain pairs."""
     valid_share: float | None = None
     """Share of the AOI's pixels that have a value in the mosaic, 0..1."""
     product_urls: dict[str, str] = field(default_factory=dict)
@@ -88,6 +89,7 @@ class SlackMessage:
 
 
 def started_message(report: RunReport) -> SlackMessage:
+    """The notice that a run began: AOI, month and a link to the flow run."""
     title = f"{_title(report)}: started"
     blocks = [_header(f":hourglass_flowing_sand: {title}")]
     blocks += _run_context(report)
@@ -95,6 +97,7 @@ def started_message(report: RunReport) -> SlackMessage:
 
 
 def succeeded_message(report: RunReport) -> SlackMessage:
+    """The notice of a finished run: scene counts, valid-pixel share, product URLs, failed scenes."""
     title = f"{_title(report)}: done"
     numbers = {
         "Scenes found": _count(report.scenes_found),
@@ -119,12 +122,13 @@ def succeeded_message(report: RunReport) -> SlackMessage:
 def failed_message(
     reason: str, failed_scenes: Sequence[tuple[str, str]] = (), report: RunReport | None = None
 ) -> SlackMessage:
+    """The notice of a failed or crashed run: the reason and the failed scenes (item id, reason)."""
     title = f"{_title(report)}: failed" if report else "Basemap run failed"
     blocks = [
         _header(f":x: {title}"),
         _section("*Reason*", [f"```{_escape(_truncated(reason, REASON_MAX_CHARS))}```"]),
     ]
-    blocks += _failed_scenes_section([FailedScene(*scene) for scene in failed_scenes])
+    blocks += _failed_scenes_section(failed_scenes)
     if report:
         blocks += _run_context(report)
     text = f"{title}: {reason}"
@@ -192,12 +196,14 @@ def slack_state_hooks() -> dict[str, list[StateHook]]:
 
 
 def announce_start(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    """on_running hook: the start notice."""
     notifier = _notifier_for(flow_run)
     if notifier:
         notifier.notify_started(_report_from_parameters(flow_run))
 
 
 def announce_success(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    """on_completion hook: the success notice, with the returned RunReport's numbers when there is one."""
     notifier = _notifier_for(flow_run)
     if not notifier:
         return
@@ -213,6 +219,7 @@ def announce_success(flow: Flow, flow_run: FlowRun, state: State) -> None:
 
 
 def announce_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
+    """on_failure and on_crashed hook: the failure notice with the state message and failed scenes."""
     notifier = _notifier_for(flow_run)
     if not notifier:
         return
@@ -254,10 +261,13 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
 
 
 def _state_result(state: State) -> Any:
-    """The run's return value or exception; None when it was not kept."""
+    """The run's return value or exception; None when it cannot be read (the notice goes without it)."""
     try:
-        return state.result(raise_on_failure=False, _sync=True)
+        return state.result(raise_on_failure=False, retry_result_failure=False, _sync=True)
     except MissingResult:
+        return None
+    except Exception as error:  # result storage may be gone after a crash; a plainer notice beats none
+        _current_logger().warning("Slack notice sent without the run's result, which could not be read: %s", error)
         return None
 
 
@@ -311,10 +321,11 @@ def _section(title: str, lines: Iterable[str]) -> dict[str, Any]:
     return {"type": "section", "text": _mrkdwn("\n".join([title, *lines]))}
 
 
-def _failed_scenes_section(failed_scenes: Sequence[FailedScene]) -> list[dict[str, Any]]:
+def _failed_scenes_section(failed_scenes: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     if not failed_scenes:
         return []
-    lines = [f"• `{_escape(scene.item_id)}`: {_escape(scene.reason)}" for scene in failed_scenes[:LISTED_SCENES_MAX]]
+    listed = [FailedScene(*scene) for scene in failed_scenes[:LISTED_SCENES_MAX]]
+    lines = [f"• `{_escape(scene.item_id)}`: {_escape(scene.reason)}" for scene in listed]
     if len(failed_scenes) > LISTED_SCENES_MAX:
         lines.append(f"… and {len(failed_scenes) - LISTED_SCENES_MAX} more")
     return [_section(f"*Failed scenes ({len(failed_scenes)})*", lines)]

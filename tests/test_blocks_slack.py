@@ -114,6 +114,13 @@ def test_builders_show_unknown_counts_as_unknown() -> None:
     assert started_message(report).text == f"Basemap x {MONTH}: started"
 
 
+def test_success_message_accepts_plain_failed_scene_pairs() -> None:
+    pairs = [("S2A_32TNT_20240603_0_L2A", "truncated response")]
+    message = succeeded_message(RunReport(aoi="x", month=MONTH, scenes_found=2, scenes_used=1, failed_scenes=pairs))
+    assert _fields({"blocks": message.blocks})["Scenes failed"] == "1"
+    assert all(part in _payload_text({"blocks": message.blocks}) for part in pairs[0])
+
+
 @pytest.mark.parametrize("answer", ["error", "close"])
 def test_webhook_errors_are_logged_not_raised(
     slack_receiver: SlackReceiver, answer: str, caplog: pytest.LogCaptureFixture
