@@ -5,9 +5,10 @@ shape), one uint8 band of `MaskClass` values, tiled and deflate-compressed. The 
 model output, SCL and data coverage live in `tasks.mask_rules` (pure); this module runs the model,
 reads and writes files, and wraps it as a Prefect task.
 
-Model. OmniCloudMask (`predict_from_array`) sees red, green and nir. At `resolution_m=20` on a grid
-finer than 20 m its input is averaged down by round(20 / grid pixel) and its classes are brought
-back to the grid by nearest; on a grid of 20 m or coarser it runs on the grid itself. Inference runs
+Model. OmniCloudMask (`predict_from_array`) sees red, green and nir. It runs at `resolution_m`: where
+round(resolution_m / grid pixel) is 2 or more (e.g. 20 m on a 10 m grid) its input is averaged down
+by that factor and its classes are brought back to the grid by nearest; on a coarser grid (e.g. 20 m
+on a 30 m grid) it runs on the grid itself. Inference runs
 on `settings.device` ('auto': CUDA when present, else CPU) in `settings.inference_dtype` on CUDA and
 always in fp32 on CPU (bf16/fp16 are slower there, and the library warns about it).
 
@@ -253,9 +254,8 @@ def model_classes_on_grid(
     """OmniCloudMask classes on the scene's own pixels, run at `settings.resolution_m`."""
     factor = downsample_factor(grid_pixel_m, settings.resolution_m)
     red_green_nir = bands[[SCENE_BANDS.index(name) for name in OCM_BANDS]]
-    model_input = average_down(red_green_nir, factor) if factor > 1 else red_green_nir
     classes = predict_cloud_classes(
-        model_input, settings, device, model_dir_for(settings), model_version_for(settings)
+        average_down(red_green_nir, factor), settings, device, model_dir_for(settings), model_version_for(settings)
     )
     return upsample_nearest(classes, factor, red_green_nir.shape[1:])
 

@@ -148,9 +148,10 @@ def average_down(bands: np.ndarray, factor: int) -> np.ndarray:
     """Block means (float32, band, y, x) of `bands` over `factor` x `factor` pixels, ignoring nodata (0).
 
     Edge blocks that do not fill a whole block average what they have; a block without data is 0.
+    A factor of 1 returns `bands` itself.
     """
     if factor == 1:
-        return bands.astype(np.float32)
+        return bands
     band_count, height, width = bands.shape
     out_height, out_width = -(-height // factor), -(-width // factor)
     padded = np.zeros((band_count, out_height * factor, out_width * factor), dtype=np.float32)

@@ -12,6 +12,7 @@ define that operator's schema (no kernel: calling it would still fail loudly) an
 """
 
 import re
+import threading
 from importlib import import_module
 
 import torch
@@ -32,6 +33,8 @@ _placeholder_library: torch.library.Library | None = None
 """Holds the defined schemas: torch removes a library's definitions when the object is collected."""
 
 _placeholders_defined: set[str] = set()
+_import_lock = threading.Lock()
+"""Two threads must not both define the same placeholder (torch rejects a second definition)."""
 
 
 def _define_placeholder(operator_name: str) -> None:
@@ -47,16 +50,17 @@ def ensure_torchvision_importable() -> None:
 
     Raises the original import error when it is anything other than a missing operator we know.
     """
-    while True:
-        try:
-            import_module(TORCHVISION_NAMESPACE)
-            return
-        except RuntimeError as error:
-            missing = MISSING_OPERATOR.search(str(error))
-            operator_name = missing.group(1) if missing else None
-            if operator_name not in PLACEHOLDER_SCHEMAS or operator_name in _placeholders_defined:
-                raise
-            _define_placeholder(operator_name)
+    with _import_lock:
+        while True:
+            try:
+                import_module(TORCHVISION_NAMESPACE)
+                return
+            except RuntimeError as error:
+                missing = MISSING_OPERATOR.search(str(error))
+                operator_name = missing.group(1) if missing else None
+                if operator_name not in PLACEHOLDER_SCHEMAS or operator_name in _placeholders_defined:
+                    raise
+                _define_placeholder(operator_name)
 
 
 def placeholder_operators() -> frozenset[str]:

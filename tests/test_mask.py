@@ -16,7 +16,7 @@ from odc.geo.geobox import GeoBox
 from bench.mask import write_random_weights
 from tasks import mask as mask_module
 from tasks import torch_compat
-from tasks.errors import MissingModelWeights
+from tasks.errors import InvalidSettings, MissingModelWeights
 from tasks.mask import (
     GPU_CONCURRENCY_LIMIT,
     InferenceOutOfMemory,
@@ -357,6 +357,11 @@ def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPat
     assert "\n" not in message and str(tmp_path) in message
     assert all(name in message for name in names)
     assert f"python -m tasks.mask download-models --dir {tmp_path}" in message
+
+
+def test_unknown_model_version_is_one_line_error(tmp_path: Path):
+    with pytest.raises(InvalidSettings, match=r"model_version 9.0 does not exist; use one of \[1.0, 2.0, 3.0, 4.0\]"):
+        mask_from_bands(random_bands((64, 64)), 10.0, settings_for(tmp_path, model_version=9.0))
 
 
 def test_present_weights_pass_the_check(random_model_dir: Path):
