@@ -8,7 +8,8 @@ What the flow uses:
   Each returns True when Slack answered "ok"; a notice that cannot be sent is logged, never raised.
 - `slack_state_hooks()`: the state hooks for `@flow(..., **slack_state_hooks())`. They read the
   block name from the run's `settings` parameter (`settings.slack_block`; None sends nothing) and
-  the AOI and month from `settings.aoi` and `settings.month`. On completion they send the returned
+  the AOI and month from `settings.aoi` and `settings.month` (None: the month before the run's
+  scheduled start, as the flow does). On completion they send the returned
   `RunReport`; on failure or crash the state message, plus the failed scenes when the exception
   carries a `failed_scenes` attribute (a sequence of (item id, reason)).
 - `started_message`, `succeeded_message`, `failed_message`: pure builders of the Block Kit
