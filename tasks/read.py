@@ -1,0 +1,305 @@
+"""Reading one scene's AOI window onto the target grid, harmonised, into the workspace.
+
+Only the part of the grid that the item footprint and the AOI both cover is read (a pixel-aligned
+slice of the grid), block by block, each asset warped straight onto the block's grid by GDAL
+(`WarpedVRT`), so a remote COG is fetched only for the tiles under the AOI and memory stays bounded
+however large the AOI. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
+removed, whatever the processing baseline; the result is the clipped scene file of `tasks.scene`.
+
+Transient read failures (HTTP 5xx, timeouts, truncated responses) are retried per asset with
+exponential backoff and jitter; what still fails raises `SceneReadError`, and no partial file is
+left behind.
+"""
+
+import logging
+import random
+import re
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.geo.geom import Geometry
+from prefect import task
+from prefect.tasks import exponential_backoff
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from tasks.aoi import aoi_pixel_mask
+from tasks.errors import SceneReadError, TransientReadError
+from tasks.gdal_env import gdal_env, gdal_path
+from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, ClippedScene, SceneAsset, SceneItem
+from tasks.settings import ReadSettings
+from tasks.workspace import Workspace
+
+LOGGER = logging.getLogger(__name__)
+
+SCENES_DIR = "scenes"
+FOOTPRINT_CRS = "EPSG:4326"
+FOOTPRINT_SEGMENT_DEG = 0.001
+"""Footprint edges are split into pieces this long (about 100 m) before reprojection to the grid CRS."""
+EDGE_TOLERANCE_PX = 1e-4
+"""Region edges this close to a pixel edge (in pixels) count as on it."""
+WARP_TOLERANCE_PX = 0.001
+"""Largest error, in pixels, of GDAL's approximate reprojection. GDAL's default (0.125) moves
+samples enough to change values by tens of DN near sharp edges, and differently for each block;
+this costs no measurable time more."""
+MAX_HARMONISED = np.iinfo(np.uint16).max
+SCENE_PROFILE = {
+    "driver": "GTiff",
+    "dtype": "uint16",
+    "count": len(SCENE_BANDS),
+    "nodata": NODATA,
+    "tiled": True,
+    "blockxsize": 512,
+    "blockysize": 512,
+    "compress": "deflate",
+    "predictor": 2,
+    "bigtiff": "IF_SAFER",
+}
+TAG_ITEM_ID, TAG_DATETIME, TAG_BASELINE = "item_id", "datetime", "processing_baseline"
+TAG_VALID_FRACTION, TAG_FOOTPRINT = "valid_fraction", "footprint_wkt"
+
+PERMANENT_FAILURE = re.compile(
+    r"no such file|does not exist|access denied|forbidden|not authori[sz]ed|invalidaccesskeyid|"
+    r"signaturedoesnotmatch|HTTP response code: 4(0[0-4]|1[0-9])",
+    re.IGNORECASE,
+)
+"""Messages of failures a retry cannot fix: missing object, refused credentials, bad request."""
+TRANSIENT_FAILURE = re.compile(
+    r"HTTP response code: (5\d\d|429)|timed? ?out|connection (reset|refused|closed|aborted)|"
+    r"curl error|reduce your request rate|slow ?down|internal error|service unavailable|truncat",
+    re.IGNORECASE,
+)
+"""Messages of failures worth retrying on any path; on a remote path every other I/O failure is
+retried too, since GDAL often reports an interrupted or truncated response only as a short read."""
+
+
+class SceneOutsideAOI(SceneReadError):
+    """The scene's footprint covers no pixel of the AOI on the grid: there is nothing to read."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(
+            item_id, "footprint", "it covers no pixel of the AOI on the grid; search with the AOI geometry to skip it"
+        )
+
+
+def scene_file_name(item_id: str) -> str:
+    """Workspace name of a clipped scene: `scenes/<item_id>.tif`."""
+    return f"{SCENES_DIR}/{item_id}.tif"
+
+
+def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
+    """The pixel-aligned slice of `grid` covering the item footprint intersected with the AOI.
+
+    Raises `SceneOutsideAOI` when they share no pixel.
+    """
+    footprint = Geometry(item.footprint, crs=FOOTPRINT_CRS).to_crs(grid.crs, resolution=FOOTPRINT_SEGMENT_DEG)
+    # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
+    region = (footprint & aoi.to_crs(grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
+    if region.is_empty or region.area == 0:
+        raise SceneOutsideAOI(item.item_id)
+    subgrid = grid[grid.overlap_roi(grid.enclosing(region))]
+    if subgrid.is_empty():
+        raise SceneOutsideAOI(item.item_id)
+    return subgrid
+
+
+def harmonised_reflectance(digital_numbers: np.ndarray, asset: SceneAsset) -> np.ndarray:
+    """uint16 reflectance x 10000 from DNs: round((DN * scale + offset) * 10000), valid data in [1, 65535].
+
+    Pixels equal to 0 (nodata after the warp) stay 0.
+    """
+    reflectance = (digital_numbers.astype(np.float64) * asset.scale + asset.offset) * REFLECTANCE_SCALE
+    harmonised = np.clip(np.round(reflectance), 1, MAX_HARMONISED)
+    return np.where(digital_numbers == NODATA, NODATA, harmonised).astype(np.uint16)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type name when it has none."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def is_remote(href: str) -> bool:
+    return gdal_path(href) != href
+
+
+def is_transient(error: Exception, href: str) -> bool:
+    """Whether a failed open or read of `href` is worth another attempt (see the module docstring)."""
+    messages = []
+    cause: BaseException | None = error
+    while cause is not None:
+        messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = " | ".join(messages)
+    if PERMANENT_FAILURE.search(text):
+        return False
+    return bool(TRANSIENT_FAILURE.search(text)) or is_remote(href)
+
+
+def retry_delay_s(attempt: int, settings: ReadSettings) -> float:
+    """Seconds before attempt `attempt + 1`: base x 2^(attempt-1), times a random factor in [0.5, 1.5)."""
+    return settings.retry_base_delay_s * 2 ** (attempt - 1) * (0.5 + random.random())
+
+
+@dataclass
+class AssetReader:
+    """One asset of a scene warped onto the scene's sub-grid, read window by window.
+
+    The warp is set up once for the whole sub-grid. In the source's own CRS the values then do not
+    depend on the block size; across CRSs GDAL's warper still chooses its source windows and
+    resampling scale per request, so a few pixels may differ by some DN between block sizes.
+    After a failure the file is reopened; transient failures are retried. Use inside `gdal_env()`;
+    `close()` releases the files.
+    """
+
+    item_id: str
+    asset_key: str
+    asset: SceneAsset
+    subgrid: GeoBox
+    resampling: Resampling
+    settings: ReadSettings
+    _source: rasterio.DatasetReader | None = None
+    _warped: WarpedVRT | None = None
+
+    def read(self, roi: tuple[slice, slice]) -> np.ndarray:
+        """The asset on `subgrid[roi]` as (y, x): float32 DNs for reflectance, native integers for SCL; 0 = nodata."""
+        attempts = self.settings.read_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._opened(attempt).read(1, window=Window.from_slices(*roi))
+            except (RasterioError, OSError) as error:
+                self.close()
+                if not is_transient(error, self.asset.href):
+                    raise SceneReadError(self.item_id, self.asset_key, first_line(error)) from error
+                last_error = error
+                if attempt < attempts:
+                    delay = retry_delay_s(attempt, self.settings)
+                    LOGGER.warning("%s %s: attempt %d of %d failed (%s); retrying in %.1f s",
+                                   self.item_id, self.asset_key, attempt, attempts, first_line(error), delay)
+                    time.sleep(delay)
+        exhausted = TransientReadError(f"{first_line(last_error)} (transient, {attempts} attempts)")
+        exhausted.__cause__ = last_error
+        raise SceneReadError(self.item_id, self.asset_key, exhausted.args[0]) from exhausted
+
+    def _opened(self, attempt: int) -> WarpedVRT:
+        if self._warped is None:
+            path = gdal_path(self.asset.href)
+            # A retry must not see what GDAL cached of the failed attempt (e.g. "no such file").
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path) if attempt > 1 else nullcontext():
+                self._source = rasterio.open(path)
+            self._warped = WarpedVRT(
+                self._source,
+                crs=self.subgrid.crs.to_wkt(),
+                transform=self.subgrid.affine,
+                width=self.subgrid.shape.x,
+                height=self.subgrid.shape.y,
+                resampling=self.resampling,
+                src_nodata=self.asset.nodata if self.asset.nodata is not None else self._source.nodata,
+                nodata=NODATA,
+                dtype="float32" if self.resampling != Resampling.nearest else None,
+                tolerance=WARP_TOLERANCE_PX,
+            )
+        return self._warped
+
+    def close(self) -> None:
+        for dataset in (self._warped, self._source):
+            if dataset is not None:
+                dataset.close()
+        self._source = self._warped = None
+
+
+def _asset_readers(item: SceneItem, subgrid: GeoBox, settings: ReadSettings, stack: ExitStack) -> dict[str, AssetReader]:
+    missing = [band for band in SCENE_BANDS if band not in item.assets]
+    if missing:
+        raise SceneReadError(item.item_id, missing[0], "the item has no such asset; search must map all of " + ", ".join(SCENE_BANDS))
+    readers = {}
+    for band in SCENE_BANDS:
+        resampling = Resampling.nearest if band == SCL_BAND else Resampling[settings.reflectance_resampling]
+        reader = AssetReader(item.item_id, band, item.assets[band], subgrid, resampling, settings)
+        stack.callback(reader.close)
+        readers[band] = reader
+    return readers
+
+
+def _scene_blocks(
+    readers: dict[str, AssetReader], subgrid: GeoBox, aoi: Geometry, block_size: int
+) -> Iterator[tuple[Window, np.ndarray, int, int]]:
+    """(window, (5, y, x) uint16 block, valid AOI pixels, AOI pixels) for each block of the sub-grid."""
+    tiles = GeoboxTiles(subgrid, (block_size, block_size))
+    for tile_index in np.ndindex(*tiles.shape.yx):
+        roi = tiles.roi[tile_index]
+        reflectance = np.stack(
+            [harmonised_reflectance(readers[band].read(roi), readers[band].asset) for band in REFLECTANCE_BANDS]
+        )
+        scl = readers[SCL_BAND].read(roi).astype(np.uint16)
+        inside = aoi_pixel_mask(aoi, tiles[tile_index])
+        valid = inside & (reflectance != NODATA).all(axis=0)
+        yield Window.from_slices(*roi), np.concatenate([reflectance, scl[None]]) * valid, int(valid.sum()), int(inside.sum())
+
+
+def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspace, settings: ReadSettings) -> ClippedScene:
+    """Read the item's AOI window onto `grid` and store it in `workspace` as `scenes/<item_id>.tif`.
+
+    The file lies on the sub-grid from `scene_subgrid` (a slice of `grid`, same CRS and pixels)
+    and holds the five `SCENE_BANDS` as uint16 (reflectance x 10000, then SCL), nodata 0 outside the
+    data and outside the AOI polygon. Raises `SceneOutsideAOI` when there is nothing to read and
+    `SceneReadError` when an asset cannot be read; the workspace is then left unchanged.
+    """
+    subgrid = scene_subgrid(item, grid, aoi)
+    name = scene_file_name(item.item_id)
+    valid_pixels = aoi_pixels = 0
+    profile = {
+        **SCENE_PROFILE,
+        "width": subgrid.shape.x,
+        "height": subgrid.shape.y,
+        "crs": subgrid.crs.to_wkt(),
+        "transform": subgrid.affine,
+    }
+    with gdal_env(), ExitStack() as stack, workspace.staged(name) as staged_path:
+        readers = _asset_readers(item, subgrid, settings, stack)
+        with rasterio.open(staged_path, "w", **profile) as scene_file:
+            for window, pixels, valid_count, aoi_count in _scene_blocks(readers, subgrid, aoi, settings.block_size):
+                scene_file.write(pixels, window=window)
+                valid_pixels += valid_count
+                aoi_pixels += aoi_count
+            valid_fraction = valid_pixels / aoi_pixels if aoi_pixels else 0.0
+            scene_file.descriptions = SCENE_BANDS
+            scene_file.update_tags(
+                **{
+                    TAG_ITEM_ID: item.item_id,
+                    TAG_DATETIME: item.acquired.isoformat(),
+                    TAG_BASELINE: item.processing_baseline or "",
+                    TAG_VALID_FRACTION: f"{valid_fraction:.6f}",
+                    TAG_FOOTPRINT: Geometry(item.footprint, crs=FOOTPRINT_CRS).wkt,
+                }
+            )
+    return ClippedScene(
+        item_id=item.item_id,
+        acquired=item.acquired,
+        processing_baseline=item.processing_baseline,
+        path=workspace.uri(name),
+        grid=subgrid,
+        valid_fraction=valid_fraction,
+    )
+
+
+def _failed_transiently(task: object, task_run: object, state: object) -> bool:
+    """Prefect retry condition: retry only a read that gave up on transient errors."""
+    error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
+    return isinstance(error, SceneReadError) and isinstance(error.__cause__, TransientReadError)
+
+
+read_scene_task = task(
+    read_scene,
+    name="read-scene",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=30),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_failed_transiently,
+)

@@ -1,0 +1,307 @@
+"""Reading a scene's AOI window onto the grid: S3 and HTTP sources, harmonisation, any CRS, retries."""
+
+import json
+import uuid
+from dataclasses import replace
+from datetime import date, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry, box
+from prefect.states import Failed
+
+import tasks.read
+from tasks.aoi import aoi_pixel_mask
+from tasks.errors import SceneReadError, TransientReadError
+from tasks.gdal_env import gdal_env, gdal_path
+from tasks.grid import grid_for_aoi
+from tasks.read import (
+    SCENE_PROFILE,
+    TAG_BASELINE,
+    TAG_FOOTPRINT,
+    TAG_ITEM_ID,
+    TAG_VALID_FRACTION,
+    SceneOutsideAOI,
+    _failed_transiently,
+    harmonised_reflectance,
+    read_scene,
+    scene_file_name,
+)
+from tasks.scene import NODATA, SCENE_BANDS, SceneAsset, SceneItem
+from tasks.settings import ReadSettings
+from tasks.workspace import Workspace
+from tests.servers import S3Server
+from tests.synthetic import SCL_FILE, TILE_GRID, SyntheticMonth, full_resolution, make_synthetic_month, synthetic_grid
+
+BUCKET = "read-test"
+REAL_TILE = "l2a_29RKH_20200219"
+REAL_FILES = {"red": "B04", "green": "B03", "blue": "B02", "nir": "B08", "scl": SCL_FILE}
+FAST_RETRIES = ReadSettings(read_attempts=3, retry_base_delay_s=0.0)
+DUPLICATED = date(2020, 3, 5)
+SYNTHETIC_GRID = synthetic_grid(shape=(640, 640), resolution=100.0, crs="EPSG:32629", origin=(199_980.0, 2_800_020.0))
+
+
+def scene_item(stac_item: dict[str, Any]) -> SceneItem:
+    """A SceneItem from an Earth Search v1 style item dict (what the search stage builds)."""
+    assets = {}
+    for band in SCENE_BANDS:
+        asset = stac_item["assets"][band]
+        raster_band = asset["raster:bands"][0]
+        assets[band] = SceneAsset(
+            href=asset["href"], scale=raster_band.get("scale", 1.0), offset=raster_band.get("offset", 0.0), nodata=raster_band["nodata"]
+        )
+    properties = stac_item["properties"]
+    return SceneItem(
+        item_id=stac_item["id"],
+        acquired=datetime.fromisoformat(properties["datetime"]),
+        tile_id=properties["s2:mgrs_tile"],
+        processing_baseline=properties["s2:processing_baseline"],
+        cloud_cover=properties["eo:cloud_cover"],
+        assets=assets,
+        footprint=stac_item["geometry"],
+    )
+
+
+def real_scene_item(shared_s2: Path, href_for: dict[str, str]) -> SceneItem:
+    """The real tile's item (baseline 02.14: scale 0.0001, offset 0) with the given asset hrefs."""
+    stac_item = json.loads((shared_s2 / REAL_TILE / "S2A_29RKH_20200219_0_L2A.json").read_text())
+    return SceneItem(
+        item_id=stac_item["id"],
+        acquired=datetime.fromisoformat(stac_item["properties"]["datetime"]),
+        tile_id="29RKH",
+        processing_baseline=stac_item["properties"]["s2:processing_baseline"],
+        cloud_cover=stac_item["properties"]["eo:cloud_cover"],
+        assets={band: SceneAsset(href=href, scale=0.0001, offset=0.0) for band, href in href_for.items()},
+        footprint=stac_item["geometry"],
+    )
+
+
+def pixel_box(grid: GeoBox, rows: tuple[int, int], cols: tuple[int, int]) -> Geometry:
+    """The polygon of a block of grid pixels, in the grid's CRS."""
+    return grid[rows[0] : rows[1], cols[0] : cols[1]].extent
+
+
+def read_pixels(path: str) -> np.ndarray:
+    with gdal_env(), rasterio.open(gdal_path(path)) as dataset:
+        return dataset.read()
+
+
+def upload_real_tile(s3_server: S3Server, shared_s2: Path) -> dict[str, str]:
+    """The real tile's five files under a fresh prefix (GDAL caches by URL): band -> s3:// URI."""
+    bucket, prefix = s3_server.make_bucket(BUCKET), f"real/{uuid.uuid4().hex}"
+    return {
+        band: s3_server.upload(shared_s2 / REAL_TILE / f"{file_name}.tif", bucket, f"{prefix}/{file_name}.tif")
+        for band, file_name in REAL_FILES.items()
+    }
+
+
+def upload_month(s3_server: S3Server, out_dir: Path, **options: Any) -> SyntheticMonth:
+    """A synthetic month whose assets are uploaded to moto under a fresh prefix, hrefs s3://."""
+    bucket, prefix = s3_server.make_bucket(BUCKET), f"synthetic/{uuid.uuid4().hex}"
+
+    def upload(path: Path) -> str:
+        return s3_server.upload(path, bucket, f"{prefix}/{path.relative_to(out_dir).as_posix()}")
+
+    return make_synthetic_month(out_dir, grid=SYNTHETIC_GRID, href_for=upload, **options)
+
+
+@pytest.fixture(scope="module")
+def local_month(tmp_path_factory: pytest.TempPathFactory) -> SyntheticMonth:
+    """Two dates on a 640 x 640 100 m grid, local files; 2020-03-05 published as _0_ and _1_."""
+    return make_synthetic_month(
+        tmp_path_factory.mktemp("month"), dates=(DUPLICATED, date(2020, 3, 10)), grid=SYNTHETIC_GRID, duplicated_dates={DUPLICATED}
+    )
+
+
+@pytest.fixture
+def no_gdal_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GDAL's own HTTP retries off, so the faults reach the pipeline's retries at once."""
+    monkeypatch.setattr(tasks.read, "gdal_env", partial(gdal_env, GDAL_HTTP_MAX_RETRY=0))
+
+
+@pytest.mark.parametrize("scheme", ["s3", "http"])
+def test_remote_read_equals_the_window_of_the_real_tile(
+    scheme: str, s3_server: S3Server, shared_s2: Path, tmp_path: Path
+) -> None:
+    uris = upload_real_tile(s3_server, shared_s2)
+    hrefs = uris if scheme == "s3" else {
+        band: s3_server.http_url(*uri.removeprefix("s3://").split("/", 1)) for band, uri in uris.items()
+    }  # fmt: skip
+    aoi = pixel_box(TILE_GRID, (300, 700), (250, 610))
+    scene = read_scene(real_scene_item(shared_s2, hrefs), TILE_GRID, aoi, Workspace(str(tmp_path)), ReadSettings())
+
+    rows, cols = TILE_GRID.overlap_roi(scene.grid)
+    assert scene.grid == TILE_GRID[rows, cols] and scene.grid.shape.yx == (400, 360)
+    inside = aoi_pixel_mask(aoi, scene.grid)
+    pixels = read_pixels(scene.path)
+    for band_index, (band, file_name) in enumerate(REAL_FILES.items()):
+        with rasterio.open(shared_s2 / REAL_TILE / f"{file_name}.tif") as tile_file:
+            tile = tile_file.read(1)
+        if band == "scl":
+            tile = full_resolution(tile, TILE_GRID.shape.yx)
+        np.testing.assert_array_equal(pixels[band_index], np.where(inside, tile[rows, cols], NODATA))
+    assert scene.valid_fraction == 1.0
+    assert scene.path == str(tmp_path / scene_file_name(scene.item_id))
+
+
+def test_scene_file_format_and_tags(local_month: SyntheticMonth, tmp_path: Path) -> None:
+    item = scene_item(local_month.items[0])
+    aoi = pixel_box(local_month.grid, (100, 400), (200, 500))
+    scene = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
+    with rasterio.open(scene.path) as scene_file:
+        assert scene_file.count == 5 and scene_file.dtypes == ("uint16",) * 5 and scene_file.nodata == NODATA
+        assert scene_file.block_shapes[0] == (SCENE_PROFILE["blockysize"], SCENE_PROFILE["blockxsize"])
+        assert scene_file.compression.value == "DEFLATE" and scene_file.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+        assert scene_file.descriptions == SCENE_BANDS
+        tags = scene_file.tags()
+        assert GeoBox(scene_file.shape, scene_file.transform, scene_file.crs) == scene.grid
+    assert tags[TAG_ITEM_ID] == item.item_id and tags[TAG_BASELINE] == "02.14"
+    assert float(tags[TAG_VALID_FRACTION]) == pytest.approx(scene.valid_fraction, abs=1e-6)
+    assert shapely.wkt.loads(tags[TAG_FOOTPRINT]).equals(shapely.geometry.shape(item.footprint))
+
+
+def test_both_publications_harmonise_to_the_same_surface(local_month: SyntheticMonth, tmp_path: Path) -> None:
+    old, new = (scene_item(item) for item in local_month.items[:2])
+    assert (old.assets["red"].offset, new.assets["red"].offset) == (0.0, -0.1)
+    aoi = box(205_000, 2_745_000, 240_000, 2_775_000, "EPSG:32629")
+    shifted_grid = grid_for_aoi(aoi, "EPSG:32629", 60.0)  # other pixel size and alignment: bilinear mixes DNs
+    workspace = Workspace(str(tmp_path))
+    old_pixels, new_pixels = (read_pixels(read_scene(item, shifted_grid, aoi, workspace, ReadSettings()).path) for item in (old, new))
+    difference = np.abs(old_pixels.astype(int) - new_pixels.astype(int))
+    assert difference[:4].max() <= 1 and np.array_equal(old_pixels[4], new_pixels[4])
+    assert (old_pixels[:4] > 0).mean() > 0.95
+
+    on_tile_grid = read_scene(new, local_month.grid, aoi, workspace, ReadSettings())
+    rows, cols = local_month.grid.overlap_roi(on_tile_grid.grid)
+    clear = local_month.clear_mask[new.item_id][rows, cols] & aoi_pixel_mask(aoi, on_tile_grid.grid)
+    expected = local_month.clear_value(new.item_id)[:, rows, cols]
+    np.testing.assert_array_equal(read_pixels(on_tile_grid.path)[:4, clear], expected[:, clear])
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:5070", "EPSG:3857", "EPSG:4326"])
+def test_footprint_matches_the_aoi_in_any_crs(crs: str, local_month: SyntheticMonth, tmp_path: Path) -> None:
+    centre = local_month.grid.extent.centroid.to_crs("EPSG:4326").coords[0]
+    aoi = Geometry(shapely.Point(centre).buffer(0.15).simplify(0.01), crs="EPSG:4326")  # ~30 km across, inside
+    grid = grid_for_aoi(aoi, crs, 200.0)
+    scene = read_scene(scene_item(local_month.items[2]), grid, aoi, Workspace(str(tmp_path)), ReadSettings())
+    assert grid[grid.overlap_roi(scene.grid)] == scene.grid
+    valid = np.zeros(grid.shape.yx, bool)
+    valid[grid.overlap_roi(scene.grid)] = read_pixels(scene.path)[0] != NODATA
+    expected = aoi_pixel_mask(aoi, grid)
+    assert (valid & expected).sum() / (valid | expected).sum() >= 0.98
+    assert scene.valid_fraction == pytest.approx(1.0, abs=0.01)
+
+
+def test_small_aoi_fetches_a_small_part_of_the_files(s3_server: S3Server, shared_s2: Path, tmp_path: Path) -> None:
+    uris = upload_real_tile(s3_server, shared_s2)
+    full_bytes = sum((shared_s2 / REAL_TILE / f"{name}.tif").stat().st_size for name in REAL_FILES.values())
+    aoi = pixel_box(TILE_GRID, (100, 447), (100, 447))  # 347 x 347 px: 10 % of the tile
+    s3_server.reset_counters()
+    read_scene(real_scene_item(shared_s2, uris), TILE_GRID, aoi, Workspace(str(tmp_path)), ReadSettings())
+    fetched = s3_server.bytes_served()
+    assert 0 < fetched < 0.5 * full_bytes
+
+
+def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path, no_gdal_retry: None) -> None:
+    month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
+    item = scene_item(month.items[0])
+    red_key = item.assets["red"].href.split("/", 3)[3]
+    aoi = pixel_box(month.grid, (100, 300), (100, 300))
+    s3_server.fail_next(red_key, 2)
+    s3_server.reset_counters()
+    scene = read_scene(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), FAST_RETRIES)
+    assert s3_server.requests_for(red_key) >= 3
+    rows, cols = month.grid.overlap_roi(scene.grid)
+    clear = month.clear_mask[item.item_id][rows, cols]
+    np.testing.assert_array_equal(read_pixels(scene.path)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
+
+
+@pytest.mark.parametrize("fault", ["always 503", "missing object"])
+def test_failing_asset_raises_and_leaves_no_file(
+    fault: str, s3_server: S3Server, tmp_path: Path, no_gdal_retry: None
+) -> None:
+    month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
+    item = scene_item(month.items[0])
+    nir_href = item.assets["nir"].href
+    if fault == "always 503":
+        s3_server.fail_always(nir_href.split("/", 3)[3])
+    else:
+        missing = SceneAsset(href=nir_href.replace("B08.tif", "B08_missing.tif"), scale=0.0001, offset=0.0)
+        item = replace(item, assets={**item.assets, "nir": missing})
+    workspace_dir = tmp_path / "ws"
+    with pytest.raises(SceneReadError) as raised:
+        read_scene(item, month.grid, pixel_box(month.grid, (0, 200), (0, 200)), Workspace(str(workspace_dir)), FAST_RETRIES)
+    assert raised.value.item_id == item.item_id and raised.value.asset_key == "nir"
+    assert item.item_id in str(raised.value) and "\n" not in str(raised.value)
+    assert isinstance(raised.value.__cause__, TransientReadError) == (fault == "always 503")
+    assert not [path for path in workspace_dir.rglob("*") if path.is_file()]
+
+
+def test_workspace_on_s3(s3_server: S3Server, local_month: SyntheticMonth, tmp_path: Path) -> None:
+    item = scene_item(local_month.items[0])
+    aoi = pixel_box(local_month.grid, (50, 250), (300, 620))
+    workspace = Workspace(f"s3://{s3_server.make_bucket(BUCKET)}/workspaces/{uuid.uuid4().hex}")
+    in_s3 = read_scene(item, local_month.grid, aoi, workspace, ReadSettings())
+    local = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
+    assert in_s3.path == workspace.uri(scene_file_name(item.item_id)) and workspace.exists(scene_file_name(item.item_id))
+    assert in_s3.grid == local.grid
+    np.testing.assert_array_equal(read_pixels(in_s3.path), read_pixels(local.path))
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:3857"])
+def test_blocks_do_not_change_the_result(crs: str, local_month: SyntheticMonth, tmp_path: Path) -> None:
+    item = scene_item(local_month.items[2])
+    aoi = Geometry(shapely.Polygon([(210_000, 2_790_000), (262_000, 2_776_000), (250_000, 2_740_000), (215_000, 2_750_000)]), crs="EPSG:32629")
+    grid = grid_for_aoi(aoi, crs, 60.0)  # not the tiles' 100 m pixels: every value is resampled
+    whole = read_scene(item, grid, aoi, Workspace(str(tmp_path / "whole")), ReadSettings(block_size=2048))
+    blocks = read_scene(item, grid, aoi, Workspace(str(tmp_path / "blocks")), ReadSettings(block_size=256))
+    assert whole.grid == blocks.grid and max(whole.grid.shape.yx) > 2 * 256
+    whole_pixels, block_pixels = read_pixels(whole.path).astype(int), read_pixels(blocks.path).astype(int)
+    assert np.array_equal(whole_pixels != NODATA, block_pixels != NODATA)
+    if crs == "EPSG:32629":
+        np.testing.assert_array_equal(whole_pixels, block_pixels)
+    else:  # GDAL's warper picks its source window per request: close, not bit-identical (see AssetReader)
+        difference = np.abs(whole_pixels[:4] - block_pixels[:4])
+        assert difference.mean() < 0.01 * whole_pixels[:4].mean() and np.percentile(difference, 99) <= 50
+
+
+def test_partial_scene_valid_fraction(tmp_path: Path) -> None:
+    month = make_synthetic_month(tmp_path / "month", dates=(DUPLICATED,), grid=SYNTHETIC_GRID, partial_dates={DUPLICATED})
+    item = scene_item(month.items[0])
+    aoi = month.grid.extent.to_crs("EPSG:4326").buffer(-0.05)
+    scene = read_scene(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), ReadSettings())
+    rows, cols = month.grid.overlap_roi(scene.grid)
+    inside = aoi_pixel_mask(aoi, scene.grid)
+    expected = (month.data_mask[item.item_id][rows, cols] & inside).sum() / inside.sum()
+    assert scene.valid_fraction == pytest.approx(expected, abs=0.01) and 0.3 < scene.valid_fraction < 0.9
+
+
+def test_scene_outside_the_aoi(local_month: SyntheticMonth, tmp_path: Path) -> None:
+    far_away = box(10.0, 45.0, 10.1, 45.1, "EPSG:4326")
+    with pytest.raises(SceneOutsideAOI, match=local_month.items[0]["id"]):
+        read_scene(scene_item(local_month.items[0]), grid_for_aoi(far_away, None, 100.0), far_away, Workspace(str(tmp_path)), ReadSettings())
+    assert not list(tmp_path.rglob("*.tif"))
+
+
+def test_harmonised_reflectance() -> None:
+    digital_numbers = np.array([0, 1, 900, 1000, 1001, 4321, 65535], dtype=np.float32)
+    old = harmonised_reflectance(digital_numbers, SceneAsset(href="x", scale=0.0001, offset=0.0))
+    new = harmonised_reflectance(digital_numbers, SceneAsset(href="x", scale=0.0001, offset=-0.1))
+    np.testing.assert_array_equal(old, [0, 1, 900, 1000, 1001, 4321, 65535])
+    np.testing.assert_array_equal(new, [0, 1, 1, 1, 1, 3321, 64535])
+    assert old.dtype == new.dtype == np.uint16
+
+
+def test_prefect_retries_only_transient_failures() -> None:
+    transient = SceneReadError("S2B_X", "red", "HTTP 503")
+    transient.__cause__ = TransientReadError("HTTP 503")
+    permanent = SceneReadError("S2B_X", "red", "The specified key does not exist.")
+    assert _failed_transiently(None, None, Failed(data=transient))
+    assert not _failed_transiently(None, None, Failed(data=permanent))
+    assert not _failed_transiently(None, None, Failed(data=ValueError("bug")))
