@@ -26,6 +26,7 @@ else `$OMNICLOUDMASK_MODEL_DIR`, else the library's own data directory.
 
 import argparse
 import csv
+import logging
 import os
 import sys
 import threading
@@ -57,11 +58,12 @@ from tasks.mask_rules import (
     upsample_nearest,
 )
 from tasks.percentile import compute_device
-from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
 from tasks.workspace import Workspace
 
+LOGGER = logging.getLogger(__name__)
 MASK_SUFFIX = "_mask.tif"
 GPU_CONCURRENCY_LIMIT = "gpu"
 MODEL_DIR_ENV = "OMNICLOUDMASK_MODEL_DIR"
@@ -177,9 +179,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def predict_with_fallback(
-    predict: Callable[[int], np.ndarray], batch_size: int, on_retry: Callable[[int], None] | None = None
-) -> np.ndarray:
+def predict_with_fallback(predict: Callable[[int], np.ndarray], batch_size: int) -> np.ndarray:
     """`predict(batch_size)`, halving the batch size on out-of-memory down to 1, then `InferenceOutOfMemory`."""
     while True:
         try:
@@ -195,8 +195,7 @@ def predict_with_fallback(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         batch_size = max(1, batch_size // 2)
-        if on_retry is not None:
-            on_retry(batch_size)
+        LOGGER.warning("cloud mask inference ran out of GPU memory; retrying at batch size %d", batch_size)
 
 
 def pad_to_min_side(bands: np.ndarray, min_side_px: int) -> np.ndarray:
@@ -233,7 +232,7 @@ def predict_cloud_classes(
             batch_size=batch_size,
             inference_device=device,
             inference_dtype=dtype,
-            no_data_value=0,
+            no_data_value=NODATA,
             destination_model_dir=model_dir,
             model_version=model_version,
         )
