@@ -33,6 +33,7 @@ from tasks.read import (
     read_scene,
     scene_file_name,
 )
+from tasks.search import scene_from_item
 from tasks.scene import NODATA, SCENE_BANDS, SceneAsset, SceneItem
 from tasks.settings import ReadSettings
 from tasks.workspace import Workspace
@@ -48,24 +49,10 @@ SYNTHETIC_GRID = synthetic_grid(shape=(640, 640), resolution=100.0, crs="EPSG:32
 
 
 def scene_item(stac_item: dict[str, Any]) -> SceneItem:
-    """A SceneItem from an Earth Search v1 style item dict (what the search stage builds)."""
-    assets = {}
-    for band in SCENE_BANDS:
-        asset = stac_item["assets"][band]
-        raster_band = asset["raster:bands"][0]
-        assets[band] = SceneAsset(
-            href=asset["href"], scale=raster_band.get("scale", 1.0), offset=raster_band.get("offset", 0.0), nodata=raster_band["nodata"]
-        )
-    properties = stac_item["properties"]
-    return SceneItem(
-        item_id=stac_item["id"],
-        acquired=datetime.fromisoformat(properties["datetime"]),
-        tile_id=properties["s2:mgrs_tile"],
-        processing_baseline=properties["s2:processing_baseline"],
-        cloud_cover=properties["eo:cloud_cover"],
-        assets=assets,
-        footprint=stac_item["geometry"],
-    )
+    """The SceneItem the search stage makes of an item dict."""
+    scene = scene_from_item(stac_item)
+    assert scene is not None, f"search rejected {stac_item['id']}"
+    return scene
 
 
 def real_scene_item(shared_s2: Path, href_for: dict[str, str]) -> SceneItem:
