@@ -1,9 +1,9 @@
 """Reading one scene's AOI window onto the target grid, harmonised, into the workspace.
 
 Only the part of the grid that the item footprint and the AOI both cover is read (a pixel-aligned
-slice of the grid), block by block, each asset warped straight onto the block's grid by GDAL
-(`WarpedVRT`), so a remote COG is fetched only for the tiles under the AOI and memory stays bounded
-however large the AOI. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
+slice of the grid, the sub-grid): each asset is warped onto the sub-grid by GDAL (`WarpedVRT`) and
+read window by window (`ReadSettings.block_size`), so a remote COG is fetched only for the tiles
+under the AOI and memory stays bounded however large the AOI. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
 removed, whatever the processing baseline; the result is the clipped scene file of `tasks.scene`.
 
 Transient read failures (HTTP 5xx, timeouts, truncated responses) are retried per asset with
@@ -126,6 +126,7 @@ def first_line(error: BaseException) -> str:
 
 
 def is_remote(href: str) -> bool:
+    """Whether GDAL reaches `href` over the network (s3:// or http(s)://)."""
     return gdal_path(href) != href
 
 
@@ -289,7 +290,7 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
     )
 
 
-def _failed_transiently(task: object, task_run: object, state: object) -> bool:
+def failed_transiently(task: object, task_run: object, state: object) -> bool:
     """Prefect retry condition: retry only a read that gave up on transient errors."""
     error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
     return isinstance(error, SceneReadError) and isinstance(error.__cause__, TransientReadError)
@@ -301,5 +302,5 @@ read_scene_task = task(
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=30),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_failed_transiently,
+    retry_condition_fn=failed_transiently,
 )

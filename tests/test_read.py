@@ -28,7 +28,7 @@ from tasks.read import (
     TAG_ITEM_ID,
     TAG_VALID_FRACTION,
     SceneOutsideAOI,
-    _failed_transiently,
+    failed_transiently,
     harmonised_reflectance,
     read_scene,
     scene_file_name,
@@ -289,6 +289,6 @@ def test_prefect_retries_only_transient_failures() -> None:
     transient = SceneReadError("S2B_X", "red", "HTTP 503")
     transient.__cause__ = TransientReadError("HTTP 503")
     permanent = SceneReadError("S2B_X", "red", "The specified key does not exist.")
-    assert _failed_transiently(None, None, Failed(data=transient))
-    assert not _failed_transiently(None, None, Failed(data=permanent))
-    assert not _failed_transiently(None, None, Failed(data=ValueError("bug")))
+    assert failed_transiently(None, None, Failed(data=transient))
+    assert not failed_transiently(None, None, Failed(data=permanent))
+    assert not failed_transiently(None, None, Failed(data=ValueError("bug")))
