@@ -24,9 +24,10 @@ from tasks.settings import Device
 MEDIAN_PERCENTILE = 50.0
 COUNT_SATURATION = 255
 """The largest observation count stored: counts are uint8, so 255 means 255 or more."""
-CHUNK_KEYS = {"cpu": 1 << 20, "cuda": 1 << 26}
-"""Sort keys (observations x bands x pixels) processed at once per device type: about 2 MiB of
-int16 keys on CPU (fits the L2 cache), 128 MiB on CUDA. Bounds the kernel's working memory."""
+CHUNK_KEYS = {"cpu": 1 << 22, "cuda": 1 << 26}
+"""Sort keys (observations x bands x pixels) processed at once per device type: 8 MiB of int16 keys
+on CPU (the fastest of 2**16..2**24 measured on 2 cores), 128 MiB on CUDA. Bounds the kernel's
+working memory to a few times that."""
 UINT16_SIGN_FLIP = -(1 << 15)
 """XOR with this int16 maps uint16 bit patterns to int16 values of the same order."""
 
@@ -90,7 +91,9 @@ def _sort_keys(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if values.dtype == torch.uint16:
         keys = torch.empty(values.shape, dtype=torch.int16, device=values.device)
         torch.bitwise_xor(values.view(torch.int16), UINT16_SIGN_FLIP, out=keys)
-        return keys.masked_fill_(~valid[:, None], torch.iinfo(torch.int16).max)
+        # Valid: the int16 minimum, invalid: the maximum; one broadcast max (masked_fill_ is ~10x slower).
+        key_floor = valid.to(torch.int16).sub_(1).bitwise_xor_(UINT16_SIGN_FLIP)
+        return torch.maximum(keys, key_floor[:, None], out=keys)
     if values.is_floating_point():
         keys = torch.empty(values.shape, dtype=values.dtype, device=values.device)
         return keys.copy_(values).masked_fill_(~valid[:, None], float("inf"))
@@ -98,39 +101,42 @@ def _sort_keys(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def _key_values(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The float64 values of sort keys made by `_sort_keys` from a stack of `dtype`."""
+    """The values of sort keys made by `_sort_keys` from a stack of `dtype`: int32 for uint16, else float64."""
     if dtype == torch.uint16:
-        return keys.to(torch.int32).add_(1 << 15).to(torch.float64)
+        return keys.to(torch.int32).add_(1 << 15)
     return keys.to(torch.float64)
-
-
-def _interpolate(lower: torch.Tensor, upper: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
-    """numpy's `_lerp`: lower + (upper - lower) * fraction, from the upper end when fraction >= 0.5."""
-    difference = upper - lower
-    from_lower = lower + difference * fraction
-    from_upper = upper - difference * (1.0 - fraction)
-    return torch.where(fraction >= 0.5, from_upper, from_lower)
 
 
 def _percentile_of_chunk(
     values: torch.Tensor, valid: torch.Tensor, quantile: float, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile (band, pixel) and valid count (pixel,) int64 of one chunk (obs, band, pixel)."""
+    """Percentile (band, pixel) and valid count (pixel,) int64 of one chunk (obs, band, pixel).
+
+    Interpolation is numpy's `_lerp` in float64: `lower + (upper - lower) * fraction`, or from the
+    upper end, `upper - (upper - lower) * (1 - fraction)`, when fraction >= 0.5. Both are computed
+    as `base + difference * weight` with a per-pixel weight (`fraction`, or `-(1 - fraction)`, an
+    exact negation), which rounds exactly as numpy does.
+    """
     count = valid.sum(dim=0)
     keys = sort_observations(_sort_keys(values, valid))
+    last_index = (count - 1).clamp_(min=0)
     rank = (count - 1).to(torch.float64) * quantile
     lower_rank = rank.floor().clamp_(min=0)
     fraction = rank - lower_rank
     lower_index = lower_rank.to(torch.int64)
-    upper_index = torch.minimum(lower_index + 1, (count - 1).clamp(min=0))
+    upper_index = torch.minimum(lower_index + 1, last_index)
+    from_upper = fraction >= 0.5
+    weight = torch.where(from_upper, -(1.0 - fraction), fraction)
     band_count = values.shape[1]
-    lower = keys.gather(0, lower_index.expand(1, band_count, -1))[0]
-    upper = keys.gather(0, upper_index.expand(1, band_count, -1))[0]
-    result = _interpolate(_key_values(lower, values.dtype), _key_values(upper, values.dtype), fraction)
+    lower = _key_values(keys.gather(0, lower_index.expand(1, band_count, -1))[0], values.dtype)
+    upper = _key_values(keys.gather(0, upper_index.expand(1, band_count, -1))[0], values.dtype)
+    difference = upper - lower
+    base = torch.where(from_upper, upper, lower)
+    result = base.to(torch.float64).add_(difference.to(torch.float64).mul_(weight))
     if out_dtype == torch.uint16:
         result = result.round_().to(torch.int32)
-    result = result.masked_fill_(count == 0, 0).to(out_dtype)
-    return result, count
+    result = torch.where(count > 0, result, torch.zeros((), dtype=result.dtype, device=result.device))
+    return result.to(out_dtype), count
 
 
 def percentile_composite(
