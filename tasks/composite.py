@@ -257,7 +257,8 @@ def composite(
             roi = tiles.roi[tile_index]
             block_grid = grid[roi]
             inside_aoi = aoi_pixel_mask(aoi, block_grid)
-            stack, usable, item_ids = read_block_stack(sources, block_grid)
+            # A block the AOI misses reads nothing: no observation gives an empty block.
+            stack, usable, item_ids = read_block_stack(sources if inside_aoi.any() else [], block_grid)
             mosaic, count = composite_block(stack, usable, inside_aoi, percentile, device)
             window = Window.from_slices(*roi)
             mosaic_out.write(mosaic, window=window)

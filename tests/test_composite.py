@@ -230,3 +230,16 @@ def test_aoi_in_another_crs_clips_the_same_pixels(synthetic, tmp_path):
     mosaic, count, _ = run_composite(scenes, month.grid, in_wgs84, workspace, tmp_path, block_size=128)
     assert not mosaic[:, ~inside].any() and not count[~inside].any()
     assert count[inside].mean() > 2
+
+
+def test_blocks_the_aoi_misses_are_empty_and_the_others_unchanged(synthetic, tmp_path):
+    month, workspace, scenes, _, _ = synthetic
+    left, bottom, right, top = month.grid.extent.boundingbox
+    western_quarter = polygon([(left, bottom), (left + (right - left) / 4, bottom),
+                               (left + (right - left) / 4, top), (left, top), (left, bottom)], month.grid.crs)  # fmt: skip
+    inside = aoi_pixel_mask(western_quarter, month.grid)
+    full = run_composite(scenes, month.grid, month.grid.extent, workspace, tmp_path / "full", block_size=64)
+    part = run_composite(scenes, month.grid, western_quarter, workspace, tmp_path / "part", block_size=64)
+    np.testing.assert_array_equal(part[0], np.where(inside, full[0], 0))
+    np.testing.assert_array_equal(part[1], np.where(inside, full[1], 0))
+    assert set(part[2].contributing_scenes) <= set(full[2].contributing_scenes)
