@@ -133,7 +133,7 @@ class _Accumulator:
 
 
 @dataclass(frozen=True)
-class _SceneSource:
+class SceneFiles:
     """A clipped scene and its mask, opened for windowed reads."""
 
     scene: ClippedScene
@@ -141,7 +141,7 @@ class _SceneSource:
     mask: rasterio.io.DatasetReader
 
 
-def _open_scene(scene: ClippedScene, grid: GeoBox, workspace: Workspace, files: ExitStack) -> _SceneSource:
+def _open_scene(scene: ClippedScene, grid: GeoBox, workspace: Workspace, files: ExitStack) -> SceneFiles:
     """Open a clipped scene and its mask, checking both lie on its sub-grid of `grid`."""
     try:
         aligned = grid[grid.overlap_roi(scene.grid)] == scene.grid
@@ -168,10 +168,10 @@ def _open_scene(scene: ClippedScene, grid: GeoBox, workspace: Workspace, files: 
                 f"{scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read and mask stages",
             )
         opened.append(dataset)
-    return _SceneSource(scene, *opened)
+    return SceneFiles(scene, *opened)
 
 
-def read_block_stack(sources: list[_SceneSource], block_grid: GeoBox) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_block_stack(sources: list[SceneFiles], block_grid: GeoBox) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The observations of the scenes that overlap `block_grid`.
 
     Returns `(stack, usable, item_ids)`: stack (obs, band, y, x) uint16 reflectance, usable (obs, y, x)
