@@ -41,7 +41,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from odc.geo.geobox import GeoBox  # noqa: E402
 from tasks.composite import composite  # noqa: E402
 from tasks.percentile import percentile_composite  # noqa: E402
 from tasks.scene import MaskClass  # noqa: E402

@@ -23,9 +23,9 @@ if __package__ in (None, ""):  # run as `python bench/mask.py` (as `make bench` 
 import numpy as np
 import torch
 
+from tasks.device import compute_device
 from tasks.errors import MissingModelWeights
 from tasks.mask import check_model_weights, load_omnicloudmask, mask_from_bands, model_dir_for, model_version_for
-from tasks.percentile import compute_device
 from tasks.settings import MaskSettings
 from tests.synthetic import RadiometricJitter, full_resolution, make_sky, make_surface, observed_scene, synthetic_grid
 

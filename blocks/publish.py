@@ -17,16 +17,13 @@ import mimetypes
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from prefect import task
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import Task
 from prefect_aws.s3 import S3Bucket
 
 from flows.parameters import MONTH_PATTERN
-from tasks.errors import InvalidSettings, MosaicError
+from tasks.errors import InvalidSettings
+from tasks.retry import retry_unless_mosaic_error
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
@@ -126,16 +123,10 @@ def content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or DEFAULT_CONTENT_TYPE
 
 
-def _is_io_failure(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
-    """Retry failed uploads and copies, not bad input."""
-    error = state.result(raise_on_failure=False, _sync=True)
-    return not isinstance(error, (MosaicError, FileNotFoundError))
-
-
 publish_products_task = task(
     publish_products,
     name="publish-products",
     retries=len(PUBLISH_RETRY_DELAYS_S),
     retry_delay_seconds=PUBLISH_RETRY_DELAYS_S,
-    retry_condition_fn=_is_io_failure,
+    retry_condition_fn=retry_unless_mosaic_error,
 )

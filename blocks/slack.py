@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http.client import HTTPException
-from typing import Any, NamedTuple
+from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
@@ -33,8 +33,9 @@ from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
-from flows.parameters import previous_month
 from tasks.aoi import aoi_name
+from tasks.month import Month
+from tasks.scene import FailedScene
 
 SETTINGS_PARAMETER = "settings"
 SLACK_OK_BODY = "ok"
@@ -54,13 +55,6 @@ _SDK_LOGGER.propagate = False
 SEND_ERRORS = (OSError, HTTPException, SlackRequestError, ValueError)
 
 StateHook = Callable[[Flow, FlowRun, State], None]
-
-
-class FailedScene(NamedTuple):
-    """A scene that was skipped, and why."""
-
-    item_id: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -255,7 +249,7 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
     start = flow_run.expected_start_time or datetime.now(timezone.utc)
     return RunReport(
         aoi=aoi_name(str(aoi_source)) if aoi_source else "AOI",
-        month=settings.get("month") or previous_month(start),
+        month=settings.get("month") or Month.before(start).label,
         flow_run_name=flow_run.name,
         flow_run_url=url_for(flow_run),
     )

@@ -3,12 +3,12 @@
 Block names are settings; secrets never are (they live in the blocks).
 """
 
-import re
-from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, field_validator
 
+from tasks.errors import InvalidSettings
+from tasks.month import Month
 from tasks.settings import (
     CompositeSettings,
     FrozenSettings,
@@ -17,8 +17,6 @@ from tasks.settings import (
     ReadSettings,
     SearchSettings,
 )
-
-MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 class RunnerSettings(FrozenSettings):
@@ -63,12 +61,9 @@ class MosaicSettings(FrozenSettings):
     @field_validator("month")
     @classmethod
     def _check_month(cls, month: str | None) -> str | None:
-        if month is not None and not MONTH_PATTERN.match(month):
-            raise ValueError(f"month {month!r} is not 'YYYY-MM' (e.g. '2024-06')")
+        if month is not None:
+            try:
+                Month.parse(month)
+            except InvalidSettings as error:
+                raise ValueError(str(error)) from None
         return month
-
-
-def previous_month(moment: datetime) -> str:
-    """'YYYY-MM' of the month before `moment`."""
-    year, month = (moment.year, moment.month - 1) if moment.month > 1 else (moment.year - 1, 12)
-    return f"{year:04d}-{month:02d}"

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from tasks.aoi import aoi_pixel_mask
-from tasks.errors import MosaicError
+from tasks.errors import InvalidProduct
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ REFLECTANCE_SCALE_FACTOR = 1.0 / REFLECTANCE_SCALE
 MOSAIC_DTYPE = "uint16"
 COUNT_DTYPE = "uint8"
 COUNT_DESCRIPTION = "clear observation count (0 = no valid observation)"
-
-
-class InvalidProduct(MosaicError):
-    """A product raster is not on the target grid, has the wrong layout, or is not a valid COG."""
 
 
 @dataclass(frozen=True)

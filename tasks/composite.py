@@ -32,10 +32,12 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tasks.aoi import aoi_pixel_mask
+from tasks.device import compute_device
 from tasks.errors import SceneReadError
 from tasks.gdal_env import gdal_env
-from tasks.mask import _retry_unless_our_error, mask_name_for
-from tasks.percentile import compute_device, percentile_composite, percentile_value
+from tasks.mask import mask_name_for
+from tasks.percentile import percentile_composite, percentile_value
+from tasks.retry import retry_unless_mosaic_error
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass
 from tasks.settings import CompositeSettings
 from tasks.workspace import Workspace
@@ -154,7 +156,7 @@ def _open_scene(scene: ClippedScene, grid: GeoBox, workspace: Workspace, files: 
             "its grid is not a pixel-aligned slice of the target grid; re-run the read stage",
         )
     opened = []
-    for name, band_count in ((scene.path, len(SCENE_BANDS)), (mask_name_for(scene.path), 1)):
+    for name, band_count in ((scene.name, len(SCENE_BANDS)), (mask_name_for(scene.name), 1)):
         try:
             dataset = files.enter_context(rasterio.open(workspace.gdal_path(name)))
         except RasterioIOError as error:
@@ -191,7 +193,7 @@ def read_block_stack(sources: list[SceneFiles], block_grid: GeoBox) -> tuple[np.
             reflectance = source.bands.read(REFLECTANCE_BAND_INDEXES, window=window)
             mask = source.mask.read(1, window=window)
         except RasterioIOError as error:
-            raise SceneReadError(source.scene.item_id, source.scene.path, f"window read failed ({error})") from None
+            raise SceneReadError(source.scene.item_id, source.scene.name, f"window read failed ({error})") from None
         stack[(index, slice(None), *block_roi)] = reflectance
         usable[(index, *block_roi)] = (mask == MaskClass.CLEAR) & (reflectance != NODATA).all(axis=0)
     return stack, usable, [source.scene.item_id for source, _, _ in overlapping]
@@ -278,7 +280,7 @@ def composite(
     )
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_unless_our_error, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_mosaic_error, cache_policy=NO_CACHE)
 def composite_task(
     scenes: list[ClippedScene],
     grid: GeoBox,

@@ -31,6 +31,15 @@ class SceneReadError(MosaicError):
         super().__init__(f"scene {item_id} asset {asset_key!r} could not be read: {reason}")
 
 
+class SceneOutsideAOI(SceneReadError):
+    """The scene's footprint covers no pixel of the AOI on the grid: there is nothing to read (skipped, not failed)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(
+            item_id, "footprint", "it covers no pixel of the AOI on the grid; search with the AOI geometry to skip it"
+        )
+
+
 class TransientReadError(MosaicError):
     """A read failed in a way worth retrying (HTTP 5xx, timeout, truncated response)."""
 
@@ -39,5 +48,17 @@ class MissingModelWeights(MosaicError):
     """OmniCloudMask weights are not on disk and cannot be downloaded."""
 
 
+class InferenceOutOfMemory(MosaicError):
+    """The device ran out of memory even at batch size 1."""
+
+
 class TooManyFailedScenes(MosaicError):
-    """More scenes failed than the allowed fraction."""
+    """More scenes failed than the allowed fraction; `failed_scenes` lists (item id, reason)."""
+
+    def __init__(self, message: str, failed_scenes: list[tuple[str, str]]) -> None:
+        self.failed_scenes = failed_scenes
+        super().__init__(message)
+
+
+class InvalidProduct(MosaicError):
+    """A product raster is off the grid, badly laid out, not a valid COG, or its STAC Item does not validate."""

@@ -43,7 +43,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from tasks.errors import InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
+from tasks.device import compute_device
+from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
 from tasks.gdal_env import gdal_env
 from tasks.grid import resolution_in_crs_units
 from tasks.mask_rules import (
@@ -57,7 +58,7 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.percentile import compute_device
+from tasks.retry import retry_unless_mosaic_error
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
@@ -89,10 +90,6 @@ MASKERS_USING_SCL = frozenset({"ocm+scl", "scl"})
 
 _inference_lock = threading.Lock()
 """One mask inference at a time in this process: two would compete for the same GPU memory."""
-
-
-class InferenceOutOfMemory(MosaicError):
-    """The device ran out of memory even at batch size 1."""
 
 
 def load_omnicloudmask() -> ModuleType:
@@ -285,7 +282,7 @@ def mask_name_for(scene_name: str) -> str:
 
 def read_scene_bands(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
     """All bands (`SCENE_BANDS`, y, x, uint16) of a clipped scene, checked against its grid."""
-    with gdal_env(), rasterio.open(workspace.gdal_path(scene.path)) as source:
+    with gdal_env(), rasterio.open(workspace.gdal_path(scene.name)) as source:
         if source.count != len(SCENE_BANDS) or (source.height, source.width) != tuple(scene.grid.shape):
             raise SceneReadError(
                 scene.item_id,
@@ -308,7 +305,7 @@ def mask_scene(scene: ClippedScene, workspace: Workspace, settings: MaskSettings
     """Mask one clipped scene and write `<scene>_mask.tif` beside it; returns the mask's name."""
     bands = read_scene_bands(workspace, scene)
     mask = mask_from_bands(bands, pixel_size_m(scene.grid), settings)
-    mask_name = mask_name_for(scene.path)
+    mask_name = mask_name_for(scene.name)
     write_mask(workspace, mask_name, mask, scene.grid, settings.masker)
     return mask_name
 
@@ -323,18 +320,7 @@ def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
     return nullcontext()
 
 
-def _retry_unless_our_error(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
-    """Retry transient failures (workspace I/O), never one of our own one-line errors."""
-    try:
-        state.result()
-    except MosaicError:
-        return False
-    except Exception:  # anything else may be transient
-        return True
-    return True
-
-
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_unless_our_error, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_mosaic_error, cache_policy=NO_CACHE)
 def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
     """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
     with gpu_slot(settings):

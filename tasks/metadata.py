@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import tomllib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ from tasks.cog import (
     COUNT_DESCRIPTION,
     MOSAIC_BANDS,
     REFLECTANCE_SCALE_FACTOR,
-    InvalidProduct,
     grid_blocks,
 )
-from tasks.errors import InvalidSettings
+from tasks.errors import InvalidProduct
 from tasks.grid import grid_metadata
-from tasks.scene import NODATA, ClippedScene
+from tasks.month import Month
+from tasks.scene import NODATA, ClippedScene, FailedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 PROJECT_DISTRIBUTION = "s2-monthly-basemap"
@@ -40,40 +39,6 @@ LOW_PERCENTILE = 2.0
 HIGH_PERCENTILE = 98.0
 SQUARE_METRES_PER_KM2 = 1_000_000.0
 WGS84_ELLIPSOID = Geod(ellps="WGS84")
-
-
-@dataclass(frozen=True)
-class Month:
-    """One calendar month in UTC; `start` and `end` are its first and last instants."""
-
-    year: int
-    month: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.month <= 12:
-            raise InvalidSettings(f"month {self.month} of {self.year} is not 1..12; give a month like '2024-06'")
-
-    @classmethod
-    def parse(cls, text: str) -> "Month":
-        """'2024-06' -> Month(2024, 6)."""
-        try:
-            year, month = (int(part) for part in text.split("-"))
-        except ValueError:
-            raise InvalidSettings(f"month {text!r} is not YYYY-MM; give e.g. '2024-06'") from None
-        return cls(year, month)
-
-    @property
-    def label(self) -> str:
-        return f"{self.year:04d}-{self.month:02d}"
-
-    @property
-    def start(self) -> datetime:
-        return datetime(self.year, self.month, 1, tzinfo=UTC)
-
-    @property
-    def end(self) -> datetime:
-        following = datetime(self.year + self.month // 12, self.month % 12 + 1, 1, tzinfo=UTC)
-        return following - timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -96,14 +61,6 @@ class ProductNames:
             metadata=f"{stem}_metadata.json",
             item=f"{stem}_item.json",
         )
-
-
-@dataclass(frozen=True)
-class FailedScene:
-    """A scene that was found but could not be used, with the one-line reason."""
-
-    item_id: str
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Literal
 import torch
 
 from tasks.errors import InvalidSettings
-from tasks.settings import Device
 
 MEDIAN_PERCENTILE = 50.0
 COUNT_SATURATION = 255
@@ -38,15 +37,6 @@ def percentile_value(percentile: float | Literal["median"]) -> float:
     if not 0.0 <= value <= 100.0:
         raise InvalidSettings(f"percentile {percentile!r} is outside 0..100; give a number in 0..100 or 'median'")
     return value
-
-
-def compute_device(device: Device) -> torch.device:
-    """The torch device of a `Device` setting: 'auto' is CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InvalidSettings("device 'cuda' was asked for but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    return torch.device(device)
 
 
 @functools.lru_cache(maxsize=None)

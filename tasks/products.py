@@ -17,7 +17,6 @@ product is complete, and a failure at any point leaves no Item (and, before the 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -31,9 +30,10 @@ from tasks.cog import (
     validate_cog,
     write_cog,
 )
-from tasks.errors import MosaicError
-from tasks.metadata import Month, ProductNames, ProductRun, band_statistics, metadata_json
+from tasks.metadata import ProductNames, ProductRun, band_statistics, metadata_json
+from tasks.month import Month
 from tasks.quicklook import write_quicklook
+from tasks.retry import retry_unless_mosaic_error
 from tasks.stac_item import build_item, item_json
 from tasks.workspace import Workspace
 
@@ -82,22 +82,11 @@ def write_products(workspace: Workspace, run: ProductRun, mosaic_staging: Path, 
     return names
 
 
-def _retry_unless_our_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures (workspace I/O, S3 uploads), never one of our own one-line errors."""
-    try:
-        state.result()
-    except MosaicError:
-        return False
-    except Exception:  # anything else may be transient
-        return True
-    return True
-
-
 @task(
     name="write-products",
     retries=2,
     retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_unless_our_error,
+    retry_condition_fn=retry_unless_mosaic_error,
     cache_policy=NO_CACHE,
 )
 def write_products_task(workspace: Workspace, run: ProductRun, mosaic_staging: Path, count_staging: Path) -> ProductNames:

@@ -31,9 +31,19 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from tasks.aoi import aoi_pixel_mask
-from tasks.errors import SceneReadError, TransientReadError
+from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env, gdal_path
-from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, ClippedScene, SceneAsset, SceneItem
+from tasks.retry import retry_transient_failure
+from tasks.scene import (
+    NODATA,
+    REFLECTANCE_BANDS,
+    REFLECTANCE_SCALE,
+    SCENE_BANDS,
+    SCL_BAND,
+    ClippedScene,
+    SceneAsset,
+    SceneItem,
+)
 from tasks.settings import ReadSettings
 from tasks.workspace import Workspace
 
@@ -78,15 +88,6 @@ TRANSIENT_FAILURE = re.compile(
 )
 """Messages of failures worth retrying on any path; on a remote path every other I/O failure is
 retried too, since GDAL often reports an interrupted or truncated response only as a short read."""
-
-
-class SceneOutsideAOI(SceneReadError):
-    """The scene's footprint covers no pixel of the AOI on the grid: there is nothing to read."""
-
-    def __init__(self, item_id: str) -> None:
-        super().__init__(
-            item_id, "footprint", "it covers no pixel of the AOI on the grid; search with the AOI geometry to skip it"
-        )
 
 
 def scene_file_name(item_id: str) -> str:
@@ -284,16 +285,10 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
         item_id=item.item_id,
         acquired=item.acquired,
         processing_baseline=item.processing_baseline,
-        path=workspace.uri(name),
+        name=name,
         grid=subgrid,
         valid_fraction=valid_fraction,
     )
-
-
-def failed_transiently(task: object, task_run: object, state: object) -> bool:
-    """Prefect retry condition: retry only a read that gave up on transient errors."""
-    error = state.result(raise_on_failure=False)  # type: ignore[attr-defined]
-    return isinstance(error, SceneReadError) and isinstance(error.__cause__, TransientReadError)
 
 
 read_scene_task = task(
@@ -302,5 +297,5 @@ read_scene_task = task(
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=30),
     retry_jitter_factor=0.5,
-    retry_condition_fn=failed_transiently,
+    retry_condition_fn=retry_transient_failure,
 )

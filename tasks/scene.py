@@ -9,7 +9,7 @@ the same sub-grid: one uint8 band of `MaskClass` values.
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from odc.geo.geobox import GeoBox
 
@@ -30,6 +30,13 @@ class MaskClass(IntEnum):
     CLOUD_SHADOW = 3
     INVALID_SCL = 4
     NODATA = 5
+
+
+class FailedScene(NamedTuple):
+    """A scene that was found but could not be used, with the one-line reason."""
+
+    item_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,13 @@ class SceneItem:
 class ClippedScene:
     """A scene read onto a pixel-aligned slice of the target grid and stored in the workspace.
 
-    `grid` is that slice; `valid_fraction` is the share of the AOI pixels of the slice that hold data.
+    `name` is the scene file's name inside the workspace (e.g. `scenes/<item_id>.tif`); `grid` is
+    the slice; `valid_fraction` is the share of the AOI pixels of the slice that hold data.
     """
 
     item_id: str
     acquired: datetime
     processing_baseline: str | None
-    path: str
+    name: str
     grid: GeoBox
     valid_fraction: float

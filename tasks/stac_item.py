@@ -15,13 +15,14 @@ import jsonschema.exceptions
 import pystac
 import shapely.geometry
 from pystac.errors import STACValidationError
-from pystac.validation import validate_dict
 from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
+from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
-from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR, InvalidProduct
+from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.errors import InvalidProduct
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, attribution
 from tasks.scene import NODATA
 

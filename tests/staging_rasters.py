@@ -16,8 +16,9 @@ from odc.geo.geom import Geometry
 
 from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.grid import grid_for_aoi
-from tasks.metadata import FailedScene, Month, ProductRun
-from tasks.scene import ClippedScene
+from tasks.metadata import ProductRun
+from tasks.month import Month
+from tasks.scene import ClippedScene, FailedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 L_SHAPED_AOI_WKT = (
@@ -101,7 +102,7 @@ def make_product_run(staging: StagingRasters, scene_dates: tuple[datetime, ...] 
             item_id=f"S2B_33TWL_{acquired:%Y%m%d}_0_L2A",
             acquired=acquired,
             processing_baseline="05.10",
-            path=f"scenes/S2B_33TWL_{acquired:%Y%m%d}_0_L2A.tif",
+            name=f"scenes/S2B_33TWL_{acquired:%Y%m%d}_0_L2A.tif",
             grid=staging.grid,
             valid_fraction=0.9,
         )

@@ -16,7 +16,6 @@ from prefect.states import Crashed
 from blocks.slack import (
     HEADER_MAX_CHARS,
     LISTED_SCENES_MAX,
-    FailedScene,
     RunReport,
     SlackNotifier,
     announce_failure,
@@ -27,6 +26,7 @@ from blocks.slack import (
 )
 from flows.parameters import MosaicSettings
 from tasks.aoi import aoi_name
+from tasks.scene import FailedScene
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
 AOI_PATH = "deployments/lake_constance.geojson"

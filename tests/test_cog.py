@@ -12,12 +12,12 @@ from tasks.cog import (
     MOSAIC_BANDS,
     MOSAIC_PROFILE,
     REFLECTANCE_SCALE_FACTOR,
-    InvalidProduct,
     finalise_count,
     finalise_mosaic,
     validate_cog,
     write_cog,
 )
+from tasks.errors import InvalidProduct
 from tests.staging_rasters import StagingRasters, make_staging_rasters
 
 

@@ -16,10 +16,9 @@ from odc.geo.geobox import GeoBox
 from bench.mask import write_random_weights
 from tasks import mask as mask_module
 from tasks import torch_compat
-from tasks.errors import InvalidSettings, MissingModelWeights
+from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights
 from tasks.mask import (
     GPU_CONCURRENCY_LIMIT,
-    InferenceOutOfMemory,
     check_model_weights,
     expected_weight_files,
     load_omnicloudmask,

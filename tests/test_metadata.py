@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR, InvalidProduct
-from tasks.errors import InvalidSettings
+from tasks.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.errors import InvalidProduct, InvalidSettings
 from tasks.grid import grid_metadata
 from tasks.metadata import (
     Month,

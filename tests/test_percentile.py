@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tasks import percentile as percentile_module
+from tasks.device import compute_device
 from tasks.errors import InvalidSettings
 from tasks.percentile import (
     COUNT_SATURATION,
-    compute_device,
     percentile_composite,
     percentile_value,
     sort_observations,

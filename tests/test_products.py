@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from tasks.cog import InvalidProduct, validate_cog
+from tasks.cog import validate_cog
+from tasks.errors import InvalidProduct
 from tasks.gdal_env import gdal_env
-from tasks.metadata import Month, ProductNames
+from tasks.metadata import ProductNames
+from tasks.month import Month
 from tasks.products import products_complete, write_products
 from tasks.stac_item import validate_item
 from tasks.workspace import Workspace

@@ -18,8 +18,8 @@ from prefect.states import Failed
 
 import tasks.read
 from tasks.aoi import aoi_pixel_mask
-from tasks.errors import SceneReadError, TransientReadError
-from tasks.gdal_env import gdal_env, gdal_path
+from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
+from tasks.gdal_env import gdal_env
 from tasks.grid import grid_for_aoi
 from tasks.read import (
     SCENE_PROFILE,
@@ -27,14 +27,13 @@ from tasks.read import (
     TAG_FOOTPRINT,
     TAG_ITEM_ID,
     TAG_VALID_FRACTION,
-    SceneOutsideAOI,
-    failed_transiently,
     harmonised_reflectance,
     read_scene,
     scene_file_name,
 )
+from tasks.retry import retry_transient_failure
+from tasks.scene import NODATA, SCENE_BANDS, ClippedScene, SceneAsset, SceneItem
 from tasks.search import scene_from_item
-from tasks.scene import NODATA, SCENE_BANDS, SceneAsset, SceneItem
 from tasks.settings import ReadSettings
 from tasks.workspace import Workspace
 from tests.servers import S3Server
@@ -74,8 +73,8 @@ def pixel_box(grid: GeoBox, rows: tuple[int, int], cols: tuple[int, int]) -> Geo
     return grid[rows[0] : rows[1], cols[0] : cols[1]].extent
 
 
-def read_pixels(path: str) -> np.ndarray:
-    with gdal_env(), rasterio.open(gdal_path(path)) as dataset:
+def read_pixels(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
+    with gdal_env(), rasterio.open(workspace.gdal_path(scene.name)) as dataset:
         return dataset.read()
 
 
@@ -126,7 +125,7 @@ def test_remote_read_equals_the_window_of_the_real_tile(
     rows, cols = TILE_GRID.overlap_roi(scene.grid)
     assert scene.grid == TILE_GRID[rows, cols] and scene.grid.shape.yx == (400, 360)
     inside = aoi_pixel_mask(aoi, scene.grid)
-    pixels = read_pixels(scene.path)
+    pixels = read_pixels(Workspace(str(tmp_path)), scene)
     for band_index, (band, file_name) in enumerate(REAL_FILES.items()):
         with rasterio.open(shared_s2 / REAL_TILE / f"{file_name}.tif") as tile_file:
             tile = tile_file.read(1)
@@ -134,14 +133,14 @@ def test_remote_read_equals_the_window_of_the_real_tile(
             tile = full_resolution(tile, TILE_GRID.shape.yx)
         np.testing.assert_array_equal(pixels[band_index], np.where(inside, tile[rows, cols], NODATA))
     assert scene.valid_fraction == 1.0
-    assert scene.path == str(tmp_path / scene_file_name(scene.item_id))
+    assert scene.name == scene_file_name(scene.item_id)
 
 
 def test_scene_file_format_and_tags(local_month: SyntheticMonth, tmp_path: Path) -> None:
     item = scene_item(local_month.items[0])
     aoi = pixel_box(local_month.grid, (100, 400), (200, 500))
     scene = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
-    with rasterio.open(scene.path) as scene_file:
+    with rasterio.open(tmp_path / scene.name) as scene_file:
         assert scene_file.count == 5 and scene_file.dtypes == ("uint16",) * 5 and scene_file.nodata == NODATA
         assert scene_file.block_shapes[0] == (SCENE_PROFILE["blockysize"], SCENE_PROFILE["blockxsize"])
         assert scene_file.compression.value == "DEFLATE" and scene_file.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
@@ -159,7 +158,7 @@ def test_both_publications_harmonise_to_the_same_surface(local_month: SyntheticM
     aoi = box(205_000, 2_745_000, 240_000, 2_775_000, "EPSG:32629")
     shifted_grid = grid_for_aoi(aoi, "EPSG:32629", 60.0)  # other pixel size and alignment: bilinear mixes DNs
     workspace = Workspace(str(tmp_path))
-    old_pixels, new_pixels = (read_pixels(read_scene(item, shifted_grid, aoi, workspace, ReadSettings()).path) for item in (old, new))
+    old_pixels, new_pixels = (read_pixels(workspace, read_scene(item, shifted_grid, aoi, workspace, ReadSettings())) for item in (old, new))
     difference = np.abs(old_pixels.astype(int) - new_pixels.astype(int))
     assert difference[:4].max() <= 1 and np.array_equal(old_pixels[4], new_pixels[4])
     assert (old_pixels[:4] > 0).mean() > 0.95
@@ -168,7 +167,7 @@ def test_both_publications_harmonise_to_the_same_surface(local_month: SyntheticM
     rows, cols = local_month.grid.overlap_roi(on_tile_grid.grid)
     clear = local_month.clear_mask[new.item_id][rows, cols] & aoi_pixel_mask(aoi, on_tile_grid.grid)
     expected = local_month.clear_value(new.item_id)[:, rows, cols]
-    np.testing.assert_array_equal(read_pixels(on_tile_grid.path)[:4, clear], expected[:, clear])
+    np.testing.assert_array_equal(read_pixels(workspace, on_tile_grid)[:4, clear], expected[:, clear])
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:5070", "EPSG:3857", "EPSG:4326"])
@@ -179,7 +178,7 @@ def test_footprint_matches_the_aoi_in_any_crs(crs: str, local_month: SyntheticMo
     scene = read_scene(scene_item(local_month.items[2]), grid, aoi, Workspace(str(tmp_path)), ReadSettings())
     assert grid[grid.overlap_roi(scene.grid)] == scene.grid
     valid = np.zeros(grid.shape.yx, bool)
-    valid[grid.overlap_roi(scene.grid)] = read_pixels(scene.path)[0] != NODATA
+    valid[grid.overlap_roi(scene.grid)] = read_pixels(Workspace(str(tmp_path)), scene)[0] != NODATA
     expected = aoi_pixel_mask(aoi, grid)
     assert (valid & expected).sum() / (valid | expected).sum() >= 0.98
     assert scene.valid_fraction == pytest.approx(1.0, abs=0.01)
@@ -206,7 +205,7 @@ def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path, no_gd
     assert s3_server.requests_for(red_key) >= 3
     rows, cols = month.grid.overlap_roi(scene.grid)
     clear = month.clear_mask[item.item_id][rows, cols]
-    np.testing.assert_array_equal(read_pixels(scene.path)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
+    np.testing.assert_array_equal(read_pixels(Workspace(str(tmp_path / "ws")), scene)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
 
 
 @pytest.mark.parametrize("fault", ["always 503", "missing object"])
@@ -236,9 +235,9 @@ def test_workspace_on_s3(s3_server: S3Server, local_month: SyntheticMonth, tmp_p
     workspace = Workspace(f"s3://{s3_server.make_bucket(BUCKET)}/workspaces/{uuid.uuid4().hex}")
     in_s3 = read_scene(item, local_month.grid, aoi, workspace, ReadSettings())
     local = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
-    assert in_s3.path == workspace.uri(scene_file_name(item.item_id)) and workspace.exists(scene_file_name(item.item_id))
+    assert in_s3.name == scene_file_name(item.item_id) and workspace.exists(in_s3.name)
     assert in_s3.grid == local.grid
-    np.testing.assert_array_equal(read_pixels(in_s3.path), read_pixels(local.path))
+    np.testing.assert_array_equal(read_pixels(workspace, in_s3), read_pixels(Workspace(str(tmp_path)), local))
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:3857"])
@@ -249,7 +248,7 @@ def test_blocks_do_not_change_the_result(crs: str, local_month: SyntheticMonth, 
     whole = read_scene(item, grid, aoi, Workspace(str(tmp_path / "whole")), ReadSettings(block_size=2048))
     blocks = read_scene(item, grid, aoi, Workspace(str(tmp_path / "blocks")), ReadSettings(block_size=256))
     assert whole.grid == blocks.grid and max(whole.grid.shape.yx) > 2 * 256
-    whole_pixels, block_pixels = read_pixels(whole.path).astype(int), read_pixels(blocks.path).astype(int)
+    whole_pixels, block_pixels = read_pixels(Workspace(str(tmp_path / "whole")), whole).astype(int), read_pixels(Workspace(str(tmp_path / "blocks")), blocks).astype(int)
     assert np.array_equal(whole_pixels != NODATA, block_pixels != NODATA)
     if crs == "EPSG:32629":
         np.testing.assert_array_equal(whole_pixels, block_pixels)
@@ -289,6 +288,6 @@ def test_prefect_retries_only_transient_failures() -> None:
     transient = SceneReadError("S2B_X", "red", "HTTP 503")
     transient.__cause__ = TransientReadError("HTTP 503")
     permanent = SceneReadError("S2B_X", "red", "The specified key does not exist.")
-    assert failed_transiently(None, None, Failed(data=transient))
-    assert not failed_transiently(None, None, Failed(data=permanent))
-    assert not failed_transiently(None, None, Failed(data=ValueError("bug")))
+    assert retry_transient_failure(None, None, Failed(data=transient))
+    assert not retry_transient_failure(None, None, Failed(data=permanent))
+    assert not retry_transient_failure(None, None, Failed(data=ValueError("bug")))

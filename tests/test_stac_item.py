@@ -9,7 +9,8 @@ import pystac
 import pytest
 import shapely.geometry
 
-from tasks.cog import MOSAIC_BANDS, InvalidProduct
+from tasks.cog import MOSAIC_BANDS
+from tasks.errors import InvalidProduct
 from tasks.metadata import ProductNames, band_statistics
 from tasks.stac_item import OfflineSTACValidator, build_item, item_document, item_json, validate_item
 from tests.staging_rasters import make_product_run, make_staging_rasters
