@@ -21,8 +21,8 @@ from pathlib import Path
 from prefect import task
 from prefect_aws.s3 import S3Bucket
 
-from flows.parameters import MONTH_PATTERN
 from tasks.errors import InvalidSettings
+from tasks.month import Month
 from tasks.retry import retry_unless_mosaic_error
 from tasks.workspace import Workspace
 
@@ -60,10 +60,8 @@ def month_folder(aoi: str, month: str) -> str:
     """'{aoi}/{YYYY}/{MM}', the folder of one AOI's products for one month."""
     if not AOI_NAME_PATTERN.match(aoi):
         raise InvalidSettings(f"AOI name {aoi!r} is not usable in a path; use letters, digits, '_' and '-'")
-    if not MONTH_PATTERN.match(month):
-        raise InvalidSettings(f"month {month!r} is not 'YYYY-MM' (e.g. '2024-06')")
-    year, month_number = month.split("-")
-    return f"{aoi}/{year}/{month_number}"
+    period = Month.parse(month)
+    return f"{aoi}/{period.year:04d}/{period.month:02d}"
 
 
 def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file: Path) -> dict[str, Path]:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from tasks.errors import InvalidSettings
 
-MONTH_PATTERN = re.compile(r"^\d{4}-\d{2}$")
+MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 @dataclass(frozen=True)
