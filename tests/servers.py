@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -21,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 COUNTED_CHUNK_BYTES = 64 * 1024
 """Response bodies are passed on and counted in pieces of this size."""
 RUSTAC_START_TIMEOUT_S = 15.0
-RUSTAC_BINARY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rustac"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUSTAC_BINARY = REPO_ROOT / ".venv" / "bin" / "rustac"
+CONTROL_PREFIX = "/_traffic/"
+"""Path prefix of the S3 server's counter and fault requests; no bucket name can start with '_'."""
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -47,8 +50,9 @@ class TrafficMiddleware:
     """WSGI middleware around moto: counts requests and body bytes per path, injects failures.
 
     It also answers an anonymous HEAD like real S3 does for a public object (moto answers 403),
-    by asking moto for a GET and dropping the body, so GDAL needs no test-only option.
-    Thread-safe: the server handles each request in its own thread.
+    by asking moto for a GET and dropping the body, so GDAL needs no test-only option. Requests
+    under `CONTROL_PREFIX` (not a valid bucket name) read and set the counters and faults; they are
+    not counted. Thread-safe: the server handles each request in its own thread.
     """
 
     def __init__(self, app: WsgiApp) -> None:
@@ -61,6 +65,8 @@ class TrafficMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(path.removeprefix(CONTROL_PREFIX), environ, start_response)
         with self._lock:
             self._requests[path] += 1
             fault_status = self._take_fault(path) if method == "GET" else None
@@ -72,6 +78,31 @@ class TrafficMiddleware:
                 body.close()
             return []
         return self._counted(self._app(environ, start_response))
+
+    def _control(self, action: str, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+        with self._lock:
+            if action == "counters":
+                path_part = request.get("path_part", "")
+                requests = sum(count for path, count in self._requests.items() if path_part in path)
+                answer: dict[str, Any] = {"bytes_served": self._bytes_served, "requests": requests}
+            elif action == "reset":
+                self._requests.clear()
+                self._bytes_served = 0
+                answer = {}
+            elif action == "fault":
+                self._faults.append(_Fault(request["path_part"], request["status"], request["times"]))
+                answer = {}
+            elif action == "clear-faults":
+                self._faults.clear()
+                answer = {}
+            else:
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [f"unknown control action {action!r}".encode()]
+        body = json.dumps(answer).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def _take_fault(self, path: str) -> int | None:
         for fault in self._faults:
@@ -109,54 +140,67 @@ class TrafficMiddleware:
             if hasattr(body, "close"):
                 body.close()
 
-    def bytes_served(self) -> int:
-        with self._lock:
-            return self._bytes_served
-
-    def requests_for(self, path_part: str) -> int:
-        with self._lock:
-            return sum(count for path, count in self._requests.items() if path_part in path)
-
-    def reset_counters(self) -> None:
-        with self._lock:
-            self._requests.clear()
-            self._bytes_served = 0
-
-    def add_fault(self, path_part: str, status: int, times: int | None) -> None:
-        with self._lock:
-            self._faults.append(_Fault(path_part, status, times))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
 
 def _is_signed(environ: dict[str, Any]) -> bool:
     """Whether a request carries AWS credentials (header or presigned query string)."""
     return "HTTP_AUTHORIZATION" in environ or "X-Amz-Signature" in environ.get("QUERY_STRING", "")
 
 
-class S3Server:
-    """A moto S3 server on 127.0.0.1 with traffic counters and fault injection.
+def serve_s3() -> None:
+    """Child-process entry: moto behind `TrafficMiddleware`; prints its port, serves until stdin closes."""
+    from moto.server import ThreadedMotoServer
 
+    # One log line per request would drown test and benchmark output.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    moto = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    moto.start()
+    # moto has no hook for middleware; the werkzeug server looks its app up on every request.
+    moto._server.app = TrafficMiddleware(moto._server.app)
+    print(moto.get_host_and_port()[1], flush=True)
+    sys.stdin.read()
+    moto.stop()
+
+
+class S3Server:
+    """A moto S3 server on 127.0.0.1, in a child process, with traffic counters and fault injection.
+
+    The child process matters: GDAL holds the GIL while it uploads (closing a dataset written to
+    /vsis3/), so a server thread in the test process could not answer and the write would time out.
     Counters cover every request (any method) since `reset_counters()`; `bytes_served()` is the sum
     of response body bytes sent (ranged reads count only their range). Faults apply to GET requests.
     """
 
     def __init__(self) -> None:
-        # One log line per request would drown test and benchmark output.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._moto = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
-        self._moto.start()
-        # moto has no hook for middleware; the werkzeug server looks its app up on every request.
-        self._traffic = TrafficMiddleware(self._moto._server.app)
-        self._moto._server.app = self._traffic
-        host, port = self._moto.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers", "s3"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        port_line = self._process.stdout.readline().strip()
+        if not port_line.isdigit():
+            self.stop()
+            raise RuntimeError(f"moto S3 server did not start (printed {port_line!r}); see the test's stderr")
+        self.endpoint_url = f"http://{LOOPBACK}:{port_line}"
         self._client = boto3.client("s3", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
 
     def stop(self) -> None:
-        self._moto.stop()
+        self._process.stdin.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _control(self, action: str, **request: Any) -> dict[str, Any]:
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"{self.endpoint_url}{CONTROL_PREFIX}{action}", data=json.dumps(request).encode(), method="POST"
+            ),
+            timeout=10,
+        ) as response:
+            return json.loads(response.read())
 
     def make_bucket(self, name: str) -> str:
         """Create bucket `name` (at least 3 characters) readable anonymously; returns the name."""
@@ -182,25 +226,25 @@ class S3Server:
         return f"{self.endpoint_url}/{bucket}/{key}"
 
     def bytes_served(self) -> int:
-        return self._traffic.bytes_served()
+        return self._control("counters")["bytes_served"]
 
     def requests_for(self, path_part: str) -> int:
         """Requests since `reset_counters()` whose path (`/bucket/key`) contains `path_part`."""
-        return self._traffic.requests_for(path_part)
+        return self._control("counters", path_part=path_part)["requests"]
 
     def reset_counters(self) -> None:
-        self._traffic.reset_counters()
+        self._control("reset")
 
     def fail_next(self, path_part: str, times: int, status: int = 503) -> None:
         """The next `times` GET requests whose path contains `path_part` answer `status`."""
-        self._traffic.add_fault(path_part, status, times)
+        self._control("fault", path_part=path_part, status=status, times=times)
 
     def fail_always(self, path_part: str, status: int = 503) -> None:
         """Every GET request whose path contains `path_part` answers `status` until `clear_faults()`."""
-        self._traffic.add_fault(path_part, status, None)
+        self._control("fault", path_part=path_part, status=status, times=None)
 
     def clear_faults(self) -> None:
-        self._traffic.clear_faults()
+        self._control("clear-faults")
 
 
 def free_port() -> int:
@@ -278,3 +322,7 @@ def stac_collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str
         },
         "links": [],
     }
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["s3"]:
+    serve_s3()

@@ -130,6 +130,22 @@ def test_gdal_reads_anonymous_http_href(s3_server: S3Server, uploaded_geotiff: t
     assert s3_server.bytes_served() < pixels.nbytes / 4
 
 
+def test_gdal_writes_a_cog_to_vsis3(s3_server: S3Server, tmp_path: Path) -> None:
+    pixels = np.arange(512 * 512, dtype=np.uint16).reshape(512, 512)
+    profile = {
+        "driver": "COG", "width": 512, "height": 512, "count": 1, "dtype": "uint16", "crs": "EPSG:32633",
+        "transform": rasterio.transform.from_origin(500_000, 5_000_000, 10, 10), "compress": "deflate",
+        "blocksize": 256,
+    }  # fmt: skip
+    uri = f"s3://{s3_server.make_bucket(BUCKET)}/written/{tmp_path.name}/cog.tif"
+    with gdal_env(GDAL_HTTP_TIMEOUT=10, GDAL_HTTP_MAX_RETRY=0):
+        with rasterio.open(gdal_path(uri), "w", **profile) as dataset:
+            dataset.write(pixels, 1)
+        with rasterio.open(gdal_path(uri)) as dataset:
+            np.testing.assert_array_equal(dataset.read(1), pixels)
+            assert dataset.overviews(1)
+
+
 def test_gdal_sees_injected_failures(s3_server: S3Server, uploaded_geotiff: tuple[str, np.ndarray]) -> None:
     key, _ = uploaded_geotiff
     s3_server.fail_always(key, status=503)
