@@ -19,21 +19,21 @@ What the flow uses:
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.client import HTTPException
 from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
-from prefect.exceptions import MissingContextError, MissingResult
+from prefect.exceptions import MissingResult
 from prefect.flows import Flow
-from prefect.logging import get_run_logger
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
 from tasks.aoi import aoi_name
+from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.scene import FailedScene
 
@@ -44,7 +44,6 @@ SECTION_MAX_CHARS = 3000
 LISTED_SCENES_MAX = 10
 REASON_MAX_CHARS = 2000
 
-_logger = logging.getLogger(__name__)
 
 # slack-sdk logs the webhook URL at DEBUG; its client gets a logger that drops everything and this
 # module logs each failure itself, without the URL.
@@ -160,7 +159,7 @@ class SlackNotifier(Block):
 
     def send(self, message: SlackMessage) -> bool:
         """Post `message`; True when Slack accepted it. Failures are logged, not raised."""
-        logger = _current_logger()
+        logger = stage_logger(__name__)
         webhook_url = self.webhook_url.get_secret_value()
         client = WebhookClient(webhook_url, timeout=self.timeout_s, logger=_SDK_LOGGER)
         body = {"text": message.text, "blocks": message.blocks} | self._sender_fields()
@@ -230,7 +229,7 @@ def _notifier_for(flow_run: FlowRun) -> SlackNotifier | None:
     try:
         return SlackNotifier.load(block_name, _sync=True)
     except ValueError as error:
-        _current_logger().warning(
+        stage_logger(__name__).warning(
             "Slack block %r could not be loaded (%s); create it with `python -m blocks.register`", block_name, error
         )
         return None
@@ -246,7 +245,7 @@ def _settings_of(flow_run: FlowRun) -> Mapping[str, Any]:
 def _report_from_parameters(flow_run: FlowRun) -> RunReport:
     settings = _settings_of(flow_run)
     aoi_source = settings.get("aoi")
-    start = flow_run.expected_start_time or datetime.now(timezone.utc)
+    start = flow_run.expected_start_time or datetime.now(UTC)
     return RunReport(
         aoi=aoi_name(str(aoi_source)) if aoi_source else "AOI",
         month=settings.get("month") or Month.before(start).label,
@@ -262,15 +261,8 @@ def _state_result(state: State) -> Any:
     except MissingResult:
         return None
     except Exception as error:  # result storage may be gone after a crash; a plainer notice beats none
-        _current_logger().warning("Slack notice sent without the run's result, which could not be read: %s", error)
+        stage_logger(__name__).warning("Slack notice sent without the run's result, which could not be read: %s", error)
         return None
-
-
-def _current_logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return _logger
 
 
 def _redacted(text: str, secret: str) -> str:

@@ -71,10 +71,9 @@ def run_workspace(settings: MosaicSettings) -> Workspace:
     return Workspace(str(Path(settings.workspace).resolve()))
 
 
-def failure_reason(future: PrefectFuture) -> str:
+def failure_reason(error: BaseException) -> str:
     """The one-line reason a scene task failed."""
-    error = future.result(raise_on_failure=False)
-    return str(error).splitlines()[0] if isinstance(error, BaseException) else str(future.state.message)
+    return (str(error) or type(error).__name__).splitlines()[0]
 
 
 @flow(name="acquire-scenes")
@@ -112,16 +111,18 @@ def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOut
         elif isinstance(scene_or_error, ClippedScene):
             mask_futures[mask_task.submit(scene_or_error, workspace, settings.mask)] = scene_or_error
         else:
-            failed.append(FailedScene(item.item_id, failure_reason(future)))
+            failed.append(FailedScene(item.item_id, failure_reason(scene_or_error)))
             advance()
     masked: list[ClippedScene] = []
     for future in as_completed(list(mask_futures)):
         scene = mask_futures[future]
         advance()
-        if future.state.is_completed():
-            masked.append(scene)
+        # The result, not `future.state`: the API records task states asynchronously.
+        mask_or_error = future.result(raise_on_failure=False)
+        if isinstance(mask_or_error, BaseException):
+            failed.append(FailedScene(scene.item_id, failure_reason(mask_or_error)))
         else:
-            failed.append(FailedScene(scene.item_id, failure_reason(future)))
+            masked.append(scene)
     for scene_failure in failed:
         logger.warning("scene %s skipped: %s", scene_failure.item_id, scene_failure.reason)
     order = {item.item_id: index for index, item in enumerate(items)}
@@ -133,14 +134,20 @@ def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOut
 
 
 def check_failed_share(outcomes: SceneOutcomes, scenes_found: int, max_failed_fraction: float) -> None:
-    """Raise `TooManyFailedScenes` when more than the allowed share failed, or nothing was usable."""
+    """Raise `TooManyFailedScenes` when more than the allowed share failed, or no scene is usable."""
     failed = [(failure.item_id, failure.reason) for failure in outcomes.failed]
+    listing = "; ".join(f"{item_id}: {reason}" for item_id, reason in failed)
     share = len(failed) / scenes_found if scenes_found else 0.0
-    if share > max_failed_fraction or not outcomes.masked:
-        listing = "; ".join(f"{item_id}: {reason}" for item_id, reason in failed) or "none failed"
+    if share > max_failed_fraction:
         raise TooManyFailedScenes(
-            f"{len(failed)} of {scenes_found} scenes failed ({share:.0%} > allowed {max_failed_fraction:.0%}) "
-            f"or none was usable: {listing}",
+            f"{len(failed)} of {scenes_found} scenes failed ({share:.0%} > allowed {max_failed_fraction:.0%}): "
+            f"{listing}; retry the run, or raise max_failed_fraction",
+            failed,
+        )
+    if not outcomes.masked:
+        raise TooManyFailedScenes(
+            f"none of {scenes_found} scenes is usable ({len(outcomes.outside_aoi)} cover no AOI pixel"
+            f"{'; failed: ' + listing if listing else ''}); check the AOI and the month",
             failed,
         )
 

@@ -21,7 +21,7 @@ from tasks.errors import InvalidAOI
 WGS84 = "EPSG:4326"
 BBOX_PATTERN = re.compile(r"^\s*(-?[\d.]+(?:e-?\d+)?\s*,\s*){3}-?[\d.]+(?:e-?\d+)?\s*$", re.IGNORECASE)
 EWKT_PATTERN = re.compile(r"^\s*SRID=(\d+);(.*)$", re.IGNORECASE | re.DOTALL)
-WKT_KEYWORDS = ("POLYGON", "MULTIPOLYGON", "GEOMETRYCOLLECTION")
+WKT_KEYWORDS = ("POINT", "MULTIPOINT", "LINESTRING", "MULTILINESTRING", "POLYGON", "MULTIPOLYGON", "GEOMETRYCOLLECTION")
 ACCEPTED_FORMS = "a GeoPackage, GeoJSON or Shapefile path or URL, a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326"
 
 
@@ -49,6 +49,10 @@ def load_aoi(source: str) -> Geometry:
         minx, miny, maxx, maxy = (float(value) for value in source.split(","))
         if not (minx < maxx and miny < maxy):
             raise InvalidAOI(f"bbox {source!r} is empty: give minx,miny,maxx,maxy with min < max")
+        if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
+            raise InvalidAOI(
+                f"bbox {source!r} is not in degrees of EPSG:4326; give lon/lat, or projected coordinates as EWKT 'SRID=<epsg>;POLYGON(...)'"
+            )
         shape, crs = shapely.box(minx, miny, maxx, maxy), WGS84
     elif _is_inline(source):
         shape, crs = _parse_wkt(source)

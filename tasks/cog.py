@@ -13,7 +13,6 @@ empty; `write_cog` copies it to a COG with GDAL's COG driver (512-pixel blocks, 
 horizontal predictor, internal overviews); `validate_cog` checks the result with rio-cogeo.
 """
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,8 @@ from rio_cogeo.cogeo import cog_validate
 
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import InvalidProduct
+from tasks.logs import stage_logger
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
-
-logger = logging.getLogger(__name__)
 
 COG_BLOCK_SIZE = 512
 """Edge of the internal tiles of the products, in pixels."""
@@ -174,7 +172,7 @@ def _empty_outside_aoi(dataset: rasterio.io.DatasetWriter, aoi: Geometry, grid: 
 
 def _warn_if_emptied(emptied: int, path: Path) -> None:
     if emptied:
-        logger.warning("%s had %d pixels with data outside the AOI; set to empty", path, emptied)
+        stage_logger(__name__).warning("%s had %d pixels with data outside the AOI; set to empty", path, emptied)
 
 
 def write_cog(source: Path, destination: Path, profile: CogProfile) -> None:

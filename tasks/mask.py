@@ -26,7 +26,6 @@ else `$OMNICLOUDMASK_MODEL_DIR`, else the library's own data directory.
 
 import argparse
 import csv
-import logging
 import os
 import sys
 import threading
@@ -47,6 +46,7 @@ from tasks.device import compute_device
 from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
 from tasks.gdal_env import gdal_env
 from tasks.grid import resolution_in_crs_units
+from tasks.logs import stage_logger
 from tasks.mask_rules import (
     average_down,
     buffer_cloud_and_shadow,
@@ -64,7 +64,6 @@ from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
 from tasks.workspace import Workspace
 
-LOGGER = logging.getLogger(__name__)
 MASK_SUFFIX = "_mask.tif"
 GPU_CONCURRENCY_LIMIT = "gpu"
 MODEL_DIR_ENV = "OMNICLOUDMASK_MODEL_DIR"
@@ -192,7 +191,7 @@ def predict_with_fallback(predict: Callable[[int], np.ndarray], batch_size: int)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         batch_size = max(1, batch_size // 2)
-        LOGGER.warning("cloud mask inference ran out of GPU memory; retrying at batch size %d", batch_size)
+        stage_logger(__name__).warning("cloud mask inference ran out of GPU memory; retrying at batch size %d", batch_size)
 
 
 def pad_to_min_side(bands: np.ndarray, min_side_px: int) -> np.ndarray:

@@ -11,7 +11,6 @@ exponential backoff and jitter; what still fails raises `SceneReadError`, and no
 left behind.
 """
 
-import logging
 import random
 import re
 import time
@@ -33,6 +32,7 @@ from rasterio.windows import Window
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env, gdal_path
+from tasks.logs import stage_logger
 from tasks.retry import retry_transient_failure
 from tasks.scene import (
     NODATA,
@@ -46,8 +46,6 @@ from tasks.scene import (
 )
 from tasks.settings import ReadSettings
 from tasks.workspace import Workspace
-
-LOGGER = logging.getLogger(__name__)
 
 SCENES_DIR = "scenes"
 FOOTPRINT_CRS = "EPSG:4326"
@@ -182,7 +180,7 @@ class AssetReader:
                 last_error = error
                 if attempt < attempts:
                     delay = retry_delay_s(attempt, self.settings)
-                    LOGGER.warning("%s %s: attempt %d of %d failed (%s); retrying in %.1f s",
+                    stage_logger(__name__).warning("%s %s: attempt %d of %d failed (%s); retrying in %.1f s",
                                    self.item_id, self.asset_key, attempt, attempts, first_line(error), delay)
                     time.sleep(delay)
         exhausted = TransientReadError(f"{first_line(last_error)} (transient, {attempts} attempts)")

@@ -10,7 +10,6 @@ exceeds the limit must not let its stale older twin through.
 """
 
 import json
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,10 +28,9 @@ from pystac_client.exceptions import APIError
 from pystac_client.warnings import DoesNotConformTo
 
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.logs import stage_logger
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
 from tasks.settings import SearchSettings
-
-logger = logging.getLogger(__name__)
 
 WGS84 = "EPSG:4326"
 MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -107,7 +105,7 @@ def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[S
     scenes = [scene for item in in_month if (scene := scene_from_item(item)) is not None]
     newest = newest_processing(scenes)
     kept = [scene for scene in newest if within_cloud_limit(scene, settings.max_cloud_cover)]
-    logger.info(
+    stage_logger(__name__).info(
         "search %s %s: %d items, %d in AOI and month, %d with all bands, %d after de-duplication, %d under %g%% cloud",
         _source(settings), month, len(raw_items), len(in_month), len(scenes), len(newest), len(kept),
         settings.max_cloud_cover,
@@ -210,12 +208,12 @@ def scene_from_item(item: Mapping[str, Any]) -> SceneItem | None:
     assets = item.get("assets", {})
     acquired = acquisition_time(item)
     if acquired is None:
-        logger.warning("item %s skipped: it has no datetime", item.get("id"))
+        stage_logger(__name__).warning("item %s skipped: it has no datetime", item.get("id"))
         return None
     names = next((candidate for candidate in KNOWN_ASSET_NAMES if candidate.matches(assets)), None)
     if names is None:
         closest = min(KNOWN_ASSET_NAMES, key=lambda candidate: len(candidate.missing(assets)))
-        logger.warning(
+        stage_logger(__name__).warning(
             "item %s skipped: assets %s missing (asset names of %s)",
             item.get("id"), ", ".join(closest.missing(assets)), closest.catalogues,
         )  # fmt: skip
@@ -310,7 +308,7 @@ def newest_processing(scenes: Iterable[SceneItem]) -> list[SceneItem]:
         twin = kept[-1] if kept else None
         if twin and twin.tile_id == scene.tile_id and scene.acquired - twin.acquired <= DUPLICATE_WINDOW:
             newer, older = sorted((twin, scene), key=_processing_rank, reverse=True)
-            logger.debug("%s replaces %s (same acquisition, older processing)", newer.item_id, older.item_id)
+            stage_logger(__name__).debug("%s replaces %s (same acquisition, older processing)", newer.item_id, older.item_id)
             kept[-1] = newer
         else:
             kept.append(scene)

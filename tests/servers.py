@@ -28,6 +28,13 @@ TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "te
 COUNTED_CHUNK_BYTES = 64 * 1024
 """Response bodies are passed on and counted in pieces of this size."""
 RUSTAC_START_TIMEOUT_S = 15.0
+S3_ERRORS: dict[int, tuple[str, str]] = {
+    403: ("AccessDenied", "Access Denied"),
+    404: ("NoSuchKey", "The specified key does not exist."),
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
+"""The error code and message real S3 answers with each injected status."""
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUSTAC_BINARY = REPO_ROOT / ".venv" / "bin" / "rustac"
 CONTROL_PREFIX = "/_traffic/"
@@ -115,9 +122,10 @@ class TrafficMiddleware:
     @staticmethod
     def _fault_response(status: int, start_response: StartResponse) -> list[bytes]:
         phrase = HTTPStatus(status).phrase
+        code, message = S3_ERRORS.get(status, (phrase.replace(" ", ""), phrase))
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Error><Code>{phrase.replace(' ', '')}</Code><Message>injected by the test</Message></Error>"
+            f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
         ).encode()
         start_response(
             f"{status} {phrase}", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]

@@ -139,10 +139,14 @@ def test_point_file_is_an_error(tmp_path: Path) -> None:
     _assert_one_line_naming(error, path)
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/aoi.py: WKT_KEYWORDS lacks POINT/LINESTRING: read as a path")
 def test_point_wkt_is_an_error_about_the_geometry() -> None:
     with pytest.raises(InvalidAOI, match="no polygon"):
         load_aoi("POINT(9 47)")
+
+
+def test_projected_coordinates_as_a_bbox_are_refused() -> None:
+    with pytest.raises(InvalidAOI, match="not in degrees of EPSG:4326"):
+        load_aoi("500000,5000000,501000,5001000")
 
 
 def test_pixel_mask_marks_pixel_centres_inside_the_aoi() -> None:

@@ -1,0 +1,104 @@
+"""A synthetic month as a production run sees it: COGs in S3 (moto) and items in a STAC API (rustac).
+
+Flow and deployment tests build one with `serve_synthetic_month` and point `MosaicSettings` at it
+with `flow_settings`; nothing in the flow knows it is a test.
+"""
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odc.geo.geobox import GeoBox
+
+from flows.parameters import MosaicSettings
+from tests.servers import S3Server
+from tests.synthetic import COLLECTION_ID, DEFAULT_DATES, SyntheticMonth, make_synthetic_month, synthetic_grid
+
+SERVED_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
+"""5.12 km of 20 m pixels in EPSG:32633: a whole month reads, masks and composites in seconds."""
+AOI_INSET_PX = 20
+
+
+@dataclass(frozen=True)
+class ServedMonth:
+    """Where a served synthetic month lives and what it holds."""
+
+    month: SyntheticMonth
+    api_url: str
+    bucket: str
+    aoi_path: Path
+
+    @property
+    def label(self) -> str:
+        """The month as 'YYYY-MM'."""
+        return f"{self.month.dates[0]:%Y-%m}"
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [item["id"] for item in self.month.items]
+
+
+def write_aoi(grid: GeoBox, path: Path, inset_px: int = AOI_INSET_PX) -> Path:
+    """A GeoJSON AOI in the grid's CRS: a quadrilateral `inset_px` inside the grid's edges."""
+    left, bottom, right, top = grid.extent.boundingbox
+    inset = inset_px * abs(grid.resolution.x)
+    ring = [
+        [left + inset, bottom + inset],
+        [right - inset, bottom + 2 * inset],
+        [right - inset, top - inset],
+        [left + 2 * inset, top - inset],
+        [left + inset, bottom + inset],
+    ]
+    epsg = grid.crs.epsg
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
+                "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}],
+            }
+        )
+    )
+    return path
+
+
+def serve_synthetic_month(
+    s3_server: S3Server,
+    stac_api_factory: Callable[[dict[str, Any], list[dict[str, Any]]], str],
+    work_dir: Path,
+    **month_options: Any,
+) -> ServedMonth:
+    """Make a synthetic month on `SERVED_GRID`, upload its COGs to a fresh moto bucket, serve its items.
+
+    `month_options` go to `make_synthetic_month` (dates, duplicated_dates, cloud_cover, seed, ...).
+    Asset hrefs are `s3://` URIs, read by the flow through GDAL `/vsis3/`.
+    """
+    bucket = s3_server.make_bucket(f"scenes-{uuid.uuid4().hex[:12]}")
+    data_dir = work_dir / "month"
+
+    def upload(local_path: Path) -> str:
+        return s3_server.upload(local_path, bucket, local_path.relative_to(data_dir).as_posix())
+
+    options = {"grid": SERVED_GRID, "duplicated_dates": DEFAULT_DATES[1:2], **month_options}
+    month = make_synthetic_month(data_dir, href_for=upload, **options)
+    api_url = stac_api_factory(month.collection, list(month.items))
+    return ServedMonth(month, api_url, bucket, write_aoi(SERVED_GRID, work_dir / "served_aoi.geojson"))
+
+
+def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) -> MosaicSettings:
+    """Settings of a run over `served`: its API and month, 20 m, SCL masker; `overrides` replace fields."""
+    fields: dict[str, Any] = {
+        "aoi": str(served.aoi_path),
+        "month": served.label,
+        "grid": {"resolution_m": 20.0},
+        "search": {"stac_api_url": served.api_url, "collection": COLLECTION_ID, "max_cloud_cover": 95},
+        "read": {"retry_base_delay_s": 0.1},
+        "mask": {"masker": "scl"},
+        "workspace": str(workspace),
+        "output_dir": str(Path(workspace) / "output"),
+        **overrides,
+    }
+    return MosaicSettings.model_validate(fields)

@@ -1,0 +1,204 @@
+"""The monthly flow in-process against real servers on 127.0.0.1: S3 (moto), STAC (rustac), Slack stand-in."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+import boto3
+import pytest
+import rasterio
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL
+from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws.client_parameters import AwsClientParameters
+
+from blocks.slack import SlackNotifier
+from flows.caching import READ_CACHE, RESULTS_FOLDER
+from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic, run_workspace
+from flows.parameters import MosaicSettings
+from tasks.errors import TooManyFailedScenes
+from tasks.gdal_env import REMOTE_COG_OPTIONS
+from tasks.search import scene_from_item
+from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.servers import TEST_CREDENTIALS, S3Server
+from tests.slack_receiver import SlackReceiver
+
+PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "quicklook.png", "metadata.json", "item.json")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KILL_TEST_DATES = tuple(date(2020, 3, day) for day in range(2, 30, 2))
+"""Fourteen dates: enough for a kill to land while scenes are still being read."""
+
+
+@pytest.fixture
+def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth:
+    return serve_synthetic_month(s3_server, stac_api_factory, tmp_path)
+
+
+@pytest.fixture
+def blocks(prefect_harness: None, s3_server: S3Server, slack_receiver: SlackReceiver) -> dict[str, str]:
+    """An S3Bucket block on a fresh moto bucket and a Slack block on the receiver; their names and bucket."""
+    bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
+    credentials = AwsCredentials(
+        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
+        region_name=TEST_CREDENTIALS["region_name"],
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_server.endpoint_url),
+    )
+    S3Bucket(bucket_name=bucket, bucket_folder="basemaps", credentials=credentials).save("test-products", overwrite=True)
+    SlackNotifier(webhook_url=slack_receiver.url).save("test-slack", overwrite=True)
+    return {"s3_block": "test-products", "slack_block": "test-slack", "bucket": bucket}
+
+
+def product_keys(s3_server: S3Server, bucket: str) -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
+    return sorted(entry["Key"] for entry in listing)
+
+
+def asset_key_of(served: ServedMonth, item_index: int, band: str = "red") -> str:
+    """The `/bucket/key` path part of one asset of one served item."""
+    return served.month.items[item_index]["assets"][band]["href"].removeprefix("s3://")
+
+
+def run_log_messages() -> list[str]:
+    APILogWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(), limit=200)]
+
+
+def test_month_completes_with_products_in_s3_and_a_slack_success(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, slack_receiver: SlackReceiver, tmp_path: Path
+) -> None:
+    report = monthly_mosaic(flow_settings(served, tmp_path / "ws", s3_block=blocks["s3_block"], slack_block=blocks["slack_block"]))
+
+    folder = f"basemaps/served_aoi/{served.label[:4]}/{served.label[5:]}"
+    assert product_keys(s3_server, blocks["bucket"]) == sorted(
+        f"{folder}/served_aoi_{served.label}_{suffix}" for suffix in PRODUCT_SUFFIXES
+    )
+    assert report.scenes_found == len(served.item_ids) - 1  # the duplicated date keeps its newer processing
+    assert report.scenes_used == report.scenes_found and not report.failed_scenes
+    assert report.valid_share > 0.99
+    assert report.product_urls["item"] == f"s3://{blocks['bucket']}/{folder}/served_aoi_{served.label}_item.json"
+    started, succeeded = slack_receiver.texts()
+    assert "started" in started and "done" in succeeded
+
+
+def test_transient_asset_failures_are_retried_and_logged(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
+) -> None:
+    # GDAL retries each HTTP request itself (REMOTE_COG_OPTIONS): exhaust that twice, so the read of
+    # the asset fails twice at the pipeline level and succeeds on its third attempt.
+    gdal_requests_per_attempt = 1 + int(REMOTE_COG_OPTIONS["GDAL_HTTP_MAX_RETRY"])
+    s3_server.fail_next(asset_key_of(served, 0), 2 * gdal_requests_per_attempt)
+
+    report = monthly_mosaic(flow_settings(served, tmp_path / "ws"))
+
+    assert not report.failed_scenes and report.scenes_used == report.scenes_found
+    retries = [message for message in run_log_messages() if served.item_ids[0] in message and "retrying" in message]
+    assert len(retries) == 2, "both failed attempts should show in the run's logs"
+
+
+def test_a_permanently_broken_asset_is_recorded_and_reported(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, slack_receiver: SlackReceiver, tmp_path: Path
+) -> None:
+    broken_item = served.item_ids[2]
+    s3_server.fail_always(asset_key_of(served, 2), status=404)
+    settings = flow_settings(served, tmp_path / "ws", max_failed_fraction=0.5, slack_block=blocks["slack_block"])
+
+    report = monthly_mosaic(settings)
+
+    assert [item_id for item_id, _ in report.failed_scenes] == [broken_item]
+    metadata = json.loads(Path(report.product_urls["metadata"]).read_text())
+    assert [scene["id"] for scene in metadata["scenes_failed"]] == [broken_item]
+    assert broken_item not in [scene["id"] for scene in metadata["scenes_used"]]
+    assert broken_item in slack_receiver.texts()[-1] or broken_item in json.dumps(slack_receiver.bodies[-1])
+
+
+def test_too_many_failed_scenes_fail_the_run_and_slack_hears_why(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, slack_receiver: SlackReceiver, tmp_path: Path
+) -> None:
+    broken = (3, 4)  # item 1 is the older processing of a duplicated date, dropped by the search
+    for index in broken:
+        s3_server.fail_always(asset_key_of(served, index), status=404)
+    settings = flow_settings(served, tmp_path / "ws", max_failed_fraction=0.1, slack_block=blocks["slack_block"])
+
+    with pytest.raises(TooManyFailedScenes, match="2 of 6 scenes failed"):
+        monthly_mosaic(settings)
+
+    failure = json.dumps(slack_receiver.bodies[-1])
+    assert "failed" in slack_receiver.texts()[-1]
+    assert all(served.item_ids[index] in failure for index in broken)
+
+
+def test_rerunning_the_same_parameters_reads_no_scene(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws")
+    monthly_mosaic(settings)
+    s3_server.reset_counters()
+
+    report = monthly_mosaic(settings)
+
+    assert report.scenes_used == report.scenes_found
+    assert s3_server.requests_for(f"/{served.bucket}/") == 0
+
+
+def finished_reads(settings: MosaicSettings, served: ServedMonth) -> set[str]:
+    """Item ids whose read has a persisted cache record in the workspace (the read task finished)."""
+    aoi, grid = aoi_and_grid(settings)
+    workspace = run_workspace(settings)
+    records = Path(workspace.uri(RESULTS_FOLDER))
+    finished = set()
+    for item in served.month.items:
+        scene = scene_from_item(item)
+        key = READ_CACHE.compute_key(None, {"item": scene, "grid": grid, "aoi": aoi, "workspace": workspace, "settings": settings.read}, {})
+        if (records / key).is_file():
+            finished.add(scene.item_id)
+    return finished
+
+
+def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
+    s3_server: S3Server, stac_api_factory, prefect_harness: None, tmp_path: Path
+) -> None:
+    served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, dates=KILL_TEST_DATES, duplicated_dates=())
+    settings = flow_settings(served, tmp_path / "ws", runner={"max_concurrent_scenes": 1})
+    script = (
+        "import sys; from flows.parameters import MosaicSettings; from flows.monthly_mosaic import monthly_mosaic; "
+        "monthly_mosaic(MosaicSettings.model_validate_json(sys.argv[1]))"
+    )
+    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, settings.model_dump_json()],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not finished_reads(settings, served) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished_before_kill = finished_reads(settings, served)
+    assert finished_before_kill and len(finished_before_kill) < len(served.item_ids), "the kill should land mid-acquisition"
+    s3_server.reset_counters()
+
+    report = monthly_mosaic(settings)
+
+    assert report.scenes_used == len(served.item_ids)
+    for item_id in served.item_ids:
+        assert (s3_server.requests_for(item_id) == 0) == (item_id in finished_before_kill), item_id
+    scenes_dir = Path(run_workspace(settings).uri("scenes"))
+    for scene_file in scenes_dir.glob("S2*.tif"):
+        with rasterio.open(scene_file) as scene:
+            scene.read()
