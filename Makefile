@@ -19,6 +19,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt
 	touch $@
 
 test: install
+	$(BIN)/ruff check .
 	$(TEST_ENV) $(BIN)/python -m pytest
 
 demo: install

@@ -39,7 +39,7 @@ def percentile_value(percentile: float | Literal["median"]) -> float:
     return value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sorting_network(size: int) -> tuple[tuple[int, int], ...]:
     """Comparators (low index, high index) of Batcher's odd-even merge sort for `size` keys.
 

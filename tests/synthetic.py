@@ -23,7 +23,7 @@ Used by the tests of every stage and by the demo, so it imports nothing from pyt
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -366,7 +366,7 @@ def stac_item(
     scl_grid = grid.zoom_out(2)
     epsg = grid.crs.epsg
     properties = {
-        "datetime": datetime.combine(day, ACQUISITION_TIME, tzinfo=timezone.utc).isoformat().replace("+00:00", "Z"),
+        "datetime": datetime.combine(day, ACQUISITION_TIME, tzinfo=UTC).isoformat().replace("+00:00", "Z"),
         "platform": f"sentinel-2{platform_for(day)[-1].lower()}",
         "constellation": "sentinel-2",
         "instruments": ["msi"],

@@ -104,7 +104,7 @@ def test_real_cloudy_dates_do_not_enter_the_composite(slovenia, tmp_path):
     aoi, grid, workspace, scenes, reflectance, cloudy = slovenia
     assert cloudy.sum() == 2, "the data README promises 2 fully cloudy dates of 5"
     mosaic, count, result = run_composite(scenes, grid, aoi, workspace, tmp_path / "all")
-    clear_scenes = [scene for scene, is_cloudy in zip(scenes, cloudy) if not is_cloudy]
+    clear_scenes = [scene for scene, is_cloudy in zip(scenes, cloudy, strict=True) if not is_cloudy]
     clear_mosaic, clear_count, _ = run_composite(clear_scenes, grid, aoi, workspace, tmp_path / "clear")
     np.testing.assert_array_equal(mosaic, clear_mosaic)
     np.testing.assert_array_equal(count, clear_count)

@@ -4,7 +4,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,7 @@ def write_clipped_scene(root: Path, name: str, bands: np.ndarray, grid: GeoBox, 
     }  # fmt: skip
     with rasterio.open(path, "w", **profile) as dataset:
         dataset.write(bands)
-    acquired = datetime(2020, 3, 5, tzinfo=timezone.utc)
+    acquired = datetime(2020, 3, 5, tzinfo=UTC)
     return ClippedScene(item_id, acquired, "02.14", name, grid, valid_fraction=1.0)
 
 
