@@ -1,0 +1,147 @@
+"""End to end as in production, all on 127.0.0.1: a Prefect server, the process work pool and the
+deployments of prefect.yaml (`prefect deploy --all`), a process worker, blocks registered by
+`python -m blocks.register`, and a `prefect deployment run` over a synthetic month served from moto
+S3 and a rustac STAC API. The run must complete, publish the five products to the S3 block's
+bucket and post the success notice to the (loopback) Slack webhook. The deployments' cron
+schedules must have created scheduled runs.
+"""
+
+import asyncio
+import dataclasses
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.server.schemas.schedules import CronSchedule
+
+from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
+from tasks.aoi import aoi_name
+from tasks.metadata import ProductNames
+from tasks.month import Month
+from tests.prefect_server import REPO_ROOT, PrefectServer, flow_run_id_in
+from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.servers import S3Server
+from tests.slack_receiver import SlackReceiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = PREFECT_YAML["deployments"]
+FLOW_NAME = "monthly-mosaic"
+RUN_DEPLOYMENT = "lake-constance"
+BUCKET_FOLDER = "basemaps"
+FLOW_RUN_TIMEOUT_S = 150.0
+SCHEDULER_TIMEOUT_S = 30.0
+SLACK_TIMEOUT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def deployed(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A server holding the pool and deployments of prefect.yaml, with a worker polling the pool.
+
+    Depends on `s3_server` so that every Prefect process inherits the moto AWS variables.
+    """
+    with PrefectServer(tmp_path_factory.mktemp("prefect_home")) as server:
+        with server.logs_on_failure():
+            for pool in sorted({deployment["work_pool"]["name"] for deployment in DEPLOYMENTS}):
+                server.cli("work-pool", "create", pool, "--type", "process")
+                server.start_worker(pool)
+            server.cli("--no-prompt", "deploy", "--all")
+        yield server
+
+
+@pytest.fixture
+def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth:
+    return serve_synthetic_month(s3_server, stac_api_factory, tmp_path, seed=5)
+
+
+def object_keys(bucket: str, prefix: str) -> set[str]:
+    """Every key under `prefix` in `bucket` of the S3 store the environment points at (moto)."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
+
+
+def cron_dates(schedule: dict[str, Any], start: datetime, count: int) -> list[datetime]:
+    """The first `count` times of a prefect.yaml cron schedule from `start` on (inclusive)."""
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+    return asyncio.run(cron.get_dates(n=count, start=start))
+
+
+def scheduled_runs(server: PrefectServer, deployment_name: str) -> list[FlowRun]:
+    """The SCHEDULED runs of a deployment of `FLOW_NAME`, once the scheduler has made some."""
+    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+    with server.client() as client:
+        deployment_id = client.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name}").id
+        of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        return server.wait_for(
+            lambda: client.read_flow_runs(flow_run_filter=scheduled, deployment_filter=of_deployment) or None,
+            SCHEDULER_TIMEOUT_S,
+            f"scheduled runs of {deployment_name}",
+        )
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[deployment["name"] for deployment in DEPLOYMENTS])
+def test_cron_schedule_creates_scheduled_runs_in_pool(deployed: PrefectServer, deployment: dict[str, Any]) -> None:
+    with deployed.logs_on_failure():
+        runs = scheduled_runs(deployed, deployment["name"])
+        with deployed.client() as client:
+            record = client.read_deployment_by_name(f"{FLOW_NAME}/{deployment['name']}")
+    assert record.work_pool_name == deployment["work_pool"]["name"]
+    assert all(run.auto_scheduled and run.work_pool_name == record.work_pool_name for run in runs)
+    starts = sorted(run.expected_start_time for run in runs)
+    (schedule,) = deployment["schedules"]
+    assert starts == cron_dates(schedule, starts[0], len(starts))
+
+
+def test_deployment_run_publishes_products_and_notifies_slack(
+    deployed: PrefectServer, s3_server: S3Server, served: ServedMonth, slack_receiver: SlackReceiver, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket(f"basemaps-{uuid.uuid4().hex[:12]}")
+    settings = flow_settings(
+        served, tmp_path / "workspace", s3_block=DEFAULT_S3_BLOCK_NAME, slack_block=DEFAULT_SLACK_BLOCK_NAME
+    )
+    parameters = json.dumps({"settings": settings.model_dump(mode="json")})
+    name = aoi_name(str(served.aoi_path))
+    month = Month.parse(served.label)
+    month_prefix = f"{BUCKET_FOLDER}/{name}/{month.year:04d}/{month.month:02d}/"
+
+    with deployed.logs_on_failure():
+        registered = deployed.run(
+            [sys.executable, "-m", "blocks.register"],
+            {"SLACK_WEBHOOK_URL": slack_receiver.url, "BASEMAP_S3_BUCKET": bucket, "BASEMAP_S3_PREFIX": BUCKET_FOLDER},
+        )
+        assert f"saved slack-notifier/{DEFAULT_SLACK_BLOCK_NAME}" in registered
+        assert f"saved s3-bucket/{DEFAULT_S3_BLOCK_NAME}" in registered
+        started = deployed.cli("deployment", "run", f"{FLOW_NAME}/{RUN_DEPLOYMENT}", "--params", parameters)
+        flow_run = deployed.wait_for_final_state(flow_run_id_in(started), FLOW_RUN_TIMEOUT_S)
+        assert flow_run.state.is_completed(), f"{flow_run.state.name}: {flow_run.state.message}"
+
+        names = ProductNames.for_run(name, month)
+        products = {month_prefix + product for product in dataclasses.asdict(names).values()}
+        assert object_keys(bucket, month_prefix) == products
+
+        done_title = f"Basemap {name} {month.label}: done"
+        success = deployed.wait_for(
+            lambda: next((body for body in slack_receiver.bodies if body.get("text", "").startswith(done_title)), None),
+            SLACK_TIMEOUT_S,
+            "the Slack success notice",
+        )
+        assert flow_run.name in success["text"]
+        message = json.dumps(success["blocks"])
+        assert all(f"s3://{bucket}/{key}" in message for key in products)
+        assert slack_receiver.texts()[0].startswith(f"Basemap {name} {month.label}: started")

@@ -1,0 +1,106 @@
+"""The Dask task runner variant: the monthly flow completes a synthetic month with a local
+multi-process Dask cluster, its scene work spread over worker processes that share an S3 workspace.
+
+The month is served like production (COGs in moto S3, items in a rustac STAC API). Dask worker
+processes are spawned after the `s3_server` fixture set the AWS variables, so they reach moto too.
+The cluster the runner starts is a `LocalCluster` whose scheduler (in this process) records the
+worker each task ran on.
+"""
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from blocks.publish import ITEM_PRODUCT
+from flows.monthly_mosaic import monthly_mosaic
+from tasks.mask import mask_name_for
+from tasks.read import scene_file_name
+from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.servers import S3Server
+
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("prefect_dask")
+
+DASK_WORKERS = 2
+PRODUCTS = ("mosaic", "count", "quicklook", "metadata", ITEM_PRODUCT)
+
+
+class WorkerOfTask(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Scheduler plugin: the address of the worker (one process each) that finished each task key."""
+
+    def __init__(self) -> None:
+        self.worker_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if start == "processing" and finish == "memory" and "worker" in kwargs:
+            with self._lock:
+                self.worker_of[str(key)] = kwargs["worker"]
+
+
+@pytest.fixture
+def task_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerOfTask]:
+    """Every `distributed.LocalCluster` started during the test reports to this plugin."""
+    plugin = WorkerOfTask()
+
+    class RecordingLocalCluster(distributed.LocalCluster):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.scheduler.add_plugin(plugin, name="worker-of-task")
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordingLocalCluster)
+    yield plugin
+
+
+@pytest.fixture
+def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth:
+    return serve_synthetic_month(s3_server, stac_api_factory, tmp_path, seed=11)
+
+
+def object_keys(bucket: str, prefix: str) -> set[str]:
+    """Every key under `prefix` in `bucket` of the S3 store the environment points at."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_completes_month_with_s3_workspace(
+    prefect_harness: None, s3_server: S3Server, served: ServedMonth, task_workers: WorkerOfTask, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket(f"dask-ws-{uuid.uuid4().hex[:12]}")
+    settings = flow_settings(
+        served,
+        f"s3://{bucket}/ws",
+        output_dir=str(tmp_path / "output"),
+        runner={"task_runner": "dask", "dask_workers": DASK_WORKERS},
+    )
+
+    state = monthly_mosaic(settings, return_state=True)
+
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert report.failed_scenes == []
+    assert 0 < report.scenes_used <= report.scenes_found
+    assert set(report.product_urls) == set(PRODUCTS)
+    for url in report.product_urls.values():
+        assert Path(url).is_file() and Path(url).stat().st_size > 0, url
+
+    scene_keys = {key for key in object_keys(bucket, "ws/scenes/") if not key.endswith("_mask.tif")}
+    assert len(scene_keys) == report.scenes_found
+    stored_ids = {key.removeprefix("ws/").removeprefix("scenes/").removesuffix(".tif") for key in scene_keys}
+    assert stored_ids <= set(served.item_ids)
+    expected = {
+        f"ws/{name}"
+        for item_id in stored_ids
+        for name in (scene_file_name(item_id), mask_name_for(scene_file_name(item_id)))
+    }
+    assert expected <= object_keys(bucket, "ws/")
+
+    scene_tasks = len(stored_ids) * 2
+    assert len(task_workers.worker_of) == scene_tasks, task_workers.worker_of
+    assert len(set(task_workers.worker_of.values())) == DASK_WORKERS, task_workers.worker_of
