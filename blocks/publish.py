@@ -23,7 +23,7 @@ from prefect_aws.s3 import S3Bucket
 
 from tasks.errors import InvalidSettings
 from tasks.month import Month
-from tasks.retry import retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_unless_mosaic_error
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
@@ -31,7 +31,6 @@ ITEM_CONTENT_TYPE = "application/geo+json"
 COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 AOI_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-PUBLISH_RETRY_DELAYS_S = [2, 5, 15]
 
 
 def publish_products(
@@ -124,7 +123,5 @@ def content_type(path: Path) -> str:
 publish_products_task = task(
     publish_products,
     name="publish-products",
-    retries=len(PUBLISH_RETRY_DELAYS_S),
-    retry_delay_seconds=PUBLISH_RETRY_DELAYS_S,
-    retry_condition_fn=retry_unless_mosaic_error,
+    **io_task_retries(retry_unless_mosaic_error),
 )

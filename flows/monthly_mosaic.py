@@ -8,8 +8,10 @@ Slack hooks report start, success (with the returned `RunReport`) and failure, c
 """
 
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
@@ -17,6 +19,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_aws import S3Bucket
 
 from blocks.publish import publish_products_task
 from blocks.slack import RunReport, slack_state_hooks
@@ -34,6 +37,8 @@ from tasks.read import read_scene_task
 from tasks.scene import ClippedScene, FailedScene, SceneItem
 from tasks.search import search_scenes_task
 from tasks.workspace import Workspace
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,27 @@ def run_workspace(settings: MosaicSettings) -> Workspace:
     return Workspace(str(Path(settings.workspace).resolve()))
 
 
+class StepProgress:
+    """A progress artifact on the run's page, advanced one step at a time."""
+
+    def __init__(self, total_steps: int, description: str) -> None:
+        self._done, self._total = 0, max(total_steps, 1)
+        self._artifact_id = create_progress_artifact(0.0, key="scene-progress", description=description)
+
+    def advance(self) -> None:
+        self._done += 1
+        update_progress_artifact(self._artifact_id, 100.0 * self._done / self._total)
+
+
+def finished(futures: Mapping[PrefectFuture, T]) -> Iterator[tuple[T, Any]]:
+    """(what each future was for, its result or exception), in the order the futures finish.
+
+    Judged by the result, not `future.state`: the API records task states asynchronously.
+    """
+    for future in as_completed(list(futures)):
+        yield futures[future], future.result(raise_on_failure=False)
+
+
 def failure_reason(error: BaseException) -> str:
     """The one-line reason a scene task failed."""
     return (str(error) or type(error).__name__).splitlines()[0]
@@ -89,36 +115,25 @@ def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOut
     storage = result_storage(workspace)
     read_task = read_scene_task.with_options(cache_policy=READ_CACHE, persist_result=True, result_storage=storage)
     mask_task = mask_scene_task.with_options(cache_policy=MASK_CACHE, persist_result=True, result_storage=storage)
-    progress_id = create_progress_artifact(0.0, key="scene-progress", description="Scenes read and masked")
-    steps_done, steps_total = 0, 2 * len(items)
-
-    def advance() -> None:
-        nonlocal steps_done
-        steps_done += 1
-        update_progress_artifact(progress_id, 100.0 * steps_done / steps_total)
+    progress = StepProgress(2 * len(items), "Scene steps done: read, then mask")
 
     read_futures = {read_task.submit(item, grid, aoi, workspace, settings.read): item for item in items}
     mask_futures: dict[PrefectFuture, ClippedScene] = {}
     failed: list[FailedScene] = []
     outside_aoi: list[str] = []
-    for future in as_completed(list(read_futures)):
-        item = read_futures[future]
-        advance()
-        scene_or_error = future.result(raise_on_failure=False)
+    for item, scene_or_error in finished(read_futures):
+        progress.advance()
+        if isinstance(scene_or_error, ClippedScene):
+            mask_futures[mask_task.submit(scene_or_error, workspace, settings.mask)] = scene_or_error
+            continue
+        progress.advance()  # this scene has no mask step
         if isinstance(scene_or_error, SceneOutsideAOI):
             outside_aoi.append(item.item_id)
-            advance()
-        elif isinstance(scene_or_error, ClippedScene):
-            mask_futures[mask_task.submit(scene_or_error, workspace, settings.mask)] = scene_or_error
         else:
             failed.append(FailedScene(item.item_id, failure_reason(scene_or_error)))
-            advance()
     masked: list[ClippedScene] = []
-    for future in as_completed(list(mask_futures)):
-        scene = mask_futures[future]
-        advance()
-        # The result, not `future.state`: the API records task states asynchronously.
-        mask_or_error = future.result(raise_on_failure=False)
+    for scene, mask_or_error in finished(mask_futures):
+        progress.advance()
         if isinstance(mask_or_error, BaseException):
             failed.append(FailedScene(scene.item_id, failure_reason(mask_or_error)))
         else:
@@ -169,6 +184,11 @@ def run_summary_markdown(report: RunReport) -> str:
         f"# Basemap {report.aoi} {report.month}\n\n| | |\n|---|---|\n{table}\n\n"
         f"## Products\n\n| product | location |\n|---|---|\n{products}\n\n## Failed scenes\n\n{failures}\n"
     )
+
+
+def load_bucket(block_name: str | None) -> S3Bucket | None:
+    """The named prefect-aws `S3Bucket` block, or None for local output."""
+    return S3Bucket.load(block_name) if block_name else None
 
 
 def run_month(settings: MosaicSettings) -> Month:
@@ -253,12 +273,3 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     create_markdown_artifact(run_summary_markdown(report), key="basemap-summary", description="Run summary")
     logger.info("published %s %s: %s", name, month.label, ", ".join(urls.values()))
     return report
-
-
-def load_bucket(block_name: str | None):  # noqa: ANN201 (prefect-aws S3Bucket, imported lazily)
-    """The named prefect-aws `S3Bucket` block, or None for local output."""
-    if block_name is None:
-        return None
-    from prefect_aws import S3Bucket
-
-    return S3Bucket.load(block_name)

@@ -26,7 +26,7 @@ import torch
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 from odc.geo.roi import roi_is_empty
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -35,9 +35,10 @@ from tasks.aoi import aoi_pixel_mask
 from tasks.device import compute_device
 from tasks.errors import SceneReadError
 from tasks.gdal_env import gdal_env
+from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
-from tasks.retry import retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_unless_mosaic_error
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass
 from tasks.settings import CompositeSettings
 from tasks.workspace import Workspace
@@ -268,7 +269,7 @@ def composite(
             statistics.add(mosaic, count, inside_aoi)
             used = (usable & inside_aoi).any(axis=(1, 2))
             contributing.update(item_id for item_id, is_used in zip(item_ids, used, strict=True) if is_used)
-    return CompositeResult(
+    result = CompositeResult(
         mosaic_path=mosaic_path,
         count_path=count_path,
         percentile=percentile,
@@ -278,21 +279,7 @@ def composite(
         max_count=statistics.max_count,
         contributing_scenes=tuple(scene.item_id for scene in scenes if scene.item_id in contributing),
     )
-
-
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_mosaic_error, cache_policy=NO_CACHE)
-def composite_task(
-    scenes: list[ClippedScene],
-    grid: GeoBox,
-    aoi: Geometry,
-    workspace: Workspace,
-    settings: CompositeSettings,
-    mosaic_path: Path,
-    count_path: Path,
-) -> CompositeResult:
-    """Prefect task: `composite`, logging the share of AOI pixels that got a value."""
-    result = composite(scenes, grid, aoi, workspace, settings, mosaic_path, count_path)
-    get_run_logger().info(
+    stage_logger(__name__).info(
         "composite p%g of %d scenes (%d contributed): %.1f %% of AOI pixels have a value, max count %d",
         result.percentile,
         len(scenes),
@@ -301,3 +288,11 @@ def composite_task(
         result.max_count,
     )
     return result
+
+
+composite_task = task(
+    composite,
+    name="composite",
+    **io_task_retries(retry_unless_mosaic_error),
+    cache_policy=NO_CACHE,
+)

@@ -58,7 +58,7 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.retry import retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_unless_mosaic_error
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
@@ -319,7 +319,7 @@ def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
     return nullcontext()
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_mosaic_error, cache_policy=NO_CACHE)
+@task(**io_task_retries(retry_unless_mosaic_error), cache_policy=NO_CACHE)
 def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
     """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
     with gpu_slot(settings):

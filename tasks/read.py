@@ -23,7 +23,6 @@ import rasterio
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 from prefect import task
-from prefect.tasks import exponential_backoff
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -33,7 +32,7 @@ from tasks.aoi import aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.logs import stage_logger
-from tasks.retry import retry_transient_failure
+from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import (
     NODATA,
     REFLECTANCE_BANDS,
@@ -292,8 +291,5 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
 read_scene_task = task(
     read_scene,
     name="read-scene",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=30),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_failure,
+    **io_task_retries(retry_transient_failure),
 )

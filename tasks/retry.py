@@ -1,9 +1,12 @@
 """Prefect retry conditions shared by the stage tasks: retry only what another attempt can fix.
 
-Both follow Prefect's `retry_condition_fn(task, task_run, state) -> bool` signature.
+The conditions follow Prefect's `retry_condition_fn(task, task_run, state) -> bool` signature.
 """
 
+from collections.abc import Callable
 from typing import Any
+
+from prefect.tasks import exponential_backoff
 
 from tasks.errors import MosaicError, TransientReadError
 
@@ -22,3 +25,20 @@ def retry_transient_failure(task: Any, task_run: Any, state: Any) -> bool:
 def retry_unless_mosaic_error(task: Any, task_run: Any, state: Any) -> bool:
     """Retry unexpected failures (workspace or S3 I/O), never our own one-line errors or a missing file."""
     return not isinstance(_error_of(state), (MosaicError, FileNotFoundError))
+
+
+IO_TASK_RETRIES = 3
+IO_RETRY_FIRST_DELAY_S = 10
+"""Delay before a task's first retry; each further retry doubles it (10, 20, 40 s) before jitter."""
+IO_RETRY_JITTER = 0.5
+"""Each delay is stretched by a random factor of up to this share, so retries of many tasks spread out."""
+
+
+def io_task_retries(condition: Callable[[Any, Any, Any], bool]) -> dict[str, Any]:
+    """Prefect task options of an I/O task: exponential backoff with jitter, retrying when `condition` says so."""
+    return {
+        "retries": IO_TASK_RETRIES,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=IO_RETRY_FIRST_DELAY_S),
+        "retry_jitter_factor": IO_RETRY_JITTER,
+        "retry_condition_fn": condition,
+    }

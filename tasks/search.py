@@ -29,6 +29,7 @@ from pystac_client.warnings import DoesNotConformTo
 
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
 from tasks.logs import stage_logger
+from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
 from tasks.settings import SearchSettings
 
@@ -329,22 +330,9 @@ def within_cloud_limit(scene: SceneItem, max_cloud_cover: float) -> bool:
     return scene.cloud_cover is None or scene.cloud_cover <= max_cloud_cover
 
 
-def is_transient_search_failure(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry only when the API could not be reached."""
-    try:
-        state.result()
-    except TransientReadError:
-        return True
-    except Exception:  # any other failure is final: bad settings, no scenes
-        return False
-    return False
-
-
 @task(
     name="search-scenes",
-    retries=3,
-    retry_delay_seconds=[5, 30, 120],
-    retry_condition_fn=is_transient_search_failure,
+    **io_task_retries(retry_transient_failure),
     cache_policy=NO_CACHE,
 )
 def search_scenes_task(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:

@@ -309,28 +309,6 @@ class StacApi:
             self._process.wait()
 
 
-def stac_collection(collection_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A minimal STAC Collection for `items`, its extent computed from their bbox and datetime."""
-    boxes = [item["bbox"] for item in items if "bbox" in item]
-    datetimes = sorted(item["properties"]["datetime"] for item in items if item["properties"].get("datetime"))
-    bbox = (
-        [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
-        if boxes
-        else [-180.0, -90.0, 180.0, 90.0]
-    )
-    return {
-        "type": "Collection",
-        "stac_version": "1.0.0",
-        "id": collection_id,
-        "description": f"{collection_id} served for tests",
-        "license": "proprietary",
-        "extent": {
-            "spatial": {"bbox": [bbox]},
-            "temporal": {"interval": [[datetimes[0], datetimes[-1]] if datetimes else [None, None]]},
-        },
-        "links": [],
-    }
-
 
 if __name__ == "__main__" and sys.argv[1:] == ["s3"]:
     serve_s3()

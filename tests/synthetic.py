@@ -413,20 +413,20 @@ def _asset(href: str, grid: GeoBox, band: dict[str, Any], title: str) -> dict[st
     }
 
 
-def stac_collection(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The `sentinel-2-l2a` collection dict covering `items`."""
-    boxes = np.array([item["bbox"] for item in items])
-    datetimes = sorted(item["properties"]["datetime"] for item in items)
+def stac_collection(items: Sequence[dict[str, Any]], collection_id: str = COLLECTION_ID) -> dict[str, Any]:
+    """A minimal STAC Collection dict covering `items` (their bbox and datetime extent)."""
+    boxes = np.array([item["bbox"] for item in items if "bbox" in item]).reshape(-1, 4)
+    datetimes = sorted(item["properties"]["datetime"] for item in items if item["properties"].get("datetime"))
+    bbox = [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()] if len(boxes) else [-180.0, -90.0, 180.0, 90.0]
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
-        "id": COLLECTION_ID,
-        "title": "Sentinel-2 Level-2A (synthetic)",
-        "description": "Synthetic cloudy Sentinel-2 L2A scenes in the layout of Earth Search v1.",
+        "id": collection_id,
+        "description": f"{collection_id}: Sentinel-2 L2A scenes in the layout of Earth Search v1.",
         "license": "proprietary",
         "extent": {
-            "spatial": {"bbox": [[*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()]]},
-            "temporal": {"interval": [[datetimes[0], datetimes[-1]]]},
+            "spatial": {"bbox": [bbox]},
+            "temporal": {"interval": [[datetimes[0], datetimes[-1]] if datetimes else [None, None]]},
         },
         "links": [],
     }

@@ -11,18 +11,19 @@ from odc.geo.geom import box
 from prefect.states import Failed
 
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.retry import retry_transient_failure
 from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
 from tasks.search import (
     BOA_OFFSET,
     DN_SCALE,
-    is_transient_search_failure,
     month_range,
     scene_from_item,
     search_scenes,
     tile_id,
 )
 from tasks.settings import SearchSettings
-from tests.servers import free_port, stac_collection
+from tests.servers import free_port
+from tests.synthetic import stac_collection
 
 EARTH_SEARCH_COLLECTION = "sentinel-2-l2a"
 EARTH_SEARCH_PAGES = "stac_earthsearch_v1/earthsearch_v1_s2l2a_bbox9-47-10-48_20200301-05_page{}.json"
@@ -42,7 +43,7 @@ def earth_search_items(shared_s2: Path) -> list[dict]:
 
 @pytest.fixture
 def earth_search_api(stac_api_factory, earth_search_items: list[dict]) -> str:
-    return stac_api_factory(stac_collection(EARTH_SEARCH_COLLECTION, earth_search_items), earth_search_items)
+    return stac_api_factory(stac_collection(earth_search_items, EARTH_SEARCH_COLLECTION), earth_search_items)
 
 
 @pytest.fixture(scope="module")
@@ -263,9 +264,9 @@ def test_unreadable_item_file_is_a_settings_error(tmp_path: Path) -> None:
 
 
 def test_task_retries_only_transient_failures() -> None:
-    assert is_transient_search_failure(None, None, Failed(data=TransientReadError("api down")))
-    assert not is_transient_search_failure(None, None, Failed(data=NoScenesFound("none")))
-    assert not is_transient_search_failure(None, None, Failed(data=InvalidSettings("bad url")))
+    assert retry_transient_failure(None, None, Failed(data=TransientReadError("api down")))
+    assert not retry_transient_failure(None, None, Failed(data=NoScenesFound("none")))
+    assert not retry_transient_failure(None, None, Failed(data=InvalidSettings("bad url")))
 
 
 @pytest.mark.parametrize(("failures", "expected_calls"), [([TransientReadError("api down")] * 2, 3),

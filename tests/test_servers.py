@@ -13,7 +13,8 @@ from pystac_client import Client
 from rasterio.windows import Window
 
 from tasks.gdal_env import gdal_env, gdal_path
-from tests.servers import S3Server, stac_collection
+from tests.servers import S3Server
+from tests.synthetic import stac_collection
 
 BUCKET = "servers-test"
 TILED_BLOCK = 256
@@ -171,7 +172,7 @@ def _point_item(index: int) -> dict:
 
 def test_stac_api_pages_through_all_items(stac_api_factory) -> None:
     items = [_point_item(index) for index in range(7)]
-    url = stac_api_factory(stac_collection("test-collection", items), items)
+    url = stac_api_factory(stac_collection(items, "test-collection"), items)
     page_size = 3
 
     search = Client.open(url).search(collections=["test-collection"], bbox=[9, 47, 11, 48], limit=page_size)
@@ -183,7 +184,7 @@ def test_stac_api_pages_through_all_items(stac_api_factory) -> None:
 
 def test_stac_api_filters_by_datetime_and_space(stac_api_factory) -> None:
     items = [_point_item(index) for index in range(7)]
-    url = stac_api_factory(stac_collection("test-collection", items), items)
+    url = stac_api_factory(stac_collection(items, "test-collection"), items)
     search = Client.open(url).search(
         collections=["test-collection"], bbox=[10.015, 47, 11, 48], datetime="2020-03-01/2020-03-05"
     )
