@@ -229,6 +229,11 @@ class S3Server:
         self._client.upload_file(str(local_path), bucket, key)
         return f"s3://{bucket}/{key}"
 
+    def keys(self, bucket: str, prefix: str = "") -> set[str]:
+        """Every object key under `prefix` in `bucket`."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
+
     def http_url(self, bucket: str, key: str) -> str:
         """The anonymous (unsigned) http URL of an object."""
         return f"{self.endpoint_url}/{bucket}/{key}"

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from prefect.client.schemas.filters import (
@@ -68,12 +67,6 @@ def deployed(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture
 def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth:
     return serve_synthetic_month(s3_server, stac_api_factory, tmp_path, seed=5)
-
-
-def object_keys(bucket: str, prefix: str) -> set[str]:
-    """Every key under `prefix` in `bucket` of the S3 store the environment points at (moto)."""
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
 
 
 def cron_dates(schedule: dict[str, Any], start: datetime, count: int) -> list[datetime]:
@@ -133,7 +126,7 @@ def test_deployment_run_publishes_products_and_notifies_slack(
 
         names = ProductNames.for_run(name, month)
         products = {month_prefix + product for product in dataclasses.asdict(names).values()}
-        assert object_keys(bucket, month_prefix) == products
+        assert s3_server.keys(bucket, month_prefix) == products
 
         done_title = f"Basemap {name} {month.label}: done"
         success = deployed.wait_for(

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from blocks.publish import ITEM_PRODUCT
@@ -63,12 +62,6 @@ def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth
     return serve_synthetic_month(s3_server, stac_api_factory, tmp_path, seed=11)
 
 
-def object_keys(bucket: str, prefix: str) -> set[str]:
-    """Every key under `prefix` in `bucket` of the S3 store the environment points at."""
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
-
-
 @pytest.mark.slow
 def test_dask_local_cluster_completes_month_with_s3_workspace(
     prefect_harness: None, s3_server: S3Server, served: ServedMonth, task_workers: WorkerOfTask, tmp_path: Path
@@ -91,7 +84,7 @@ def test_dask_local_cluster_completes_month_with_s3_workspace(
     for url in report.product_urls.values():
         assert Path(url).is_file() and Path(url).stat().st_size > 0, url
 
-    workspace_keys = object_keys(bucket, f"{WORKSPACE_PREFIX}/")
+    workspace_keys = s3_server.keys(bucket, f"{WORKSPACE_PREFIX}/")
     stored = [
         item_id for item_id in served.item_ids if f"{WORKSPACE_PREFIX}/{scene_file_name(item_id)}" in workspace_keys
     ]
