@@ -27,7 +27,7 @@ from flows.caching import MASK_CACHE, READ_CACHE, result_storage
 from flows.parameters import MosaicSettings, RunnerSettings
 from tasks.aoi import aoi_name, load_aoi
 from tasks.composite import CompositeResult, composite_task
-from tasks.errors import NoScenesFound, SceneOutsideAOI, TooManyFailedScenes
+from tasks.errors import SceneOutsideAOI, TooManyFailedScenes
 from tasks.grid import grid_for_aoi
 from tasks.mask import mask_scene_task
 from tasks.metadata import ProductRun
@@ -208,12 +208,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     workspace = run_workspace(settings)
     logger.info("%s %s: grid %s, %d x %d px", name, month.label, grid.crs, grid.shape.x, grid.shape.y)
 
-    items = search_scenes_task(aoi, month.label, settings.search)
-    if not items:
-        raise NoScenesFound(
-            f"no scene of {settings.search.collection} with cloud cover <= {settings.search.max_cloud_cover} % "
-            f"covers {name} in {month.label}; raise search.max_cloud_cover or check the AOI and month"
-        )
+    items = search_scenes_task(aoi, month.label, settings.search)  # raises NoScenesFound when empty
     acquire = acquire_scenes.with_options(task_runner=scene_task_runner(settings.runner))
     outcomes = acquire(items, settings)
     check_failed_share(outcomes, len(items), settings.max_failed_fraction)
@@ -238,6 +233,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
             month=month,
             composite=settings.composite,
             mask=settings.mask,
+            # A month with no clear pixel still documents the scenes it looked at.
             scenes_used=used or outcomes.masked,
             scenes_failed=outcomes.failed,
         )
