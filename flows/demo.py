@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
+from flows.run import print_report
 from tasks.errors import MissingModelWeights, MosaicError
 from tasks.mask import (
     check_model_weights,
@@ -104,10 +105,7 @@ def main() -> int:
     except MosaicError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
-    print(f"\nBasemap {report.aoi} {report.month}: {report.scenes_used} of {report.scenes_found} scenes used, "
-          f"{report.valid_share:.1%} of the AOI has a clear value.")
-    for product, location in report.product_urls.items():
-        print(f"  {product:10s} {location}")
+    print_report(report)
     print(
         "\nBrowse the run in the Prefect UI: `.venv/bin/prefect server start`, then open http://127.0.0.1:4200 "
         "(runs of the embedded API are kept in ~/.prefect)."

@@ -1,0 +1,60 @@
+"""`python -m flows.run`: settings from a file and options, one-line errors for bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.run import main
+from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.servers import S3Server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.run", *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--aoi", "/nowhere/field.gpkg", "--month", "2024-06"], "AOI /nowhere/field.gpkg cannot be read"),
+        (["--aoi", "9,47,10,48", "--month", "2024-13"], "month: Value error, month '2024-13' is not YYYY-MM"),
+        (["--aoi", "POINT(9 47)", "--month", "2024-06"], "has no polygon"),
+        (["--settings", "/nowhere/settings.yaml"], "settings file /nowhere/settings.yaml cannot be read"),
+    ],
+)
+def test_bad_input_ends_in_one_line_and_status_2(arguments: list[str], problem: str) -> None:
+    finished = run_cli(*arguments)
+    assert finished.returncode == 2
+    assert problem in finished.stderr
+    assert finished.stderr.strip().count("\n") == 0 and "Traceback" not in finished.stderr
+
+
+def test_an_unknown_setting_in_the_file_is_named(tmp_path: Path) -> None:
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump({"aoi": "9,47,10,48", "grid": {"resolution": 10}}))
+    finished = run_cli("--settings", str(settings_file))
+    assert finished.returncode == 2 and "grid.resolution: Extra inputs are not permitted" in finished.stderr
+
+
+def test_a_settings_file_with_overrides_runs_the_month(
+    prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    served: ServedMonth = serve_synthetic_month(s3_server, stac_api_factory, tmp_path)
+    settings = flow_settings(served, tmp_path / "ws").model_dump(mode="json")
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump({**settings, "month": "2019-01"}))
+    output_dir = tmp_path / "products"
+
+    status = main(["--settings", str(settings_file), "--month", served.label, "--output-dir", str(output_dir)])
+
+    assert status == 0
+    item = output_dir / "served_aoi" / served.label[:4] / served.label[5:] / f"served_aoi_{served.label}_item.json"
+    assert item.is_file()
+    assert str(item) in capsys.readouterr().out
