@@ -228,7 +228,7 @@ def _notifier_for(flow_run: FlowRun) -> SlackNotifier | None:
         return None
     try:
         return SlackNotifier.load(block_name, _sync=True)
-    except ValueError as error:
+    except Exception as error:  # a missing block or an unreachable API: notifying must never fail the run
         stage_logger(__name__).warning(
             "Slack block %r could not be loaded (%s); create it with `python -m blocks.register`", block_name, error
         )
@@ -248,7 +248,7 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
     start = flow_run.expected_start_time or datetime.now(UTC)
     return RunReport(
         aoi=aoi_name(str(aoi_source)) if aoi_source else "AOI",
-        month=settings.get("month") or Month.before(start).label,
+        month=Month.for_run(settings.get("month"), start).label,
         flow_run_name=flow_run.name,
         flow_run_url=url_for(flow_run),
     )

@@ -13,11 +13,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
 
 from tasks.grid import grid_key
+from tasks.settings import MaskSettings, ReadSettings
 from tasks.workspace import Workspace
 
 RESULTS_FOLDER = ".prefect-results"
@@ -62,6 +65,15 @@ def mask_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         parameters["settings"].model_dump_json(),
         code_version(),
     )
+
+
+def scene_folder_digest(aoi: Geometry, grid: GeoBox, read: ReadSettings, mask: MaskSettings) -> str:
+    """A short digest of everything that shapes a run's scene and mask files (AOI, grid, read and mask settings).
+
+    Runs that differ in any of them get different folders, so a file is never overwritten under a
+    cache record that describes another version of it.
+    """
+    return _digest("scenes", aoi.to_crs("EPSG:4326").wkt, grid_key(grid), read.model_dump_json(), mask.model_dump_json())[:12]
 
 
 READ_CACHE = CacheKeyFnPolicy(cache_key_fn=read_cache_key)

@@ -23,13 +23,13 @@ from prefect_aws import S3Bucket
 
 from blocks.publish import publish_products_task
 from blocks.slack import RunReport, slack_state_hooks
-from flows.caching import MASK_CACHE, READ_CACHE, result_storage
+from flows.caching import MASK_CACHE, READ_CACHE, result_storage, scene_folder_digest
 from flows.parameters import MosaicSettings, RunnerSettings
 from tasks.aoi import aoi_name, load_aoi
 from tasks.composite import CompositeResult, composite_task
 from tasks.errors import SceneOutsideAOI, TooManyFailedScenes
 from tasks.grid import grid_for_aoi
-from tasks.mask import mask_scene_task
+from tasks.mask import MASKERS_USING_OCM, check_model_weights, mask_scene_task, model_dir_for, model_version_for
 from tasks.metadata import ProductRun
 from tasks.month import Month
 from tasks.products import write_products_task
@@ -69,11 +69,28 @@ def aoi_and_grid(settings: MosaicSettings) -> tuple[Geometry, GeoBox]:
     return aoi, grid_for_aoi(aoi, settings.grid.target_crs, settings.grid.resolution_m)
 
 
-def run_workspace(settings: MosaicSettings) -> Workspace:
-    """The workspace of the settings, a local one made absolute so worker processes agree on it."""
-    if settings.workspace.startswith("s3://"):
-        return Workspace(settings.workspace)
-    return Workspace(str(Path(settings.workspace).resolve()))
+def checked_inputs(settings: MosaicSettings) -> tuple[Geometry, GeoBox]:
+    """`aoi_and_grid`, after checking the model weights the masker needs are on disk.
+
+    Raises the one-line `InvalidAOI`, `InvalidSettings` or `MissingModelWeights` before any scene is read.
+    """
+    aoi, grid = aoi_and_grid(settings)
+    if settings.mask.masker in MASKERS_USING_OCM:
+        check_model_weights(model_dir_for(settings.mask), model_version_for(settings.mask))
+    return aoi, grid
+
+
+def run_workspace(settings: MosaicSettings, aoi: Geometry, grid: GeoBox) -> Workspace:
+    """The folder of this run's scenes and masks: `<workspace>/<aoi name>/<digest>`.
+
+    The digest covers what shapes those files (`scene_folder_digest`). A local workspace is made
+    absolute so worker processes agree on it.
+    """
+    root = Workspace(settings.workspace)
+    if not root.is_s3:
+        root = Workspace(str(Path(settings.workspace).resolve()))
+    digest = scene_folder_digest(aoi, grid, settings.read, settings.mask)
+    return Workspace(root.uri(f"{aoi_name(settings.aoi)}/{digest}"))
 
 
 class StepProgress:
@@ -111,7 +128,7 @@ def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOut
     """
     logger = get_run_logger()
     aoi, grid = aoi_and_grid(settings)
-    workspace = run_workspace(settings)
+    workspace = run_workspace(settings, aoi, grid)
     storage = result_storage(workspace)
     read_task = read_scene_task.with_options(cache_policy=READ_CACHE, persist_result=True, result_storage=storage)
     mask_task = mask_scene_task.with_options(cache_policy=MASK_CACHE, persist_result=True, result_storage=storage)
@@ -191,21 +208,14 @@ def load_bucket(block_name: str | None) -> S3Bucket | None:
     return S3Bucket.load(block_name) if block_name else None
 
 
-def run_month(settings: MosaicSettings) -> Month:
-    """The month to build: the setting, else the month before the run's scheduled start."""
-    if settings.month:
-        return Month.parse(settings.month)
-    return Month.before(runtime.flow_run.scheduled_start_time)
-
-
 @flow(name="monthly-mosaic", **slack_state_hooks())
 def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     """Build the cloud-free mosaic of one AOI and month and publish its products."""
     logger = get_run_logger()
-    month = run_month(settings)
+    month = Month.for_run(settings.month, runtime.flow_run.scheduled_start_time)
     name = aoi_name(settings.aoi)
-    aoi, grid = aoi_and_grid(settings)
-    workspace = run_workspace(settings)
+    aoi, grid = checked_inputs(settings)
+    workspace = run_workspace(settings, aoi, grid)
     logger.info("%s %s: grid %s, %d x %d px", name, month.label, grid.crs, grid.shape.x, grid.shape.y)
 
     items = search_scenes_task(aoi, month.label, settings.search)  # raises NoScenesFound when empty
@@ -260,7 +270,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         month=month.label,
         scenes_found=len(items),
         scenes_used=len(used),
-        failed_scenes=[(failure.item_id, failure.reason) for failure in outcomes.failed],
+        failed_scenes=list(outcomes.failed),
         valid_share=result.valid_share,
         product_urls=urls,
         flow_run_name=runtime.flow_run.name,

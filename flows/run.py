@@ -5,7 +5,8 @@
 
 `--settings` takes a YAML or JSON file of `MosaicSettings` fields (the same shape as a deployment's
 `parameters.settings` in prefect.yaml); the other options override it. Bad input ends with one line
-on stderr naming the problem, and exit status 2.
+on stderr naming the problem, and exit status 2; a run that fails (no scene, too many failed
+scenes) ends with its reason and status 1.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from flows.parameters import MosaicSettings
 from tasks.errors import MosaicError
 
 INPUT_ERROR_STATUS = 2
+RUN_FAILED_STATUS = 1
 
 
 def settings_from_arguments(arguments: argparse.Namespace) -> MosaicSettings:
@@ -30,10 +32,12 @@ def settings_from_arguments(arguments: argparse.Namespace) -> MosaicSettings:
     if arguments.settings:
         text = Path(arguments.settings).read_text()
         fields = json.loads(text) if arguments.settings.endswith(".json") else yaml.safe_load(text) or {}
+        if not isinstance(fields, dict):
+            raise ValueError("it holds no mapping of settings")
     overrides = {"aoi": arguments.aoi, "month": arguments.month, "output_dir": arguments.output_dir, "workspace": arguments.workspace}
     fields.update({name: value for name, value in overrides.items() if value is not None})
     if arguments.masker:
-        fields["mask"] = {**fields.get("mask", {}), "masker": arguments.masker}
+        fields["mask"] = {**(fields.get("mask") or {}), "masker": arguments.masker}
     return MosaicSettings.model_validate(fields)
 
 
@@ -76,14 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, yaml.YAMLError) as error:
         print(f"error: settings file {arguments.settings} cannot be read ({error})", file=sys.stderr)
         return INPUT_ERROR_STATUS
-    from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic
+    from flows.monthly_mosaic import checked_inputs, monthly_mosaic
 
     try:
-        aoi_and_grid(settings)  # input problems end here, in one line, before a run starts
-        report = monthly_mosaic(settings)
+        checked_inputs(settings)  # input problems end here, in one line, before a run starts
     except MosaicError as error:
         print(f"error: {error}", file=sys.stderr)
         return INPUT_ERROR_STATUS
+    try:
+        report = monthly_mosaic(settings)
+    except MosaicError as error:
+        print(f"run failed: {error}", file=sys.stderr)
+        return RUN_FAILED_STATUS
     print_report(report)
     return 0
 

@@ -4,6 +4,7 @@ The AOI becomes one (multi)polygon `odc.geo.geom.Geometry` carrying its CRS. Eve
 one-line `InvalidAOI` that names the source and the problem.
 """
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import shapely
 import shapely.wkt
+from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
@@ -19,16 +21,20 @@ from shapely.validation import explain_validity
 from tasks.errors import InvalidAOI
 
 WGS84 = "EPSG:4326"
-BBOX_PATTERN = re.compile(r"^\s*(-?[\d.]+(?:e-?\d+)?\s*,\s*){3}-?[\d.]+(?:e-?\d+)?\s*$", re.IGNORECASE)
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+BBOX_PATTERN = re.compile(rf"^\s*(?:{NUMBER}\s*,\s*){{3}}{NUMBER}\s*$", re.IGNORECASE)
 EWKT_PATTERN = re.compile(r"^\s*SRID=(\d+);(.*)$", re.IGNORECASE | re.DOTALL)
 WKT_KEYWORDS = ("POINT", "MULTIPOINT", "LINESTRING", "MULTILINESTRING", "POLYGON", "MULTIPOLYGON", "GEOMETRYCOLLECTION")
+AOI_SEGMENTS_PER_SIDE = 256
+"""Densification of AOI edges before reprojection, in segments per bounding-box side."""
 ACCEPTED_FORMS = "a GeoPackage, GeoJSON or Shapefile path or URL, a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326"
 
 
 def aoi_name(source: str) -> str:
-    """A short name for output files: the vector file's stem, or 'aoi' for WKT and bbox strings."""
+    """A short name for output files: the vector file's stem; for WKT and bbox strings 'aoi-' and a
+    digest of the text, so two inline AOIs never publish to the same folder."""
     if _is_inline(source):
-        return "aoi"
+        return f"aoi-{hashlib.sha256(source.strip().encode()).hexdigest()[:8]}"
     stem = Path(source.split("?")[0]).stem
     return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "aoi"
 
@@ -110,9 +116,21 @@ def _checked(shape: shapely.Geometry, crs: Any, source: str) -> Geometry:
     return Geometry(shapely.union_all(polygonal), crs=crs)
 
 
+def aoi_in_crs(aoi: Geometry, crs: Any) -> Geometry:
+    """The AOI in `crs`, its edges densified first: a straight edge in one CRS is a curve in another.
+
+    No segment is longer than 1/`AOI_SEGMENTS_PER_SIDE` of the AOI's larger bounding-box side.
+    """
+    crs = CRS(crs)
+    if aoi.crs == crs:
+        return aoi
+    left, bottom, right, top = aoi.boundingbox
+    return aoi.to_crs(crs, resolution=max(right - left, top - bottom) / AOI_SEGMENTS_PER_SIDE)
+
+
 def aoi_pixel_mask(aoi: Geometry, grid: GeoBox) -> np.ndarray:
     """Boolean (y, x) array on `grid`: True where the pixel centre lies inside the AOI."""
-    outline = aoi.to_crs(grid.crs)
+    outline = aoi_in_crs(aoi, grid.crs)
     return geometry_mask(
         [outline.geom], out_shape=grid.shape.yx, transform=grid.affine, invert=True, all_touched=False
     )

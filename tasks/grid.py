@@ -12,6 +12,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from pyproj import CRS as ProjCRS
 
+from tasks.aoi import aoi_in_crs
 from tasks.errors import InvalidSettings
 
 METRES_PER_DEGREE_LATITUDE = 111_320.0
@@ -38,6 +39,11 @@ def resolution_in_crs_units(crs: CRS, resolution_m: float) -> float:
     return resolution_m / axis_units_in_metres
 
 
+def pixel_size_m(grid: GeoBox) -> float:
+    """The grid's pixel width in metres (degrees of latitude, or feet, converted)."""
+    return abs(grid.resolution.x) / resolution_in_crs_units(grid.crs, 1.0)
+
+
 def grid_for_aoi(aoi: Geometry, target_crs: str | None, resolution_m: float) -> GeoBox:
     """The pixel-aligned grid covering `aoi` in `target_crs` (None: UTM of the centroid).
 
@@ -50,7 +56,7 @@ def grid_for_aoi(aoi: Geometry, target_crs: str | None, resolution_m: float) -> 
             f"target_crs {target_crs!r} is not a known CRS ({error}); give e.g. 'EPSG:32633'"
         ) from None
     resolution = resolution_in_crs_units(crs, resolution_m)
-    grid = GeoBox.from_geopolygon(aoi.to_crs(crs), resolution=resolution, crs=crs)
+    grid = GeoBox.from_geopolygon(aoi_in_crs(aoi, crs), resolution=resolution, crs=crs)
     if grid.is_empty() or not all(math.isfinite(v) for v in grid.affine[:6]):
         raise InvalidSettings(
             f"the AOI does not project into {crs} at {resolution_m} m; choose a CRS that covers it"

@@ -45,7 +45,7 @@ from prefect.concurrency.sync import concurrency
 from tasks.device import compute_device
 from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
 from tasks.gdal_env import gdal_env
-from tasks.grid import resolution_in_crs_units
+from tasks.grid import pixel_size_m
 from tasks.logs import stage_logger
 from tasks.mask_rules import (
     average_down,
@@ -236,11 +236,6 @@ def predict_cloud_classes(
     with _inference_lock:
         classes = predict_with_fallback(predict, settings.batch_size)
     return classes[0, :height, :width].astype(np.uint8)
-
-
-def pixel_size_m(grid: GeoBox) -> float:
-    """The grid's pixel width in metres (degrees of latitude converted for a geographic CRS)."""
-    return abs(grid.resolution.x) / resolution_in_crs_units(grid.crs, 1.0)
 
 
 def model_classes_on_grid(

@@ -91,7 +91,8 @@ def dilate_disk(region: np.ndarray, radius_px: float) -> np.ndarray:
     np.cumsum(region, axis=1, out=row_prefix[:, 1:])
     columns = np.arange(width)
     grown = np.zeros_like(region)
-    for row_offset in range(-reach, reach + 1):
+    # Offsets of a whole scene height or more reach no row of the region.
+    for row_offset in range(-min(reach, height - 1), min(reach, height - 1) + 1):
         half_width = math.floor(math.sqrt(radius_px**2 - row_offset**2))
         right = np.minimum(columns + half_width + 1, width)
         left = np.maximum(columns - half_width, 0)

@@ -42,6 +42,11 @@ class Month:
         return following - timedelta(microseconds=1)
 
     @classmethod
+    def for_run(cls, month: str | None, scheduled_start: datetime) -> "Month":
+        """The month a run builds: `month` ('YYYY-MM') when given, else the one before its scheduled start."""
+        return cls.parse(month) if month else cls.before(scheduled_start)
+
+    @classmethod
     def before(cls, moment: datetime) -> "Month":
         """The month before the one holding `moment` (e.g. a scheduled run on 2024-07-02 -> 2024-06)."""
         return cls(moment.year, moment.month - 1) if moment.month > 1 else cls(moment.year - 1, 12)

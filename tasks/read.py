@@ -28,7 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from tasks.aoi import aoi_pixel_mask
+from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.logs import stage_logger
@@ -99,7 +99,7 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
     """
     footprint = Geometry(item.footprint, crs=FOOTPRINT_CRS).to_crs(grid.crs, resolution=FOOTPRINT_SEGMENT_DEG)
     # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
-    region = (footprint & aoi.to_crs(grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
+    region = (footprint & aoi_in_crs(aoi, grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
     if region.is_empty or region.area == 0:
         raise SceneOutsideAOI(item.item_id)
     subgrid = grid[grid.overlap_roi(grid.enclosing(region))]

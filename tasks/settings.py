@@ -5,7 +5,7 @@ composes them, so the Prefect UI renders one validated form. Models are frozen a
 fields, so a typo in a deployment's parameters fails before any work starts.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,7 +101,7 @@ class MaskSettings(FrozenSettings):
 class CompositeSettings(FrozenSettings):
     """How the clear observations become one value per pixel."""
 
-    percentile: float | Literal["median"] = Field(
+    percentile: Annotated[float, Field(ge=0, le=100)] | Literal["median"] = Field(
         25.0, description="Per-band percentile of valid observations, 0..100; 'median' = 50."
     )
     block_size: int = Field(1024, ge=64, le=8192, description="Output block edge in pixels; bounds memory.")

@@ -23,6 +23,7 @@ from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.errors import InvalidProduct
+from tasks.grid import pixel_size_m
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, attribution
 from tasks.scene import NODATA
 
@@ -63,10 +64,6 @@ def _statistics(statistics: BandStatistics) -> Statistics | None:
     )
 
 
-def _grid_resolution(run: ProductRun) -> float:
-    return abs(run.grid.resolution.x)
-
-
 def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandStatistics, ...]) -> pystac.Asset:
     asset = pystac.Asset(
         href=f"./{names.mosaic}",
@@ -81,7 +78,7 @@ def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandSt
             data_type=DataType.UINT16,
             scale=REFLECTANCE_SCALE_FACTOR,
             offset=0.0,
-            spatial_resolution=_grid_resolution(run),
+            spatial_resolution=pixel_size_m(run.grid),
             statistics=_statistics(band_statistics),
         )
         for band_statistics in statistics
@@ -110,7 +107,7 @@ def _count_asset(run: ProductRun, names: ProductNames, statistics: BandStatistic
     RasterExtension.ext(asset).bands = [
         RasterBand.create(
             data_type=DataType.UINT8,
-            spatial_resolution=_grid_resolution(run),
+            spatial_resolution=pixel_size_m(run.grid),
             statistics=_statistics(statistics),
         )
     ]

@@ -18,6 +18,8 @@ from typing import Any
 from tasks.gdal_env import gdal_path
 
 S3_SCHEME = "s3://"
+FILE_MODE = 0o644
+"""Permissions of committed local files: readable by all (a shared output folder, a web server)."""
 
 
 class Workspace:
@@ -82,6 +84,7 @@ class Workspace:
         staged_path = Path(temporary)
         try:
             yield staged_path
+            staged_path.chmod(FILE_MODE)  # mkstemp made it private (0600)
             self._commit(staged_path, name)
         finally:
             staged_path.unlink(missing_ok=True)

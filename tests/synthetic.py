@@ -33,6 +33,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, polygon
 
+from tasks.grid import pixel_size_m
+
 # --- Product conventions (Earth Search v1, collection sentinel-2-l2a) ---------------------------
 COLLECTION_ID = "sentinel-2-l2a"
 STAC_VERSION = "1.0.0"
@@ -91,7 +93,6 @@ CLOUD_FEATURE_M = 12_000.0
 """Typical size of a cloud field's structures, in metres."""
 PARTIAL_SWATH_EDGE = (0.45, 0.25)
 """On a partial date, data lies east of a line from this fraction of the width at the top to that at the bottom."""
-METRES_PER_DEGREE = 111_320.0
 
 SyntheticSurface = tuple[np.ndarray, np.ndarray]
 """(reflectance (4,H,W) uint16 on the grid, SCL classes (h,w) uint8 on the half-resolution grid)."""
@@ -211,12 +212,6 @@ def shifted(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def jittered(truth: np.ndarray, jitter: RadiometricJitter) -> np.ndarray:
     """The clear-sky observation of `truth` under `jitter`, rounded and kept within [1, 65535] (float64)."""
     return np.clip(np.round(truth * jitter.gain + jitter.offset_dn), 1, 65535)
-
-
-def pixel_size_m(grid: GeoBox) -> float:
-    """The grid's pixel width in metres (degrees converted with the length of a degree of latitude)."""
-    size = abs(grid.resolution.x)
-    return size * METRES_PER_DEGREE if grid.crs.geographic else size
 
 
 def shadow_offset_px(grid: GeoBox) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """AOI loading: vector files in a projected CRS, WKT, EWKT, bbox, and a one-line error per bad input."""
 
+import re
 from pathlib import Path
 
 import geopandas
@@ -56,7 +57,10 @@ def test_wkt_is_wgs84() -> None:
     aoi = load_aoi("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))")
     assert aoi.crs.epsg == 4326
     assert aoi.geom.bounds == (9, 47, 10, 48)
-    assert aoi_name("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))") == "aoi"
+    wkt_name = aoi_name("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))")
+    assert re.fullmatch(r"aoi-[0-9a-f]{8}", wkt_name)
+    assert wkt_name == aoi_name(" POLYGON((9 47, 10 47, 10 48, 9 48, 9 47)) ")
+    assert aoi_name("9,47,10,48") != aoi_name("9,47,10,48.5")
 
 
 def test_ewkt_carries_its_srid() -> None:
@@ -157,3 +161,9 @@ def test_pixel_mask_marks_pixel_centres_inside_the_aoi() -> None:
     assert mask.sum() == (2_000 // 100) * (1_000 // 100)
     rows, columns = np.nonzero(mask)
     assert (rows.min(), rows.max(), columns.min(), columns.max()) == (10, 19, 10, 29)
+
+
+@pytest.mark.parametrize("bbox", ["1.2.3,0,2,1", ".,0,1,1"])
+def test_malformed_bbox_is_an_aoi_error(bbox: str) -> None:
+    with pytest.raises(InvalidAOI):
+        load_aoi(bbox)

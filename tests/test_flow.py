@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 import rasterio
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter
+from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
 from prefect_aws import AwsCredentials, S3Bucket
@@ -23,7 +23,7 @@ from blocks.slack import SlackNotifier
 from flows.caching import READ_CACHE, RESULTS_FOLDER
 from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic, run_workspace
 from flows.parameters import MosaicSettings
-from tasks.errors import TooManyFailedScenes
+from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS
 from tasks.search import scene_from_item
 from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
@@ -61,10 +61,12 @@ def asset_key_of(served: ServedMonth, item_index: int, band: str = "red") -> str
     return served.month.items[item_index]["assets"][band]["href"].removeprefix("s3://")
 
 
-def run_log_messages() -> list[str]:
+def log_messages_since(start: datetime) -> list[str]:
+    """Messages of every run log written since `start` (the harness is shared by the whole session)."""
     APILogWorker.drain_all(timeout=5)
     with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(LogFilter(), limit=200)]
+        logs = client.read_logs(LogFilter(timestamp=LogFilterTimestamp(after_=start)), limit=200)
+    return [log.message for log in logs]
 
 
 def test_month_completes_with_products_in_s3_and_a_slack_success(
@@ -89,11 +91,12 @@ def test_transient_asset_failures_are_retried_and_logged(
     # the asset fails twice at the pipeline level and succeeds on its third attempt.
     gdal_requests_per_attempt = 1 + int(REMOTE_COG_OPTIONS["GDAL_HTTP_MAX_RETRY"])
     s3_server.fail_next(asset_key_of(served, 0), 2 * gdal_requests_per_attempt)
+    started = datetime.now(UTC)
 
     report = monthly_mosaic(flow_settings(served, tmp_path / "ws"))
 
     assert not report.failed_scenes and report.scenes_used == report.scenes_found
-    retries = [message for message in run_log_messages() if served.item_ids[0] in message and "retrying" in message]
+    retries = [message for message in log_messages_since(started) if served.item_ids[0] in message and "retrying" in message]
     assert len(retries) == 2, "both failed attempts should show in the run's logs"
 
 
@@ -145,7 +148,7 @@ def test_rerunning_the_same_parameters_reads_no_scene(
 def finished_reads(settings: MosaicSettings, served: ServedMonth) -> set[str]:
     """Item ids whose read has a persisted cache record in the workspace (the read task finished)."""
     aoi, grid = aoi_and_grid(settings)
-    workspace = run_workspace(settings)
+    workspace = run_workspace(settings, aoi, grid)
     records = Path(workspace.uri(RESULTS_FOLDER))
     finished = set()
     for item in served.month.items:
@@ -179,8 +182,10 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
         while not finished_reads(settings, served) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    assert process.returncode == -signal.SIGKILL, f"the run ended by itself (status {process.returncode}) before the kill"
     finished_before_kill = finished_reads(settings, served)
     assert finished_before_kill and len(finished_before_kill) < len(served.item_ids), "the kill should land mid-acquisition"
     s3_server.reset_counters()
@@ -190,7 +195,19 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
     assert report.scenes_used == len(served.item_ids)
     for item_id in served.item_ids:
         assert (s3_server.requests_for(item_id) == 0) == (item_id in finished_before_kill), item_id
-    scenes_dir = Path(run_workspace(settings).uri("scenes"))
+    scenes_dir = Path(run_workspace(settings, *aoi_and_grid(settings)).uri("scenes"))
     for scene_file in scenes_dir.glob("S2*.tif"):
         with rasterio.open(scene_file) as scene:
             scene.read()
+
+
+def test_missing_model_weights_stop_the_run_before_any_scene_is_read(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws", mask={"masker": "ocm+scl", "model_dir": str(tmp_path / "no_weights")})
+    s3_server.reset_counters()
+
+    with pytest.raises(MissingModelWeights, match="download-models"):
+        monthly_mosaic(settings)
+
+    assert s3_server.requests_for(f"/{served.bucket}/") == 0

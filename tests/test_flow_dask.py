@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from blocks.publish import ITEM_PRODUCT
-from flows.monthly_mosaic import monthly_mosaic
+from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic, run_workspace
 from tasks.mask import mask_name_for
 from tasks.read import scene_file_name
 from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
@@ -84,13 +84,12 @@ def test_dask_local_cluster_completes_month_with_s3_workspace(
     for url in report.product_urls.values():
         assert Path(url).is_file() and Path(url).stat().st_size > 0, url
 
-    workspace_keys = s3_server.keys(bucket, f"{WORKSPACE_PREFIX}/")
-    stored = [
-        item_id for item_id in served.item_ids if f"{WORKSPACE_PREFIX}/{scene_file_name(item_id)}" in workspace_keys
-    ]
+    scene_prefix = run_workspace(settings, *aoi_and_grid(settings)).uri("").removeprefix(f"s3://{bucket}/")
+    workspace_keys = s3_server.keys(bucket, scene_prefix)
+    stored = [item_id for item_id in served.item_ids if f"{scene_prefix}{scene_file_name(item_id)}" in workspace_keys]
     assert len(stored) == report.scenes_found
     for item_id in stored:
-        assert f"{WORKSPACE_PREFIX}/{mask_name_for(scene_file_name(item_id))}" in workspace_keys
+        assert f"{scene_prefix}{mask_name_for(scene_file_name(item_id))}" in workspace_keys
 
     assert len(task_workers.worker_of) == 2 * len(stored), task_workers.worker_of  # a read and a mask per scene
     assert len(set(task_workers.worker_of.values())) == DASK_WORKERS, task_workers.worker_of

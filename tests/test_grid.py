@@ -2,9 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
+import shapely
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from rasterio.features import geometry_mask
 
 from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.errors import InvalidSettings
@@ -126,3 +129,13 @@ def test_grid_metadata_is_plain_json() -> None:
     assert metadata["transform"] == list(grid.affine[:6])
     left, bottom, right, top = metadata["bounds"]
     assert math.isclose(right - left, grid.shape.x * 10) and math.isclose(top - bottom, grid.shape.y * 10)
+
+
+def test_a_wide_lat_lon_box_keeps_its_curved_edges_in_utm() -> None:
+    """Lines of latitude are curves in UTM: reprojecting only the corners would drop ~1650 edge pixels here."""
+    box = load_aoi("9,60,15,61")
+    grid = grid_for_aoi(box, None, 1000)
+    curved = Geometry(shapely.segmentize(box.geom, 0.001), crs=box.crs).to_crs(grid.crs)
+    expected = geometry_mask([curved.geom], out_shape=grid.shape.yx, transform=grid.affine, invert=True)
+    assert grid.extent.contains(curved.buffer(-1000))
+    np.testing.assert_array_equal(aoi_pixel_mask(box, grid), expected)

@@ -17,6 +17,7 @@ from bench.mask import write_random_weights
 from tasks import mask as mask_module
 from tasks import torch_compat
 from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights
+from tasks.grid import pixel_size_m
 from tasks.mask import (
     GPU_CONCURRENCY_LIMIT,
     check_model_weights,
@@ -443,4 +444,12 @@ def test_task_in_flow_with_gpu_slot_without_limit(prefect_harness, monkeypatch: 
     assert GPU_CONCURRENCY_LIMIT == "gpu"
     assert mask_one() == ("scenes/S2X_TASK_mask.tif", True)
     assert (tmp_path / "scenes/S2X_TASK_mask.tif").is_file()
-    assert math.isclose(mask_module.pixel_size_m(grid), 10.0)
+    assert math.isclose(pixel_size_m(grid), 10.0)
+
+
+def test_buffer_wider_than_a_thin_scene_covers_it() -> None:
+    thin_scene = np.zeros((5, 40), dtype=bool)
+    thin_scene[2, 20] = True
+    grown = dilate_disk(thin_scene, radius_px=8)
+    assert grown.shape == thin_scene.shape
+    assert grown[:, 20].all() and grown[2, 12:29].all() and not grown[2, :11].any()

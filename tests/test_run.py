@@ -28,6 +28,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
         (["--aoi", "POINT(9 47)", "--month", "2024-06"], "has no polygon"),
         (["--settings", "/nowhere/settings.yaml"], "settings file /nowhere/settings.yaml cannot be read"),
     ],
+    ids=["missing AOI file", "month 13", "point AOI", "missing settings file"],
 )
 def test_bad_input_ends_in_one_line_and_status_2(arguments: list[str], problem: str) -> None:
     finished = run_cli(*arguments)
@@ -41,6 +42,13 @@ def test_an_unknown_setting_in_the_file_is_named(tmp_path: Path) -> None:
     settings_file.write_text(yaml.safe_dump({"aoi": "9,47,10,48", "grid": {"resolution": 10}}))
     finished = run_cli("--settings", str(settings_file))
     assert finished.returncode == 2 and "grid.resolution: Extra inputs are not permitted" in finished.stderr
+
+
+def test_a_settings_file_without_a_mapping_is_named(tmp_path: Path) -> None:
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("- just\n- a list\n")
+    finished = run_cli("--settings", str(settings_file), "--masker", "scl")
+    assert finished.returncode == 2 and "holds no mapping of settings" in finished.stderr
 
 
 def test_a_settings_file_with_overrides_runs_the_month(
