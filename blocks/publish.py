@@ -23,7 +23,7 @@ from prefect_aws.s3 import S3Bucket
 
 from tasks.errors import InvalidSettings
 from tasks.month import Month
-from tasks.retry import io_task_retries, retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_io_failure
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
@@ -123,5 +123,5 @@ def content_type(path: Path) -> str:
 publish_products_task = task(
     publish_products,
     name="publish-products",
-    **io_task_retries(retry_unless_mosaic_error),
+    **io_task_retries(retry_io_failure),
 )

@@ -33,12 +33,12 @@ from rasterio.windows import Window
 
 from tasks.aoi import aoi_pixel_mask
 from tasks.device import compute_device
-from tasks.errors import SceneReadError
+from tasks.errors import SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env
 from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
-from tasks.retry import io_task_retries, retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass
 from tasks.settings import CompositeSettings
 from tasks.workspace import Workspace
@@ -193,8 +193,8 @@ def read_block_stack(sources: list[SceneFiles], block_grid: GeoBox) -> tuple[np.
         try:
             reflectance = source.bands.read(REFLECTANCE_BAND_INDEXES, window=window)
             mask = source.mask.read(1, window=window)
-        except RasterioIOError as error:
-            raise SceneReadError(source.scene.item_id, source.scene.name, f"window read failed ({error})") from None
+        except RasterioIOError as error:  # the file opened: a failing read is I/O trouble, worth a retry
+            raise TransientReadError(f"{source.scene.name}: window read failed ({error})") from error
         stack[(index, slice(None), *block_roi)] = reflectance
         usable[(index, *block_roi)] = (mask == MaskClass.CLEAR) & (reflectance != NODATA).all(axis=0)
     return stack, usable, [source.scene.item_id for source, _, _ in overlapping]
@@ -293,6 +293,6 @@ def composite(
 composite_task = task(
     composite,
     name="composite",
-    **io_task_retries(retry_unless_mosaic_error),
+    **io_task_retries(retry_io_failure),
     cache_policy=NO_CACHE,
 )

@@ -58,7 +58,7 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.retry import io_task_retries, retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
@@ -314,7 +314,7 @@ def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
     return nullcontext()
 
 
-@task(**io_task_retries(retry_unless_mosaic_error), cache_policy=NO_CACHE)
+@task(**io_task_retries(retry_io_failure), cache_policy=NO_CACHE)
 def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
     """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
     with gpu_slot(settings):

@@ -33,7 +33,7 @@ from tasks.cog import (
 from tasks.metadata import ProductNames, ProductRun, band_statistics, metadata_json
 from tasks.month import Month
 from tasks.quicklook import write_quicklook
-from tasks.retry import io_task_retries, retry_unless_mosaic_error
+from tasks.retry import io_task_retries, retry_io_failure
 from tasks.stac_item import build_item, item_json
 from tasks.workspace import Workspace
 
@@ -84,7 +84,7 @@ def write_products(workspace: Workspace, run: ProductRun, mosaic_staging: Path, 
 
 @task(
     name="write-products",
-    **io_task_retries(retry_unless_mosaic_error),
+    **io_task_retries(retry_io_failure),
     cache_policy=NO_CACHE,
 )
 def write_products_task(workspace: Workspace, run: ProductRun, mosaic_staging: Path, count_staging: Path) -> ProductNames:

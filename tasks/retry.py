@@ -6,9 +6,10 @@ The conditions follow Prefect's `retry_condition_fn(task, task_run, state) -> bo
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import MosaicError, TransientReadError
+from tasks.errors import TransientReadError
 
 
 def _error_of(state: Any) -> BaseException | None:
@@ -22,9 +23,12 @@ def retry_transient_failure(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(error, TransientReadError) or isinstance(getattr(error, "__cause__", None), TransientReadError)
 
 
-def retry_unless_mosaic_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry unexpected failures (workspace or S3 I/O), never our own one-line errors or a missing file."""
-    return not isinstance(_error_of(state), (MosaicError, FileNotFoundError))
+def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures (workspace or S3, transient reads), never a missing file, a bug or a bad input."""
+    error = _error_of(state)
+    if isinstance(error, FileNotFoundError):
+        return False
+    return isinstance(error, (OSError, TransientReadError, BotoCoreError, ClientError))
 
 
 IO_TASK_RETRIES = 3
