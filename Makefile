@@ -29,4 +29,4 @@ bench: install
 	for script in bench/*.py; do $(TEST_ENV) $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) output .pytest_cache
+	rm -rf $(VENV) output workspace .pytest_cache

@@ -22,7 +22,7 @@ from tasks.mask import (
     model_version_for,
 )
 from tasks.settings import GridSettings, MaskSettings, SearchSettings
-from tests.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid
+from tests.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid, write_aoi
 
 DEMO_ROOT = Path("workspace")
 DEMO_DATA = DEMO_ROOT / "demo-month"
@@ -40,32 +40,7 @@ def write_demo_inputs() -> tuple[Path, Path]:
     month = make_synthetic_month(DEMO_DATA, grid=DEMO_GRID, duplicated_dates=DEFAULT_DATES[1:2], seed=7)
     item_collection = DEMO_DATA / "items.json"
     item_collection.write_text(json.dumps({"type": "FeatureCollection", "features": list(month.items)}))
-    left, bottom, right, top = DEMO_GRID.extent.boundingbox
-    inset_x, inset_y = (right - left) * AOI_INSET, (top - bottom) * AOI_INSET
-    aoi = {
-        "type": "FeatureCollection",
-        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
-        "features": [
-            {
-                "type": "Feature",
-                "properties": {"name": "demo"},
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [
-                        [
-                            [left + inset_x, bottom + inset_y],
-                            [right - inset_x, bottom + 2 * inset_y],
-                            [right - inset_x, top - inset_y],
-                            [left + 2 * inset_x, top - inset_y],
-                            [left + inset_x, bottom + inset_y],
-                        ]
-                    ],
-                },
-            }
-        ],
-    }
-    aoi_path = DEMO_DATA / "demo_aoi.geojson"
-    aoi_path.write_text(json.dumps(aoi))
+    aoi_path = write_aoi(DEMO_GRID, DEMO_DATA / "demo_aoi.geojson", inset_px=round(AOI_INSET * DEMO_GRID.shape.x))
     return item_collection, aoi_path
 
 

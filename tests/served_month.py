@@ -4,22 +4,25 @@ Flow and deployment tests build one with `serve_synthetic_month` and point `Mosa
 with `flow_settings`; nothing in the flow knows it is a test.
 """
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from odc.geo.geobox import GeoBox
-
 from flows.parameters import MosaicSettings
 from tests.servers import S3Server
-from tests.synthetic import COLLECTION_ID, DEFAULT_DATES, SyntheticMonth, make_synthetic_month, synthetic_grid
+from tests.synthetic import (
+    COLLECTION_ID,
+    DEFAULT_DATES,
+    SyntheticMonth,
+    make_synthetic_month,
+    synthetic_grid,
+    write_aoi,
+)
 
 SERVED_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
 """5.12 km of 20 m pixels in EPSG:32633: a whole month reads, masks and composites in seconds."""
-AOI_INSET_PX = 20
 
 
 @dataclass(frozen=True)
@@ -39,30 +42,6 @@ class ServedMonth:
     @property
     def item_ids(self) -> list[str]:
         return [item["id"] for item in self.month.items]
-
-
-def write_aoi(grid: GeoBox, path: Path, inset_px: int = AOI_INSET_PX) -> Path:
-    """A GeoJSON AOI in the grid's CRS: a quadrilateral `inset_px` inside the grid's edges."""
-    left, bottom, right, top = grid.extent.boundingbox
-    inset = inset_px * abs(grid.resolution.x)
-    ring = [
-        [left + inset, bottom + inset],
-        [right - inset, bottom + 2 * inset],
-        [right - inset, top - inset],
-        [left + 2 * inset, top - inset],
-        [left + inset, bottom + inset],
-    ]
-    epsg = grid.crs.epsg
-    path.write_text(
-        json.dumps(
-            {
-                "type": "FeatureCollection",
-                "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
-                "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}],
-            }
-        )
-    )
-    return path
 
 
 def serve_synthetic_month(
@@ -85,7 +64,7 @@ def serve_synthetic_month(
     options = {"grid": SERVED_GRID, "duplicated_dates": DEFAULT_DATES[1:2], **month_options}
     month = make_synthetic_month(data_dir, href_for=upload, **options)
     api_url = stac_api_factory(month.collection, list(month.items))
-    return ServedMonth(month, api_url, bucket, write_aoi(SERVED_GRID, work_dir / "served_aoi.geojson"))
+    return ServedMonth(month, api_url, bucket, write_aoi(SERVED_GRID, work_dir / "served_aoi.geojson", inset_px=20))
 
 
 def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) -> MosaicSettings:

@@ -20,6 +20,7 @@ removed, in red, green, blue, nir order):
 Used by the tests of every stage and by the demo, so it imports nothing from pytest.
 """
 
+import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -523,3 +524,27 @@ def make_synthetic_month(
         data_mask=masks["data"],
         jitter=jitters,
     )
+
+
+def write_aoi(grid: GeoBox, path: Path, inset_px: int) -> Path:
+    """A GeoJSON AOI in the grid's CRS: a quadrilateral `inset_px` inside the grid's edges."""
+    left, bottom, right, top = grid.extent.boundingbox
+    inset = inset_px * abs(grid.resolution.x)
+    ring = [
+        [left + inset, bottom + inset],
+        [right - inset, bottom + 2 * inset],
+        [right - inset, top - inset],
+        [left + 2 * inset, top - inset],
+        [left + inset, bottom + inset],
+    ]
+    epsg = grid.crs.epsg
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
+                "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}],
+            }
+        )
+    )
+    return path
