@@ -37,9 +37,13 @@ class Month:
         return datetime(self.year, self.month, 1, tzinfo=UTC)
 
     @property
+    def following_start(self) -> datetime:
+        """The first instant of the next month: the exclusive end of this one."""
+        return datetime(self.year + self.month // 12, self.month % 12 + 1, 1, tzinfo=UTC)
+
+    @property
     def end(self) -> datetime:
-        following = datetime(self.year + self.month // 12, self.month % 12 + 1, 1, tzinfo=UTC)
-        return following - timedelta(microseconds=1)
+        return self.following_start - timedelta(microseconds=1)
 
     @classmethod
     def for_run(cls, month: str | None, scheduled_start: datetime) -> "Month":

@@ -31,18 +31,12 @@ from tasks.cog import (
     write_cog,
 )
 from tasks.metadata import ProductNames, ProductRun, band_statistics, metadata_json
-from tasks.month import Month
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries, retry_io_failure
 from tasks.stac_item import build_item, item_json
 from tasks.workspace import Workspace
 
 COUNT_BAND_NAME = "count"
-
-
-def products_complete(workspace: Workspace, aoi_name: str, month: Month) -> bool:
-    """Whether the run's products are all in `workspace` (its STAC Item, written last, is there)."""
-    return workspace.exists(ProductNames.for_run(aoi_name, month).item)
 
 
 @contextmanager

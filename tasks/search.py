@@ -29,12 +29,12 @@ from pystac_client.warnings import DoesNotConformTo
 
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
 from tasks.logs import stage_logger
+from tasks.month import Month
 from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
 from tasks.settings import SearchSettings
 
 WGS84 = "EPSG:4326"
-MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 API_TIMEOUT_S = 60
 """Seconds to wait for one STAC API response."""
 DUPLICATE_WINDOW = timedelta(seconds=60)
@@ -77,17 +77,6 @@ SAFE_BAND_NAMES = AssetNames(
 KNOWN_ASSET_NAMES: tuple[AssetNames, ...] = (EARTH_SEARCH_V1, SAFE_BAND_NAMES)
 
 
-def month_range(month: str) -> tuple[datetime, datetime]:
-    """The UTC interval of `month` ('YYYY-MM'): start inclusive, end exclusive (first instant of the next month)."""
-    match = MONTH_PATTERN.match(month)
-    if not match:
-        raise InvalidSettings(f"month {month!r} is not 'YYYY-MM'; give e.g. '2024-06'")
-    year, month_number = int(match.group(1)), int(match.group(2))
-    start = datetime(year, month_number, 1, tzinfo=UTC)
-    end = datetime(year + month_number // 12, month_number % 12 + 1, 1, tzinfo=UTC)
-    return start, end
-
-
 def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
     """The usable scenes over `aoi` acquired in `month`, one per acquisition, sorted by time.
 
@@ -96,7 +85,8 @@ def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[S
     nothing is left, `TransientReadError` when the API cannot be reached (worth retrying), and
     `InvalidSettings` when the API refuses the search or the file cannot be read.
     """
-    start, end = month_range(month)
+    period = Month.parse(month)
+    start, end = period.start, period.following_start
     aoi_wgs84 = aoi.to_crs(WGS84)
     if settings.item_collection_path:
         raw_items = read_item_file(settings.item_collection_path)

@@ -12,7 +12,7 @@ from tasks.errors import InvalidProduct
 from tasks.gdal_env import gdal_env
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.products import products_complete, write_products
+from tasks.products import write_products
 from tasks.stac_item import validate_item
 from tasks.workspace import Workspace
 from tests.servers import S3Server
@@ -65,7 +65,7 @@ def test_products_land_with_deterministic_names_and_the_item_last(
         assert (output / asset["href"]).is_file(), asset["href"]
     metadata = json.loads((output / names.metadata).read_text())
     assert metadata["attribution"] == "Contains modified Copernicus Sentinel data 2024"
-    assert products_complete(Workspace(str(output)), "l-shaped", Month(2024, 6))
+    assert (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).is_file()
 
 
 def test_a_failure_while_building_leaves_no_product_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +82,7 @@ def test_a_failure_while_building_leaves_no_product_file(tmp_path: Path, monkeyp
         write_products(Workspace(str(output)), run, staging.mosaic_path, staging.count_path)
 
     assert list(output.iterdir()) == []
-    assert not products_complete(Workspace(str(output)), "l-shaped", Month(2024, 6))
+    assert not (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).exists()
 
 
 def test_a_failed_commit_stops_before_the_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +96,7 @@ def test_a_failed_commit_stops_before_the_item(tmp_path: Path, monkeypatch: pyte
 
     assert committed == EXPECTED_NAMES[:3]
     assert sorted(path.name for path in output.iterdir()) == sorted(EXPECTED_NAMES[:3])
-    assert not products_complete(Workspace(str(output)), "l-shaped", Month(2024, 6))
+    assert not (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).exists()
 
 
 def test_an_off_grid_staging_raster_writes_nothing(tmp_path: Path) -> None:
@@ -128,4 +128,4 @@ def test_products_land_in_an_s3_workspace(tmp_path: Path, s3_server: S3Server) -
             assert dataset.crs.to_epsg() == 32633
             assert dataset.transform.almost_equals(staging.grid.affine)
             assert np.array_equal(dataset.read(), staging.mosaic)
-    assert products_complete(workspace, run.aoi_name, run.month)
+    assert workspace.exists(ProductNames.for_run(run.aoi_name, run.month).item)

@@ -3,7 +3,7 @@
 import copy
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,12 +11,12 @@ from odc.geo.geom import box
 from prefect.states import Failed
 
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.month import Month
 from tasks.retry import retry_transient_failure
 from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
 from tasks.search import (
     BOA_OFFSET,
     DN_SCALE,
-    month_range,
     scene_from_item,
     search_scenes,
     tile_id,
@@ -57,21 +57,11 @@ def _write_items(path: Path, items: list[dict]) -> str:
 
 
 def _in_month(items: list[dict], month: str) -> list[dict]:
-    start, end = month_range(month)
-    return [item for item in items if start <= datetime.fromisoformat(item["properties"]["datetime"]) < end]
-
-
-def test_month_range_is_the_utc_month_with_exclusive_end() -> None:
-    assert month_range("2020-03") == (datetime(2020, 3, 1, tzinfo=UTC), datetime(2020, 4, 1, tzinfo=UTC))
-    assert month_range("2023-12") == (datetime(2023, 12, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC))
-
-
-@pytest.mark.parametrize("month", ["2020-13", "2020-3", "2020-00", "March 2020", "2020-03-01", ""])
-def test_bad_month_is_a_one_line_error(month: str) -> None:
-    with pytest.raises(InvalidSettings, match="YYYY-MM") as error:
-        month_range(month)
-    assert repr(month) in str(error.value)
-    assert "\n" not in str(error.value)
+    period = Month.parse(month)
+    return [
+        item for item in items
+        if period.start <= datetime.fromisoformat(item["properties"]["datetime"]) < period.following_start
+    ]
 
 
 def test_earth_search_twins_deduplicate_to_the_offset_baseline(
