@@ -27,7 +27,7 @@ from flows.caching import MASK_CACHE, READ_CACHE, result_storage, scene_folder_d
 from flows.parameters import MosaicSettings, RunnerSettings
 from tasks.aoi import aoi_name, load_aoi
 from tasks.composite import CompositeResult, composite_task
-from tasks.errors import SceneOutsideAOI, TooManyFailedScenes
+from tasks.errors import SceneOutsideAOI, TooManyFailedScenes, first_line
 from tasks.grid import grid_for_aoi
 from tasks.mask import MASKERS_USING_OCM, check_model_weights, mask_scene_task, model_dir_for, model_version_for
 from tasks.metadata import ProductRun
@@ -114,11 +114,6 @@ def finished(futures: Mapping[PrefectFuture, T]) -> Iterator[tuple[T, Any]]:
         yield futures[future], future.result(raise_on_failure=False)
 
 
-def failure_reason(error: BaseException) -> str:
-    """The one-line reason a scene task failed."""
-    return (str(error) or type(error).__name__).splitlines()[0]
-
-
 @flow(name="acquire-scenes")
 def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOutcomes:
     """Read each scene's AOI window onto the grid, then mask it, as reads finish; cached per scene.
@@ -147,12 +142,12 @@ def acquire_scenes(items: list[SceneItem], settings: MosaicSettings) -> SceneOut
         if isinstance(scene_or_error, SceneOutsideAOI):
             outside_aoi.append(item.item_id)
         else:
-            failed.append(FailedScene(item.item_id, failure_reason(scene_or_error)))
+            failed.append(FailedScene(item.item_id, first_line(scene_or_error)))
     masked: list[ClippedScene] = []
     for scene, mask_or_error in finished(mask_futures):
         progress.advance()
         if isinstance(mask_or_error, BaseException):
-            failed.append(FailedScene(scene.item_id, failure_reason(mask_or_error)))
+            failed.append(FailedScene(scene.item_id, first_line(mask_or_error)))
         else:
             masked.append(scene)
     for scene_failure in failed:

@@ -18,7 +18,7 @@ from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 from shapely.validation import explain_validity
 
-from tasks.errors import InvalidAOI
+from tasks.errors import InvalidAOI, first_line
 
 WGS84 = "EPSG:4326"
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
@@ -83,8 +83,7 @@ def _read_vector_file(source: str) -> tuple[shapely.Geometry, Any]:
     try:
         frame = geopandas.read_file(source)
     except (DataSourceError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InvalidAOI(f"AOI {source} cannot be read ({reason}); give {ACCEPTED_FORMS}") from None
+        raise InvalidAOI(f"AOI {source} cannot be read ({first_line(error)}); give {ACCEPTED_FORMS}") from None
     if frame.crs is None:
         raise InvalidAOI(f"AOI {source} has no CRS; save it with one (e.g. as GeoPackage) or give WKT in EPSG:4326")
     geometries = frame.geometry.dropna()

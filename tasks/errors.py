@@ -5,6 +5,12 @@ run page shows it without a stack trace.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class MosaicError(Exception):
     """Base class of every error this project raises on purpose."""
 

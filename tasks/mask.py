@@ -43,7 +43,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from tasks.device import compute_device
-from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights, MosaicError, SceneReadError
+from tasks.errors import (
+    InferenceOutOfMemory,
+    InvalidSettings,
+    MissingModelWeights,
+    MosaicError,
+    SceneReadError,
+    first_line,
+)
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m
 from tasks.logs import stage_logger
@@ -164,8 +171,7 @@ def root_cause(error: BaseException) -> str:
     """The first line of the innermost exception of a chain (the DNS failure under the hub's wrapper)."""
     while (inner := error.__cause__ or error.__context__) is not None:
         error = inner
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return first_line(error)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -29,7 +29,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
-from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
+from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.logs import stage_logger
 from tasks.retry import io_task_retries, retry_transient_failure
@@ -116,11 +116,6 @@ def harmonised_reflectance(digital_numbers: np.ndarray, asset: SceneAsset) -> np
     reflectance = (digital_numbers.astype(np.float64) * asset.scale + asset.offset) * REFLECTANCE_SCALE
     harmonised = np.clip(np.round(reflectance), 1, MAX_HARMONISED)
     return np.where(digital_numbers == NODATA, NODATA, harmonised).astype(np.uint16)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type name when it has none."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def is_remote(href: str) -> bool:

@@ -1,1 +1,5 @@
-"""Tests, one module per project module, and the synthetic-month generator shared with the demo."""
+"""Tests, named after the modules they test, and the synthetic-month generator shared with the demo."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]

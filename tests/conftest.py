@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from tests import REPO_ROOT
 from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_S2 = Path(os.environ.get("S2_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "s2"))
 
 

@@ -24,9 +24,9 @@ import psutil
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 
+from tests import REPO_ROOT
 from tests.servers import LOOPBACK, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_COMMAND = (sys.executable, "-m", "prefect")
 SERVER_START_TIMEOUT_S = 90.0
 CLI_TIMEOUT_S = 120.0

@@ -23,6 +23,8 @@ from typing import Any
 
 import boto3
 
+from tests import REPO_ROOT
+
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 COUNTED_CHUNK_BYTES = 64 * 1024
@@ -35,7 +37,6 @@ S3_ERRORS: dict[int, tuple[str, str]] = {
     503: ("SlowDown", "Please reduce your request rate."),
 }
 """The error code and message real S3 answers with each injected status."""
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RUSTAC_BINARY = REPO_ROOT / ".venv" / "bin" / "rustac"
 CONTROL_PREFIX = "/_traffic/"
 """Path prefix of the S3 server's counter and fault requests; no bucket name can start with '_'."""

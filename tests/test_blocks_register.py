@@ -16,10 +16,10 @@ from prefect_aws.s3 import S3Bucket
 from blocks.publish import ITEM_PRODUCT, publish_products
 from blocks.register import BLOCK_CLASSES, register_all
 from blocks.slack import RunReport, SlackNotifier
+from tests import REPO_ROOT
 from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "basemaps-register"
 SECRET_ACCESS_KEY = "register-test-secret-0123456789"
 """moto accepts any secret; a distinctive one can be searched for in the output."""

@@ -26,12 +26,12 @@ from flows.parameters import MosaicSettings
 from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS
 from tasks.search import scene_from_item
+from tests import REPO_ROOT
 from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.slack_receiver import SlackReceiver
 
 PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "quicklook.png", "metadata.json", "item.json")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_TEST_DATES = tuple(date(2020, 3, day) for day in range(2, 30, 2))
 """Fourteen dates: enough for a kill to land while scenes are still being read."""
 

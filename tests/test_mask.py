@@ -43,9 +43,9 @@ from tasks.mask_rules import (
 from tasks.scene import SCENE_BANDS, ClippedScene, MaskClass
 from tasks.settings import MaskSettings
 from tasks.workspace import Workspace
+from tests import REPO_ROOT
 from tests.synthetic import full_resolution, make_synthetic_month, synthetic_grid
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_VERSION = 4.0
 SMALL_PATCHES = {"patch_size": 128, "patch_overlap": 32, "batch_size": 2}
 DEFAULT_INVALID = MaskSettings().scl_invalid_classes

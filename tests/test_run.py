@@ -8,10 +8,9 @@ import pytest
 import yaml
 
 from flows.run import main
+from tests import REPO_ROOT
 from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tests.servers import S3Server
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
