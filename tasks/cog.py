@@ -13,21 +13,19 @@ empty; `write_cog` copies it to a COG with GDAL's COG driver (512-pixel blocks, 
 horizontal predictor, internal overviews); `validate_cog` checks the result with rio-cogeo.
 """
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import rasterio
 import rasterio.shutil
-from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from rasterio.crs import CRS
-from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import InvalidProduct
+from tasks.grid import grid_blocks
 from tasks.logs import stage_logger
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
 
@@ -94,14 +92,6 @@ COUNT_PROFILE = CogProfile(overview_resampling="nearest")
 """Counts are whole numbers: overviews pick one pixel rather than inventing fractions."""
 
 
-def grid_blocks(grid: GeoBox, block_size: int = PROCESSING_BLOCK_SIZE) -> Iterator[tuple[Window, GeoBox]]:
-    """The grid cut into blocks of `block_size` pixels: each block's raster window and its sub-grid."""
-    tiles = GeoboxTiles(grid, (block_size, block_size))
-    for index in np.ndindex(*tiles.shape.yx):
-        roi = tiles.roi[index]
-        yield Window.from_slices(*roi), grid[roi]
-
-
 def finalise_mosaic(path: Path, aoi: Geometry, grid: GeoBox) -> int:
     """Make the staging mosaic at `path` product-ready, in place; return the pixels it had to empty.
 
@@ -157,7 +147,7 @@ def _check_layout(dataset: rasterio.io.DatasetWriter, path: Path, grid: GeoBox, 
 
 def _empty_outside_aoi(dataset: rasterio.io.DatasetWriter, aoi: Geometry, grid: GeoBox) -> int:
     emptied = 0
-    for window, block_grid in grid_blocks(grid):
+    for window, block_grid in grid_blocks(grid, PROCESSING_BLOCK_SIZE):
         outside = ~aoi_pixel_mask(aoi, block_grid)
         if not outside.any():
             continue

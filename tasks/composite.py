@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from odc.geo.roi import roi_is_empty
 from prefect import task
@@ -35,6 +35,7 @@ from tasks.aoi import aoi_pixel_mask
 from tasks.device import compute_device
 from tasks.errors import SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env
+from tasks.grid import grid_blocks
 from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
@@ -248,7 +249,6 @@ def composite(
     """
     percentile = percentile_value(settings.percentile)
     device = compute_device(settings.device)
-    tiles = GeoboxTiles(grid, (settings.block_size, settings.block_size))
     statistics = _Accumulator(len(REFLECTANCE_BANDS))
     contributing: set[str] = set()
     with ExitStack() as files:
@@ -256,14 +256,11 @@ def composite(
         sources = [_open_scene(scene, grid, workspace, files) for scene in scenes]
         mosaic_out = files.enter_context(_staged_raster(mosaic_path, grid, len(REFLECTANCE_BANDS), "uint16", NODATA))
         count_out = files.enter_context(_staged_raster(count_path, grid, 1, "uint8", None))
-        for tile_index in np.ndindex(*tiles.shape.yx):
-            roi = tiles.roi[tile_index]
-            block_grid = grid[roi]
+        for window, block_grid in grid_blocks(grid, settings.block_size):
             inside_aoi = aoi_pixel_mask(aoi, block_grid)
             # A block the AOI misses reads nothing: no observation gives an empty block.
             stack, usable, item_ids = read_block_stack(sources if inside_aoi.any() else [], block_grid)
             mosaic, count = composite_block(stack, usable, inside_aoi, percentile, device)
-            window = Window.from_slices(*roi)
             mosaic_out.write(mosaic, window=window)
             count_out.write(count, 1, window=window)
             statistics.add(mosaic, count, inside_aoi)

@@ -6,11 +6,14 @@ composite block) are slices of it: `grid[roi]`, with `roi` from `grid.overlap_ro
 """
 
 import math
+from collections.abc import Iterator
 
+import numpy as np
 from odc.geo import CRS
-from odc.geo.geobox import GeoBox
+from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 from pyproj import CRS as ProjCRS
+from rasterio.windows import Window
 
 from tasks.aoi import aoi_in_crs
 from tasks.errors import InvalidSettings
@@ -62,6 +65,14 @@ def grid_for_aoi(aoi: Geometry, target_crs: str | None, resolution_m: float) -> 
             f"the AOI does not project into {crs} at {resolution_m} m; choose a CRS that covers it"
         )
     return grid
+
+
+def grid_blocks(grid: GeoBox, block_size: int) -> Iterator[tuple[Window, GeoBox]]:
+    """The grid cut into blocks of `block_size` pixels: each block's raster window and its sub-grid."""
+    tiles = GeoboxTiles(grid, (block_size, block_size))
+    for index in np.ndindex(*tiles.shape.yx):
+        roi = tiles.roi[index]
+        yield Window.from_slices(*roi), grid[roi]
 
 
 def grid_key(grid: GeoBox) -> str:

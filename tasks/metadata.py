@@ -22,11 +22,11 @@ from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.cog import (
     COUNT_DESCRIPTION,
     MOSAIC_BANDS,
+    PROCESSING_BLOCK_SIZE,
     REFLECTANCE_SCALE_FACTOR,
-    grid_blocks,
 )
 from tasks.errors import InvalidProduct
-from tasks.grid import grid_metadata
+from tasks.grid import grid_blocks, grid_metadata
 from tasks.month import Month
 from tasks.scene import NODATA, ClippedScene, FailedScene
 from tasks.settings import CompositeSettings, MaskSettings
@@ -153,7 +153,7 @@ def band_statistics(path: Path, aoi: Geometry, grid: GeoBox, names: tuple[str, .
         value_count = int(np.iinfo(dataset.dtypes[0]).max) + 1
         histograms = np.zeros((dataset.count, value_count), dtype=np.int64)
         aoi_pixels = 0
-        for window, block_grid in grid_blocks(grid):
+        for window, block_grid in grid_blocks(grid, PROCESSING_BLOCK_SIZE):
             inside = aoi_pixel_mask(aoi, block_grid)
             aoi_pixels += int(inside.sum())
             block = dataset.read(window=window)

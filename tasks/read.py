@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
-from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from prefect import task
 from rasterio.enums import Resampling
@@ -31,6 +31,7 @@ from rasterio.windows import Window
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
 from tasks.gdal_env import gdal_env, gdal_path
+from tasks.grid import grid_blocks
 from tasks.logs import stage_logger
 from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import (
@@ -225,16 +226,15 @@ def _scene_blocks(
     readers: dict[str, AssetReader], subgrid: GeoBox, aoi: Geometry, block_size: int
 ) -> Iterator[tuple[Window, np.ndarray, int, int]]:
     """(window, (5, y, x) uint16 block, valid AOI pixels, AOI pixels) for each block of the sub-grid."""
-    tiles = GeoboxTiles(subgrid, (block_size, block_size))
-    for tile_index in np.ndindex(*tiles.shape.yx):
-        roi = tiles.roi[tile_index]
+    for window, block_grid in grid_blocks(subgrid, block_size):
+        roi = window.toslices()
         reflectance = np.stack(
             [harmonised_reflectance(readers[band].read(roi), readers[band].asset) for band in REFLECTANCE_BANDS]
         )
         scl = readers[SCL_BAND].read(roi).astype(np.uint16)
-        inside = aoi_pixel_mask(aoi, tiles[tile_index])
+        inside = aoi_pixel_mask(aoi, block_grid)
         valid = inside & (reflectance != NODATA).all(axis=0)
-        yield Window.from_slices(*roi), np.concatenate([reflectance, scl[None]]) * valid, int(valid.sum()), int(inside.sum())
+        yield window, np.concatenate([reflectance, scl[None]]) * valid, int(valid.sum()), int(inside.sum())
 
 
 def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspace, settings: ReadSettings) -> ClippedScene:
