@@ -19,6 +19,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
 
+from tasks.aoi import WGS84
 from tasks.grid import grid_key
 from tasks.settings import MaskSettings, ReadSettings
 from tasks.workspace import Workspace
@@ -46,7 +47,7 @@ def read_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         "read",
         parameters["item"].item_id,
         grid_key(parameters["grid"]),
-        parameters["aoi"].to_crs("EPSG:4326").wkt,
+        parameters["aoi"].to_crs(WGS84).wkt,
         parameters["workspace"].root,
         parameters["settings"].model_dump_json(),
         code_version(),
@@ -73,7 +74,7 @@ def scene_folder_digest(aoi: Geometry, grid: GeoBox, read: ReadSettings, mask: M
     Runs that differ in any of them get different folders, so a file is never overwritten under a
     cache record that describes another version of it.
     """
-    return _digest("scenes", aoi.to_crs("EPSG:4326").wkt, grid_key(grid), read.model_dump_json(), mask.model_dump_json())[:12]
+    return _digest("scenes", aoi.to_crs(WGS84).wkt, grid_key(grid), read.model_dump_json(), mask.model_dump_json())[:12]
 
 
 READ_CACHE = CacheKeyFnPolicy(cache_key_fn=read_cache_key)

@@ -18,7 +18,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from pyproj import Geod
 
-from tasks.aoi import aoi_in_crs, aoi_pixel_mask
+from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask
 from tasks.cog import (
     COUNT_DESCRIPTION,
     MOSAIC_BANDS,
@@ -98,7 +98,7 @@ class ProductRun:
 
     @property
     def aoi_wgs84(self) -> Geometry:
-        return aoi_in_crs(self.aoi, "EPSG:4326")
+        return aoi_in_crs(self.aoi, WGS84)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def software_versions() -> dict[str, str]:
 
 def aoi_area_km2(aoi: Geometry) -> float:
     """Geodesic area of the AOI on the WGS 84 ellipsoid, in km²."""
-    area_m2, _ = WGS84_ELLIPSOID.geometry_area_perimeter(aoi_in_crs(aoi, "EPSG:4326").geom)
+    area_m2, _ = WGS84_ELLIPSOID.geometry_area_perimeter(aoi_in_crs(aoi, WGS84).geom)
     return abs(area_m2) / SQUARE_METRES_PER_KM2
 
 

@@ -28,7 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from tasks.aoi import aoi_in_crs, aoi_pixel_mask
+from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks
@@ -48,7 +48,6 @@ from tasks.settings import ReadSettings
 from tasks.workspace import Workspace
 
 SCENES_DIR = "scenes"
-FOOTPRINT_CRS = "EPSG:4326"
 FOOTPRINT_SEGMENT_DEG = 0.001
 """Footprint edges are split into pieces this long (about 100 m) before reprojection to the grid CRS."""
 EDGE_TOLERANCE_PX = 1e-4
@@ -98,7 +97,7 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
 
     Raises `SceneOutsideAOI` when they share no pixel.
     """
-    footprint = Geometry(item.footprint, crs=FOOTPRINT_CRS).to_crs(grid.crs, resolution=FOOTPRINT_SEGMENT_DEG)
+    footprint = Geometry(item.footprint, crs=WGS84).to_crs(grid.crs, resolution=FOOTPRINT_SEGMENT_DEG)
     # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
     region = (footprint & aoi_in_crs(aoi, grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
     if region.is_empty or region.area == 0:
@@ -270,7 +269,7 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
                     TAG_DATETIME: item.acquired.isoformat(),
                     TAG_BASELINE: item.processing_baseline or "",
                     TAG_VALID_FRACTION: f"{valid_fraction:.6f}",
-                    TAG_FOOTPRINT: Geometry(item.footprint, crs=FOOTPRINT_CRS).wkt,
+                    TAG_FOOTPRINT: Geometry(item.footprint, crs=WGS84).wkt,
                 }
             )
     return ClippedScene(

@@ -27,6 +27,7 @@ from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.warnings import DoesNotConformTo
 
+from tasks.aoi import WGS84
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
 from tasks.logs import stage_logger
 from tasks.month import Month
@@ -34,7 +35,6 @@ from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
 from tasks.settings import SearchSettings
 
-WGS84 = "EPSG:4326"
 API_TIMEOUT_S = 60
 """Seconds to wait for one STAC API response."""
 DUPLICATE_WINDOW = timedelta(seconds=60)
