@@ -64,25 +64,12 @@ independent of the AOI's size (the shared remote-COG setting is 512 MB)."""
 
 
 @dataclass(frozen=True)
-class BandSummary:
-    """Statistics of one mosaic band over the AOI pixels that got a value, in stored values (x 10000)."""
-
-    name: str
-    minimum: int | None
-    maximum: int | None
-    mean: float | None
-    valid_share: float
-    """Share of AOI pixels with a value, 0..1."""
-
-
-@dataclass(frozen=True)
 class CompositeResult:
-    """What `composite` wrote, with summary figures for metadata.json."""
+    """What `composite` wrote, with the figures the run reports (band statistics come from the COG)."""
 
     mosaic_path: Path
     count_path: Path
     percentile: float
-    bands: tuple[BandSummary, ...]
     aoi_pixels: int
     valid_pixels: int
     """AOI pixels with at least one usable observation."""
@@ -97,43 +84,17 @@ class CompositeResult:
 
 
 @dataclass
-class _Accumulator:
-    """Running per-band statistics over the blocks written so far."""
+class _PixelTally:
+    """Running counts over the blocks written so far."""
 
-    band_count: int
     aoi_pixels: int = 0
     valid_pixels: int = 0
     max_count: int = 0
 
-    def __post_init__(self) -> None:
-        self.minimum = np.full(self.band_count, np.iinfo(np.uint16).max, dtype=np.int64)
-        self.maximum = np.zeros(self.band_count, dtype=np.int64)
-        self.total = np.zeros(self.band_count, dtype=np.int64)
-        self.band_valid = np.zeros(self.band_count, dtype=np.int64)
-
-    def add(self, mosaic: np.ndarray, count: np.ndarray, inside_aoi: np.ndarray) -> None:
+    def add(self, count: np.ndarray, inside_aoi: np.ndarray) -> None:
         self.aoi_pixels += int(inside_aoi.sum())
         self.valid_pixels += int(np.count_nonzero(count))
         self.max_count = max(self.max_count, int(count.max(initial=0)))
-        for band_index, band in enumerate(mosaic):
-            values = band[band != NODATA]
-            if values.size:
-                self.minimum[band_index] = min(self.minimum[band_index], int(values.min()))
-                self.maximum[band_index] = max(self.maximum[band_index], int(values.max()))
-                self.total[band_index] += int(values.sum(dtype=np.int64))
-                self.band_valid[band_index] += values.size
-
-    def summaries(self) -> tuple[BandSummary, ...]:
-        return tuple(
-            BandSummary(
-                name=name,
-                minimum=int(self.minimum[index]) if self.band_valid[index] else None,
-                maximum=int(self.maximum[index]) if self.band_valid[index] else None,
-                mean=float(self.total[index] / self.band_valid[index]) if self.band_valid[index] else None,
-                valid_share=float(self.band_valid[index] / self.aoi_pixels) if self.aoi_pixels else 0.0,
-            )
-            for index, name in enumerate(REFLECTANCE_BANDS)
-        )
 
 
 @dataclass(frozen=True)
@@ -249,7 +210,7 @@ def composite(
     """
     percentile = percentile_value(settings.percentile)
     device = compute_device(settings.device)
-    statistics = _Accumulator(len(REFLECTANCE_BANDS))
+    tally = _PixelTally()
     contributing: set[str] = set()
     with ExitStack() as files:
         files.enter_context(gdal_env(GDAL_CACHEMAX=READ_CACHE_MB))
@@ -263,17 +224,16 @@ def composite(
             mosaic, count = composite_block(stack, usable, inside_aoi, percentile, device)
             mosaic_out.write(mosaic, window=window)
             count_out.write(count, 1, window=window)
-            statistics.add(mosaic, count, inside_aoi)
+            tally.add(count, inside_aoi)
             used = (usable & inside_aoi).any(axis=(1, 2))
             contributing.update(item_id for item_id, is_used in zip(item_ids, used, strict=True) if is_used)
     result = CompositeResult(
         mosaic_path=mosaic_path,
         count_path=count_path,
         percentile=percentile,
-        bands=statistics.summaries(),
-        aoi_pixels=statistics.aoi_pixels,
-        valid_pixels=statistics.valid_pixels,
-        max_count=statistics.max_count,
+        aoi_pixels=tally.aoi_pixels,
+        valid_pixels=tally.valid_pixels,
+        max_count=tally.max_count,
         contributing_scenes=tuple(scene.item_id for scene in scenes if scene.item_id in contributing),
     )
     stage_logger(__name__).info(

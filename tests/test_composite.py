@@ -123,9 +123,6 @@ def test_result_record_summarises_the_mosaic(slovenia, tmp_path):
     assert result.percentile == 50.0
     assert result.aoi_pixels == result.valid_pixels == mosaic.shape[1] * mosaic.shape[2]
     assert result.valid_share == 1.0 and result.max_count == count.max() == 3
-    for band, summary in zip(mosaic, result.bands, strict=True):
-        assert (summary.minimum, summary.maximum) == (band.min(), band.max())
-        assert summary.mean == pytest.approx(band.mean()) and summary.valid_share == 1.0
 
 
 def test_outside_aoi_is_nodata_and_block_size_does_not_matter(slovenia, tmp_path):
