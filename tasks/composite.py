@@ -35,7 +35,7 @@ from tasks.aoi import aoi_pixel_mask
 from tasks.device import compute_device
 from tasks.errors import SceneReadError, TransientReadError
 from tasks.gdal_env import gdal_env
-from tasks.grid import grid_blocks
+from tasks.grid import grid_blocks, raster_profile
 from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
@@ -181,10 +181,7 @@ def _staged_raster(path: Path, grid: GeoBox, band_count: int, dtype: str, nodata
         "count": band_count,
         "dtype": dtype,
         "nodata": nodata,
-        "height": grid.shape.y,
-        "width": grid.shape.x,
-        "crs": grid.crs.to_wkt(),
-        "transform": grid.affine,
+        **raster_profile(grid),
     }
     try:
         with rasterio.open(partial_path, "w", **profile) as dataset:

@@ -75,6 +75,11 @@ def grid_blocks(grid: GeoBox, block_size: int) -> Iterator[tuple[Window, GeoBox]
         yield Window.from_slices(*roi), grid[roi]
 
 
+def raster_profile(grid: GeoBox) -> dict[str, object]:
+    """The rasterio profile entries that put a raster on `grid`: size, CRS and transform."""
+    return {"width": grid.shape.x, "height": grid.shape.y, "crs": grid.crs.to_wkt(), "transform": grid.affine}
+
+
 def grid_key(grid: GeoBox) -> str:
     """A stable text identity of a grid, for cache keys and metadata."""
     affine = grid.affine

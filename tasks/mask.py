@@ -52,7 +52,7 @@ from tasks.errors import (
     first_line,
 )
 from tasks.gdal_env import gdal_env
-from tasks.grid import pixel_size_m
+from tasks.grid import pixel_size_m, raster_profile
 from tasks.logs import stage_logger
 from tasks.mask_rules import (
     average_down,
@@ -295,8 +295,8 @@ def read_scene_bands(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
 
 def write_mask(workspace: Workspace, name: str, mask: np.ndarray, grid: GeoBox, masker: str) -> None:
     """Write `mask` (uint8, y, x) on `grid` as a tiled, compressed GeoTIFF, atomically."""
-    profile = {**MASK_PROFILE, "height": grid.shape.y, "width": grid.shape.x, "crs": grid.crs.to_wkt()}
-    with workspace.staged(name) as staged_path, rasterio.open(staged_path, "w", transform=grid.affine, **profile) as out:
+    profile = {**MASK_PROFILE, **raster_profile(grid)}
+    with workspace.staged(name) as staged_path, rasterio.open(staged_path, "w", **profile) as out:
         out.write(mask, 1)
         out.update_tags(MASKER=masker, **MASK_CLASS_TAGS)
 

@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
 from tasks.gdal_env import gdal_env, gdal_path
-from tasks.grid import grid_blocks
+from tasks.grid import grid_blocks, raster_profile
 from tasks.logs import stage_logger
 from tasks.retry import io_task_retries, retry_transient_failure
 from tasks.scene import (
@@ -249,10 +249,7 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
     valid_pixels = aoi_pixels = 0
     profile = {
         **SCENE_PROFILE,
-        "width": subgrid.shape.x,
-        "height": subgrid.shape.y,
-        "crs": subgrid.crs.to_wkt(),
-        "transform": subgrid.affine,
+        **raster_profile(subgrid),
     }
     with gdal_env(), ExitStack() as stack, workspace.staged(name) as staged_path:
         readers = _asset_readers(item, subgrid, settings, stack)
