@@ -14,7 +14,6 @@ and the count, 1 uint8 band of usable observations (0 where there is none and ou
 saturates at 255). Each is written under a temporary name and renamed when complete.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -174,21 +173,9 @@ def composite_block(
 @contextmanager
 def _staged_raster(path: Path, grid: GeoBox, band_count: int, dtype: str, nodata: int | None) -> Iterator:
     """An open GeoTIFF on `grid` under a temporary name beside `path`, renamed to `path` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(f".partial-{path.name}")
-    profile = {
-        **STAGING_PROFILE,
-        "count": band_count,
-        "dtype": dtype,
-        "nodata": nodata,
-        **raster_profile(grid),
-    }
-    try:
-        with rasterio.open(partial_path, "w", **profile) as dataset:
-            yield dataset
-        os.replace(partial_path, path)
-    finally:
-        partial_path.unlink(missing_ok=True)
+    profile = {**STAGING_PROFILE, "count": band_count, "dtype": dtype, "nodata": nodata, **raster_profile(grid)}
+    with Workspace(str(path.parent)).staged(path.name) as staged_path, rasterio.open(staged_path, "w", **profile) as dataset:
+        yield dataset
 
 
 def composite(
