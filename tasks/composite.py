@@ -39,7 +39,7 @@ from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
 from tasks.retry import io_task_retries, retry_io_failure
-from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass, check_scene_file
 from tasks.settings import CompositeSettings
 from tasks.workspace import Workspace
 
@@ -124,13 +124,7 @@ def _open_scene(scene: ClippedScene, grid: GeoBox, workspace: Workspace, files: 
         except RasterioIOError as error:
             reason = f"cannot be opened ({error}); re-run the read and mask stages"
             raise SceneReadError(scene.item_id, name, reason) from None
-        if dataset.count != band_count or (dataset.height, dataset.width) != tuple(scene.grid.shape):
-            raise SceneReadError(
-                scene.item_id,
-                name,
-                f"{dataset.count} bands of {dataset.height}x{dataset.width} px where {band_count} on its "
-                f"{scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read and mask stages",
-            )
+        check_scene_file(dataset, scene, name, band_count)
         opened.append(dataset)
     return SceneFiles(scene, *opened)
 

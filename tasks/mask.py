@@ -48,7 +48,6 @@ from tasks.errors import (
     InvalidSettings,
     MissingModelWeights,
     MosaicError,
-    SceneReadError,
     first_line,
 )
 from tasks.gdal_env import gdal_env
@@ -66,7 +65,7 @@ from tasks.mask_rules import (
     upsample_nearest,
 )
 from tasks.retry import io_task_retries, retry_io_failure
-from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass, check_scene_file
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
 from tasks.workspace import Workspace
@@ -283,13 +282,7 @@ def mask_name_for(scene_name: str) -> str:
 def read_scene_bands(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
     """All bands (`SCENE_BANDS`, y, x, uint16) of a clipped scene, checked against its grid."""
     with gdal_env(), rasterio.open(workspace.gdal_path(scene.name)) as source:
-        if source.count != len(SCENE_BANDS) or (source.height, source.width) != tuple(scene.grid.shape):
-            raise SceneReadError(
-                scene.item_id,
-                "clipped scene",
-                f"{source.count} bands of {source.height}x{source.width} px where {len(SCENE_BANDS)} bands "
-                f"on its {scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read stage",
-            )
+        check_scene_file(source, scene, scene.name, len(SCENE_BANDS))
         return source.read()
 
 

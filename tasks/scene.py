@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 from odc.geo.geobox import GeoBox
 
+from tasks.errors import SceneReadError
+
 REFLECTANCE_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 SCL_BAND = "scl"
 SCENE_BANDS: tuple[str, ...] = (*REFLECTANCE_BANDS, SCL_BAND)
@@ -64,6 +66,18 @@ class SceneItem:
     cloud_cover: float | None
     assets: dict[str, SceneAsset]
     footprint: dict[str, Any] = field(repr=False)
+
+
+def check_scene_file(file: Any, scene: "ClippedScene", name: str, band_count: int) -> None:
+    """Raise `SceneReadError` unless the open raster `file` (the scene's `name`) holds `band_count`
+    bands on the scene's sub-grid."""
+    if file.count != band_count or (file.height, file.width) != tuple(scene.grid.shape):
+        raise SceneReadError(
+            scene.item_id,
+            name,
+            f"{file.count} bands of {file.height}x{file.width} px where {band_count} on its "
+            f"{scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read and mask stages",
+        )
 
 
 @dataclass(frozen=True)
