@@ -180,12 +180,16 @@ class SlackNotifier(Block):
 
 
 def slack_state_hooks() -> dict[str, list[StateHook]]:
-    """Keyword arguments for `@flow` that send a notice when a run starts, completes, fails or crashes."""
+    """Keyword arguments for `@flow` that send a notice when a run starts, completes or fails.
+
+    No on_crashed hook: a crash is posted by the server's crash-notice automation
+    (`blocks.crash_detection`, set up by `python -m blocks.register`), which also sees the crashes
+    no hook can run for (a killed process with no worker left), so each crash is posted once.
+    """
     return {
         "on_running": [announce_start],
         "on_completion": [announce_success],
         "on_failure": [announce_failure],
-        "on_crashed": [announce_failure],
     }
 
 

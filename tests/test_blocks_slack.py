@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 from prefect import flow
-from prefect.client.schemas.objects import FlowRun
-from prefect.states import Crashed
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.objects import StateType
 
 from blocks.slack import (
     HEADER_MAX_CHARS,
     LISTED_SCENES_MAX,
     RunReport,
     SlackNotifier,
-    announce_failure,
     failed_message,
     slack_state_hooks,
     started_message,
@@ -217,13 +217,23 @@ def test_no_block_named_sends_nothing(slack_receiver: SlackReceiver, slack_block
     assert slack_receiver.bodies == []
 
 
-def test_crash_hook_sends_the_state_message(slack_receiver: SlackReceiver, slack_block: str) -> None:
-    settings = MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block)
-    parameters = {"settings": settings.model_dump(mode="json")}
-    flow_run = FlowRun(flow_id=uuid.uuid4(), name="crashed-run", parameters=parameters)
-    crash = Crashed(message="Flow run infrastructure exited with non-zero status code 137.")
+class ProcessKilled(BaseException):
+    """A BaseException out of the flow body: the engine records the run as CRASHED."""
 
-    announce_failure(failing_mosaic, flow_run, crash)
 
-    (crashed,) = slack_receiver.bodies
-    assert "exited with non-zero status code 137" in crashed["text"] and "crashed-run" in crashed["text"]
+@flow(**slack_state_hooks())
+def crashing_mosaic(settings: MosaicSettings) -> RunReport:
+    raise ProcessKilled("killed mid-run")
+
+
+def test_crash_is_left_to_the_crash_notice_automation(slack_receiver: SlackReceiver, slack_block: str) -> None:
+    """A crash is posted by the server's automation (tests/test_crash_detection.py), not by a hook."""
+    with pytest.raises(ProcessKilled):
+        crashing_mosaic(MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block))
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[crashing_mosaic.name])))
+    assert [flow_run.state.type for flow_run in runs] == [StateType.CRASHED]
+    (started,) = slack_receiver.bodies
+    assert "started" in started["text"]
+    assert "on_crashed" not in slack_state_hooks()
