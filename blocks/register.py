@@ -8,9 +8,15 @@ variables, so no secret is ever written in a config file, a flow parameter or a 
   worker), optional `AWS_DEFAULT_REGION` and `AWS_ENDPOINT_URL` (an S3-compatible store) ->
   `AwsCredentials` block `$S3_BLOCK_NAME-credentials` and `S3Bucket` block `$S3_BLOCK_NAME`
   (default "basemap-s3").
+- Crash detection (`blocks.crash_detection`): the automation that marks a flow run CRASHED when its
+  heartbeats stop for `BASEMAP_CRASH_AFTER_S` seconds (default 3 heartbeats). The heartbeat
+  frequency is Prefect's own setting PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180 s, minimum 30),
+  read here as the flow processes read it: give both the same value.
+- Crash notice: with `SLACK_WEBHOOK_URL`, a `Webhook` block `$SLACK_BLOCK_NAME` holding that URL
+  and the automation that posts every crashed flow run to Slack through it.
 
 The block types are registered first. A block whose variables are missing is skipped with one line
-saying which to set; re-running updates the blocks in place. Name the blocks in the flow's
+saying which to set; re-running updates the blocks and automations in place. Name the blocks in the flow's
 settings (`slack_block`, `s3_block`).
 """
 
@@ -18,10 +24,19 @@ import os
 import re
 from collections.abc import Mapping
 
+from prefect.blocks.webhook import Webhook
+from prefect.settings import get_current_settings
 from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
+from blocks.crash_detection import (
+    CRASH_DETECTOR_NAME,
+    CRASH_NOTICE_NAME,
+    crash_detector,
+    crash_notice,
+    save_automation,
+)
 from blocks.slack import SlackNotifier
 
 DEFAULT_SLACK_BLOCK_NAME = "basemap-slack"
@@ -30,6 +45,10 @@ CREDENTIALS_SUFFIX = "-credentials"
 AWS_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 BLOCK_CLASSES = (SlackNotifier, AwsCredentials, S3Bucket)
 BLOCK_NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
+CRASH_AFTER_VARIABLE = "BASEMAP_CRASH_AFTER_S"
+CRASH_AFTER_HEARTBEATS = 3
+"""Default crash window, in heartbeats: two may be late or lost before a run is declared dead."""
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def register_block_types() -> str:
@@ -41,12 +60,11 @@ def register_block_types() -> str:
 
 def register_slack(environ: Mapping[str, str]) -> str:
     """Save the Slack notifier block; returns the line to show."""
-    name = environ.get("SLACK_BLOCK_NAME") or DEFAULT_SLACK_BLOCK_NAME
+    name = _slack_block_name(environ)
     slug = f"{SlackNotifier.get_block_type_slug()}/{name}"
-    if not BLOCK_NAME_PATTERN.match(name):
-        return _bad_name_line("SLACK_BLOCK_NAME", name)
-    if not environ.get("SLACK_WEBHOOK_URL"):
-        return f"skipped {slug}: set SLACK_WEBHOOK_URL to the Slack Incoming Webhook URL"
+    problem = _slack_problem(environ, slug)
+    if problem:
+        return problem
     notifier = SlackNotifier(
         webhook_url=environ["SLACK_WEBHOOK_URL"],
         channel=environ.get("SLACK_CHANNEL") or None,
@@ -62,7 +80,7 @@ def register_s3(environ: Mapping[str, str]) -> str:
     name = environ.get("S3_BLOCK_NAME") or DEFAULT_S3_BLOCK_NAME
     slug = f"{S3Bucket.get_block_type_slug()}/{name}"
     if not BLOCK_NAME_PATTERN.match(name):
-        return _bad_name_line("S3_BLOCK_NAME", name)
+        return _bad_name_line("S3_BLOCK_NAME", slug)
     missing = [variable for variable in AWS_KEY_VARIABLES if not environ.get(variable)]
     if not environ.get("BASEMAP_S3_BUCKET"):
         return f"skipped {slug}: set BASEMAP_S3_BUCKET (and optionally BASEMAP_S3_PREFIX)"
@@ -87,13 +105,68 @@ def register_s3(environ: Mapping[str, str]) -> str:
     return f"saved {slug} (bucket {bucket.bucket_name!r}{where}, credentials: {keys})"
 
 
-def _bad_name_line(variable: str, name: str) -> str:
-    return f"skipped {name!r}: set {variable} to a block name of lowercase letters, digits and dashes"
+def register_crash_detector(environ: Mapping[str, str]) -> str:
+    """Create or update the automation that marks silent flow runs CRASHED; returns the line to show."""
+    heartbeat_s = get_current_settings().flows.heartbeat_frequency
+    if heartbeat_s is None:
+        return (
+            f"skipped automation {CRASH_DETECTOR_NAME!r}: flow-run heartbeats are off; "
+            "set PREFECT_FLOWS_HEARTBEAT_FREQUENCY (seconds, at least 30) here and for the flow runs"
+        )
+    try:
+        crash_after_s = int(environ.get(CRASH_AFTER_VARIABLE) or CRASH_AFTER_HEARTBEATS * heartbeat_s)
+        automation = crash_detector(heartbeat_s, crash_after_s)
+    except ValueError:
+        return (
+            f"skipped automation {CRASH_DETECTOR_NAME!r}: set {CRASH_AFTER_VARIABLE} to whole seconds above "
+            f"the {heartbeat_s} s heartbeat frequency (e.g. {CRASH_AFTER_HEARTBEATS * heartbeat_s})"
+        )
+    saved = save_automation(automation)
+    return (
+        f"{saved} automation {CRASH_DETECTOR_NAME!r}: a flow run is CRASHED {crash_after_s} s after its last "
+        f"heartbeat (flow runs must send one every {heartbeat_s} s: PREFECT_FLOWS_HEARTBEAT_FREQUENCY)"
+    )
+
+
+def register_crash_notice(environ: Mapping[str, str]) -> list[str]:
+    """Save the Slack webhook block and the automation posting crashed runs through it; one line each."""
+    name = _slack_block_name(environ)
+    slug = f"{Webhook.get_block_type_slug()}/{name}"
+    problem = _slack_problem(environ, slug)
+    if problem:
+        return [problem, f"skipped automation {CRASH_NOTICE_NAME!r}: it posts through {slug}"]
+    webhook = Webhook(url=environ["SLACK_WEBHOOK_URL"], headers=JSON_HEADERS)
+    webhook_block_id = webhook.save(name, overwrite=True, _sync=True)
+    saved = save_automation(crash_notice(webhook_block_id))
+    return [f"saved {slug}", f"{saved} automation {CRASH_NOTICE_NAME!r}: every crashed flow run is posted via {slug}"]
+
+
+def _slack_block_name(environ: Mapping[str, str]) -> str:
+    return environ.get("SLACK_BLOCK_NAME") or DEFAULT_SLACK_BLOCK_NAME
+
+
+def _slack_problem(environ: Mapping[str, str], slug: str) -> str | None:
+    """The skip line when the Slack variables cannot make block `slug`; None when they can."""
+    if not BLOCK_NAME_PATTERN.match(_slack_block_name(environ)):
+        return _bad_name_line("SLACK_BLOCK_NAME", slug)
+    if not environ.get("SLACK_WEBHOOK_URL"):
+        return f"skipped {slug}: set SLACK_WEBHOOK_URL to the Slack Incoming Webhook URL"
+    return None
+
+
+def _bad_name_line(variable: str, slug: str) -> str:
+    return f"skipped {slug}: set {variable} to a block name of lowercase letters, digits and dashes"
 
 
 def register_all(environ: Mapping[str, str]) -> list[str]:
-    """Register the block types, then save each block its variables allow; one line each."""
-    return [register_block_types(), register_slack(environ), register_s3(environ)]
+    """Register the block types, then save each block and automation its variables allow; one line each."""
+    return [
+        register_block_types(),
+        register_slack(environ),
+        register_s3(environ),
+        register_crash_detector(environ),
+        *register_crash_notice(environ),
+    ]
 
 
 def main() -> None:
