@@ -4,7 +4,7 @@ to see it die, is marked CRASHED by the heartbeat automation, and the crash-noti
 it to the (loopback) Slack webhook. Also: the Slack payload template renders valid JSON whatever the
 state message holds.
 
-The end-to-end test takes about 1.5 min, most of it the crash window: Prefect's shortest heartbeat
+The end-to-end test takes about 1 min, most of it the crash window: Prefect's shortest heartbeat
 is 30 s and the window must exceed it (here 40 s).
 """
 
