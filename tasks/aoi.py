@@ -84,6 +84,11 @@ def _read_vector_file(source: str) -> tuple[shapely.Geometry, Any]:
         frame = geopandas.read_file(source)
     except (DataSourceError, OSError, ValueError) as error:
         raise InvalidAOI(f"AOI {source} cannot be read ({first_line(error)}); give {ACCEPTED_FORMS}") from None
+    if not isinstance(frame, geopandas.GeoDataFrame):
+        raise InvalidAOI(
+            f"AOI {source} is a table without a geometry column; save the polygons as GeoPackage or GeoJSON, "
+            "or give WKT in EPSG:4326"
+        )
     if frame.crs is None:
         raise InvalidAOI(f"AOI {source} has no CRS; save it with one (e.g. as GeoPackage) or give WKT in EPSG:4326")
     geometries = frame.geometry.dropna()

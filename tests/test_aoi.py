@@ -5,6 +5,8 @@ from pathlib import Path
 
 import geopandas
 import numpy as np
+import pandas
+import pyogrio
 import pytest
 import shapely
 from odc.geo.geobox import GeoBox
@@ -167,3 +169,27 @@ def test_pixel_mask_marks_pixel_centres_inside_the_aoi() -> None:
 def test_malformed_bbox_is_an_aoi_error(bbox: str) -> None:
     with pytest.raises(InvalidAOI):
         load_aoi(bbox)
+
+
+def test_csv_without_geometry_is_one_line_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "fields.csv"
+    path.write_text("name,lon,lat\nfield,9.1,47.2\n")
+    with pytest.raises(InvalidAOI, match="table without a geometry column; save the polygons as GeoPackage") as error:
+        load_aoi(str(path))
+    _assert_one_line_naming(error, str(path))
+
+
+def test_geopackage_table_without_geometry_is_the_same_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "attributes.gpkg")
+    pyogrio.write_dataframe(pandas.DataFrame({"name": ["field"], "area_ha": [12.5]}), path)
+    with pytest.raises(InvalidAOI, match="table without a geometry column") as error:
+        load_aoi(path)
+    _assert_one_line_naming(error, path)
+
+
+def test_csv_with_a_wkt_column_has_no_crs(tmp_path: Path) -> None:
+    path = tmp_path / "fields_wkt.csv"
+    path.write_text('name,WKT\nfield,"POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))"\n')
+    with pytest.raises(InvalidAOI, match="no CRS") as error:
+        load_aoi(str(path))
+    _assert_one_line_naming(error, str(path))
