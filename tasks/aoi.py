@@ -2,15 +2,23 @@
 
 The AOI becomes one (multi)polygon `odc.geo.geom.Geometry` carrying its CRS. Every problem is a
 one-line `InvalidAOI` that names the source and the problem.
+
+Across the antimeridian (lon 180) a geometry in lon/lat is either "unwrapped", one piece with
+longitudes running past 180, which reprojects to a projected CRS cleanly; or "split" as RFC 7946 and
+STAC APIs have it, a MultiPolygon cut at lon 180 with every longitude in [-180, 180], for everything
+that goes to EPSG:4326. `lonlat_unwrapped` and `split_at_antimeridian` turn one into the other.
 """
 
 import hashlib
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
+import shapely.affinity
 import shapely.wkt
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
@@ -27,6 +35,8 @@ EWKT_PATTERN = re.compile(r"^\s*SRID=(\d+);(.*)$", re.IGNORECASE | re.DOTALL)
 WKT_KEYWORDS = ("POINT", "MULTIPOINT", "LINESTRING", "MULTILINESTRING", "POLYGON", "MULTIPOLYGON", "GEOMETRYCOLLECTION")
 AOI_SEGMENTS_PER_SIDE = 256
 """Densification of AOI edges before reprojection, in segments per bounding-box side."""
+ANTIMERIDIAN_LON = 180.0
+FULL_TURN_DEG = 360.0
 ACCEPTED_FORMS = "a GeoPackage, GeoJSON or Shapefile path or URL, a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326"
 
 
@@ -120,16 +130,106 @@ def _checked(shape: shapely.Geometry, crs: Any, source: str) -> Geometry:
     return Geometry(shapely.union_all(polygonal), crs=crs)
 
 
-def aoi_in_crs(aoi: Geometry, crs: Any) -> Geometry:
+def aoi_in_crs(aoi: Geometry, crs: Any, max_segment: float | None = None) -> Geometry:
     """The AOI in `crs`, its edges densified first: a straight edge in one CRS is a curve in another.
 
-    No segment is longer than 1/`AOI_SEGMENTS_PER_SIDE` of the AOI's larger bounding-box side.
+    No segment is longer than `max_segment` units of the AOI's CRS (degrees for lon/lat, counted on
+    unwrapped longitudes), by default 1/`AOI_SEGMENTS_PER_SIDE` of its larger bounding-box side. Across
+    the antimeridian the AOI is unwrapped before it goes to a projected CRS, so it stays one piece; in a
+    geographic CRS it is split at lon 180 as RFC 7946 has it (see the module docstring).
     """
     crs = CRS(crs)
+    if crs.geographic:
+        return split_at_antimeridian(lonlat_unwrapped(aoi, max_segment)).to_crs(crs)
     if aoi.crs == crs:
         return aoi
-    left, bottom, right, top = aoi.boundingbox
-    return aoi.to_crs(crs, resolution=max(right - left, top - bottom) / AOI_SEGMENTS_PER_SIDE)
+    source = lonlat_unwrapped(aoi) if aoi.crs.geographic else aoi
+    return source.to_crs(crs, resolution=max_segment or _default_segment(source))
+
+
+def footprint_in_crs(footprint: Mapping[str, Any], crs: Any, max_segment_deg: float) -> Geometry:
+    """A STAC item footprint (GeoJSON geometry in EPSG:4326, split at lon 180 when it crosses it, as
+    RFC 7946 has it) in `crs`, its edges cut into pieces of at most `max_segment_deg` degrees first.
+
+    In a projected CRS the parts on either side of lon 180 are one polygon again (see `aoi_in_crs`).
+    """
+    return aoi_in_crs(Geometry(footprint, crs=WGS84), crs, max_segment_deg)
+
+
+def _default_segment(geometry: Geometry) -> float:
+    """1/`AOI_SEGMENTS_PER_SIDE` of the larger bounding-box side, in the geometry's CRS units."""
+    left, bottom, right, top = geometry.boundingbox
+    return max(right - left, top - bottom) / AOI_SEGMENTS_PER_SIDE
+
+
+def lonlat_unwrapped(geometry: Geometry, max_segment: float | None = None) -> Geometry:
+    """`geometry` in lon/lat degrees with continuous longitudes: across lon 180 they run past 180 (or
+    below -180) instead of jumping by 360, so the geometry is one piece where it is one piece on Earth.
+
+    A geographic geometry keeps its CRS and vertices; its parts west of lon 0 move east by 360 degrees
+    when that narrows its longitude span (an RFC 7946 MultiPolygon split at lon 180 becomes one polygon
+    again). Otherwise it is returned as it is. A projected geometry goes to EPSG:4326, its edges
+    densified first (segments of at most `max_segment` CRS units, by default 1/`AOI_SEGMENTS_PER_SIDE`
+    of its larger bounding-box side), and each vertex takes the longitude within 180 degrees of that of
+    its centroid (its centroid in its own CRS).
+    """
+    if geometry.crs.geographic:
+        parts = shapely.get_parts(geometry.geom)
+        moved = [shapely.affinity.translate(part, FULL_TURN_DEG) if part.centroid.x < 0 else part for part in parts]
+        if _longitude_span(moved) < _longitude_span(parts):
+            return Geometry(shapely.union_all(moved), crs=geometry.crs)
+        return geometry
+    (centre_lon,), _ = geometry.centroid.to_crs(WGS84).xy
+    lonlat = geometry.to_crs(WGS84, resolution=max_segment or _default_segment(geometry))
+
+    def near_centre(coordinates: np.ndarray) -> np.ndarray:
+        longitudes = coordinates[:, 0]
+        offset = longitudes - centre_lon
+        # Only vertices more than half a turn away move, so a geometry away from lon 180 keeps its exact coordinates.
+        turns = np.where(np.abs(offset) > ANTIMERIDIAN_LON, np.round(offset / FULL_TURN_DEG), 0.0)
+        return np.column_stack([longitudes - turns * FULL_TURN_DEG, coordinates[:, 1]])
+
+    return Geometry(shapely.transform(lonlat.geom, near_centre), crs=WGS84)
+
+
+def _longitude_span(parts: np.ndarray | list[shapely.Geometry]) -> float:
+    """East-west extent, in degrees, of shapely geometries in lon/lat."""
+    bounds = shapely.bounds(np.asarray(parts))
+    return float(bounds[:, 2].max() - bounds[:, 0].min())
+
+
+def split_at_antimeridian(lonlat: Geometry) -> Geometry:
+    """A polygonal geometry in lon/lat degrees whose longitudes may run past +-180 (see
+    `lonlat_unwrapped`) as RFC 7946 has it: cut at the antimeridian, each piece moved by whole turns into
+    [-180, 180], a MultiPolygon. A geometry within [-180, 180] is returned as it is.
+    """
+    left, _, right, _ = lonlat.boundingbox
+    if -ANTIMERIDIAN_LON <= left and right <= ANTIMERIDIAN_LON:
+        return lonlat
+    first_turn = math.floor((left + ANTIMERIDIAN_LON) / FULL_TURN_DEG)
+    last_turn = math.floor((right + ANTIMERIDIAN_LON) / FULL_TURN_DEG)
+    pieces = []
+    for turn in range(first_turn, last_turn + 1):
+        offset = turn * FULL_TURN_DEG
+        window = shapely.box(offset - ANTIMERIDIAN_LON, -90.0, offset + ANTIMERIDIAN_LON, 90.0)
+        inside = shapely.get_parts(shapely.intersection(lonlat.geom, window))
+        pieces += [shapely.affinity.translate(piece, -offset) for piece in inside if piece.geom_type == "Polygon"]
+    return Geometry(shapely.MultiPolygon(pieces), crs=lonlat.crs)
+
+
+def lonlat_search_hull(lonlat: Geometry) -> Geometry:
+    """The convex hull of a geometry in lon/lat degrees, for a STAC search: taken on unwrapped
+    longitudes and split at lon 180 (RFC 7946), so an AOI across the antimeridian never gets a hull
+    spanning the globe the other way."""
+    return split_at_antimeridian(lonlat_unwrapped(lonlat).convex_hull)
+
+
+def aoi_centre_lonlat(aoi: Geometry) -> tuple[float, float]:
+    """(longitude in [-180, 180), latitude) in degrees of EPSG:4326 of the AOI's true centre: its centroid
+    in its own CRS, a geographic AOI's taken on unwrapped longitudes (see `lonlat_unwrapped`)."""
+    centroid = lonlat_unwrapped(aoi).centroid if aoi.crs.geographic else aoi.centroid
+    (longitude,), (latitude,) = centroid.to_crs(WGS84).xy
+    return (longitude + ANTIMERIDIAN_LON) % FULL_TURN_DEG - ANTIMERIDIAN_LON, latitude
 
 
 def aoi_pixel_mask(aoi: Geometry, grid: GeoBox) -> np.ndarray:

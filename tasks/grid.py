@@ -15,7 +15,7 @@ from odc.geo.geom import Geometry
 from pyproj import CRS as ProjCRS
 from rasterio.windows import Window
 
-from tasks.aoi import WGS84, aoi_in_crs
+from tasks.aoi import aoi_centre_lonlat, aoi_in_crs
 from tasks.errors import InvalidSettings
 
 METRES_PER_DEGREE_LATITUDE = 111_320.0
@@ -23,10 +23,10 @@ METRES_PER_DEGREE_LATITUDE = 111_320.0
 
 
 def utm_crs_for(aoi: Geometry) -> CRS:
-    """The WGS 84 / UTM zone CRS that holds the AOI's centroid (north or south)."""
-    centroid = aoi.to_crs(WGS84).centroid
-    longitude, latitude = centroid.coords[0]
-    zone = min(int((longitude + 180.0) // 6.0) + 1, 60)
+    """The WGS 84 / UTM zone CRS (north or south) that holds the AOI's true centre (`aoi_centre_lonlat`:
+    right across the antimeridian too)."""
+    longitude, latitude = aoi_centre_lonlat(aoi)
+    zone = int((longitude + 180.0) // 6.0) + 1
     return CRS(f"EPSG:{32600 + zone if latitude >= 0 else 32700 + zone}")
 
 

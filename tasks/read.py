@@ -28,7 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask
+from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask, footprint_in_crs
 from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks, raster_profile
@@ -97,7 +97,7 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
 
     Raises `SceneOutsideAOI` when they share no pixel.
     """
-    footprint = Geometry(item.footprint, crs=WGS84).to_crs(grid.crs, resolution=FOOTPRINT_SEGMENT_DEG)
+    footprint = footprint_in_crs(item.footprint, grid.crs, FOOTPRINT_SEGMENT_DEG)
     # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
     region = (footprint & aoi_in_crs(aoi, grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
     if region.is_empty or region.area == 0:

@@ -27,7 +27,7 @@ from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.warnings import DoesNotConformTo
 
-from tasks.aoi import WGS84
+from tasks.aoi import WGS84, aoi_in_crs, lonlat_search_hull
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
 from tasks.logs import stage_logger
 from tasks.month import Month
@@ -87,7 +87,7 @@ def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[S
     """
     period = Month.parse(month)
     start, end = period.start, period.following_start
-    aoi_wgs84 = aoi.to_crs(WGS84)
+    aoi_wgs84 = aoi_in_crs(aoi, WGS84)  # split at lon 180 like the footprints (RFC 7946)
     if settings.item_collection_path:
         raw_items = read_item_file(settings.item_collection_path)
     else:
@@ -122,13 +122,14 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
     """All items of `settings.collection` intersecting the AOI's convex hull in [start, end), every page.
 
     The hull keeps requests small for detailed AOIs; items are filtered by the AOI itself afterwards.
+    `aoi_wgs84` and the hull are split at lon 180 when they cross it (RFC 7946, `lonlat_search_hull`).
     """
     url = settings.stac_api_url
     try:
         client = Client.open(url, timeout=API_TIMEOUT_S)
         search = client.search(
             collections=[settings.collection],
-            intersects=aoi_wgs84.convex_hull.json,
+            intersects=lonlat_search_hull(aoi_wgs84).json,
             datetime=[start, end - timedelta(microseconds=1)],  # STAC intervals include their end
             limit=settings.page_size,
         )
@@ -176,7 +177,10 @@ def read_item_file(path: str) -> list[dict]:
 
 
 def item_in_window(item: Mapping[str, Any], aoi_wgs84: Geometry, start: datetime, end: datetime) -> bool:
-    """Whether the item was acquired in [start, end) and its footprint intersects the AOI (EPSG:4326)."""
+    """Whether the item was acquired in [start, end) and its footprint intersects the AOI (EPSG:4326).
+
+    Both are split at lon 180 when they cross it (RFC 7946), so lon/lat coordinates compare as they are.
+    """
     acquired = acquisition_time(item)
     footprint = item.get("geometry")
     if acquired is None or not footprint:

@@ -325,7 +325,11 @@ def platform_for(day: date) -> str:
 
 
 def footprint_4326(grid: GeoBox, data: np.ndarray) -> Geometry:
-    """The data area of a date (whole grid, or east of the swath edge) as a polygon in EPSG:4326."""
+    """The data area of a date (whole grid, or east of the swath edge) in EPSG:4326.
+
+    A polygon; for a grid across the antimeridian a MultiPolygon split there, as RFC 7946 and Earth
+    Search have it (odc-geo's `wrapdateline`, which changes nothing for other grids).
+    """
     height, width = grid.shape.yx
     if data.all():
         corners = [(0, 0), (width, 0), (width, height), (0, height)]
@@ -333,7 +337,8 @@ def footprint_4326(grid: GeoBox, data: np.ndarray) -> Geometry:
         top, bottom = PARTIAL_SWATH_EDGE
         corners = [(top * width, 0), (width, 0), (width, height), (bottom * width, height)]
     world = [grid.affine @ corner for corner in corners]
-    return polygon([*world, world[0]], crs=grid.crs).to_crs("EPSG:4326", resolution=pixel_size_m(grid) * 10)
+    outline = polygon([*world, world[0]], crs=grid.crs)
+    return outline.to_crs("EPSG:4326", resolution=pixel_size_m(grid) * 10, wrapdateline=True)
 
 
 def mgrs_properties(tile_id: str) -> dict[str, Any]:

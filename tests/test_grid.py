@@ -139,3 +139,22 @@ def test_a_wide_lat_lon_box_keeps_its_curved_edges_in_utm() -> None:
     expected = geometry_mask([curved.geom], out_shape=grid.shape.yx, transform=grid.affine, invert=True)
     assert grid.extent.contains(curved.buffer(-1000))
     np.testing.assert_array_equal(aoi_pixel_mask(box, grid), expected)
+
+
+@pytest.mark.parametrize(("west_of_180", "east_of_180", "expected_epsg"),
+                         [(179.9, -179.95, 32760), (179.95, -179.9, 32701)])  # fmt: skip
+def test_aoi_split_at_the_antimeridian_gets_the_zone_of_its_true_centre(
+    west_of_180: float, east_of_180: float, expected_epsg: int
+) -> None:
+    """An RFC 7946 MultiPolygon cut at lon 180 (Taveuni, Fiji): its centre is near lon 180, not lon 0."""
+    aoi = load_aoi(
+        f"MULTIPOLYGON((({west_of_180} -16.9, 180 -16.9, 180 -16.7, {west_of_180} -16.7, {west_of_180} -16.9)), "
+        f"((-180 -16.9, {east_of_180} -16.9, {east_of_180} -16.7, -180 -16.7, -180 -16.9)))"
+    )
+    grid = grid_for_aoi(aoi, None, 100)
+    assert grid.crs.epsg == expected_epsg
+    _assert_aligned(grid)
+    # 0.15 degrees (16 km) wide, not a grid around the globe the other way.
+    assert grid.shape.x * 100 < 17_000 and grid.shape.y * 100 < 23_000
+    for part in aoi.geoms:
+        assert grid.extent.contains(part.to_crs(grid.crs, resolution=0.001))

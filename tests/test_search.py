@@ -6,10 +6,12 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from odc.geo.geom import box
 from prefect.states import Failed
 
+from tasks.aoi import WGS84, aoi_in_crs, load_aoi
 from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
 from tasks.month import Month
 from tasks.retry import retry_transient_failure
@@ -17,13 +19,22 @@ from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
 from tasks.search import (
     BOA_OFFSET,
     DN_SCALE,
+    query_stac_api,
     scene_from_item,
     search_scenes,
     tile_id,
 )
 from tasks.settings import SearchSettings
 from tests.servers import free_port
-from tests.synthetic import stac_collection
+from tests.synthetic import (
+    COLLECTION_ID,
+    DEFAULT_DATES,
+    NEW_BASELINE,
+    footprint_4326,
+    stac_collection,
+    stac_item,
+    synthetic_grid,
+)
 
 EARTH_SEARCH_COLLECTION = "sentinel-2-l2a"
 EARTH_SEARCH_PAGES = "stac_earthsearch_v1/earthsearch_v1_s2l2a_bbox9-47-10-48_20200301-05_page{}.json"
@@ -286,3 +297,38 @@ def test_task_wrapper_retries_transient_failures_only(
     completed = search_flow()
     assert len(calls) == expected_calls
     assert completed == isinstance(failures[0], TransientReadError)
+
+
+TAVEUNI_SPLIT_AOI = (
+    "MULTIPOLYGON(((179.97 -16.82, 180 -16.82, 180 -16.78, 179.97 -16.78, 179.97 -16.82)), "
+    "((-180 -16.82, -179.99 -16.82, -179.99 -16.78, -180 -16.78, -180 -16.82)))"
+)
+"""An AOI across the antimeridian as RFC 7946 has it: two parts, at lon 180 and lon -180."""
+TAVEUNI_UTM_AOI = "SRID=32760;POLYGON((817000 8138000, 821000 8138000, 821000 8142000, 817000 8142000, 817000 8138000))"
+
+
+def _item_on(grid, tile: str) -> dict:
+    """An Earth Search style item of one date whose footprint is `grid` (split at lon 180 when it crosses it)."""
+    day = DEFAULT_DATES[0]
+    hrefs = {band: f"s3://nowhere/{tile}/{band}.tif" for band in ("red", "green", "blue", "nir", "scl")}
+    return stac_item(f"S2A_{tile}_{day:%Y%m%d}_0_L2A", day, NEW_BASELINE, hrefs, grid,
+                     footprint_4326(grid, np.ones((2, 2), bool)), tile, {"eo:cloud_cover": 10.0})  # fmt: skip
+
+
+@pytest.mark.parametrize("aoi_text", [TAVEUNI_SPLIT_AOI, TAVEUNI_UTM_AOI], ids=["split_wgs84", "utm60s"])
+def test_search_across_the_antimeridian_asks_for_its_side_of_the_globe_only(stac_api_factory, aoi_text: str) -> None:
+    taveuni = _item_on(synthetic_grid((96, 96), 60.0, "EPSG:32760", (816_000.0, 8_142_560.0)), "60KZF")
+    same_latitude_at_lon_3 = _item_on(synthetic_grid((96, 96), 60.0, "EPSG:32731", (500_000.0, 8_142_560.0)), "31KEA")
+    assert taveuni["geometry"]["type"] == "MultiPolygon"
+    items = [taveuni, same_latitude_at_lon_3]
+    settings = SearchSettings(stac_api_url=stac_api_factory(stac_collection(items), items), collection=COLLECTION_ID)
+    aoi = load_aoi(aoi_text)
+    month = Month.parse(f"{DEFAULT_DATES[0]:%Y-%m}")
+
+    aoi_wgs84 = aoi_in_crs(aoi, WGS84)
+    found = query_stac_api(aoi_wgs84, month.start, month.following_start, settings)
+    scenes = search_scenes(aoi, month.label, settings)
+
+    assert aoi_wgs84.geom.geom_type == "MultiPolygon"
+    assert [item["id"] for item in found] == [taveuni["id"]]
+    assert [scene.item_id for scene in scenes] == [taveuni["id"]]
