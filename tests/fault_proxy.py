@@ -45,6 +45,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -69,18 +70,30 @@ HOP_BY_HOP_HEADERS = frozenset(
 """Headers that describe one connection, not the message (curl's h2c upgrade offer among them)."""
 NOT_FORWARDED_HEADERS = HOP_BY_HOP_HEADERS | {"expect", "content-length"}
 """Request headers the proxy does not pass on: it answers 100-continue itself and sets Content-Length."""
-STATUS, TRUNCATE, CUT, RESET, GARBAGE = "status", "truncate", "cut", "reset", "garbage"
-GET_ONLY_FAULTS = frozenset({STATUS, CUT, RESET, GARBAGE})
-"""Faults that apply to GET requests only; a truncated object is also truncated for HEAD."""
 CHECKSUM_HEADER = "x-amz-checksum-"
+"""Prefix of the headers carrying the checksum S3 stored with the whole object."""
 BODYLESS_STATUSES = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
+
+
+class FaultKind(StrEnum):
+    """What a fault does to the requests it matches (see the module docstring)."""
+
+    STATUS = "status"
+    TRUNCATE = "truncate"
+    CUT = "cut"
+    RESET = "reset"
+    GARBAGE = "garbage"
+
+
+GET_ONLY_FAULTS = frozenset({FaultKind.STATUS, FaultKind.CUT, FaultKind.RESET, FaultKind.GARBAGE})
+"""Faults that apply to GET requests only; a truncated object is also truncated for HEAD."""
 
 
 @dataclass
 class Fault:
     """Requests whose path contains `path_part` get `kind` with `amount` (status, size or bytes)."""
 
-    kind: str
+    kind: FaultKind
     path_part: str
     amount: int | None
     remaining: int | None
@@ -98,9 +111,10 @@ class Answer:
     """Body bytes to pass on; None: the whole upstream body."""
     first_byte: int = 0
     """Offset of the body's first byte in the object (seeds `garbage`)."""
-    ending: str | None = None
+    ending: FaultKind | None = None
     """None: the answer is complete; CUT or RESET: the connection ends after `body_bytes`."""
     garbage: bool = False
+    """Replace the body by random bytes of the same length."""
     s3_error: bool = False
     """Send an S3 XML error with `status` and `headers` instead of anything from upstream."""
 
@@ -225,7 +239,9 @@ class Proxy:
                 self.refuse_for(command["seconds"])
                 return {}
             if action == "fault":
-                self._faults.append(Fault(command["kind"], command["path_part"], command["amount"], command["times"]))
+                self._faults.append(
+                    Fault(FaultKind(command["kind"]), command["path_part"], command["amount"], command["times"])
+                )
                 return {}
             if action == "clear":
                 self._faults.clear()
@@ -264,7 +280,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             body = self._request_body()
             fault = self.server.proxy.take_fault(self.command, path)
-            if fault is not None and fault.kind == STATUS:
+            if fault is not None and fault.kind == FaultKind.STATUS:
                 self._send_s3_error(fault.amount, [])
                 return
             upstream = http.client.HTTPConnection(
@@ -340,9 +356,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if has_body:
             self._send_body(response, buffered, answer)
-        if answer.ending == CUT:
+        if answer.ending == FaultKind.CUT:
             self.close_connection = True
-        elif answer.ending == RESET:
+        elif answer.ending == FaultKind.RESET:
             self._reset_connection()
 
     def _send_body(self, response: http.client.HTTPResponse, buffered: bytes | None, answer: Answer) -> None:
@@ -377,12 +393,12 @@ def _answer(path: str, response: http.client.HTTPResponse, fault: Fault | None) 
     answer = Answer(response.status, response.reason, headers, first_byte=_content_range(response)[0])
     if fault is None:
         return answer
-    if fault.kind == GARBAGE:
+    if fault.kind == FaultKind.GARBAGE:
         answer.garbage = HTTPStatus.OK <= response.status < HTTPStatus.MULTIPLE_CHOICES
-    elif fault.kind in (CUT, RESET):
+    elif fault.kind in (FaultKind.CUT, FaultKind.RESET):
         answer.body_bytes = fault.amount
         answer.ending = fault.kind
-    elif fault.kind == TRUNCATE:
+    elif fault.kind == FaultKind.TRUNCATE:
         return _truncated(answer, response, fault.amount)
     return answer
 
@@ -491,28 +507,28 @@ class FaultProxy:
         """Refuse connections (ECONNREFUSED) and shut open ones now; listen again after `seconds` (0: now)."""
         self._command("refuse", seconds=seconds)
 
-    def _fault(self, kind: str, path_part: str, amount: int | None, times: int | None) -> None:
+    def _fault(self, kind: FaultKind, path_part: str, amount: int | None, times: int | None) -> None:
         self._command("fault", kind=kind, path_part=path_part, amount=amount, times=times)
 
     def status(self, path_part: str, code: int, times: int | None = None) -> None:
         """GET requests whose path contains `path_part` answer an S3 XML error with status `code`."""
-        self._fault(STATUS, path_part, code, times)
+        self._fault(FaultKind.STATUS, path_part, code, times)
 
     def truncate_object(self, path_part: str, size: int, times: int | None = None) -> None:
         """GET and HEAD see the object as stored with only its first `size` bytes (see the module docstring)."""
-        self._fault(TRUNCATE, path_part, size, times)
+        self._fault(FaultKind.TRUNCATE, path_part, size, times)
 
     def cut_body(self, path_part: str, after_bytes: int, times: int | None = None) -> None:
         """GET answers stop after `after_bytes` body bytes, short of their Content-Length; the connection closes."""
-        self._fault(CUT, path_part, after_bytes, times)
+        self._fault(FaultKind.CUT, path_part, after_bytes, times)
 
     def reset_body(self, path_part: str, after_bytes: int, times: int | None = None) -> None:
         """GET answers stop after `after_bytes` body bytes and the connection is reset (RST)."""
-        self._fault(RESET, path_part, after_bytes, times)
+        self._fault(FaultKind.RESET, path_part, after_bytes, times)
 
     def garbage(self, path_part: str, times: int | None = None) -> None:
         """Successful GET answers carry deterministic random bytes instead of their body."""
-        self._fault(GARBAGE, path_part, None, times)
+        self._fault(FaultKind.GARBAGE, path_part, None, times)
 
     def clear(self) -> None:
         """Remove every fault."""
