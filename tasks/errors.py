@@ -1,8 +1,21 @@
-"""Errors of the mosaic pipeline: one base class, a few precise subclasses.
+"""Errors of the mosaic pipeline: one base class, a few precise subclasses, and their travel between processes.
 
 Every message is one line that names the problem and the fix, so a command-line user or a Prefect
 run page shows it without a stack trace.
+
+An error that leaves a task may be pickled (Dask sends it from a worker to the flow, with its whole
+`__cause__`/`__context__` chain, through tblib). So every error here is rebuilt from its `args`,
+and `portable_errors` replaces each link of a chain that does not survive pickling (rasterio's
+`CPLE_*` errors, for one) by an `ErrorCause` holding its type name and message.
 """
+
+import functools
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def first_line(error: BaseException) -> str:
@@ -11,8 +24,24 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, then what caused it (`__cause__`, else `__context__`), down to the innermost one."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the innermost error of a chain (the DNS failure under a client's wrapper)."""
+    *_, innermost = error_chain(error)
+    return first_line(innermost)
+
+
 class MosaicError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose; `args` are the constructor's arguments."""
 
 
 class InvalidAOI(MosaicError):
@@ -27,27 +56,47 @@ class NoScenesFound(MosaicError):
     """The search returned no usable scene for the AOI and month."""
 
 
+class StacApiError(MosaicError):
+    """The STAC API could not be reached after retries, or refused the search."""
+
+
 class SceneReadError(MosaicError):
-    """A scene asset could not be read after retries; the scene is skipped and recorded."""
+    """A scene asset could not be read; the scene is skipped and recorded with `scene_reason`.
 
-    def __init__(self, item_id: str, asset_key: str, reason: str) -> None:
-        self.item_id = item_id
-        self.asset_key = asset_key
-        self.reason = reason
-        super().__init__(f"scene {item_id} asset {asset_key!r} could not be read: {reason}")
+    `transient` tells whether the last failure was of the kind another attempt can fix (the
+    reader's retries were exhausted) or permanent (missing, forbidden, truncated, not a GeoTIFF).
+    """
+
+    def __init__(self, item_id: str, asset_key: str, reason: str, transient: bool = False) -> None:
+        super().__init__(item_id, asset_key, reason, transient)
+        self.item_id, self.asset_key, self.reason, self.transient = item_id, asset_key, reason, transient
+
+    def __str__(self) -> str:
+        return f"scene {self.item_id}: {self.scene_reason}"
+
+    @property
+    def scene_reason(self) -> str:
+        """'<asset>: <reason>', as metadata.json and Slack list it."""
+        return f"{self.asset_key}: {self.reason}"
 
 
-class SceneOutsideAOI(SceneReadError):
+class SceneOutsideAOI(MosaicError):
     """The scene's footprint covers no pixel of the AOI on the grid: there is nothing to read (skipped, not failed)."""
 
     def __init__(self, item_id: str) -> None:
-        super().__init__(
-            item_id, "footprint", "it covers no pixel of the AOI on the grid; search with the AOI geometry to skip it"
-        )
+        super().__init__(item_id)
+        self.item_id = item_id
+
+    def __str__(self) -> str:
+        return f"scene {self.item_id}: {self.scene_reason}"
+
+    @property
+    def scene_reason(self) -> str:
+        return "its footprint covers no pixel of the AOI on the grid"
 
 
 class TransientReadError(MosaicError):
-    """A read failed in a way worth retrying (HTTP 5xx, timeout, truncated response)."""
+    """A workspace read failed in a way worth retrying (HTTP 5xx, timeout, truncated response)."""
 
 
 class MissingModelWeights(MosaicError):
@@ -61,10 +110,81 @@ class InferenceOutOfMemory(MosaicError):
 class TooManyFailedScenes(MosaicError):
     """More scenes failed than the allowed fraction; `failed_scenes` lists (item id, reason)."""
 
-    def __init__(self, message: str, failed_scenes: list[tuple[str, str]]) -> None:
-        self.failed_scenes = failed_scenes
-        super().__init__(message)
+    def __init__(self, message: str, failed_scenes: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message, tuple(failed_scenes))
+        self.failed_scenes = list(failed_scenes)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TooFewClearPixels(MosaicError):
+    """Less of the AOI than `min_valid_share` has a clear observation: the month is not published."""
+
+
+class OutputCollision(MosaicError):
+    """The month's product folder holds the products of another AOI."""
+
+
+class PublishError(MosaicError):
+    """The products cannot be published for a reason no retry fixes (missing bucket, refused credentials)."""
 
 
 class InvalidProduct(MosaicError):
     """A product raster is off the grid, badly laid out, not a valid COG, or its STAC Item does not validate."""
+
+
+class ErrorCause(Exception):
+    """A picklable stand-in for a link of an error chain: the original's type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name, self.message = type_name, message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+    @classmethod
+    def of(cls, error: BaseException) -> "ErrorCause":
+        return cls(f"{type(error).__module__}.{type(error).__qualname__}", str(error))
+
+
+def _survives_pickling(error: BaseException) -> bool:
+    """Whether the error alone (its chain aside) comes back from pickle as the same type and message."""
+    cause, context = error.__cause__, error.__context__
+    try:
+        error.__cause__ = error.__context__ = None
+        copy = pickle.loads(pickle.dumps(error))
+        return type(copy) is type(error) and str(copy) == str(error)
+    except Exception:
+        return False
+    finally:
+        error.__cause__, error.__context__ = cause, context
+
+
+def portable(error: BaseException) -> BaseException:
+    """`error` with every link of its chain that does not survive pickling replaced by an `ErrorCause`.
+
+    The chain is rebuilt through `__cause__` only (the context of each link becomes its cause when it
+    has none), so the rebuilt error tells the same story in fewer, picklable links.
+    """
+    links = [link if _survives_pickling(link) else ErrorCause.of(link) for link in error_chain(error)]
+    for outer, inner in zip(links, links[1:], strict=False):
+        outer.__cause__, outer.__context__, outer.__suppress_context__ = inner, None, True
+    links[-1].__cause__ = links[-1].__context__ = None
+    return links[0]
+
+
+def portable_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a task function so that any error leaving it survives pickling (see `portable`)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            failure = error
+        raise portable(failure)
+
+    return wrapper
+
