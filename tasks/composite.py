@@ -32,13 +32,13 @@ from rasterio.windows import Window
 
 from tasks.aoi import aoi_pixel_mask
 from tasks.device import compute_device
-from tasks.errors import SceneReadError, TransientReadError
+from tasks.errors import SceneReadError, TransientReadError, portable_errors
 from tasks.gdal_env import gdal_env
 from tasks.grid import grid_blocks, raster_profile
 from tasks.logs import stage_logger
 from tasks.mask import mask_name_for
 from tasks.percentile import percentile_composite, percentile_value
-from tasks.retry import io_task_retries, retry_io_failure
+from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, ClippedScene, MaskClass, check_scene_file
 from tasks.settings import CompositeSettings
 from tasks.workspace import Workspace
@@ -226,8 +226,8 @@ def composite(
 
 
 composite_task = task(
-    composite,
+    portable_errors(composite),
     name="composite",
-    **io_task_retries(retry_io_failure),
+    **io_task_retries(),
     cache_policy=NO_CACHE,
 )

@@ -15,13 +15,14 @@ REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
     # Opening a COG must not list its directory: one request per file, not one per sibling.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    # GDAL's own retry of HTTP 429/5xx, below the pipeline's per-asset retries.
-    "GDAL_HTTP_MAX_RETRY": 3,
-    "GDAL_HTTP_RETRY_DELAY": 1,
+    # No retry inside GDAL: the asset reader (tasks/read.py) is the one layer that retries a read.
+    "GDAL_HTTP_MAX_RETRY": 0,
     "GDAL_HTTP_TIMEOUT": 60,
     "GDAL_HTTP_CONNECTTIMEOUT": 15,
-    "GDAL_HTTP_MULTIRANGE": "YES",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    # Ranges one after another: a failing read stops at its first failed request, and what was
+    # fetched stays in GDAL's process-wide cache (below) for the next window of the same file.
+    "GDAL_HTTP_MULTIRANGE": "SERIAL",
+    "CPL_VSIL_CURL_CACHE_SIZE": 256 * 1024 * 1024,
     "GDAL_HTTP_VERSION": 2,
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 1024 * 1024,

@@ -48,7 +48,8 @@ from tasks.errors import (
     InvalidSettings,
     MissingModelWeights,
     MosaicError,
-    first_line,
+    portable_errors,
+    root_cause,
 )
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, raster_profile
@@ -64,7 +65,7 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.retry import io_task_retries, retry_io_failure
+from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass, check_scene_file
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
@@ -164,13 +165,6 @@ def download_model_weights(model_dir: Path, model_version: float) -> list[Path]:
             "check the connection to huggingface.co, or copy the files from a machine that has them"
         ) from None
     return [entry["Path"] for entry in fetched]
-
-
-def root_cause(error: BaseException) -> str:
-    """The first line of the innermost exception of a chain (the DNS failure under the hub's wrapper)."""
-    while (inner := error.__cause__ or error.__context__) is not None:
-        error = inner
-    return first_line(error)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -313,7 +307,8 @@ def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
     return nullcontext()
 
 
-@task(**io_task_retries(retry_io_failure), cache_policy=NO_CACHE)
+@task(**io_task_retries(), cache_policy=NO_CACHE)
+@portable_errors
 def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
     """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
     with gpu_slot(settings):

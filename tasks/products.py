@@ -30,9 +30,10 @@ from tasks.cog import (
     validate_cog,
     write_cog,
 )
+from tasks.errors import portable_errors
 from tasks.metadata import ProductNames, ProductRun, band_statistics, metadata_json
 from tasks.quicklook import write_quicklook
-from tasks.retry import io_task_retries, retry_io_failure
+from tasks.retry import io_task_retries
 from tasks.stac_item import build_item, item_json
 from tasks.workspace import Workspace
 
@@ -78,9 +79,10 @@ def write_products(workspace: Workspace, run: ProductRun, mosaic_staging: Path, 
 
 @task(
     name="write-products",
-    **io_task_retries(retry_io_failure),
+    **io_task_retries(),
     cache_policy=NO_CACHE,
 )
+@portable_errors
 def write_products_task(workspace: Workspace, run: ProductRun, mosaic_staging: Path, count_staging: Path) -> ProductNames:
     """Prefect task: `write_products`, retried on transient I/O errors."""
     return write_products(workspace, run, mosaic_staging, count_staging)

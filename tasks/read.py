@@ -6,14 +6,13 @@ read window by window (`ReadSettings.block_size`), so a remote COG is fetched on
 under the AOI and memory stays bounded however large the AOI. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
 removed, whatever the processing baseline; the result is the clipped scene file of `tasks.scene`.
 
-Transient read failures (HTTP 5xx, timeouts, truncated responses) are retried per asset with
-exponential backoff and jitter; what still fails raises `SceneReadError`, and no partial file is
-left behind.
+Transient read failures (no connection, timeouts, HTTP 5xx/429) are retried per asset with
+exponential backoff and jitter, in `AssetReader` only (GDAL's own HTTP retry is off and the task
+does not retry a failed read); a permanent one (missing, forbidden, truncated, not a GeoTIFF, not
+georeferenced where the item says) ends at once. What fails raises `SceneReadError` with a one-line
+reason (`tasks.read_failures`), and no partial file is left behind.
 """
 
-import random
-import re
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -27,13 +26,14 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from shapely.geometry import box
 
 from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask, footprint_in_crs
-from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError, first_line
+from tasks.errors import SceneOutsideAOI, SceneReadError, portable_errors
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks, raster_profile
-from tasks.logs import stage_logger
-from tasks.retry import io_task_retries, retry_transient_failure
+from tasks.read_failures import classify_read_failure
+from tasks.retry import Failure, RetriesEnded, RetryPolicy, io_task_retries, retried
 from tasks.scene import (
     NODATA,
     REFLECTANCE_BANDS,
@@ -72,21 +72,6 @@ SCENE_PROFILE = {
 TAG_ITEM_ID, TAG_DATETIME, TAG_BASELINE = "item_id", "datetime", "processing_baseline"
 TAG_VALID_FRACTION, TAG_FOOTPRINT = "valid_fraction", "footprint_wkt"
 
-PERMANENT_FAILURE = re.compile(
-    r"no such file|does not exist|access denied|forbidden|not authori[sz]ed|invalidaccesskeyid|"
-    r"signaturedoesnotmatch|HTTP response code: 4(0[0-4]|1[0-9])",
-    re.IGNORECASE,
-)
-"""Messages of failures a retry cannot fix: missing object, refused credentials, bad request."""
-TRANSIENT_FAILURE = re.compile(
-    r"HTTP response code: (5\d\d|429)|timed? ?out|connection (reset|refused|closed|aborted)|"
-    r"curl error|reduce your request rate|slow ?down|internal error|service unavailable|truncat",
-    re.IGNORECASE,
-)
-"""Messages of failures worth retrying on any path; on a remote path every other I/O failure is
-retried too, since GDAL often reports an interrupted or truncated response only as a short read."""
-
-
 def scene_file_name(item_id: str) -> str:
     """Workspace name of a clipped scene: `scenes/<item_id>.tif`."""
     return f"{SCENES_DIR}/{item_id}.tif"
@@ -118,29 +103,6 @@ def harmonised_reflectance(digital_numbers: np.ndarray, asset: SceneAsset) -> np
     return np.where(digital_numbers == NODATA, NODATA, harmonised).astype(np.uint16)
 
 
-def is_remote(href: str) -> bool:
-    """Whether GDAL reaches `href` over the network (s3:// or http(s)://)."""
-    return gdal_path(href) != href
-
-
-def is_transient(error: Exception, href: str) -> bool:
-    """Whether a failed open or read of `href` is worth another attempt (see the module docstring)."""
-    messages = []
-    cause: BaseException | None = error
-    while cause is not None:
-        messages.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    text = " | ".join(messages)
-    if PERMANENT_FAILURE.search(text):
-        return False
-    return bool(TRANSIENT_FAILURE.search(text)) or is_remote(href)
-
-
-def retry_delay_s(attempt: int, settings: ReadSettings) -> float:
-    """Seconds before attempt `attempt + 1`: base x 2^(attempt-1), times a random factor in [0.5, 1.5)."""
-    return settings.retry_base_delay_s * 2 ** (attempt - 1) * (0.5 + random.random())
-
-
 @dataclass
 class AssetReader:
     """One asset of a scene warped onto the scene's sub-grid, read window by window.
@@ -148,8 +110,9 @@ class AssetReader:
     The warp is set up once for the whole sub-grid. In the source's own CRS the values then do not
     depend on the block size; across CRSs GDAL's warper still chooses its source windows and
     resampling scale per request, so a few pixels may differ by some DN between block sizes.
-    After a failure the file is reopened; transient failures are retried. Use inside `gdal_env()`;
-    `close()` releases the files.
+    This is the one layer that retries a remote read (`tasks.retry.retried`, per `ReadSettings`):
+    after a transient failure the file is reopened, past GDAL's cache of the failed attempt; a
+    permanent one raises `SceneReadError` at once. Use inside `gdal_env()`; `close()` releases the files.
     """
 
     item_id: str
@@ -163,23 +126,27 @@ class AssetReader:
 
     def read(self, roi: tuple[slice, slice]) -> np.ndarray:
         """The asset on `subgrid[roi]` as (y, x): float32 DNs for reflectance, native integers for SCL; 0 = nodata."""
-        attempts = self.settings.read_attempts
-        for attempt in range(1, attempts + 1):
+        policy = RetryPolicy(self.settings.read_attempts, self.settings.retry_base_delay_s, self.settings.retry_max_delay_s)
+
+        def read_once(attempt: int) -> np.ndarray:
             try:
                 return self._opened(attempt).read(1, window=Window.from_slices(*roi))
-            except (RasterioError, OSError) as error:
+            except (RasterioError, OSError):
                 self.close()
-                if not is_transient(error, self.asset.href):
-                    raise SceneReadError(self.item_id, self.asset_key, first_line(error)) from error
-                last_error = error
-                if attempt < attempts:
-                    delay = retry_delay_s(attempt, self.settings)
-                    stage_logger(__name__).warning("%s %s: attempt %d of %d failed (%s); retrying in %.1f s",
-                                   self.item_id, self.asset_key, attempt, attempts, first_line(error), delay)
-                    time.sleep(delay)
-        exhausted = TransientReadError(f"{first_line(last_error)} (transient, {attempts} attempts)")
-        exhausted.__cause__ = last_error
-        raise SceneReadError(self.item_id, self.asset_key, exhausted.args[0]) from exhausted
+                raise
+
+        try:
+            return retried(read_once, self._classify, policy, f"{self.item_id} {self.asset_key}")
+        except RetriesEnded as ended:
+            failure = SceneReadError(self.item_id, self.asset_key, ended.reason, ended.failure.transient)
+        raise failure
+
+    def _classify(self, error: Exception) -> Failure | None:
+        if isinstance(error, SceneReadError):
+            return Failure(error.reason, transient=False)
+        if isinstance(error, (RasterioError, OSError)):
+            return classify_read_failure(error, self.asset.href)
+        return None
 
     def _opened(self, attempt: int) -> WarpedVRT:
         if self._warped is None:
@@ -187,6 +154,7 @@ class AssetReader:
             # A retry must not see what GDAL cached of the failed attempt (e.g. "no such file").
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path) if attempt > 1 else nullcontext():
                 self._source = rasterio.open(path)
+            check_georeferencing(self._source, self.subgrid, self.item_id, self.asset_key)
             self._warped = WarpedVRT(
                 self._source,
                 crs=self.subgrid.crs.to_wkt(),
@@ -206,6 +174,28 @@ class AssetReader:
             if dataset is not None:
                 dataset.close()
         self._source = self._warped = None
+
+
+def check_georeferencing(source: rasterio.DatasetReader, subgrid: GeoBox, item_id: str, asset_key: str) -> None:
+    """Raise `SceneReadError` unless the asset is georeferenced and its extent overlaps `subgrid`.
+
+    The sub-grid is where the item's footprint meets the AOI; an asset whose own georeferencing
+    lies elsewhere (another CRS than its item claims, a wrong transform) would give only nodata.
+    """
+    if source.crs is None or source.transform.is_identity:
+        raise SceneReadError(item_id, asset_key, "not georeferenced (no CRS or no geotransform)")
+    extent = Geometry(box(*source.bounds), crs=source.crs.to_wkt())
+    try:
+        overlaps = extent.to_crs(subgrid.crs).intersects(subgrid.extent)
+    except ValueError:
+        overlaps = False
+    if not overlaps:
+        raise SceneReadError(
+            item_id,
+            asset_key,
+            f"its georeferencing ({source.crs.to_string()}, bounds {', '.join(f'{v:.0f}' for v in source.bounds)}) "
+            "does not cover the item's footprint over the AOI; the item's metadata and the file disagree",
+        )
 
 
 def _asset_readers(item: SceneItem, subgrid: GeoBox, settings: ReadSettings, stack: ExitStack) -> dict[str, AssetReader]:
@@ -280,7 +270,7 @@ def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspac
 
 
 read_scene_task = task(
-    read_scene,
+    portable_errors(read_scene),
     name="read-scene",
-    **io_task_retries(retry_transient_failure),
+    **io_task_retries(),
 )

@@ -1,36 +1,104 @@
-"""Prefect retry conditions shared by the stage tasks: retry only what another attempt can fix.
+"""Retries: each kind of failure is retried by exactly one layer.
 
-The conditions follow Prefect's `retry_condition_fn(task, task_run, state) -> bool` signature.
+- Remote reads (scene assets, the STAC API) retry inside the stage with `retried`: exponential
+  backoff with jitter, capped, for failures a classifier calls transient; a permanent failure ends
+  at its first attempt. GDAL's own HTTP retry is off (`tasks.gdal_env`) and the Prefect tasks around
+  these stages do not retry read failures.
+- Workspace and publishing I/O (local files, the S3 workspace, the products bucket) retry at the
+  Prefect task level (`io_task_retries`), on the conditions below, which follow Prefect's
+  `retry_condition_fn(task, task_run, state) -> bool` signature.
 """
 
+import random
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.tasks import exponential_backoff
 
 from tasks.errors import TransientReadError
+from tasks.logs import stage_logger
+
+T = TypeVar("T")
 
 
-def _error_of(state: Any) -> BaseException | None:
-    error = state.result(raise_on_failure=False)
-    return error if isinstance(error, BaseException) else None
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong in one attempt, in one line, and whether another attempt can fix it."""
+
+    reason: str
+    transient: bool
 
 
-def retry_transient_failure(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only a failure that is, or was caused by, a `TransientReadError` (5xx, timeout, truncation)."""
-    error = _error_of(state)
-    return isinstance(error, TransientReadError) or isinstance(getattr(error, "__cause__", None), TransientReadError)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts and delays of a retried operation: delay k is first_delay_s x 2^(k-1), capped at
+    max_delay_s, times a random factor in [0.5, 1.5)."""
+
+    attempts: int
+    first_delay_s: float
+    max_delay_s: float
+
+    def delay_s(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based)."""
+        nominal = min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
+        return nominal * (0.5 + random.random())
+
+    @property
+    def longest_wait_s(self) -> float:
+        """The most seconds spent waiting between all attempts."""
+        return sum(1.5 * min(self.first_delay_s * 2 ** (k - 1), self.max_delay_s) for k in range(1, self.attempts))
 
 
-def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures (workspace or S3, transient reads), never a missing file, a bug or a bad input."""
-    error = _error_of(state)
-    if isinstance(error, FileNotFoundError):
-        return False
-    return isinstance(error, (OSError, TransientReadError, BotoCoreError, ClientError))
+class RetriesEnded(Exception):
+    """A retried operation gave up: `failure` is the last attempt's, after `attempts` attempts over `seconds`."""
+
+    def __init__(self, failure: Failure, attempts: int, seconds: float) -> None:
+        super().__init__(failure, attempts, seconds)
+        self.failure, self.attempts, self.seconds = failure, attempts, seconds
+
+    def __str__(self) -> str:
+        return self.reason
+
+    @property
+    def reason(self) -> str:
+        """The last failure; for a transient one, how long it was retried."""
+        if not self.failure.transient:
+            return self.failure.reason
+        return f"{self.failure.reason} (transient; gave up after {self.attempts} attempts over {self.seconds:.0f} s)"
 
 
+def retried(
+    operation: Callable[[int], T], classify: Callable[[Exception], Failure | None], policy: RetryPolicy, what: str
+) -> T:
+    """`operation(attempt)` (attempt counts from 1), retried while `classify` calls its failures transient.
+
+    Raises `RetriesEnded` from the last error at the first permanent failure, or when the attempts
+    are spent; an error `classify` maps to None is not a failure of the operation (a bad input, a
+    bug) and propagates unchanged. `what` names the operation in the log lines of each retry.
+    """
+    started = time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return operation(attempt)
+        except Exception as error:
+            failure = classify(error)
+            if failure is None:
+                raise
+            if not failure.transient or attempt == policy.attempts:
+                raise RetriesEnded(failure, attempt, time.monotonic() - started) from error
+        delay = policy.delay_s(attempt)
+        stage_logger(__name__).warning(
+            "%s: attempt %d of %d failed (%s); retrying in %.1f s", what, attempt, policy.attempts, failure.reason, delay
+        )
+        time.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
+"""S3 error codes that ask the client to come back later."""
 IO_TASK_RETRIES = 3
 IO_RETRY_FIRST_DELAY_S = 10
 """Delay before a task's first retry; each further retry doubles it (10, 20, 40 s) before jitter."""
@@ -38,11 +106,30 @@ IO_RETRY_JITTER = 0.5
 """Each delay is stretched by a random factor of up to this share, so retries of many tasks spread out."""
 
 
-def io_task_retries(condition: Callable[[Any, Any, Any], bool]) -> dict[str, Any]:
-    """Prefect task options of an I/O task: exponential backoff with jitter, retrying when `condition` says so."""
+def is_transient_io_failure(error: object) -> bool:
+    """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file), a
+    transient workspace read, a connection failure, S3 5xx or throttling. Never a failed scene read
+    (its reader already retried), an S3 refusal (no bucket, no access), a bug or a bad input."""
+    if isinstance(error, FileNotFoundError):
+        return False
+    if isinstance(error, ClientError):
+        answer = error.response
+        return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or (
+            answer.get("Error", {}).get("Code") in THROTTLING_CODES
+        )
+    return isinstance(error, (OSError, TransientReadError, BotoCoreError))
+
+
+def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: the task's failure `is_transient_io_failure`."""
+    return is_transient_io_failure(state.result(raise_on_failure=False))
+
+
+def io_task_retries() -> dict[str, Any]:
+    """Prefect task options of an I/O task: exponential backoff with jitter, retrying `retry_io_failure`."""
     return {
         "retries": IO_TASK_RETRIES,
         "retry_delay_seconds": exponential_backoff(backoff_factor=IO_RETRY_FIRST_DELAY_S),
         "retry_jitter_factor": IO_RETRY_JITTER,
-        "retry_condition_fn": condition,
+        "retry_condition_fn": retry_io_failure,
     }

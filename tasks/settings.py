@@ -63,10 +63,17 @@ class ReadSettings(FrozenSettings):
         "bilinear", description="Resampling of reflectance bands onto the grid (SCL is always nearest)."
     )
     read_attempts: int = Field(
-        4, ge=1, le=10, description="Attempts per asset on transient errors (5xx, timeouts, truncation)."
+        8,
+        ge=1,
+        le=20,
+        description="Attempts per asset on transient failures (connection refused or reset, timeouts, HTTP 5xx/429); "
+        "a permanent failure (missing, forbidden, truncated, not a GeoTIFF) ends at its first attempt.",
     )
     retry_base_delay_s: float = Field(
         1.0, ge=0, le=60, description="First retry delay in seconds; doubles each attempt, with jitter."
+    )
+    retry_max_delay_s: float = Field(
+        16.0, ge=0, le=600, description="Longest delay between two attempts, in seconds, before jitter."
     )
     block_size: int = Field(
         2048, ge=256, le=8192, description="Rows and columns warped per block; bounds read memory."

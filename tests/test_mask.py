@@ -427,24 +427,61 @@ def test_scl_masker_finds_synthetic_clouds_and_shadows(tmp_path: Path):
 # --- Prefect task -----------------------------------------------------------------------------
 
 
-def test_task_in_flow_with_gpu_slot_without_limit(prefect_harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def gpu_slots_in_use() -> int | None:
+    """Active slots of the Prefect global concurrency limit `gpu`, or None when it does not exist."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT).active_slots
+        except ObjectNotFound:
+            return None
+
+
+def test_model_inference_on_cuda_holds_the_gpu_slot_and_nothing_else_does(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_CONCURRENCY_LIMIT, limit=1))
+    try:
+        with mask_module.gpu_slot(MaskSettings(masker="ocm+scl")):
+            held_by_the_model = gpu_slots_in_use()
+        with mask_module.gpu_slot(MaskSettings(masker="scl")):
+            held_by_scl = gpu_slots_in_use()
+        monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cpu"))
+        with mask_module.gpu_slot(MaskSettings(masker="ocm")):
+            held_on_cpu = gpu_slots_in_use()
+        assert (held_by_the_model, held_by_scl, held_on_cpu, gpu_slots_in_use()) == (1, 0, 0, 0)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
+
+
+def test_without_the_gpu_limit_inference_still_runs(prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
+    assert gpu_slots_in_use() is None
+    with mask_module.gpu_slot(MaskSettings(masker="ocm")):  # a warning, no failure
+        assert gpu_slots_in_use() is None
+
+
+def test_mask_task_in_a_flow_writes_the_mask(prefect_harness: None, tmp_path: Path) -> None:
     from prefect import flow
 
     grid = scene_grid((64, 64))
     scene = write_clipped_scene(tmp_path, "scenes/S2X_TASK.tif", random_bands(grid.shape.yx), grid)
-    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
-    gpu_settings = MaskSettings(masker="ocm")
 
     @flow
-    def mask_one() -> tuple[str, bool]:
-        with mask_module.gpu_slot(gpu_settings):  # the limit "gpu" was never created: a warning, no failure
-            held = True
-        return mask_module.mask_scene_task(scene, Workspace(str(tmp_path)), MaskSettings(masker="scl")), held
+    def mask_one() -> str:
+        return mask_module.mask_scene_task(scene, Workspace(str(tmp_path)), MaskSettings(masker="scl"))
 
-    assert GPU_CONCURRENCY_LIMIT == "gpu"
-    assert mask_one() == ("scenes/S2X_TASK_mask.tif", True)
-    assert (tmp_path / "scenes/S2X_TASK_mask.tif").is_file()
-    assert math.isclose(pixel_size_m(grid), 10.0)
+    assert mask_one() == "scenes/S2X_TASK_mask.tif"
+    with rasterio.open(tmp_path / "scenes/S2X_TASK_mask.tif") as mask_file:
+        assert mask_file.read(1).shape == (64, 64) and math.isclose(pixel_size_m(grid), 10.0)
 
 
 def test_buffer_wider_than_a_thin_scene_covers_it() -> None:

@@ -4,7 +4,6 @@ import json
 import uuid
 from dataclasses import replace
 from datetime import date, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box
 from prefect.states import Failed
 
-import tasks.read
 from tasks.aoi import aoi_pixel_mask
-from tasks.errors import SceneOutsideAOI, SceneReadError, TransientReadError
+from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.gdal_env import gdal_env
 from tasks.grid import grid_for_aoi
 from tasks.read import (
@@ -31,7 +29,7 @@ from tasks.read import (
     read_scene,
     scene_file_name,
 )
-from tasks.retry import retry_transient_failure
+from tasks.retry import retry_io_failure
 from tasks.scene import NODATA, SCENE_BANDS, ClippedScene, SceneAsset, SceneItem
 from tasks.search import scene_from_item
 from tasks.settings import ReadSettings
@@ -103,12 +101,6 @@ def local_month(tmp_path_factory: pytest.TempPathFactory) -> SyntheticMonth:
     return make_synthetic_month(
         tmp_path_factory.mktemp("month"), dates=(DUPLICATED, date(2020, 3, 10)), grid=SYNTHETIC_GRID, duplicated_dates={DUPLICATED}
     )
-
-
-@pytest.fixture
-def no_gdal_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """GDAL's own HTTP retries off, so the faults reach the pipeline's retries at once."""
-    monkeypatch.setattr(tasks.read, "gdal_env", partial(gdal_env, GDAL_HTTP_MAX_RETRY=0))
 
 
 @pytest.mark.parametrize("scheme", ["s3", "http"])
@@ -194,15 +186,20 @@ def test_small_aoi_fetches_a_small_part_of_the_files(s3_server: S3Server, shared
     assert 0 < fetched < 0.5 * full_bytes
 
 
-def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path, no_gdal_retry: None) -> None:
-    month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
+def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path) -> None:
+    clean_month = upload_month(s3_server, tmp_path / "clean_month", dates=(DUPLICATED,))
+    clean_item = scene_item(clean_month.items[0])
+    aoi = pixel_box(clean_month.grid, (100, 300), (100, 300))
+    s3_server.reset_counters()
+    read_scene(clean_item, clean_month.grid, aoi, Workspace(str(tmp_path / "clean")), FAST_RETRIES)
+    clean_requests = s3_server.requests_for(clean_item.assets["red"].href.split("/", 3)[3])
+    month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))  # the same files, not yet in GDAL's cache
     item = scene_item(month.items[0])
     red_key = item.assets["red"].href.split("/", 3)[3]
-    aoi = pixel_box(month.grid, (100, 300), (100, 300))
     s3_server.fail_next(red_key, 2)
     s3_server.reset_counters()
     scene = read_scene(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), FAST_RETRIES)
-    assert s3_server.requests_for(red_key) >= 3
+    assert s3_server.requests_for(red_key) == clean_requests + 2  # each failed attempt cost one request
     rows, cols = month.grid.overlap_roi(scene.grid)
     clear = month.clear_mask[item.item_id][rows, cols]
     np.testing.assert_array_equal(read_pixels(Workspace(str(tmp_path / "ws")), scene)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
@@ -210,7 +207,7 @@ def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path, no_gd
 
 @pytest.mark.parametrize("fault", ["always 503", "missing object"])
 def test_failing_asset_raises_and_leaves_no_file(
-    fault: str, s3_server: S3Server, tmp_path: Path, no_gdal_retry: None
+    fault: str, s3_server: S3Server, tmp_path: Path
 ) -> None:
     month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
     item = scene_item(month.items[0])
@@ -225,7 +222,11 @@ def test_failing_asset_raises_and_leaves_no_file(
         read_scene(item, month.grid, pixel_box(month.grid, (0, 200), (0, 200)), Workspace(str(workspace_dir)), FAST_RETRIES)
     assert raised.value.item_id == item.item_id and raised.value.asset_key == "nir"
     assert item.item_id in str(raised.value) and "\n" not in str(raised.value)
-    assert isinstance(raised.value.__cause__, TransientReadError) == (fault == "always 503")
+    assert raised.value.transient == (fault == "always 503")
+    if fault == "always 503":
+        assert raised.value.scene_reason.endswith("(transient; gave up after 3 attempts over 0 s)")
+    else:
+        assert raised.value.scene_reason == "nir: not found (HTTP 404)"
     assert not [path for path in workspace_dir.rglob("*") if path.is_file()]
 
 
@@ -284,10 +285,7 @@ def test_harmonised_reflectance() -> None:
     assert old.dtype == new.dtype == np.uint16
 
 
-def test_prefect_retries_only_transient_failures() -> None:
-    transient = SceneReadError("S2B_X", "red", "HTTP 503")
-    transient.__cause__ = TransientReadError("HTTP 503")
-    permanent = SceneReadError("S2B_X", "red", "The specified key does not exist.")
-    assert retry_transient_failure(None, None, Failed(data=transient))
-    assert not retry_transient_failure(None, None, Failed(data=permanent))
-    assert not retry_transient_failure(None, None, Failed(data=ValueError("bug")))
+def test_the_read_task_leaves_retries_to_the_reader() -> None:
+    exhausted = SceneReadError("S2B_X", "red", "HTTP 503 (transient; gave up after 8 attempts over 60 s)", transient=True)
+    assert not retry_io_failure(None, None, Failed(data=exhausted))
+    assert retry_io_failure(None, None, Failed(data=OSError("workspace disk full")))
