@@ -28,15 +28,17 @@ from pystac_client.exceptions import APIError
 from pystac_client.warnings import DoesNotConformTo
 
 from tasks.aoi import WGS84, aoi_in_crs, lonlat_search_hull
-from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.errors import InvalidSettings, NoScenesFound, StacApiError, first_line, portable_errors
 from tasks.logs import stage_logger
 from tasks.month import Month
-from tasks.retry import io_task_retries, retry_transient_failure
+from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
-from tasks.settings import SearchSettings
+from tasks.settings import EARTH_SEARCH_COLLECTION, SearchSettings
 
 API_TIMEOUT_S = 60
 """Seconds to wait for one STAC API response."""
+API_RETRY = RetryPolicy(attempts=6, first_delay_s=2.0, max_delay_s=30.0)
+"""Retries of an unreachable STAC API: waits of about 2, 4, 8, 16 and 30 s (a minute in all)."""
 DUPLICATE_WINDOW = timedelta(seconds=60)
 """Items of one tile acquired within this time of each other are one acquisition processed twice."""
 BOA_OFFSET_BASELINE = (4, 0)
@@ -82,8 +84,9 @@ def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[S
 
     Items come from `settings.item_collection_path` when set (a local ItemCollection, any
     collection), else from the STAC API's `settings.collection`. Raises `NoScenesFound` when
-    nothing is left, `TransientReadError` when the API cannot be reached (worth retrying), and
-    `InvalidSettings` when the API refuses the search or the file cannot be read.
+    nothing is left, `StacApiError` when the API cannot be reached after retries or refuses the
+    search, and `InvalidSettings` for a missing collection, an URL that is no STAC API, or an item
+    file that cannot be read.
     """
     period = Month.parse(month)
     start, end = period.start, period.following_start
@@ -122,11 +125,20 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
     """All items of `settings.collection` intersecting the AOI's convex hull in [start, end), every page.
 
     The hull keeps requests small for detailed AOIs; items are filtered by the AOI itself afterwards.
+    An unreachable API (no connection, timeout, HTTP 408/429/5xx) is retried per `API_RETRY`; then
+    `StacApiError` says the retries are exhausted. A refused search is a `StacApiError` at once; a
+    collection the API does not serve, or an URL that is no STAC API, an `InvalidSettings`.
     `aoi_wgs84` and the hull are split at lon 180 when they cross it (RFC 7946, `lonlat_search_hull`).
     """
     url = settings.stac_api_url
-    try:
+
+    def search_once(attempt: int) -> list[dict]:
         client = Client.open(url, timeout=API_TIMEOUT_S)
+        if client.get_collection(settings.collection) is None:
+            raise InvalidSettings(
+                f"collection {settings.collection!r} not found at STAC API {url}; "
+                f"check search.collection (Earth Search v1 serves {EARTH_SEARCH_COLLECTION!r})"
+            )
         search = client.search(
             collections=[settings.collection],
             intersects=lonlat_search_hull(aoi_wgs84).json,
@@ -134,28 +146,36 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
             limit=settings.page_size,
         )
         return list(search.items_as_dicts())
-    except APIError as error:
-        status = getattr(error, "status_code", None)
-        socket_error = SOCKET_ERROR_PATTERN.search(str(error))
-        reason = socket_error.group(0) if socket_error else _first_line(str(error))
-        if status is None or status in TRANSIENT_HTTP_STATUSES:
-            raise TransientReadError(
-                f"STAC API {url} did not answer ({reason}); check the URL and the network, the search is retried"
+
+    try:
+        return retried(search_once, api_failure, API_RETRY, f"STAC API {url}")
+    except RetriesEnded as ended:
+        if ended.failure.transient:
+            raise StacApiError(
+                f"STAC API {url} did not answer: {ended.reason}; check the URL and the network, then re-run"
             ) from None
-        raise InvalidSettings(
-            f"STAC API {url} refused the search of collection {settings.collection!r} (HTTP {status}: {reason}); "
+        raise StacApiError(
+            f"STAC API {url} refused the search of collection {settings.collection!r} ({ended.reason}); "
             "check stac_api_url and collection"
         ) from None
     except (ClientTypeError, DoesNotConformTo, NotImplementedError, ValueError) as error:
         raise InvalidSettings(
-            f"{url} is not a STAC API with item search ({_first_line(str(error))}); "
+            f"{url} is not a STAC API with item search ({first_line(error)}); "
             "give an API root URL such as https://earth-search.aws.element84.com/v1, or set item_collection_path"
         ) from None
 
 
-def _first_line(text: str, limit: int = 200) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no details"
-    return line[:limit]
+def api_failure(error: Exception) -> Failure | None:
+    """How a STAC API request failed: no answer or HTTP 408/429/5xx is transient, another HTTP status
+    permanent; anything else (an URL that is no STAC API, a missing collection) is no request failure."""
+    if not isinstance(error, APIError):
+        return None
+    status = getattr(error, "status_code", None)
+    socket_error = SOCKET_ERROR_PATTERN.search(str(error))
+    reason = socket_error.group(0) if socket_error else first_line(error)
+    if status is None:
+        return Failure(reason, transient=True)
+    return Failure(f"HTTP {status}: {reason}", transient=status in TRANSIENT_HTTP_STATUSES)
 
 
 def read_item_file(path: str) -> list[dict]:
@@ -164,7 +184,7 @@ def read_item_file(path: str) -> list[dict]:
         document = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise InvalidSettings(
-            f"item_collection_path {path} cannot be read ({_first_line(str(error))}); "
+            f"item_collection_path {path} cannot be read ({first_line(error)}); "
             "give a GeoJSON FeatureCollection of STAC items"
         ) from None
     features = document.get("features") if isinstance(document, dict) else None
@@ -324,11 +344,8 @@ def within_cloud_limit(scene: SceneItem, max_cloud_cover: float) -> bool:
     return scene.cloud_cover is None or scene.cloud_cover <= max_cloud_cover
 
 
-@task(
-    name="search-scenes",
-    **io_task_retries(retry_transient_failure),
-    cache_policy=NO_CACHE,
-)
+@task(name="search-scenes", cache_policy=NO_CACHE)
+@portable_errors
 def search_scenes_task(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
-    """`search_scenes`, retried with backoff when the STAC API is unreachable or answers 5xx/429."""
+    """`search_scenes` as a Prefect task; the API retries happen inside it, so the task does not retry."""
     return search_scenes(aoi, month, settings)

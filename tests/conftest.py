@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests import REPO_ROOT
+from tests.fault_proxy import FaultProxy
 from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -51,6 +52,14 @@ def _s3_server_reset_after_test(request: pytest.FixtureRequest) -> Iterator[None
         server = request.getfixturevalue("s3_server")
         server.clear_faults()
         server.reset_counters()
+
+
+@pytest.fixture
+def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's S3 server, fresh for each test."""
+    proxy = FaultProxy(s3_server.endpoint_url)
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ are buffered whole (test objects are small).
 Faults, for requests whose path (`/bucket/key`, no query) contains `path_part`; each is used up after
 `times` requests it applied to, or never when `times` is None; the first matching fault applies:
 
-- `status(path_part, code)`: GET answers an S3-style XML error with status `code`, without asking upstream.
+- `status(path_part, code)`: any request answers an S3-style XML error with status `code`, without asking upstream.
 - `truncate_object(path_part, size)`: the object was stored truncated to `size` bytes. GET and HEAD
   both see the short object consistently: Content-Length, `Content-Range: bytes a-b/size`, a body
   cut at `size`, 416 for a range starting at or past `size`, no stored checksum of the whole object.
@@ -85,8 +85,9 @@ class FaultKind(StrEnum):
     GARBAGE = "garbage"
 
 
-GET_ONLY_FAULTS = frozenset({FaultKind.STATUS, FaultKind.CUT, FaultKind.RESET, FaultKind.GARBAGE})
-"""Faults that apply to GET requests only; a truncated object is also truncated for HEAD."""
+GET_ONLY_FAULTS = frozenset({FaultKind.CUT, FaultKind.RESET, FaultKind.GARBAGE})
+"""Faults that apply to GET requests only; a truncated object is also truncated for HEAD, and an
+error status answers every method (a STAC API's POST /search too)."""
 
 
 @dataclass
@@ -224,7 +225,9 @@ class Proxy:
         with self._lock:
             self._requests[path] += 1
             for fault in self._faults:
-                applies = method == "GET" or (method == "HEAD" and fault.kind not in GET_ONLY_FAULTS)
+                applies = method == "GET" or fault.kind == FaultKind.STATUS or (
+                    method == "HEAD" and fault.kind not in GET_ONLY_FAULTS
+                )
                 if applies and fault.path_part in path and fault.remaining != 0:
                     if fault.remaining is not None:
                         fault.remaining -= 1

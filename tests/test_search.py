@@ -9,22 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from odc.geo.geom import box
-from prefect.states import Failed
 
+import tasks.search
 from tasks.aoi import WGS84, aoi_in_crs, load_aoi
-from tasks.errors import InvalidSettings, NoScenesFound, TransientReadError
+from tasks.errors import InvalidSettings, NoScenesFound, StacApiError
 from tasks.month import Month
-from tasks.retry import retry_transient_failure
+from tasks.retry import RetryPolicy
 from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
 from tasks.search import (
+    API_RETRY,
     BOA_OFFSET,
     DN_SCALE,
     query_stac_api,
     scene_from_item,
     search_scenes,
+    search_scenes_task,
     tile_id,
 )
 from tasks.settings import SearchSettings
+from tests.fault_proxy import FaultProxy
 from tests.servers import free_port
 from tests.synthetic import (
     COLLECTION_ID,
@@ -239,19 +242,51 @@ def test_tile_id_from_properties_or_id(item_id: str, properties: dict, expected:
     assert tile_id({"id": item_id, "properties": properties}) == expected
 
 
-def test_unreachable_api_is_a_transient_error_naming_the_url() -> None:
+@pytest.fixture
+def quick_api_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
+    """Three attempts without waiting, instead of a minute of them."""
+    policy = RetryPolicy(attempts=3, first_delay_s=0.0, max_delay_s=0.0)
+    monkeypatch.setattr(tasks.search, "API_RETRY", policy)
+    return policy
+
+
+def test_unreachable_api_ends_saying_the_retries_are_exhausted(quick_api_retries: RetryPolicy) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     settings = SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION)
-    with pytest.raises(TransientReadError, match=url) as error:
+    with pytest.raises(StacApiError, match=url) as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
-    assert "\n" not in str(error.value)
+    assert "gave up after 3 attempts" in str(error.value) and "Connection refused" in str(error.value)
+    assert "\n" not in str(error.value) and "is retried" not in str(error.value)
+
+
+def test_an_api_answering_503_is_retried_then_named(earth_search_api: str, quick_api_retries: RetryPolicy) -> None:
+    proxy = FaultProxy(earth_search_api)  # rustac's links name its own address: only the landing page passes the proxy
+    try:
+        proxy.status("/", 503)
+        settings = SearchSettings(stac_api_url=proxy.endpoint_url, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100)
+        with pytest.raises(StacApiError, match="HTTP 503.*gave up after 3 attempts"):
+            search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+        assert proxy.requests("/") == 3
+        proxy.clear()
+        proxy.status("/", 503, times=2)
+        through_faults = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)  # two failures, then the search
+        direct = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings.model_copy(update={"stac_api_url": earth_search_api}))
+        assert through_faults == direct and len(direct) == 8
+    finally:
+        proxy.stop()
+
+
+def test_a_missing_collection_is_named_not_reported_as_no_scenes(earth_search_api: str) -> None:
+    settings = SearchSettings(stac_api_url=earth_search_api, collection="sentinel-2-c9-l2a")
+    with pytest.raises(InvalidSettings, match="collection 'sentinel-2-c9-l2a' not found at STAC API"):
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
 
 
 @pytest.mark.parametrize("path", ["/no-such-path", f"/collections/{EARTH_SEARCH_COLLECTION}"])
 def test_api_refusal_or_non_api_url_is_a_settings_error_naming_the_url(earth_search_api: str, path: str) -> None:
     url = earth_search_api + path
     settings = SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION)
-    with pytest.raises(InvalidSettings, match=url) as error:
+    with pytest.raises((InvalidSettings, StacApiError), match=url) as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
     assert "\n" not in str(error.value)
 
@@ -264,39 +299,8 @@ def test_unreadable_item_file_is_a_settings_error(tmp_path: Path) -> None:
             search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(item_collection_path=str(path)))
 
 
-def test_task_retries_only_transient_failures() -> None:
-    assert retry_transient_failure(None, None, Failed(data=TransientReadError("api down")))
-    assert not retry_transient_failure(None, None, Failed(data=NoScenesFound("none")))
-    assert not retry_transient_failure(None, None, Failed(data=InvalidSettings("bad url")))
-
-
-@pytest.mark.parametrize(("failures", "expected_calls"), [([TransientReadError("api down")] * 2, 3),
-                                                          ([NoScenesFound("none")], 1)])  # fmt: skip
-def test_task_wrapper_retries_transient_failures_only(
-    prefect_harness: None, monkeypatch: pytest.MonkeyPatch, failures: list[Exception], expected_calls: int
-) -> None:
-    from prefect import flow
-
-    import tasks.search
-
-    calls: list[str] = []
-
-    def flaky_search(aoi, month, settings):
-        calls.append(month)
-        if len(calls) <= len(failures):
-            raise failures[len(calls) - 1]
-        return []
-
-    monkeypatch.setattr(tasks.search, "search_scenes", flaky_search)
-    quick_task = tasks.search.search_scenes_task.with_options(retry_delay_seconds=0)
-
-    @flow
-    def search_flow() -> bool:
-        return quick_task(EARTH_SEARCH_AOI, "2020-03", SearchSettings(), return_state=True).is_completed()
-
-    completed = search_flow()
-    assert len(calls) == expected_calls
-    assert completed == isinstance(failures[0], TransientReadError)
+def test_the_search_task_does_not_retry_what_the_search_retried() -> None:
+    assert search_scenes_task.retries == 0 and API_RETRY.attempts > 1
 
 
 TAVEUNI_SPLIT_AOI = (
