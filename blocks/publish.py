@@ -13,24 +13,37 @@ presence means every product beside it is complete. Publishing again overwrites:
 idempotent. Local copies are atomic (temporary name, then rename).
 """
 
+import json
 import mimetypes
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from botocore.exceptions import ClientError
 from prefect import task
 from prefect_aws.s3 import S3Bucket
 
-from tasks.errors import InvalidSettings
+from tasks.aoi import AOI_NAME_PATTERN
+from tasks.errors import InvalidSettings, OutputCollision, PublishError, portable_errors
+from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.retry import io_task_retries, retry_io_failure
+from tasks.retry import io_task_retries
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
 ITEM_CONTENT_TYPE = "application/geo+json"
 COG_CONTENT_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-AOI_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+PERMANENT_S3_ERRORS: Mapping[str, str] = {
+    "NoSuchBucket": "the bucket does not exist; create it or fix the s3_block's bucket_name",
+    "AccessDenied": "access denied; give the s3_block's credentials s3:PutObject and s3:GetObject on it",
+    "AllAccessDisabled": "access denied; give the s3_block's credentials s3:PutObject and s3:GetObject on it",
+    "InvalidAccessKeyId": "the access key is not known; fix the s3_block's credentials",
+    "SignatureDoesNotMatch": "the secret key is wrong; fix the s3_block's credentials",
+    "InvalidBucketName": "the bucket name is not valid; fix the s3_block's bucket_name",
+}
+"""S3 error codes no retry fixes, with what to do about each."""
 
 
 def publish_products(
@@ -81,20 +94,78 @@ def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file:
     return products
 
 
+def _bucket_prefix(bucket_block: S3Bucket, folder: str) -> str:
+    return "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
+
+
+@contextmanager
+def _permanent_s3_errors_named(bucket: str, prefix: str) -> Iterator[None]:
+    """Turn an S3 error no retry fixes into a one-line `PublishError`; others pass on (and are retried)."""
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code not in PERMANENT_S3_ERRORS:
+            raise
+        raise PublishError(f"cannot publish to s3://{bucket}/{prefix}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
+
+
 def _publish_to_bucket(
     products: Mapping[str, Path], item_file: Path, bucket_block: S3Bucket, folder: str
 ) -> dict[str, str]:
     client = bucket_block.credentials.get_s3_client()
     bucket = bucket_block.bucket_name
-    prefix = "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
+    prefix = _bucket_prefix(bucket_block, folder)
     item_key = f"{prefix}/{item_file.name}"
-    client.delete_object(Bucket=bucket, Key=item_key)
     urls = {}
-    for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
-        key = f"{prefix}/{path.name}"
-        client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
-        urls[name] = f"s3://{bucket}/{key}"
+    with _permanent_s3_errors_named(bucket, prefix):
+        client.delete_object(Bucket=bucket, Key=item_key)
+        for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
+            key = f"{prefix}/{path.name}"
+            client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
+            urls[name] = f"s3://{bucket}/{key}"
     return urls
+
+
+def check_month_folder_owner(
+    bucket_block: S3Bucket | None, output_dir: Path | None, aoi: str, month: str, aoi_digest: str
+) -> None:
+    """Raise `OutputCollision` when the AOI's month folder holds the metadata.json of another AOI.
+
+    `aoi_digest` is this run's AOI identity (`tasks.aoi.aoi_digest`). A permanent S3 error (no
+    bucket, no access) raises `PublishError` here, before any work is done.
+    """
+    folder = month_folder(aoi, month)
+    metadata_name = ProductNames.for_run(aoi, Month.parse(month)).metadata
+    if bucket_block is not None:
+        prefix = _bucket_prefix(bucket_block, folder)
+        location = f"s3://{bucket_block.bucket_name}/{prefix}"
+        with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
+            document = _s3_json(bucket_block, f"{prefix}/{metadata_name}")
+    else:
+        if output_dir is None:
+            raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
+        path = Path(output_dir) / folder / metadata_name
+        location = str(path.parent)
+        document = json.loads(path.read_text()) if path.is_file() else None
+    owner = (document or {}).get("aoi", {})
+    if document is not None and owner.get("digest") != aoi_digest:
+        raise OutputCollision(
+            f"{location} holds the products of another AOI ({owner.get('source')}); give this AOI its own "
+            "aoi_name, or delete that folder to replace its products"
+        )
+
+
+def _s3_json(bucket_block: S3Bucket, key: str) -> dict[str, Any] | None:
+    """The JSON object at `key` in the block's bucket, or None when there is no such object."""
+    client = bucket_block.credentials.get_s3_client()
+    try:
+        body = client.get_object(Bucket=bucket_block.bucket_name, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body)
 
 
 def _publish_to_directory(
@@ -121,7 +192,7 @@ def content_type(path: Path) -> str:
 
 
 publish_products_task = task(
-    publish_products,
+    portable_errors(publish_products),
     name="publish-products",
-    **io_task_retries(retry_io_failure),
+    **io_task_retries(),
 )

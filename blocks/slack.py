@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
-from tasks.aoi import aoi_name
+from tasks.aoi import aoi_label
 from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.scene import FailedScene
@@ -251,7 +251,7 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
     aoi_source = settings.get("aoi")
     start = flow_run.expected_start_time or datetime.now(UTC)
     return RunReport(
-        aoi=aoi_name(str(aoi_source)) if aoi_source else "AOI",
+        aoi=settings.get("aoi_name") or (aoi_label(str(aoi_source)) if aoi_source else "AOI"),
         month=Month.for_run(settings.get("month"), start).label,
         flow_run_name=flow_run.name,
         flow_run_url=url_for(flow_run),

@@ -9,6 +9,7 @@ leaves a file a cache record could point at half-written.
 
 import hashlib
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
 
+from flows.parameters import MosaicSettings
 from tasks.aoi import WGS84
 from tasks.grid import grid_key
+from tasks.scene import ClippedScene, FailedScene
 from tasks.settings import MaskSettings, ReadSettings
 from tasks.workspace import Workspace
 
@@ -37,7 +40,7 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _digest(*parts: str) -> str:
+def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -75,6 +78,27 @@ def scene_folder_digest(aoi: Geometry, grid: GeoBox, read: ReadSettings, mask: M
     cache record that describes another version of it.
     """
     return _digest("scenes", aoi.to_crs(WGS84).wkt, grid_key(grid), read.model_dump_json(), mask.model_dump_json())[:12]
+
+
+def products_digest(
+    settings: MosaicSettings,
+    workspace: Workspace,
+    month_label: str,
+    masked: Sequence[ClippedScene],
+    failed: Sequence[FailedScene],
+) -> str:
+    """A short digest of everything that shapes a month's products: the scenes (their files in
+    `workspace` and the failures), the settings and the code. A retried run with the same digest
+    can publish what an earlier attempt staged."""
+    return _digest(
+        "products",
+        workspace.root,
+        month_label,
+        [scene.item_id for scene in masked],
+        [list(failure) for failure in failed],
+        settings.model_dump_json(),
+        code_version(),
+    )[:12]
 
 
 READ_CACHE = CacheKeyFnPolicy(cache_key_fn=read_cache_key)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings
 from tasks.month import Month
 from tasks.settings import (
@@ -39,6 +40,12 @@ class MosaicSettings(FrozenSettings):
         description="AOI: path or URL of a vector file (GeoPackage, GeoJSON, Shapefile; any CRS), "
         "a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326."
     )
+    aoi_name: str | None = Field(
+        None,
+        pattern=AOI_NAME_PATTERN.pattern,
+        description="Name of the AOI's product folder and files (letters, digits, '_', '-'); deployments set it. "
+        "None: the file's stem and a digest of the AOI, e.g. 'fields-3fa2b1c0', which no other AOI gets.",
+    )
     month: str | None = Field(
         None, description="Month 'YYYY-MM'. None: the month before the run's scheduled start time."
     )
@@ -54,8 +61,23 @@ class MosaicSettings(FrozenSettings):
     output_dir: str = Field("./output", description="Where products go when no S3 block is named.")
     s3_block: str | None = Field(None, description="Name of a prefect-aws S3Bucket block for the products.")
     slack_block: str | None = Field(None, description="Name of a Slack notifier block; None sends no message.")
+    staging_dir: str | None = Field(
+        None,
+        description="Local directory where products are built before publishing (a retry finds them there). "
+        "None: '<workspace>/.staging' for a local workspace, the system temp directory for an S3 one.",
+    )
     max_failed_fraction: float = Field(
         0.1, ge=0, le=1, description="Largest share of scenes allowed to fail before the run fails."
+    )
+    min_valid_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Smallest share of the AOI with a clear observation for the month to be published; "
+        "below it the run fails and publishes nothing.",
+    )
+    max_grid_pixels: float = Field(
+        2e10, gt=0, description="Largest output grid, in pixels; a bigger grid (a bbox typo?) is refused before any read."
     )
 
     @field_validator("month")

@@ -35,18 +35,39 @@ EWKT_PATTERN = re.compile(r"^\s*SRID=(\d+);(.*)$", re.IGNORECASE | re.DOTALL)
 WKT_KEYWORDS = ("POINT", "MULTIPOINT", "LINESTRING", "MULTILINESTRING", "POLYGON", "MULTIPOLYGON", "GEOMETRYCOLLECTION")
 AOI_SEGMENTS_PER_SIDE = 256
 """Densification of AOI edges before reprojection, in segments per bounding-box side."""
+AOI_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+"""What an AOI name (a folder and file-name stem of the products) may hold."""
+AOI_DIGEST_CHARS = 16
+AOI_NAME_DIGEST_CHARS = 8
 ANTIMERIDIAN_LON = 180.0
 FULL_TURN_DEG = 360.0
 ACCEPTED_FORMS = "a GeoPackage, GeoJSON or Shapefile path or URL, a WKT polygon, or a bbox 'minx,miny,maxx,maxy' in EPSG:4326"
 
 
-def aoi_name(source: str) -> str:
-    """A short name for output files: the vector file's stem; for WKT and bbox strings 'aoi-' and a
-    digest of the text, so two inline AOIs never publish to the same folder."""
+def aoi_label(source: str) -> str:
+    """A readable label for the AOI of `source`: the vector file's stem (only letters, digits, '_' and
+    '-'), or 'aoi' for a WKT or bbox string."""
     if _is_inline(source):
-        return f"aoi-{hashlib.sha256(source.strip().encode()).hexdigest()[:8]}"
+        return "aoi"
     stem = Path(source.split("?")[0]).stem
     return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "aoi"
+
+
+def aoi_digest(aoi: Geometry) -> str:
+    """The AOI's identity: a digest of its normalised geometry and CRS, as loaded (no reprojection),
+    so the same AOI gives the same digest on every machine and any other AOI another one."""
+    normalised = shapely.normalize(aoi.geom)
+    crs_text = f"EPSG:{aoi.crs.epsg}" if aoi.crs.epsg else aoi.crs.to_wkt()
+    return hashlib.sha256(crs_text.encode() + shapely.to_wkb(normalised)).hexdigest()[:AOI_DIGEST_CHARS]
+
+
+def aoi_name(source: str, aoi: Geometry) -> str:
+    """The name of an AOI's output folder and files when none is set: `<label>-<digest>`.
+
+    Two AOI files with the same stem (`farmA/aoi.geojson`, `farmB/aoi.geojson`) get different
+    names; the same AOI always gets the same one.
+    """
+    return f"{aoi_label(source)}-{aoi_digest(aoi)[:AOI_NAME_DIGEST_CHARS]}"
 
 
 def _is_inline(source: str) -> bool:
@@ -114,7 +135,7 @@ def _read_vector_file(source: str) -> tuple[shapely.Geometry, Any]:
 
 
 def _checked(shape: shapely.Geometry, crs: Any, source: str) -> Geometry:
-    label = aoi_name(source) if not _is_inline(source) else "AOI"
+    label = aoi_label(source) if not _is_inline(source) else "AOI"
     where = source if not _is_inline(source) else "given"
     if shape.is_empty:
         raise InvalidAOI(f"{label} {where} is empty; give a polygon with an area")

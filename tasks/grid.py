@@ -95,3 +95,13 @@ def grid_metadata(grid: GeoBox) -> dict[str, object]:
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": list(grid.extent.boundingbox),
     }
+
+
+def check_grid_size(grid: GeoBox, max_pixels: float) -> None:
+    """Raise `InvalidSettings` when `grid` has more than `max_pixels` pixels (checked before any read)."""
+    pixels = grid.shape.x * grid.shape.y
+    if pixels > max_pixels:
+        raise InvalidSettings(
+            f"the output grid is {grid.shape.x:,} x {grid.shape.y:,} px ({pixels:.2g} px), more than "
+            f"max_grid_pixels {max_pixels:.2g}; check the AOI (a bbox typo?) and grid.resolution_m, or raise max_grid_pixels"
+        )

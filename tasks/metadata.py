@@ -25,10 +25,9 @@ from tasks.cog import (
     PROCESSING_BLOCK_SIZE,
     REFLECTANCE_SCALE_FACTOR,
 )
-from tasks.errors import InvalidProduct
 from tasks.grid import grid_blocks, grid_metadata
 from tasks.month import Month
-from tasks.scene import NODATA, ClippedScene, FailedScene
+from tasks.scene import NODATA, ClippedScene, FailedScene, SkippedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 PROJECT_DISTRIBUTION = "s2-monthly-basemap"
@@ -67,25 +66,23 @@ class ProductNames:
 class ProductRun:
     """Everything the flow passes to the product stage about one AOI and month.
 
-    `aoi` is the AOI polygon in any CRS, `grid` the target grid of the mosaic, `scenes_used` the
-    clipped scenes the composite read, `scenes_failed` those skipped with their reasons.
+    `aoi` is the AOI polygon in any CRS and `aoi_digest` its identity (`tasks.aoi.aoi_digest`),
+    `grid` the target grid of the mosaic. Every scene the search found is in exactly one of
+    `scenes_used` (gave the mosaic at least one clear pixel), `scenes_failed` (could not be read or
+    masked) and `scenes_skipped` (covers no AOI pixel, or no clear one), the last two with reasons.
     """
 
     aoi_name: str
     aoi_source: str
     aoi: Geometry
+    aoi_digest: str
     grid: GeoBox
     month: Month
     composite: CompositeSettings
     mask: MaskSettings
     scenes_used: tuple[ClippedScene, ...]
     scenes_failed: tuple[FailedScene, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.scenes_used:
-            raise InvalidProduct(
-                f"no scenes were used for {self.aoi_name} {self.month.label}; products need at least one scene"
-            )
+    scenes_skipped: tuple[SkippedScene, ...] = ()
 
     @property
     def product_id(self) -> str:
@@ -93,8 +90,13 @@ class ProductRun:
         return f"{self.aoi_name}-{self.month.label}"
 
     @property
+    def scenes_found(self) -> int:
+        return len(self.scenes_used) + len(self.scenes_failed) + len(self.scenes_skipped)
+
+    @property
     def scene_years(self) -> tuple[int, ...]:
-        return tuple(sorted({scene.acquired.year for scene in self.scenes_used}))
+        """Years of the scenes used; the month's year when none is."""
+        return tuple(sorted({scene.acquired.year for scene in self.scenes_used})) or (self.month.year,)
 
     @property
     def aoi_wgs84(self) -> Geometry:
@@ -244,6 +246,7 @@ def metadata_document(
             "source": run.aoi_source,
             "bounds_epsg4326": list(run.aoi_wgs84.boundingbox),
             "area_km2": aoi_area_km2(run.aoi),
+            "digest": run.aoi_digest,
         },
         "grid": grid_metadata(run.grid),
         "composite": run.composite.model_dump(mode="json"),
@@ -257,7 +260,9 @@ def metadata_document(
             }
             for scene in run.scenes_used
         ],
+        "scenes_found": run.scenes_found,
         "scenes_failed": [{"id": scene.item_id, "reason": scene.reason} for scene in run.scenes_failed],
+        "scenes_skipped": [{"id": scene.item_id, "reason": scene.reason} for scene in run.scenes_skipped],
         "mosaic": {
             "dtype": "uint16",
             "nodata": NODATA,

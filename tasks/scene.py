@@ -6,7 +6,9 @@ reflectance x 10000 with the BOA offset removed, then the SCL class. Its mask fi
 the same sub-grid: one uint8 band of `MaskClass` values.
 """
 
-from dataclasses import dataclass, field
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -35,7 +37,14 @@ class MaskClass(IntEnum):
 
 
 class FailedScene(NamedTuple):
-    """A scene that was found but could not be used, with the one-line reason."""
+    """A scene that was found but could not be read or masked, with the one-line reason."""
+
+    item_id: str
+    reason: str
+
+
+class SkippedScene(NamedTuple):
+    """A scene that was read (or needed no reading) but gave no clear pixel, with the reason."""
 
     item_id: str
     reason: str
@@ -66,6 +75,26 @@ class SceneItem:
     cloud_cover: float | None
     assets: dict[str, SceneAsset]
     footprint: dict[str, Any] = field(repr=False)
+
+
+def scene_items_json(items: Sequence[SceneItem]) -> bytes:
+    """The items as a JSON list (times in ISO 8601), for `scene_items_from_json`."""
+    records = [{**asdict(item), "acquired": item.acquired.isoformat()} for item in items]
+    return json.dumps(records).encode()
+
+
+def scene_items_from_json(payload: bytes) -> list[SceneItem]:
+    """The items `scene_items_json` wrote."""
+    return [
+        SceneItem(
+            **{
+                **record,
+                "acquired": datetime.fromisoformat(record["acquired"]),
+                "assets": {band: SceneAsset(**asset) for band, asset in record["assets"].items()},
+            }
+        )
+        for record in json.loads(payload)
+    ]
 
 
 def check_scene_file(file: Any, scene: "ClippedScene", name: str, band_count: int) -> None:

@@ -8,6 +8,7 @@ selects an S3-compatible store.
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from typing import Any
 from tasks.gdal_env import gdal_path
 
 S3_SCHEME = "s3://"
+PARTIAL_PREFIX = ".partial-"
+"""Files being written are named `.partial-<host>-<pid>-<random>`: a later run can tell whose they were."""
 FILE_MODE = 0o644
 """Permissions of committed local files: readable by all (a shared output folder, a web server)."""
 
@@ -79,7 +82,7 @@ class Workspace:
         else:
             staging_dir = Path(self.uri(name)).parent
             staging_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=staging_dir)
+        handle, temporary = tempfile.mkstemp(prefix=partial_prefix(), suffix=suffix, dir=staging_dir)
         os.close(handle)
         staged_path = Path(temporary)
         try:
@@ -110,3 +113,36 @@ class Workspace:
         """Put a finished local file under `name`, atomically."""
         with self.staged(name) as staged_path:
             shutil.copyfile(local_path, staged_path)
+
+
+def partial_prefix() -> str:
+    """The name prefix of this process's files in the making: `.partial-<host>-<pid>-`."""
+    return f"{PARTIAL_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _writer_is_gone(file_name: str) -> bool:
+    """Whether the process of this host that wrote a `.partial-` file no longer runs."""
+    host_pid = file_name.removeprefix(f"{PARTIAL_PREFIX}{socket.gethostname()}-")
+    pid_text = host_pid.partition("-")[0]
+    if host_pid == file_name or not pid_text.isdigit():
+        return False  # another host's file, or an older naming: its writer cannot be checked from here
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_abandoned_partials(folder: Path, recursive: bool = True) -> list[Path]:
+    """Delete the `.partial-` files in `folder` (and below it when `recursive`) whose writing process
+    on this host is gone.
+
+    A killed run leaves them; a running one's files are kept. Returns the deleted paths.
+    """
+    pattern = f"{'**/' if recursive else ''}{PARTIAL_PREFIX}*"
+    abandoned = [path for path in folder.glob(pattern) if _writer_is_gone(path.name)]
+    for path in abandoned:
+        path.unlink(missing_ok=True)
+    return abandoned

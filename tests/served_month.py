@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.parameters import MosaicSettings
+from tasks.search import newest_processing, scene_from_item
 from tests.servers import S3Server
 from tests.synthetic import (
     COLLECTION_ID,
@@ -81,3 +82,15 @@ def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) 
         **overrides,
     }
     return MosaicSettings.model_validate(fields)
+
+
+def assert_every_scene_accounted(metadata: dict[str, Any], served: ServedMonth) -> None:
+    """Every scene the search keeps (the newest processing of each served acquisition) appears in
+    metadata.json exactly once, as used, failed or skipped, and the failed and skipped ones with a reason."""
+    found = {scene.item_id for scene in newest_processing(filter(None, map(scene_from_item, served.month.items)))}
+    used = [scene["id"] for scene in metadata["scenes_used"]]
+    failed = [scene["id"] for scene in metadata["scenes_failed"]]
+    skipped = [scene["id"] for scene in metadata["scenes_skipped"]]
+    listed = used + failed + skipped
+    assert sorted(listed) == sorted(found) and len(listed) == len(set(listed)) == metadata["scenes_found"], metadata
+    assert all(scene["reason"] for scene in metadata["scenes_failed"] + metadata["scenes_skipped"])

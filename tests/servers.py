@@ -235,6 +235,10 @@ class S3Server:
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
 
+    def read(self, bucket: str, key: str) -> bytes:
+        """The content of an object."""
+        return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
     def http_url(self, bucket: str, key: str) -> str:
         """The anonymous (unsigned) http URL of an object."""
         return f"{self.endpoint_url}/{bucket}/{key}"

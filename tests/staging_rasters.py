@@ -14,11 +14,11 @@ import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
-from tasks.aoi import aoi_pixel_mask, load_aoi
+from tasks.aoi import aoi_digest, aoi_pixel_mask, load_aoi
 from tasks.grid import grid_for_aoi
 from tasks.metadata import ProductRun
 from tasks.month import Month
-from tasks.scene import ClippedScene, FailedScene
+from tasks.scene import ClippedScene, FailedScene, SkippedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 L_SHAPED_AOI_WKT = (
@@ -112,10 +112,12 @@ def make_product_run(staging: StagingRasters, scene_dates: tuple[datetime, ...] 
         aoi_name="l-shaped",
         aoi_source=AOI_SOURCE,
         aoi=staging.aoi,
+        aoi_digest=aoi_digest(staging.aoi),
         grid=staging.grid,
         month=Month(2024, 6),
         composite=CompositeSettings(),
         mask=MaskSettings(masker="scl"),
         scenes_used=scenes,
-        scenes_failed=(FailedScene("S2A_33TWL_20240611_0_L2A", "asset 'red' could not be read: HTTP 503"),),
+        scenes_failed=(FailedScene("S2A_33TWL_20240611_0_L2A", "red: refused (HTTP 503) (transient; gave up after 8 attempts over 61 s)"),),
+        scenes_skipped=(SkippedScene("S2B_33TWL_20240614_0_L2A", "no clear pixel in the AOI"),),
     )

@@ -11,7 +11,7 @@ import pytest
 import shapely
 from odc.geo.geobox import GeoBox
 
-from tasks.aoi import aoi_name, aoi_pixel_mask, load_aoi
+from tasks.aoi import aoi_digest, aoi_label, aoi_name, aoi_pixel_mask, load_aoi
 from tasks.errors import InvalidAOI
 
 UTM_33N = "EPSG:32633"
@@ -23,6 +23,7 @@ BOWTIE = shapely.Polygon([(500_000, 5_000_000), (501_000, 5_001_000), (501_000, 
 def _write(path: Path, geometries: list, crs: str | None = UTM_33N, driver: str | None = None) -> str:
     frame = geopandas.GeoDataFrame({"name": [f"part{index}" for index in range(len(geometries))]},
                                    geometry=geometries, crs=crs)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_file(path, driver=driver)
     return str(path)
 
@@ -40,7 +41,7 @@ def test_vector_file_in_a_projected_crs_keeps_its_crs_and_shape(tmp_path: Path, 
     assert aoi.crs.epsg == 32633
     assert aoi.geom.equals(FIELD)
     assert aoi.area == pytest.approx(2_000 * 1_000)
-    assert aoi_name(str(tmp_path / file_name)) == "field"
+    assert re.fullmatch(r"field-[0-9a-f]{8}", aoi_name(str(tmp_path / file_name), aoi))
 
 
 def test_features_of_a_file_become_one_multipolygon(tmp_path: Path) -> None:
@@ -59,10 +60,19 @@ def test_wkt_is_wgs84() -> None:
     aoi = load_aoi("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))")
     assert aoi.crs.epsg == 4326
     assert aoi.geom.bounds == (9, 47, 10, 48)
-    wkt_name = aoi_name("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))")
+    wkt_name = aoi_name("POLYGON((9 47, 10 47, 10 48, 9 48, 9 47))", aoi)
     assert re.fullmatch(r"aoi-[0-9a-f]{8}", wkt_name)
-    assert wkt_name == aoi_name(" POLYGON((9 47, 10 47, 10 48, 9 48, 9 47)) ")
-    assert aoi_name("9,47,10,48") != aoi_name("9,47,10,48.5")
+    assert wkt_name == aoi_name("9,47,10,48", load_aoi("9,47,10,48"))  # the same polygon, written otherwise
+    assert aoi_name("9,47,10,48", aoi) != aoi_name("9,47,10,48.5", load_aoi("9,47,10,48.5"))
+
+
+def test_files_with_the_same_stem_get_different_names_and_the_same_file_always_its_own(tmp_path: Path) -> None:
+    farm_a = load_aoi(_write(tmp_path / "farmA" / "aoi.geojson", [FIELD], driver="GeoJSON"))
+    farm_b = load_aoi(_write(tmp_path / "farmB" / "aoi.geojson", [SECOND_FIELD], driver="GeoJSON"))
+    again = load_aoi(str(tmp_path / "farmA" / "aoi.geojson"))
+    assert aoi_label(str(tmp_path / "farmA" / "aoi.geojson")) == aoi_label(str(tmp_path / "farmB" / "aoi.geojson")) == "aoi"
+    assert aoi_digest(farm_a) != aoi_digest(farm_b) and aoi_digest(farm_a) == aoi_digest(again)
+    assert aoi_name("farmA/aoi.geojson", farm_a) != aoi_name("farmB/aoi.geojson", farm_b)
 
 
 def test_ewkt_carries_its_srid() -> None:

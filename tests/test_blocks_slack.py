@@ -25,7 +25,7 @@ from blocks.slack import (
     succeeded_message,
 )
 from flows.parameters import MosaicSettings
-from tasks.aoi import aoi_name
+from tasks.aoi import aoi_label
 from tasks.scene import FailedScene
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
@@ -182,7 +182,7 @@ def failing_mosaic(settings: MosaicSettings) -> RunReport:
 
 @flow(**slack_state_hooks())
 def finishing_mosaic(settings: MosaicSettings) -> RunReport:
-    return RunReport(aoi=aoi_name(settings.aoi), month=settings.month, scenes_found=5, scenes_used=4, valid_share=0.5)
+    return RunReport(aoi=aoi_label(settings.aoi), month=settings.month, scenes_found=5, scenes_used=4, valid_share=0.5)
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_failing_flow_sends_start_then_failure_with_reason(slack_receiver: Slack
 
     assert state.is_failed()
     started, failed = slack_receiver.bodies
-    assert started["text"].startswith(f"Basemap {aoi_name(AOI_PATH)} {MONTH}: started")
+    assert started["text"].startswith(f"Basemap {aoi_label(AOI_PATH)} {MONTH}: started")
     assert "3 of 5 scenes failed" in failed["text"]
     failure_text = _payload_text(failed)
     assert FAILED_SCENE[0] in failure_text and FAILED_SCENE[1] in failure_text

@@ -21,13 +21,15 @@ from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.slack import SlackNotifier
 from flows.caching import READ_CACHE, RESULTS_FOLDER
-from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic, run_workspace
+from flows.locking import month_lock_name
+from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
 from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS
+from tasks.month import Month
 from tasks.search import scene_from_item
 from tests import REPO_ROOT
-from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.slack_receiver import SlackReceiver
 
@@ -72,14 +74,19 @@ def log_messages_since(start: datetime) -> list[str]:
 def test_month_completes_with_products_in_s3_and_a_slack_success(
     served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, slack_receiver: SlackReceiver, tmp_path: Path
 ) -> None:
-    report = monthly_mosaic(flow_settings(served, tmp_path / "ws", s3_block=blocks["s3_block"], slack_block=blocks["slack_block"]))
+    settings = flow_settings(served, tmp_path / "ws", s3_block=blocks["s3_block"], slack_block=blocks["slack_block"])
+    report = monthly_mosaic(settings)
 
-    folder = f"basemaps/served_aoi/{served.label[:4]}/{served.label[5:]}"
-    assert s3_server.keys(blocks["bucket"]) == {f"{folder}/served_aoi_{served.label}_{suffix}" for suffix in PRODUCT_SUFFIXES}
+    name = run_inputs(settings).name
+    assert name.startswith("served_aoi-")
+    folder = f"basemaps/{name}/{served.label[:4]}/{served.label[5:]}"
+    assert s3_server.keys(blocks["bucket"]) == {f"{folder}/{name}_{served.label}_{suffix}" for suffix in PRODUCT_SUFFIXES}
     assert report.scenes_found == len(served.item_ids) - 1  # the duplicated date keeps its newer processing
     assert report.scenes_used == report.scenes_found and not report.failed_scenes
     assert report.valid_share > 0.99
-    assert report.product_urls["item"] == f"s3://{blocks['bucket']}/{folder}/served_aoi_{served.label}_item.json"
+    assert report.product_urls["item"] == f"s3://{blocks['bucket']}/{folder}/{name}_{served.label}_item.json"
+    metadata_key = f"{folder}/{name}_{served.label}_metadata.json"
+    assert_every_scene_accounted(json.loads(s3_server.read(blocks["bucket"], metadata_key)), served)
     started, succeeded = slack_receiver.texts()
     assert "started" in started and "done" in succeeded
 
@@ -109,9 +116,10 @@ def test_a_permanently_broken_asset_is_recorded_and_reported(
 
     report = monthly_mosaic(settings)
 
-    assert [item_id for item_id, _ in report.failed_scenes] == [broken_item]
+    assert report.failed_scenes == [(broken_item, "red: not found (HTTP 404)")]
     metadata = json.loads(Path(report.product_urls["metadata"]).read_text())
-    assert [scene["id"] for scene in metadata["scenes_failed"]] == [broken_item]
+    assert metadata["scenes_failed"] == [{"id": broken_item, "reason": "red: not found (HTTP 404)"}]
+    assert_every_scene_accounted(metadata, served)
     assert broken_item not in [scene["id"] for scene in metadata["scenes_used"]]
     assert broken_item in slack_receiver.texts()[-1] or broken_item in json.dumps(slack_receiver.bodies[-1])
 
@@ -147,8 +155,8 @@ def test_rerunning_the_same_parameters_reads_no_scene(
 
 def finished_reads(settings: MosaicSettings, served: ServedMonth) -> set[str]:
     """Item ids whose read has a persisted cache record in the workspace (the read task finished)."""
-    aoi, grid = aoi_and_grid(settings)
-    workspace = run_workspace(settings, aoi, grid)
+    inputs = run_inputs(settings)
+    aoi, grid, workspace = inputs.aoi, inputs.grid, inputs.workspace
     records = Path(workspace.uri(RESULTS_FOLDER))
     finished = set()
     for item in served.month.items:
@@ -188,6 +196,8 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
     assert process.returncode == -signal.SIGKILL, f"the run ended by itself (status {process.returncode}) before the kill"
     finished_before_kill = finished_reads(settings, served)
     assert finished_before_kill and len(finished_before_kill) < len(served.item_ids), "the kill should land mid-acquisition"
+    with get_client(sync_client=True) as client:  # as the README says: free the dead run's lock now, not after its lease
+        client.delete_global_concurrency_limit_by_name(month_lock_name(run_inputs(settings).name, Month.parse(served.label)))
     s3_server.reset_counters()
 
     report = monthly_mosaic(settings)
@@ -195,7 +205,7 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
     assert report.scenes_used == len(served.item_ids)
     for item_id in served.item_ids:
         assert (s3_server.requests_for(item_id) == 0) == (item_id in finished_before_kill), item_id
-    scenes_dir = Path(run_workspace(settings, *aoi_and_grid(settings)).uri("scenes"))
+    scenes_dir = Path(run_inputs(settings).workspace.uri("scenes"))
     for scene_file in scenes_dir.glob("S2*.tif"):
         with rasterio.open(scene_file) as scene:
             scene.read()

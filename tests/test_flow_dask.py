@@ -7,6 +7,7 @@ The cluster the runner starts is a `LocalCluster` whose scheduler (in this proce
 worker each task ran on.
 """
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,10 @@ from typing import Any
 import pytest
 
 from blocks.publish import ITEM_PRODUCT
-from flows.monthly_mosaic import aoi_and_grid, monthly_mosaic, run_workspace
+from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from tasks.mask import mask_name_for
 from tasks.read import scene_file_name
-from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tests.servers import S3Server
 
 distributed = pytest.importorskip("distributed")
@@ -79,12 +80,13 @@ def test_dask_local_cluster_completes_month_with_s3_workspace(
     assert state.is_completed(), state.message
     report = state.result()
     assert report.failed_scenes == []
-    assert 0 < report.scenes_used <= report.scenes_found
+    assert report.scenes_used == report.scenes_found == len(served.item_ids) - 1  # one date is served twice
     assert set(report.product_urls) == set(PRODUCTS)
     for url in report.product_urls.values():
         assert Path(url).is_file() and Path(url).stat().st_size > 0, url
+    assert_every_scene_accounted(json.loads(Path(report.product_urls["metadata"]).read_text()), served)
 
-    scene_prefix = run_workspace(settings, *aoi_and_grid(settings)).uri("").removeprefix(f"s3://{bucket}/")
+    scene_prefix = run_inputs(settings).workspace.uri("").removeprefix(f"s3://{bucket}/")
     workspace_keys = s3_server.keys(bucket, scene_prefix)
     stored = [item_id for item_id in served.item_ids if f"{scene_prefix}{scene_file_name(item_id)}" in workspace_keys]
     assert len(stored) == report.scenes_found

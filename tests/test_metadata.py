@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.aoi import aoi_digest
 from tasks.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
-from tasks.errors import InvalidProduct, InvalidSettings
+from tasks.errors import InvalidSettings
 from tasks.grid import grid_metadata
 from tasks.metadata import (
     Month,
@@ -93,7 +94,10 @@ def test_metadata_holds_run_provenance(tmp_path: Path) -> None:
     assert [scene["acquired"][:10] for scene in document["scenes_used"]] == ["2024-06-03", "2024-06-18"]
     assert {scene["processing_baseline"] for scene in document["scenes_used"]} == {"05.10"}
     assert all(scene["valid_fraction"] == 0.9 for scene in document["scenes_used"])
-    assert document["scenes_failed"] == [{"id": "S2A_33TWL_20240611_0_L2A", "reason": "asset 'red' could not be read: HTTP 503"}]
+    run = make_product_run(staging)
+    assert document["scenes_failed"] == [{"id": "S2A_33TWL_20240611_0_L2A", "reason": run.scenes_failed[0].reason}]
+    assert document["scenes_skipped"] == [{"id": "S2B_33TWL_20240614_0_L2A", "reason": "no clear pixel in the AOI"}]
+    assert document["scenes_found"] == 4 and document["aoi"]["digest"] == aoi_digest(run.aoi)
     assert document["files"]["mosaic"] == "l-shaped_2024-06_mosaic.tif"
 
 
@@ -124,11 +128,9 @@ def test_area_is_geodesic(tmp_path: Path) -> None:
     assert area == pytest.approx(utm_area, rel=0.002)
 
 
-def test_run_without_scenes_is_refused(tmp_path: Path) -> None:
-    run = make_product_run(make_staging_rasters(tmp_path))
-
-    with pytest.raises(InvalidProduct, match="no scenes were used"):
-        replace(run, scenes_used=())
+def test_a_run_with_no_scene_used_is_attributed_to_its_month(tmp_path: Path) -> None:
+    run = replace(make_product_run(make_staging_rasters(tmp_path)), scenes_used=())
+    assert run.scene_years == (run.month.year,) and run.scenes_found == 2
 
 
 @pytest.mark.parametrize("text", ["2024-13", "June 2024"])

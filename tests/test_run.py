@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.monthly_mosaic import run_inputs
 from flows.run import main
 from tests import REPO_ROOT
 from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
@@ -62,6 +63,7 @@ def test_a_settings_file_with_overrides_runs_the_month(
     status = main(["--settings", str(settings_file), "--month", served.label, "--output-dir", str(output_dir)])
 
     assert status == 0
-    item = output_dir / "served_aoi" / served.label[:4] / served.label[5:] / f"served_aoi_{served.label}_item.json"
+    name = run_inputs(flow_settings(served, tmp_path / "ws")).name
+    item = output_dir / name / served.label[:4] / served.label[5:] / f"{name}_{served.label}_item.json"
     assert item.is_file()
     assert str(item) in capsys.readouterr().out
