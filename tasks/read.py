@@ -32,7 +32,7 @@ from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask, footprint_in_crs
 from tasks.errors import SceneOutsideAOI, SceneReadError, portable_errors
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks, raster_profile
-from tasks.read_failures import classify_read_failure
+from tasks.read_failures import classify_read_failure, tiff_extent
 from tasks.retry import Failure, RetriesEnded, RetryPolicy, io_task_retries, retried
 from tasks.scene import (
     NODATA,
@@ -57,6 +57,9 @@ WARP_TOLERANCE_PX = 0.001
 samples enough to change values by tens of DN near sharp edges, and differently for each block;
 this costs no measurable time more."""
 MAX_HARMONISED = np.iinfo(np.uint16).max
+ASSET_DRIVER = "GTiff"
+"""Scene assets are Cloud Optimized GeoTIFFs; no other GDAL driver is tried (each would read more of a
+file that is not one)."""
 SCENE_PROFILE = {
     "driver": "GTiff",
     "dtype": "uint16",
@@ -123,6 +126,7 @@ class AssetReader:
     settings: ReadSettings
     _source: rasterio.DatasetReader | None = None
     _warped: WarpedVRT | None = None
+    _file_extent: int | None = None
 
     def read(self, roi: tuple[slice, slice]) -> np.ndarray:
         """The asset on `subgrid[roi]` as (y, x): float32 DNs for reflectance, native integers for SCL; 0 = nodata."""
@@ -132,6 +136,7 @@ class AssetReader:
             try:
                 return self._opened(attempt).read(1, window=Window.from_slices(*roi))
             except (RasterioError, OSError):
+                self._file_extent = tiff_extent(self._source) if self._source is not None else None
                 self.close()
                 raise
 
@@ -145,7 +150,7 @@ class AssetReader:
         if isinstance(error, SceneReadError):
             return Failure(error.reason, transient=False)
         if isinstance(error, (RasterioError, OSError)):
-            return classify_read_failure(error, self.asset.href)
+            return classify_read_failure(error, self.asset.href, self._file_extent)
         return None
 
     def _opened(self, attempt: int) -> WarpedVRT:
@@ -153,7 +158,7 @@ class AssetReader:
             path = gdal_path(self.asset.href)
             # A retry must not see what GDAL cached of the failed attempt (e.g. "no such file").
             with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path) if attempt > 1 else nullcontext():
-                self._source = rasterio.open(path)
+                self._source = rasterio.open(path, driver=ASSET_DRIVER)
             check_georeferencing(self._source, self.subgrid, self.item_id, self.asset_key)
             self._warped = WarpedVRT(
                 self._source,
