@@ -40,7 +40,7 @@ PROBE_BYTES = 4
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 """Little- and big-endian TIFF, then BigTIFF."""
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-STATUS_NAMES = {401: "access denied", 403: "access denied", 404: "not found", 410: "gone"}
+STATUS_NAMES = {401: "access denied", 403: "access denied", 404: "not found", 408: "timed out", 410: "gone", 429: "too many requests"}
 
 PERMANENT_BY_TYPE = {
     "CPLE_AWSObjectNotFoundError": "not found (HTTP 404)",
@@ -116,7 +116,8 @@ def _http_status(text: str) -> int | None:
 def failure_of_status(status: int) -> Failure:
     """The failure an HTTP error status means: 408/429/5xx transient, any other permanent."""
     transient = status in TRANSIENT_HTTP_STATUSES or status >= 500
-    return Failure(f"{STATUS_NAMES.get(status, 'refused')} (HTTP {status})", transient=transient)
+    name = STATUS_NAMES.get(status, "server error" if status >= 500 else "refused")
+    return Failure(f"{name} (HTTP {status})", transient=transient)
 
 
 def failure_of_probe(answer: ProbeAnswer, file_extent: int | None = None, header_unreadable: bool = False) -> Failure:

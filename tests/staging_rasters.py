@@ -118,6 +118,6 @@ def make_product_run(staging: StagingRasters, scene_dates: tuple[datetime, ...] 
         composite=CompositeSettings(),
         mask=MaskSettings(masker="scl"),
         scenes_used=scenes,
-        scenes_failed=(FailedScene("S2A_33TWL_20240611_0_L2A", "red: refused (HTTP 503) (transient; gave up after 8 attempts over 61 s)"),),
+        scenes_failed=(FailedScene("S2A_33TWL_20240611_0_L2A", "red: server error (HTTP 503) (transient; gave up after 8 attempts over 61 s)"),),
         scenes_skipped=(SkippedScene("S2B_33TWL_20240614_0_L2A", "no clear pixel in the AOI"),),
     )
