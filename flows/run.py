@@ -62,7 +62,9 @@ def print_report(report: RunReport) -> None:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flows.run", description=__doc__.splitlines()[0])
     parser.add_argument("--settings", help="YAML or JSON file of MosaicSettings fields")
-    parser.add_argument("--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326")
+    parser.add_argument(
+        "--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326 (a negative minx: --aoi=-10,30,-9,31)"
+    )
     parser.add_argument("--month", help="YYYY-MM (default: the previous month)")
     parser.add_argument("--masker", choices=["ocm+scl", "ocm", "scl"])
     parser.add_argument("--workspace", help="local directory or s3://bucket/prefix for intermediate files")

@@ -239,6 +239,10 @@ class S3Server:
         """The content of an object."""
         return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def presigned_url(self, bucket: str, key: str) -> str:
+        """A signed GET URL of an object, its signature in the query string (as catalogues hand out)."""
+        return self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600)
+
     def http_url(self, bucket: str, key: str) -> str:
         """The anonymous (unsigned) http URL of an object."""
         return f"{self.endpoint_url}/{bucket}/{key}"

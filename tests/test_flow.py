@@ -1,5 +1,6 @@
 """The monthly flow in-process against real servers on 127.0.0.1: S3 (moto), STAC (rustac), Slack stand-in."""
 
+import copy
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import rasterio
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
 from prefect_aws import AwsCredentials, S3Bucket
@@ -206,9 +207,32 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
     for item_id in served.item_ids:
         assert (s3_server.requests_for(item_id) == 0) == (item_id in finished_before_kill), item_id
     scenes_dir = Path(run_inputs(settings).workspace.uri("scenes"))
+    assert not list(scenes_dir.glob(".partial-*")), "the files the killed run was writing are removed"
     for scene_file in scenes_dir.glob("S2*.tif"):
         with rasterio.open(scene_file) as scene:
             scene.read()
+
+
+def test_signed_asset_urls_stay_out_of_recorded_parameters(
+    prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path
+) -> None:
+    served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path)
+    signed_items = copy.deepcopy(list(served.month.items))
+    for item in signed_items:
+        for asset in item["assets"].values():
+            asset["href"] = s3_server.presigned_url(*asset["href"].removeprefix("s3://").split("/", 1))
+    settings = flow_settings(served, tmp_path / "ws")
+    search = settings.search.model_copy(update={"stac_api_url": stac_api_factory(served.month.collection, signed_items)})
+    started = datetime.now(UTC)
+
+    report = monthly_mosaic(settings.model_copy(update={"search": search}))
+
+    assert report.scenes_used == report.scenes_found and not report.failed_scenes
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+    parameters = [run.parameters for run in runs]
+    assert any("items_name" in recorded for recorded in parameters), "the acquisition subflow should be among the runs"
+    assert "X-Amz-Signature" not in json.dumps(parameters, default=str)
 
 
 def test_missing_model_weights_stop_the_run_before_any_scene_is_read(

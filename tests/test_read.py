@@ -13,6 +13,7 @@ import rasterio
 import shapely
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box
+from prefect.client.orchestration import get_client
 from prefect.states import Failed
 
 from tasks.aoi import aoi_pixel_mask
@@ -27,6 +28,7 @@ from tasks.read import (
     TAG_VALID_FRACTION,
     harmonised_reflectance,
     read_scene,
+    read_scene_task,
     scene_file_name,
 )
 from tasks.retry import retry_io_failure
@@ -203,6 +205,36 @@ def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path) -> No
     rows, cols = month.grid.overlap_roi(scene.grid)
     clear = month.clear_mask[item.item_id][rows, cols]
     np.testing.assert_array_equal(read_pixels(Workspace(str(tmp_path / "ws")), scene)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
+
+
+@pytest.mark.parametrize(("status", "most_requests"), [(503, 2 * FAST_RETRIES.read_attempts), (404, 1)])
+def test_requests_per_failing_asset_are_bounded_across_every_retry_layer(
+    status: int, most_requests: int, prefect_harness: None, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The reader is the only layer that retries a read: GDAL does not, and the Prefect task does not.
+
+    An attempt that fails at open costs GDAL at most 2 requests (a reopen past its cache of the
+    failure states the file, then reads it); a permanent failure ends with its first attempt."""
+    from prefect import flow
+
+    month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
+    item = scene_item(month.items[0])
+    nir_key = item.assets["nir"].href.split("/", 3)[3]
+    s3_server.fail_always(nir_key, status=status)
+    s3_server.reset_counters()
+
+    @flow
+    def read_one() -> tuple[bool, Any]:
+        aoi = pixel_box(month.grid, (0, 200), (0, 200))
+        state = read_scene_task(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), FAST_RETRIES, return_state=True)
+        return state.is_failed(), state.state_details.task_run_id
+
+    failed, task_run_id = read_one()
+
+    assert failed
+    assert 1 <= s3_server.requests_for(nir_key) <= most_requests
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(task_run_id).run_count == 1
 
 
 @pytest.mark.parametrize("fault", ["always 503", "missing object"])

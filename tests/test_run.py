@@ -27,8 +27,10 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
         (["--aoi", "9,47,10,48", "--month", "2024-13"], "month: Value error, month '2024-13' is not YYYY-MM"),
         (["--aoi", "POINT(9 47)", "--month", "2024-06"], "has no polygon"),
         (["--settings", "/nowhere/settings.yaml"], "settings file /nowhere/settings.yaml cannot be read"),
+        (["--aoi=-10,30,40,60", "--month", "2024-06", "--masker", "scl"], "more than max_grid_pixels 2e+10"),
+        (["--aoi", str(REPO_ROOT / "README.md"), "--month", "2024-06"], "cannot be read"),
     ],
-    ids=["missing AOI file", "month 13", "point AOI", "missing settings file"],
+    ids=["missing AOI file", "month 13", "point AOI", "missing settings file", "bbox typo", "not a vector file"],
 )
 def test_bad_input_ends_in_one_line_and_status_2(arguments: list[str], problem: str) -> None:
     finished = run_cli(*arguments)
