@@ -10,7 +10,7 @@ What the flow uses:
   block name from the run's `settings` parameter (`settings.slack_block`; None sends nothing) and
   the AOI and month from `settings.aoi` and `settings.month` (None: the month before the run's
   scheduled start, as the flow does). On completion they send the returned
-  `RunReport`; on failure or crash the state message, plus the failed scenes when the exception
+  `RunReport`; on failure the state message, plus the failed scenes when the exception
   carries a `failed_scenes` attribute (a sequence of (item id, reason)).
 - `started_message`, `succeeded_message`, `failed_message`: pure builders of the Block Kit
   `blocks` and fallback `text` of each notice.
@@ -217,7 +217,7 @@ def announce_success(flow: Flow, flow_run: FlowRun, state: State) -> None:
 
 
 def announce_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
-    """on_failure and on_crashed hook: the failure notice with the state message and failed scenes."""
+    """on_failure hook: the failure notice with the state message and failed scenes."""
     notifier = _notifier_for(flow_run)
     if not notifier:
         return
