@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks.logs import stage_logger
 from tasks.month import Month
@@ -28,12 +28,18 @@ def month_lock_name(aoi_name: str, month: Month) -> str:
 
 
 def ensure_lock(name: str) -> None:
-    """Create the limit `name` with one slot unless it exists (Prefect creates none on first use)."""
+    """Create the limit `name` with one slot unless it exists (Prefect creates none on first use).
+
+    Looked up first: asking the server to create an existing limit makes it log an error.
+    """
     with get_client(sync_client=True) as client:
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another run created it in between
 
 
 @contextmanager
