@@ -49,9 +49,7 @@ def metadata_of(report: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("runner", "outage_s"), [("threads", 20), ("threads", 3), ("dask", 3)], ids=["threads-20s", "threads-3s", "dask-3s"]
-)
+@pytest.mark.parametrize(("runner", "outage_s"), [("threads", 20), ("threads", 3), ("dask", 20), ("dask", 3)])
 def test_a_network_outage_mid_acquisition_does_not_fail_the_month(
     runner: str, outage_s: float, prefect_harness: None, fault_proxy: FaultProxy, s3_server: S3Server,
     stac_api_factory, tmp_path: Path,
@@ -70,6 +68,27 @@ def test_a_network_outage_mid_acquisition_does_not_fail_the_month(
     assert state.is_completed(), state.message
     report = state.result()
     assert report.failed_scenes == [] and report.scenes_used == report.scenes_found == len(OUTAGE_DATES)
+    assert_every_scene_accounted(metadata_of(report), served)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_bodies_cut_or_reset_in_transit_and_busy_servers_are_retried(
+    runner: str, prefect_harness: None, fault_proxy: FaultProxy, s3_server: S3Server, stac_api_factory, tmp_path: Path
+) -> None:
+    served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, duplicated_dates=())
+    cut, reset, busy = (asset_path(served, item_id, "nir") for item_id in served.item_ids[1:4])
+    fault_proxy.cut_body(cut, 1000, times=1)
+    fault_proxy.reset_body(reset, 1000, times=1)
+    fault_proxy.status(busy, 503, times=2)
+    settings = flow_settings(served, tmp_path / "ws", runner=RUNNERS[runner])
+
+    with reads_through(fault_proxy):
+        report = monthly_mosaic(settings)
+
+    assert report.failed_scenes == [] and report.scenes_used == report.scenes_found == len(served.item_ids)
+    intact_requests = fault_proxy.requests(asset_path(served, served.item_ids[0], "nir"))
+    assert all(fault_proxy.requests(path) > intact_requests for path in (cut, reset, busy)), "each fault was met and retried"
     assert_every_scene_accounted(metadata_of(report), served)
 
 
@@ -113,8 +132,9 @@ def test_permanent_faults_cost_one_attempt_and_name_themselves(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("runner", list(RUNNERS))
 def test_assets_whose_georeferencing_disagrees_are_read_as_they_are_or_failed_with_the_reason(
-    prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path
+    runner: str, prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path
 ) -> None:
     served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, duplicated_dates=())
     wrong_label, no_georeferencing, other_crs = served.item_ids[1:4]
@@ -128,7 +148,7 @@ def test_assets_whose_georeferencing_disagrees_are_read_as_they_are_or_failed_wi
         resampling = Resampling.nearest if band == SCL_BAND else Resampling.bilinear
         source = asset_file(served, tmp_path, other_crs, band)
         upload_over(s3_server, served, other_crs, band, reprojected(source, rasters / f"{band}_3857.tif", "EPSG:3857", resampling))
-    settings: MosaicSettings = flow_settings(served, tmp_path / "ws", max_failed_fraction=0.5)
+    settings: MosaicSettings = flow_settings(served, tmp_path / "ws", max_failed_fraction=0.5, runner=RUNNERS[runner])
 
     report = monthly_mosaic(settings)
 
