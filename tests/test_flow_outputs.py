@@ -1,0 +1,533 @@
+"""Where a month's products go and what a run leaves behind, against real servers on 127.0.0.1 (moto S3,
+rustac STAC API, the Prefect test API, the Slack stand-in): AOI files sharing a stem, a shared
+aoi_name, two runs of one AOI and month at once, publishing faults, files a killed run left, and a
+month too cloudy to publish."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import rasterio
+from botocore.loaders import create_loader
+from botocore.retries.standard import DEFAULT_MAX_ATTEMPTS as STANDARD_MODE_ATTEMPTS
+from botocore.translate import build_retry_config
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.settings import PREFECT_API_URL
+from prefect.states import State
+from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws.client_parameters import AwsClientParameters
+
+from blocks.publish import month_folder
+from blocks.slack import SlackNotifier
+from flows.locking import month_lock, month_lock_name
+from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
+from tasks.aoi import aoi_digest, load_aoi
+from tasks.errors import OutputCollision, PublishError, TooFewClearPixels
+from tasks.metadata import ProductNames
+from tasks.month import Month
+from tasks.workspace import partial_prefix
+from tests import REPO_ROOT
+from tests.fault_proxy import FaultProxy
+from tests.served_month import SERVED_GRID, ServedMonth, flow_settings, serve_synthetic_month
+from tests.servers import TEST_CREDENTIALS, S3Server
+from tests.slack_receiver import SlackReceiver
+from tests.synthetic import write_aoi
+
+BUCKET_FOLDER = "basemaps"
+FARM_INSETS_PX = {"farmA": 20, "farmB": 60}
+"""Two AOI files `<farm>/aoi.geojson`: quadrilaterals this many pixels inside the served grid."""
+SETTLE_TIMEOUT_S = 120.0
+"""How long task runs may take to reach the API (they are recorded from events, asynchronously)."""
+SETTLE_POLL_S = 1.0
+RUN_TIMEOUT_S = 900.0
+"""How long a `python -m flows.run` subprocess may take on a loaded machine."""
+READ_TASK, COMPOSITE_TASK, WRITE_TASK, PUBLISH_TASK = "read-scene", "composite", "write-products", "publish-products"
+LOCK_RELEASED_EVENT = "prefect.concurrency-limit.released"
+EVENTS_PAGE_SIZE = 50
+"""The most events the API answers at once (the client's default of 100 is refused)."""
+OTHER_INPUTS_DIGEST = "0123456789ab"
+"""The staging digest of an earlier run with other inputs (12 hex characters, as `products_digest` gives)."""
+
+
+# --- Fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth:
+    return serve_synthetic_month(s3_server, stac_api_factory, tmp_path)
+
+
+@pytest.fixture
+def farms(tmp_path: Path) -> list[Path]:
+    """`farmA/aoi.geojson` and `farmB/aoi.geojson`: the same stem, different polygons, in the grid's CRS."""
+    paths = []
+    for farm, inset_px in FARM_INSETS_PX.items():
+        (tmp_path / farm).mkdir()
+        paths.append(write_aoi(SERVED_GRID, tmp_path / farm / "aoi.geojson", inset_px=inset_px))
+    return paths
+
+
+def save_products_block(block_name: str, bucket: str, endpoint_url: str) -> str:
+    """Save an S3Bucket block on `bucket` (products under `BUCKET_FOLDER`) reached at `endpoint_url`."""
+    credentials = AwsCredentials(
+        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
+        region_name=TEST_CREDENTIALS["region_name"],
+        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
+    )
+    S3Bucket(bucket_name=bucket, bucket_folder=BUCKET_FOLDER, credentials=credentials).save(block_name, overwrite=True)
+    return block_name
+
+
+@pytest.fixture
+def products_bucket(prefect_harness: None, s3_server: S3Server) -> str:
+    """A fresh moto bucket with an S3Bucket block `outputs-products` on it; returns the bucket name."""
+    bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
+    save_products_block("outputs-products", bucket, s3_server.endpoint_url)
+    return bucket
+
+
+@pytest.fixture
+def proxied_products_bucket(prefect_harness: None, s3_server: S3Server, fault_proxy: FaultProxy) -> str:
+    """A fresh moto bucket with an S3Bucket block `proxied-products` reaching it through the fault proxy."""
+    bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
+    save_products_block("proxied-products", bucket, fault_proxy.endpoint_url)
+    return bucket
+
+
+def product_keys(aoi_name: str, month_label: str) -> dict[str, str]:
+    """{product: object key} of one AOI and month in the products bucket."""
+    folder = f"{BUCKET_FOLDER}/{month_folder(aoi_name, month_label)}"
+    return {
+        product: f"{folder}/{name}"
+        for product, name in asdict(ProductNames.for_run(aoi_name, Month.parse(month_label))).items()
+    }
+
+
+def bucket_products(s3_server: S3Server, bucket: str, aoi_name: str, month_label: str) -> dict[str, bytes]:
+    """{key: content} of every object in the AOI's month folder of the bucket."""
+    prefix = f"{BUCKET_FOLDER}/{month_folder(aoi_name, month_label)}/"
+    return {key: s3_server.read(bucket, key) for key in s3_server.keys(bucket, prefix)}
+
+
+def local_products(output_dir: Path, aoi_name: str, month_label: str) -> dict[str, bytes]:
+    """{file name: content} of every file in the AOI's month folder under `output_dir`."""
+    folder = output_dir / month_folder(aoi_name, month_label)
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+def flow_run_id(state: State) -> UUID:
+    return state.state_details.flow_run_id
+
+
+def subflow_runs(parent_id: UUID) -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+        )
+
+
+def settled_task_runs(flow_run_ids: list[UUID]) -> list[TaskRun]:
+    """The task runs of these flow runs once the API has recorded all of them in a final state.
+
+    Task runs reach the API from events, after the flow returns; read until two reads a poll apart
+    agree and every task run is final.
+    """
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    previous: list[tuple[UUID, str, int]] | None = None
+    while True:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+        snapshot = sorted((run.id, run.state_name or "", run.run_count) for run in task_runs)
+        if snapshot == previous and all(run.state and run.state.is_final() for run in task_runs):
+            return task_runs
+        assert time.monotonic() < deadline, f"task runs did not settle in {SETTLE_TIMEOUT_S:.0f} s: {snapshot}"
+        previous = snapshot
+        time.sleep(SETTLE_POLL_S)
+
+
+def named(task_runs: list[TaskRun], task_name: str) -> list[TaskRun]:
+    """The runs of the task called `task_name` (run names are '<task name>-<suffix>')."""
+    return [run for run in task_runs if run.name.rsplit("-", 1)[0] == task_name]
+
+
+def failed_run_error(state: State) -> BaseException:
+    assert state.is_failed(), f"the run should fail, it ended {state.name}: {state.message}"
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, BaseException), error
+    return error
+
+
+def botocore_attempts_per_call(client: Any) -> int:
+    """How many requests botocore makes for one call of `client` before it raises (its retry configuration)."""
+    retries = dict(client.meta.config.retries or {})
+    if "total_max_attempts" in retries:
+        return retries["total_max_attempts"]
+    if "max_attempts" in retries:
+        return retries["max_attempts"] + 1  # botocore's client setting counts retries, not attempts
+    if retries.get("mode") in ("standard", "adaptive"):
+        return STANDARD_MODE_ATTEMPTS
+    retry_model = create_loader().load_data("_retry")
+    config = build_retry_config(
+        client.meta.service_model.endpoint_prefix, retry_model["retry"], retry_model.get("definitions", {})
+    )
+    return config["__default__"]["max_attempts"]
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error)
+    assert message and "\n" not in message, f"not one line: {message!r}"
+    return message
+
+
+# --- 1. AOI identity decides the product folder -----------------------------------------------
+
+
+def test_aoi_files_sharing_a_stem_publish_into_their_own_folders(
+    served: ServedMonth, farms: list[Path], products_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    local = [flow_settings(served, workspace, aoi=str(path)) for path in farms]
+    to_bucket = [flow_settings(served, workspace, aoi=str(path), s3_block="outputs-products") for path in farms]
+    names = [run_inputs(settings).name for settings in local]
+    output_dir = Path(local[0].output_dir)
+    assert names[0] != names[1] and all(name.startswith("aoi-") for name in names), names
+
+    monthly_mosaic(local[0])
+    monthly_mosaic(to_bucket[0])
+    first_local = local_products(output_dir, names[0], served.label)
+    first_bucket = bucket_products(s3_server, products_bucket, names[0], served.label)
+    monthly_mosaic(local[1])
+    monthly_mosaic(to_bucket[1])
+
+    assert local_products(output_dir, names[0], served.label) == first_local, "farmA's local products changed"
+    assert bucket_products(s3_server, products_bucket, names[0], served.label) == first_bucket, (
+        "farmA's objects changed"
+    )
+    for path, name in zip(farms, names, strict=True):
+        keys = product_keys(name, served.label)
+        in_bucket = bucket_products(s3_server, products_bucket, name, served.label)
+        in_output_dir = local_products(output_dir, name, served.label)
+        assert set(in_bucket) == set(keys.values())
+        assert set(in_output_dir) == {Path(key).name for key in keys.values()}
+        digest = aoi_digest(load_aoi(str(path)))
+        for metadata in (in_bucket[keys["metadata"]], in_output_dir[Path(keys["metadata"]).name]):
+            assert json.loads(metadata)["aoi"]["digest"] == digest, f"{name} holds another AOI's products"
+        with rasterio.open(output_dir / month_folder(name, served.label) / Path(keys["mosaic"]).name) as mosaic:
+            assert mosaic.read().any()
+
+
+@pytest.mark.parametrize("destination", ["output_dir", "s3_block"])
+def test_a_shared_aoi_name_refuses_the_second_aoi_before_reading_a_scene(
+    destination: str, served: ServedMonth, farms: list[Path], products_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    to_bucket = {"s3_block": "outputs-products"} if destination == "s3_block" else {}
+    first, second = (
+        flow_settings(served, tmp_path / "ws", aoi=str(path), aoi_name="farm", **to_bucket) for path in farms
+    )
+    keys = product_keys("farm", served.label)
+    if to_bucket:
+        location = f"s3://{products_bucket}/{keys['metadata'].rsplit('/', 1)[0]}"
+
+        def published_metadata() -> bytes:
+            return s3_server.read(products_bucket, keys["metadata"])
+    else:
+        folder = Path(first.output_dir).resolve() / month_folder("farm", served.label)
+        location = str(folder)
+
+        def published_metadata() -> bytes:
+            return (folder / Path(keys["metadata"]).name).read_bytes()
+
+    monthly_mosaic(first)
+    metadata_before = published_metadata()
+    s3_server.reset_counters()
+
+    with pytest.raises(OutputCollision) as refused:
+        monthly_mosaic(second)
+
+    message = one_line(refused.value)
+    assert location in message and "aoi_name" in message, message
+    assert published_metadata() == metadata_before
+    assert s3_server.requests_for(f"/{served.bucket}/") == 0, "the refused run read scenes"
+
+
+# --- 2. One run at a time per AOI and month -----------------------------------------------------
+
+
+def monthly_runs_of(workspace: Path) -> list[FlowRun]:
+    """The monthly-mosaic flow runs whose settings name `workspace` (the harness serves the whole session)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["monthly-mosaic"])))
+    return [run for run in runs if run.parameters["settings"]["workspace"] == str(workspace)]
+
+
+def start_monthly_runs(settings_file: Path, count: int) -> list[subprocess.Popen]:
+    """`count` `python -m flows.run --settings <file>` processes on the harness API, started together."""
+    environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.run", "--settings", str(settings_file)],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(count)
+    ]
+
+
+def wait_until_runs_take_lock(workspace: Path, lock_name: str, processes: list[subprocess.Popen]) -> None:
+    """Return once each of `processes` has a run of `workspace` that logged it is taking `lock_name`."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        runs = monthly_runs_of(workspace)
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id for run in runs])))
+        taking = {log.flow_run_id for log in logs if log.message.startswith(f"taking lock {lock_name}")}
+        if len(runs) == len(processes) and taking == {run.id for run in runs}:
+            return
+        ended = [process.returncode for process in processes if process.poll() is not None]
+        assert not ended and time.monotonic() < deadline, (
+            f"runs ended (status {ended}) or never reached the lock: {[(run.name, run.state_name) for run in runs]}"
+        )
+        time.sleep(SETTLE_POLL_S)
+
+
+def read_task_runs_of(flow_run: FlowRun) -> list[TaskRun]:
+    """The read-scene task runs of a monthly run (they run in its acquire-scenes subflow)."""
+    return named(settled_task_runs([run.id for run in subflow_runs(flow_run.id)]), READ_TASK)
+
+
+def lock_released_by(flow_run_id: UUID, lock_name: str) -> datetime:
+    """When the run `flow_run_id` released the lock `lock_name`, from the event it sent the API."""
+    events_filter = EventFilter(
+        event=EventNameFilter(name=[LOCK_RELEASED_EVENT]),
+        resource=EventResourceFilter(labels=ResourceSpecification({"prefect.resource.name": lock_name})),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        with get_client(sync_client=True) as client:
+            released = [event.occurred for event in client.read_events(events_filter, limit=EVENTS_PAGE_SIZE).events]
+        if released:
+            assert len(released) == 1, released
+            return released[0]
+        assert time.monotonic() < deadline, f"no {LOCK_RELEASED_EVENT} event of run {flow_run_id}"
+        time.sleep(SETTLE_POLL_S)
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_aoi_and_month_take_turns_and_the_second_finds_the_cache(
+    served: ServedMonth, prefect_harness: None, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    settings = flow_settings(served, workspace)
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(settings.model_dump_json())
+    inputs = run_inputs(settings)
+    lock_name = month_lock_name(inputs.name, Month.parse(served.label))
+    processes: list[subprocess.Popen] = []
+    try:
+        with month_lock(inputs.name, Month.parse(served.label)):  # both runs start while the month is taken
+            processes = start_monthly_runs(settings_file, 2)
+            wait_until_runs_take_lock(workspace, lock_name, processes)
+            held_until = datetime.now(UTC)
+        outputs = [process.communicate(timeout=RUN_TIMEOUT_S)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert [process.returncode for process in processes] == [0, 0], outputs
+
+    runs = monthly_runs_of(workspace)
+    assert [run.state_name for run in runs] == ["Completed", "Completed"], [(run.name, run.state_name) for run in runs]
+    reads = {run.id: read_task_runs_of(run) for run in runs}
+    assert all(reads.values()), "each run should have read-scene task runs"
+    computed = [run for run in runs if any(task.state_name != "Cached" for task in reads[run.id])]
+    cached = [run for run in runs if all(task.state_name == "Cached" for task in reads[run.id])]
+    assert len(computed) == 1 and len(cached) == 1, {
+        run.name: sorted(task.state_name for task in reads[run.id]) for run in runs
+    }
+    first, second = computed[0], cached[0]
+    reads_began = {run.id: min(task.expected_start_time for task in reads[run.id]) for run in runs}  # submitted
+    assert min(reads_began.values()) > held_until, "a run read scenes while the month was locked"
+    first_released = lock_released_by(first.id, lock_name)
+    assert reads_began[second.id] > first_released, (
+        f"the waiting run read scenes from {reads_began[second.id]}, before the first released the lock "
+        f"at {first_released}"
+    )
+
+
+# --- 3. Publishing keeps what was computed ------------------------------------------------------
+
+
+def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_staged(
+    served: ServedMonth, proxied_products_bucket: str, fault_proxy: FaultProxy, s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws", s3_block="proxied-products", aoi_name="refused")
+    fault_proxy.status("_mosaic.tif", 403)
+
+    failed = monthly_mosaic(settings, return_state=True)
+
+    error = failed_run_error(failed)
+    assert isinstance(error, PublishError), f"{type(error).__name__}: {error}"
+    message = one_line(error)
+    assert proxied_products_bucket in message and "AccessDenied" in message, message
+    assert [run.run_count for run in named(settled_task_runs([flow_run_id(failed)]), PUBLISH_TASK)] == [1]
+    assert not any(key.endswith("_item.json") for key in s3_server.keys(proxied_products_bucket)), (
+        "an Item was published"
+    )
+
+    fault_proxy.clear()
+    rerun = monthly_mosaic(settings, return_state=True)
+
+    assert rerun.is_completed(), rerun.message
+    rerun_tasks = settled_task_runs([flow_run_id(rerun)])
+    assert not named(rerun_tasks, COMPOSITE_TASK) and not named(rerun_tasks, WRITE_TASK), sorted(
+        run.name for run in rerun_tasks
+    )
+    assert s3_server.keys(proxied_products_bucket) == set(product_keys("refused", served.label).values())
+
+
+@pytest.mark.slow
+def test_an_upload_failing_past_botocores_retries_is_saved_by_the_task_retry(
+    served: ServedMonth, proxied_products_bucket: str, fault_proxy: FaultProxy, s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws", s3_block="proxied-products", aoi_name="transient")
+    attempts = botocore_attempts_per_call(S3Bucket.load("proxied-products").credentials.get_s3_client())
+    fault_proxy.status("_count.tif", 503, times=attempts)  # one task attempt's upload exhausts botocore's retries
+
+    state = monthly_mosaic(settings, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert fault_proxy.requests("_count.tif") > attempts, "the fault was not used up"
+    publish_runs = named(settled_task_runs([flow_run_id(state)]), PUBLISH_TASK)
+    assert len(publish_runs) == 1 and publish_runs[0].run_count > 1, [run.run_count for run in publish_runs]
+    assert s3_server.keys(proxied_products_bucket) == set(product_keys("transient", served.label).values())
+
+
+def test_a_missing_products_bucket_fails_before_any_scene_is_read(
+    served: ServedMonth, prefect_harness: None, s3_server: S3Server, tmp_path: Path
+) -> None:
+    missing_bucket = f"missing-{uuid.uuid4().hex[:12]}"
+    save_products_block("missing-products", missing_bucket, s3_server.endpoint_url)
+    settings = flow_settings(served, tmp_path / "ws", s3_block="missing-products")
+    s3_server.reset_counters()
+
+    with pytest.raises(PublishError) as refused:
+        monthly_mosaic(settings)
+
+    message = one_line(refused.value)
+    assert missing_bucket in message and "NoSuchBucket" in message, message
+    assert s3_server.requests_for(f"/{served.bucket}/") == 0, "scenes were read"
+
+
+# --- 4. Files of killed runs ---------------------------------------------------------------------
+
+
+def ended_process_pid() -> int:
+    """The pid of a process that has run and exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def partial_files() -> Iterator[Callable[[Path, int], Path]]:
+    """Make `.partial-` files as a writer with a given pid would name them; every one is deleted afterwards."""
+    made: list[Path] = []
+    own_prefix = partial_prefix()
+    token = uuid.uuid4().hex
+
+    def make(folder: Path, writer_pid: int) -> Path:
+        prefix = own_prefix.removesuffix(f"{os.getpid()}-") + f"{writer_pid}-"
+        path = folder / f"{prefix}{token}.tif"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a scene")
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_files_of_killed_writers_are_removed_and_those_of_running_ones_kept(
+    served: ServedMonth, prefect_harness: None, partial_files: Callable[[Path, int], Path], tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws")
+    inputs = run_inputs(settings)
+    scenes_folder = Path(inputs.workspace.uri("scenes"))
+    temp_folder = Path(tempfile.gettempdir())
+    dead_pid = ended_process_pid()
+    abandoned = [partial_files(scenes_folder, dead_pid), partial_files(temp_folder, dead_pid)]
+    in_progress = [partial_files(scenes_folder, os.getpid()), partial_files(temp_folder, os.getpid())]
+    month_staging = staging_root(settings) / inputs.name / served.label
+    earlier_staging = month_staging / OTHER_INPUTS_DIGEST
+    earlier_staging.mkdir(parents=True)
+    (earlier_staging / "mosaic.tif").write_bytes(b"an earlier run's composite")
+
+    monthly_mosaic(settings)
+
+    assert [path for path in abandoned if path.exists()] == []
+    assert all(path.exists() for path in in_progress), "a running writer's file was removed"
+    assert not earlier_staging.exists()
+    assert not month_staging.exists() or list(month_staging.rglob("*")) == []
+
+
+# --- 5. A month too cloudy to publish ------------------------------------------------------------
+
+
+def test_a_month_without_clear_pixels_publishes_nothing_and_slack_hears_why(
+    s3_server: S3Server,
+    stac_api_factory,
+    products_bucket: str,
+    slack_receiver: SlackReceiver,
+    tmp_path: Path,
+) -> None:
+    overcast = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, cloud_cover=(1.0,), thin_cover=0.0)
+    SlackNotifier(webhook_url=slack_receiver.url).save("outputs-slack", overwrite=True)
+    every_scene = {**flow_settings(overcast, tmp_path / "ws").search.model_dump(), "max_cloud_cover": 100.0}
+    settings = flow_settings(
+        overcast, tmp_path / "ws", search=every_scene, s3_block="outputs-products", slack_block="outputs-slack"
+    )
+
+    with pytest.raises(TooFewClearPixels) as refused:
+        monthly_mosaic(settings)
+
+    message = one_line(refused.value)
+    share = re.match(r"only (\d+(?:\.\d+)?)% of the AOI has a clear observation", message)
+    assert share and float(share[1]) < 100 * settings.min_valid_share, message
+    assert f"min_valid_share {settings.min_valid_share:.0%}" in message, message
+    assert s3_server.keys(products_bucket) == set(), "something was published"
+    assert "failed" in slack_receiver.texts()[-1], slack_receiver.texts()
+    assert "min_valid_share" in json.dumps(slack_receiver.bodies[-1]), slack_receiver.bodies[-1]
