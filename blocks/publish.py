@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError
 from prefect import task
 from prefect_aws.s3 import S3Bucket
@@ -28,7 +29,7 @@ from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings, OutputCollision, PublishError, portable_errors
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.retry import io_task_retries
+from tasks.retry import io_task_retries, s3_error_in
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
@@ -103,8 +104,9 @@ def _permanent_s3_errors_named(bucket: str, prefix: str) -> Iterator[None]:
     """Turn an S3 error no retry fixes into a one-line `PublishError`; others pass on (and are retried)."""
     try:
         yield
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
+    except (ClientError, S3UploadFailedError) as error:
+        s3_answer = s3_error_in(error)
+        code = s3_answer.response.get("Error", {}).get("Code", "") if s3_answer is not None else ""
         if code not in PERMANENT_S3_ERRORS:
             raise
         raise PublishError(f"cannot publish to s3://{bucket}/{prefix}: {code}, {PERMANENT_S3_ERRORS[code]}") from None

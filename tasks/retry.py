@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import TransientReadError
+from tasks.errors import TransientReadError, error_chain
 from tasks.logs import stage_logger
 
 T = TypeVar("T")
@@ -106,18 +107,24 @@ IO_RETRY_JITTER = 0.5
 """Each delay is stretched by a random factor of up to this share, so retries of many tasks spread out."""
 
 
+def s3_error_in(error: BaseException) -> ClientError | None:
+    """The S3 answer behind `error`: itself, or the `ClientError` in its chain (boto3's transfers
+    wrap it in an `S3UploadFailedError`)."""
+    return next((link for link in error_chain(error) if isinstance(link, ClientError)), None)
+
+
 def is_transient_io_failure(error: object) -> bool:
     """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file), a
     transient workspace read, a connection failure, S3 5xx or throttling. Never a failed scene read
     (its reader already retried), an S3 refusal (no bucket, no access), a bug or a bad input."""
-    if isinstance(error, FileNotFoundError):
+    if not isinstance(error, BaseException) or isinstance(error, FileNotFoundError):
         return False
-    if isinstance(error, ClientError):
-        answer = error.response
+    if (s3_answer := s3_error_in(error)) is not None:
+        answer = s3_answer.response
         return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or (
             answer.get("Error", {}).get("Code") in THROTTLING_CODES
         )
-    return isinstance(error, (OSError, TransientReadError, BotoCoreError))
+    return isinstance(error, (OSError, TransientReadError, BotoCoreError, S3UploadFailedError))
 
 
 def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:

@@ -1,6 +1,7 @@
 """Retries: one layer per failure kind, and only what another attempt can fix is retried."""
 
 import pytest
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
 from rasterio.errors import RasterioIOError
@@ -15,6 +16,17 @@ def s3_error(code: str, status: int) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
 
 
+def upload_failed(cause: ClientError) -> S3UploadFailedError:
+    """What boto3's upload_file raises for an S3 error: the error as its context."""
+    try:
+        try:
+            raise cause
+        except ClientError as error:
+            raise S3UploadFailedError(f"Failed to upload x.tif to bucket/x.tif: {error}")  # noqa: B904 (as boto3 does)
+    except S3UploadFailedError as wrapped:
+        return wrapped
+
+
 @pytest.mark.parametrize(
     ("error", "is_retried"),
     [
@@ -26,6 +38,8 @@ def s3_error(code: str, status: int) -> ClientError:
         (s3_error("SlowDown", 503), True),
         (s3_error("NoSuchBucket", 404), False),
         (s3_error("AccessDenied", 403), False),
+        (upload_failed(s3_error("SlowDown", 503)), True),
+        (upload_failed(s3_error("AccessDenied", 403)), False),
         (SceneReadError("S2B_X", "red", "HTTP 503 (transient; gave up after 8 attempts over 60 s)", True), False),
         (FileNotFoundError("scenes/x.tif"), False),
         (InvalidSettings("bad month"), False),
