@@ -1,29 +1,37 @@
-"""One run at a time per AOI and month, across processes and machines, through the Prefect API.
+"""One run at a time per AOI and month, across processes and machines.
 
-`month_lock(aoi_name, month)` holds the only slot of a Prefect global concurrency limit named
-`basemap-<aoi name>-<YYYY-MM>` (created on first use). A second run of the same AOI and month waits
-for the first to end, then finds its cached scenes and published products. The slot is a lease the
-holder renews while it runs; a killed holder's lease expires after `LEASE_S` and the next run goes on
-(`prefect gcl delete basemap-<aoi name>-<YYYY-MM>` frees it at once).
+`month_lock(aoi_name, month, lock_dir)` makes a second run of the same AOI and month wait for the
+first to end; it then finds the first's cached scenes and published products.
+
+- With a Prefect server (`PREFECT_API_URL` set: deployments, workers, runs on several machines) the
+  lock is the only slot of the global concurrency limit `basemap-<aoi name>-<YYYY-MM>`, created on
+  first use. The slot is a lease the holder renews while it runs; the server's lease service frees
+  a killed holder's slot after `LEASE_S` (`prefect gcl delete basemap-<aoi name>-<YYYY-MM>` at once).
+- Without one (the CLI and `make demo` on Prefect's ephemeral API, which starts anew in each process
+  and keeps no lease service), it is an exclusive `flock` on `<lock_dir>/basemap-<aoi>-<YYYY-MM>.lock`:
+  runs on this machine take turns, and the kernel frees the lock of a process that dies.
 """
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 
 from tasks.logs import stage_logger
 from tasks.month import Month
 
 LEASE_S = 120.0
-"""Seconds a killed run keeps the AOI and month locked, at most."""
+"""Seconds a killed run keeps the AOI and month locked on a Prefect server, at most."""
 
 
 def month_lock_name(aoi_name: str, month: Month) -> str:
-    """The concurrency limit of one AOI and month: `basemap-<aoi name>-<YYYY-MM>`."""
+    """The lock of one AOI and month: `basemap-<aoi name>-<YYYY-MM>`."""
     return f"basemap-{aoi_name}-{month.label}"
 
 
@@ -43,10 +51,19 @@ def ensure_lock(name: str) -> None:
 
 
 @contextmanager
-def month_lock(aoi_name: str, month: Month) -> Iterator[None]:
+def month_lock(aoi_name: str, month: Month, lock_dir: Path) -> Iterator[None]:
     """Hold the AOI and month's lock for the block, waiting as long as another run holds it."""
     name = month_lock_name(aoi_name, month)
-    ensure_lock(name)
     stage_logger(__name__).info("taking lock %s (a run of the same AOI and month may hold it)", name)
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
-        yield
+    if PREFECT_API_URL.value():
+        ensure_lock(name)
+        with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
+            yield
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -317,7 +317,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     bucket = load_bucket(settings.s3_block)
     output_dir = None if bucket else Path(settings.output_dir).resolve()
 
-    with month_lock(inputs.name, month):
+    with month_lock(inputs.name, month, staging_root(settings)):
         remove_abandoned_files(inputs)
         check_month_folder_owner(bucket, output_dir, inputs.name, month.label, inputs.digest)
         items = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty

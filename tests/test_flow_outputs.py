@@ -355,7 +355,7 @@ def test_two_runs_of_one_aoi_and_month_take_turns_and_the_second_finds_the_cache
     lock_name = month_lock_name(inputs.name, Month.parse(served.label))
     processes: list[subprocess.Popen] = []
     try:
-        with month_lock(inputs.name, Month.parse(served.label)):  # both runs start while the month is taken
+        with month_lock(inputs.name, Month.parse(served.label), staging_root(settings)):  # both runs start while the month is taken
             processes = start_monthly_runs(settings_file, 2)
             wait_until_runs_take_lock(workspace, lock_name, processes)
             held_until = datetime.now(UTC)

@@ -1,0 +1,78 @@
+"""The AOI-and-month lock without a Prefect server: a file lock the kernel frees when its holder dies."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.locking import month_lock
+from tasks.month import Month
+from tests import REPO_ROOT
+
+MONTH = Month(2024, 6)
+HOLD_SCRIPT = (
+    "import sys, time; from pathlib import Path; from flows.locking import month_lock; from tasks.month import Month\n"
+    "with month_lock('farm', Month(2024, 6), Path(sys.argv[1])):\n"
+    "    print('held', flush=True); time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def no_prefect_server() -> Iterator[None]:
+    """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL."""
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        yield
+
+
+def holder(lock_dir: Path) -> subprocess.Popen:
+    """Another process that takes the lock of 'farm' 2024-06 and keeps it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT, str(lock_dir)],
+        cwd=REPO_ROOT,
+        env={key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def taken_within(lock_dir: Path, seconds: float) -> bool:
+    """Whether this process gets the lock within `seconds` (the attempt goes on in a thread after)."""
+    taken = threading.Event()
+
+    def take() -> None:
+        with month_lock("farm", MONTH, lock_dir):
+            taken.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    return taken.wait(seconds)
+
+
+def test_a_second_run_waits_and_a_killed_holder_frees_the_lock(no_prefect_server: None, tmp_path: Path) -> None:
+    process = holder(tmp_path)
+    try:
+        assert not taken_within(tmp_path, 2.0), "the lock must wait while another process holds it"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert taken_within(tmp_path, 30.0), "the kernel frees a dead holder's lock"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_other_months_do_not_wait(no_prefect_server: None, tmp_path: Path) -> None:
+    process = holder(tmp_path)
+    try:
+        with month_lock("farm", Month(2024, 7), tmp_path), month_lock("field", MONTH, tmp_path):
+            pass
+    finally:
+        process.kill()
+        process.wait()
