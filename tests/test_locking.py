@@ -1,5 +1,6 @@
 """The AOI-and-month lock without a Prefect server: a file lock the kernel frees when its holder dies."""
 
+import contextvars
 import os
 import signal
 import subprocess
@@ -24,9 +25,12 @@ HOLD_SCRIPT = (
 
 
 @pytest.fixture
-def no_prefect_server() -> Iterator[None]:
-    """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL."""
+def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL (another test's
+    harness may have set it in the environment and in the settings)."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert not PREFECT_API_URL.value()
         yield
 
 
@@ -51,7 +55,8 @@ def taken_within(lock_dir: Path, seconds: float) -> bool:
         with month_lock("farm", MONTH, lock_dir):
             taken.set()
 
-    threading.Thread(target=take, daemon=True).start()
+    settings = contextvars.copy_context()  # a new thread would see the process's settings, not the test's
+    threading.Thread(target=settings.run, args=(take,), daemon=True).start()
     return taken.wait(seconds)
 
 
