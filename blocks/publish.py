@@ -29,7 +29,7 @@ from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings, OutputCollision, PublishError, portable_errors
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.retry import io_task_retries, s3_error_in
+from tasks.retry import NOT_FOUND_CODES, io_task_retries, s3_error_code
 from tasks.workspace import Workspace
 
 ITEM_PRODUCT = "item"
@@ -64,9 +64,7 @@ def publish_products(
     folder = month_folder(aoi, month)
     if bucket_block is not None:
         return _publish_to_bucket(products, item_file, bucket_block, folder)
-    if output_dir is None:
-        raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
-    return _publish_to_directory(products, item_file, Path(output_dir), folder)
+    return _publish_to_directory(products, item_file, _local_destination(output_dir), folder)
 
 
 def month_folder(aoi: str, month: str) -> str:
@@ -95,6 +93,13 @@ def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file:
     return products
 
 
+def _local_destination(output_dir: Path | None) -> Path:
+    """The output directory of products that go to no bucket; `InvalidSettings` when there is none."""
+    if output_dir is None:
+        raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
+    return Path(output_dir)
+
+
 def _bucket_prefix(bucket_block: S3Bucket, folder: str) -> str:
     return "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
 
@@ -105,8 +110,7 @@ def _permanent_s3_errors_named(bucket: str, prefix: str) -> Iterator[None]:
     try:
         yield
     except (ClientError, S3UploadFailedError) as error:
-        s3_answer = s3_error_in(error)
-        code = s3_answer.response.get("Error", {}).get("Code", "") if s3_answer is not None else ""
+        code = s3_error_code(error)
         if code not in PERMANENT_S3_ERRORS:
             raise
         raise PublishError(f"cannot publish to s3://{bucket}/{prefix}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
@@ -145,9 +149,7 @@ def check_month_folder_owner(
         with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
             document = _s3_json(bucket_block, f"{prefix}/{metadata_name}")
     else:
-        if output_dir is None:
-            raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
-        path = Path(output_dir) / folder / metadata_name
+        path = _local_destination(output_dir) / folder / metadata_name
         location = str(path.parent)
         document = json.loads(path.read_text()) if path.is_file() else None
     owner = (document or {}).get("aoi", {})
@@ -164,7 +166,7 @@ def _s3_json(bucket_block: S3Bucket, key: str) -> dict[str, Any] | None:
     try:
         body = client.get_object(Bucket=bucket_block.bucket_name, Key=key)["Body"].read()
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if s3_error_code(error) in NOT_FOUND_CODES:
             return None
         raise
     return json.loads(body)

@@ -316,8 +316,9 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     logger.info("%s %s: grid %s, %d x %d px", inputs.name, month.label, grid.crs, grid.shape.x, grid.shape.y)
     bucket = load_bucket(settings.s3_block)
     output_dir = None if bucket else Path(settings.output_dir).resolve()
+    staging = staging_root(settings)
 
-    with month_lock(inputs.name, month, staging_root(settings)):
+    with month_lock(inputs.name, month, staging):
         remove_abandoned_files(inputs)
         check_month_folder_owner(bucket, output_dir, inputs.name, month.label, inputs.digest)
         items = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
@@ -328,7 +329,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         check_failed_share(outcomes, len(items), settings.max_failed_fraction)
 
         staged = StagedMonth(
-            staging_root(settings),
+            staging,
             inputs.name,
             month.label,
             products_digest(settings, inputs.workspace, month.label, outcomes.masked, outcomes.failed),

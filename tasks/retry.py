@@ -44,13 +44,15 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based)."""
-        nominal = min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
-        return nominal * (0.5 + random.random())
+        return self._nominal_delay_s(attempt) * (0.5 + random.random())
 
     @property
     def longest_wait_s(self) -> float:
         """The most seconds spent waiting between all attempts."""
-        return sum(1.5 * min(self.first_delay_s * 2 ** (k - 1), self.max_delay_s) for k in range(1, self.attempts))
+        return sum(1.5 * self._nominal_delay_s(attempt) for attempt in range(1, self.attempts))
+
+    def _nominal_delay_s(self, attempt: int) -> float:
+        return min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
 
 
 class RetriesEnded(Exception):
@@ -100,6 +102,8 @@ def retried(
 
 THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
 """S3 error codes that ask the client to come back later."""
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+"""S3 error codes of a missing object (HEAD answers a bare 404)."""
 IO_TASK_RETRIES = 3
 IO_RETRY_FIRST_DELAY_S = 10
 """Delay before a task's first retry; each further retry doubles it (10, 20, 40 s) before jitter."""
@@ -113,6 +117,12 @@ def s3_error_in(error: BaseException) -> ClientError | None:
     return next((link for link in error_chain(error) if isinstance(link, ClientError)), None)
 
 
+def s3_error_code(error: BaseException) -> str:
+    """The S3 error code behind `error` ('NoSuchBucket', 'SlowDown', ...), or '' when S3 gave none."""
+    s3_answer = s3_error_in(error)
+    return s3_answer.response.get("Error", {}).get("Code", "") if s3_answer is not None else ""
+
+
 def is_transient_io_failure(error: object) -> bool:
     """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file), a
     transient workspace read, a connection failure, S3 5xx or throttling. Never a failed scene read
@@ -121,9 +131,7 @@ def is_transient_io_failure(error: object) -> bool:
         return False
     if (s3_answer := s3_error_in(error)) is not None:
         answer = s3_answer.response
-        return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or (
-            answer.get("Error", {}).get("Code") in THROTTLING_CODES
-        )
+        return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or s3_error_code(error) in THROTTLING_CODES
     return isinstance(error, (OSError, TransientReadError, BotoCoreError, S3UploadFailedError))
 
 

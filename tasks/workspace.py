@@ -64,11 +64,13 @@ class Workspace:
             return Path(self.uri(name)).is_file()
         from botocore.exceptions import ClientError
 
+        from tasks.retry import NOT_FOUND_CODES, s3_error_code
+
         bucket, key = self._bucket_key(name)
         try:
             self._s3.head_object(Bucket=bucket, Key=key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if s3_error_code(error) in NOT_FOUND_CODES:
                 return False
             raise
         return True
