@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws.client_parameters import AwsClientParameters
+
 from flows.parameters import MosaicSettings
 from tasks.search import newest_processing, scene_from_item
-from tests.servers import S3Server
+from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.synthetic import (
     COLLECTION_ID,
     DEFAULT_DATES,
@@ -82,6 +85,19 @@ def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) 
         **overrides,
     }
     return MosaicSettings.model_validate(fields)
+
+
+def save_products_block(block_name: str, bucket: str, bucket_folder: str, endpoint_url: str) -> str:
+    """Save a prefect-aws S3Bucket block on `bucket` (products under `bucket_folder`) reached at
+    `endpoint_url` with the test credentials; returns its name."""
+    credentials = AwsCredentials(
+        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
+        region_name=TEST_CREDENTIALS["region_name"],
+        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
+    )
+    S3Bucket(bucket_name=bucket, bucket_folder=bucket_folder, credentials=credentials).save(block_name, overwrite=True)
+    return block_name
 
 
 def assert_every_scene_accounted(metadata: dict[str, Any], served: ServedMonth) -> None:

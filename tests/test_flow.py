@@ -17,8 +17,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
-from prefect_aws import AwsCredentials, S3Bucket
-from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.slack import SlackNotifier
 from flows.caching import READ_CACHE, RESULTS_FOLDER
@@ -30,8 +28,14 @@ from tasks.gdal_env import REMOTE_COG_OPTIONS
 from tasks.month import Month
 from tasks.search import scene_from_item
 from tests import REPO_ROOT
-from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
-from tests.servers import TEST_CREDENTIALS, S3Server
+from tests.served_month import (
+    ServedMonth,
+    assert_every_scene_accounted,
+    flow_settings,
+    save_products_block,
+    serve_synthetic_month,
+)
+from tests.servers import S3Server
 from tests.slack_receiver import SlackReceiver
 
 PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "quicklook.png", "metadata.json", "item.json")
@@ -48,13 +52,7 @@ def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth
 def blocks(prefect_harness: None, s3_server: S3Server, slack_receiver: SlackReceiver) -> dict[str, str]:
     """An S3Bucket block on a fresh moto bucket and a Slack block on the receiver; their names and bucket."""
     bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
-    credentials = AwsCredentials(
-        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
-        region_name=TEST_CREDENTIALS["region_name"],
-        aws_client_parameters=AwsClientParameters(endpoint_url=s3_server.endpoint_url),
-    )
-    S3Bucket(bucket_name=bucket, bucket_folder="basemaps", credentials=credentials).save("test-products", overwrite=True)
+    save_products_block("test-products", bucket, "basemaps", s3_server.endpoint_url)
     SlackNotifier(webhook_url=slack_receiver.url).save("test-slack", overwrite=True)
     return {"s3_block": "test-products", "slack_block": "test-slack", "bucket": bucket}
 

@@ -39,8 +39,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
-from prefect_aws import AwsCredentials, S3Bucket
-from prefect_aws.client_parameters import AwsClientParameters
+from prefect_aws import S3Bucket
 
 from blocks.publish import month_folder
 from blocks.slack import SlackNotifier
@@ -53,8 +52,8 @@ from tasks.month import Month
 from tasks.workspace import partial_prefix
 from tests import REPO_ROOT
 from tests.fault_proxy import FaultProxy
-from tests.served_month import SERVED_GRID, ServedMonth, flow_settings, serve_synthetic_month
-from tests.servers import TEST_CREDENTIALS, S3Server
+from tests.served_month import SERVED_GRID, ServedMonth, flow_settings, save_products_block, serve_synthetic_month
+from tests.servers import S3Server
 from tests.slack_receiver import SlackReceiver
 from tests.synthetic import write_aoi
 
@@ -92,23 +91,11 @@ def farms(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def save_products_block(block_name: str, bucket: str, endpoint_url: str) -> str:
-    """Save an S3Bucket block on `bucket` (products under `BUCKET_FOLDER`) reached at `endpoint_url`."""
-    credentials = AwsCredentials(
-        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
-        region_name=TEST_CREDENTIALS["region_name"],
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
-    )
-    S3Bucket(bucket_name=bucket, bucket_folder=BUCKET_FOLDER, credentials=credentials).save(block_name, overwrite=True)
-    return block_name
-
-
 @pytest.fixture
 def products_bucket(prefect_harness: None, s3_server: S3Server) -> str:
     """A fresh moto bucket with an S3Bucket block `outputs-products` on it; returns the bucket name."""
     bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
-    save_products_block("outputs-products", bucket, s3_server.endpoint_url)
+    save_products_block("outputs-products", bucket, BUCKET_FOLDER, s3_server.endpoint_url)
     return bucket
 
 
@@ -116,7 +103,7 @@ def products_bucket(prefect_harness: None, s3_server: S3Server) -> str:
 def proxied_products_bucket(prefect_harness: None, s3_server: S3Server, fault_proxy: FaultProxy) -> str:
     """A fresh moto bucket with an S3Bucket block `proxied-products` reaching it through the fault proxy."""
     bucket = s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
-    save_products_block("proxied-products", bucket, fault_proxy.endpoint_url)
+    save_products_block("proxied-products", bucket, BUCKET_FOLDER, fault_proxy.endpoint_url)
     return bucket
 
 
@@ -438,7 +425,7 @@ def test_a_missing_products_bucket_fails_before_any_scene_is_read(
     served: ServedMonth, prefect_harness: None, s3_server: S3Server, tmp_path: Path
 ) -> None:
     missing_bucket = f"missing-{uuid.uuid4().hex[:12]}"
-    save_products_block("missing-products", missing_bucket, s3_server.endpoint_url)
+    save_products_block("missing-products", missing_bucket, BUCKET_FOLDER, s3_server.endpoint_url)
     settings = flow_settings(served, tmp_path / "ws", s3_block="missing-products")
     s3_server.reset_counters()
 
