@@ -27,6 +27,7 @@ from prefect_aws.s3 import S3Bucket
 
 from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings, OutputCollision, PublishError, portable_errors
+from tasks.gdal_env import s3_endpoint_options
 from tasks.metadata import ProductNames
 from tasks.month import Month
 from tasks.retry import NOT_FOUND_CODES, io_task_retries, s3_error_code
@@ -61,10 +62,84 @@ def publish_products(
     file name at the destination. Without `bucket_block`, the files go under `output_dir`.
     """
     products = _named_products(local_files, item_file)
+    withdraw_item(bucket_block, aoi, month, item_file.name, output_dir)
+    urls = publish_files({path.name: path for path in products.values()}, bucket_block, aoi, month, output_dir)
+    (item_url,) = publish_files({item_file.name: item_file}, bucket_block, aoi, month, output_dir).values()
+    return {**{name: urls[path.name] for name, path in products.items()}, ITEM_PRODUCT: item_url}
+
+
+def publish_files(
+    files: Mapping[str, Path], bucket_block: S3Bucket | None, aoi: str, month: str, output_dir: Path | None = None
+) -> dict[str, str]:
+    """Put local files under the AOI's month folder, in order; returns {name: URL or absolute path}.
+
+    The names of `files` are paths relative to the month folder ('tiles/x.tif'). Local copies are
+    atomic (temporary name, then rename).
+    """
     folder = month_folder(aoi, month)
-    if bucket_block is not None:
-        return _publish_to_bucket(products, item_file, bucket_block, folder)
-    return _publish_to_directory(products, item_file, _local_destination(output_dir), folder)
+    if bucket_block is None:
+        destination = Workspace(str(_local_destination(output_dir).resolve()))
+        for name, path in files.items():
+            destination.copy_from(path, f"{folder}/{name}")
+    else:
+        client = bucket_block.credentials.get_s3_client()
+        bucket = bucket_block.bucket_name
+        prefix = _bucket_prefix(bucket_block, folder)
+        with _permanent_s3_errors_named(bucket, prefix):
+            for name, path in files.items():
+                client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs={"ContentType": content_type(path)})
+    return {name: product_url(bucket_block, aoi, month, name, output_dir) for name in files}
+
+
+def product_url(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> str:
+    """Where a published product is: `s3://bucket/key`, or its absolute local path."""
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        return str(_local_destination(output_dir).resolve() / folder / name)
+    return f"s3://{bucket_block.bucket_name}/{_bucket_prefix(bucket_block, folder)}/{name}"
+
+
+def withdraw_item(
+    bucket_block: S3Bucket | None, aoi: str, month: str, item_name: str, output_dir: Path | None = None
+) -> None:
+    """Remove the month's STAC Item, if any, before anything beside it is replaced: an Item's presence
+    means every product beside it is complete."""
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        (_local_destination(output_dir).resolve() / folder / item_name).unlink(missing_ok=True)
+        return
+    prefix = _bucket_prefix(bucket_block, folder)
+    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
+        bucket_block.credentials.get_s3_client().delete_object(Bucket=bucket_block.bucket_name, Key=f"{prefix}/{item_name}")
+
+
+def product_gdal_location(
+    bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None
+) -> tuple[str, dict[str, str]]:
+    """The path GDAL opens for a published product, and the GDAL options that reach it.
+
+    A bucket product is read with the block's own credentials and endpoint, not the process's.
+    """
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        return str(_local_destination(output_dir).resolve() / folder / name), {}
+    credentials = bucket_block.credentials
+    options = {}
+    if credentials.aws_access_key_id:
+        options["AWS_ACCESS_KEY_ID"] = credentials.aws_access_key_id
+    if credentials.aws_secret_access_key:
+        options["AWS_SECRET_ACCESS_KEY"] = credentials.aws_secret_access_key.get_secret_value()
+    if credentials.aws_session_token:
+        options["AWS_SESSION_TOKEN"] = credentials.aws_session_token
+    if credentials.region_name:
+        options["AWS_REGION"] = credentials.region_name
+    endpoint_url = credentials.aws_client_parameters.endpoint_url
+    if endpoint_url:
+        options |= s3_endpoint_options({"AWS_ENDPOINT_URL": str(endpoint_url)})
+    folder_path = f"/vsis3/{bucket_block.bucket_name}/{_bucket_prefix(bucket_block, folder)}"
+    # Products are replaced by re-runs: never serve what this process cached of an earlier version.
+    options["CPL_VSIL_CURL_NON_CACHED"] = folder_path
+    return f"{folder_path}/{name}", options
 
 
 def month_folder(aoi: str, month: str) -> str:
@@ -116,23 +191,6 @@ def _permanent_s3_errors_named(bucket: str, prefix: str) -> Iterator[None]:
         raise PublishError(f"cannot publish to s3://{bucket}/{prefix}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
 
 
-def _publish_to_bucket(
-    products: Mapping[str, Path], item_file: Path, bucket_block: S3Bucket, folder: str
-) -> dict[str, str]:
-    client = bucket_block.credentials.get_s3_client()
-    bucket = bucket_block.bucket_name
-    prefix = _bucket_prefix(bucket_block, folder)
-    item_key = f"{prefix}/{item_file.name}"
-    urls = {}
-    with _permanent_s3_errors_named(bucket, prefix):
-        client.delete_object(Bucket=bucket, Key=item_key)
-        for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
-            key = f"{prefix}/{path.name}"
-            client.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type(path)})
-            urls[name] = f"s3://{bucket}/{key}"
-    return urls
-
-
 def check_month_folder_owner(
     bucket_block: S3Bucket | None, output_dir: Path | None, aoi: str, month: str, aoi_digest: str
 ) -> None:
@@ -170,19 +228,6 @@ def _s3_json(bucket_block: S3Bucket, key: str) -> dict[str, Any] | None:
             return None
         raise
     return json.loads(body)
-
-
-def _publish_to_directory(
-    products: Mapping[str, Path], item_file: Path, output_dir: Path, folder: str
-) -> dict[str, str]:
-    destination = Workspace(str(output_dir.resolve()))
-    item_name = f"{folder}/{item_file.name}"
-    Path(destination.uri(item_name)).unlink(missing_ok=True)
-    paths = {}
-    for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]:
-        destination.copy_from(path, f"{folder}/{path.name}")
-        paths[name] = destination.uri(f"{folder}/{path.name}")
-    return paths
 
 
 def content_type(path: Path) -> str:

@@ -1,15 +1,17 @@
-"""The monthly mosaic flow: search, acquire and mask each scene, composite, write products, publish.
+"""The monthly mosaic flow: search, build each output tile, then the month's products, publish.
 
 `monthly_mosaic(settings)` is what deployments run. One run at a time works on an AOI and month
-(`flows.locking.month_lock`). Scene work (read, then mask) runs in the `acquire-scenes` subflow on
-the selected task runner, threads or Dask; the composite, products and publishing run in the parent
-flow. A scene that fails after its retries is recorded and skipped while the failed share stays
-within `max_failed_fraction`; above it the run fails listing them. A month with less than
-`min_valid_share` of the AOI clear fails and publishes nothing. Products are built in a staging
-folder a retried run finds again (`tasks.staging`). Slack hooks report start, success (with the
-returned `RunReport`) and failure.
+(`flows.locking.month_lock`). The AOI's grid is cut into output tiles (`tasks.tiles`); the
+`build-tiles` subflow maps the tiles that are not committed yet over the selected task runner,
+threads or Dask, and each tile reads, masks, composites and publishes its part (`tasks.tile`). A
+re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a scene that failed
+is recorded and skipped while the failed share stays within `max_failed_fraction`; above it the run
+fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
+Item. Otherwise the mosaic index, single COGs, quicklook, metadata and the Item (last) are
+published. Slack hooks report start, success (with the returned `RunReport`) and failure.
 """
 
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,28 +26,26 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_aws import S3Bucket
 
-from blocks.publish import check_month_folder_owner, publish_products_task
+from blocks.publish import check_month_folder_owner, withdraw_item
 from blocks.slack import RunReport, slack_state_hooks
-from flows.caching import MASK_CACHE, READ_CACHE, products_digest, result_storage, scene_folder_digest
+from flows.caching import content_digest, scene_folder_digest, tiles_digest
 from flows.locking import month_lock
-from flows.parameters import MosaicSettings, RunnerSettings
+from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
-from tasks.composite import CompositeResult, composite_task
-from tasks.errors import SceneOutsideAOI, TooFewClearPixels, TooManyFailedScenes, first_line
+from tasks.errors import TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
 from tasks.grid import check_grid_size, grid_for_aoi
-from tasks.mask import MASKERS_USING_OCM, check_model_weights, mask_scene_task, model_dir_for, model_version_for
-from tasks.metadata import ProductRun
+from tasks.mask import MASKERS_USING_OCM, check_model_weights, model_dir_for, model_version_for
+from tasks.metadata import TILES_FOLDER, ProductNames, ProductRun, TileFiles
 from tasks.month import Month
-from tasks.products import write_products_task
-from tasks.read import read_scene_task
-from tasks.scene import ClippedScene, FailedScene, SkippedScene, scene_items_from_json, scene_items_json
+from tasks.products import NO_CLEAR_PIXEL, MonthTiles, merge_tiles, month_histograms, write_month_products_task
+from tasks.scene import scene_items_json
 from tasks.search import search_scenes_task
-from tasks.staging import FinishedProducts, StagedMonth
+from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record
+from tasks.tiles import tile_layout, tiles_over_aoi
 from tasks.workspace import Workspace, remove_abandoned_partials
 
 T = TypeVar("T")
 SEARCH_FOLDER = "search"
-NO_CLEAR_PIXEL = "no clear pixel in the AOI (cloud, shadow or nodata everywhere it covers)"
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,10 @@ class RunInputs:
     workspace: Workspace
 
 
-@dataclass(frozen=True)
-class SceneOutcomes:
-    """What the acquisition subflow made of the found scenes."""
-
-    masked: tuple[ClippedScene, ...]
-    failed: tuple[FailedScene, ...]
-    outside_aoi: tuple[SkippedScene, ...]
-
-
-def scene_task_runner(runner: RunnerSettings) -> TaskRunner:
-    """The task runner for scene work: a bounded thread pool, or Dask (remote scheduler or local cluster)."""
+def tile_task_runner(runner: RunnerSettings) -> TaskRunner:
+    """The task runner for tiles: a bounded thread pool, or Dask (remote scheduler or local cluster)."""
     if runner.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=runner.max_concurrent_scenes)
+        return ThreadPoolTaskRunner(max_workers=tile_concurrency(runner))
     from prefect_dask import DaskTaskRunner
 
     if runner.dask_address:
@@ -122,9 +113,11 @@ def staging_root(settings: MosaicSettings) -> Path:
     return Path(settings.workspace).resolve() / ".staging"
 
 
-def remove_abandoned_files(inputs: RunInputs) -> None:
-    """Delete the files in the making that killed runs left in this AOI's workspace and the temp dir."""
+def remove_abandoned_files(inputs: RunInputs, staging: Path) -> None:
+    """Delete the files in the making that killed runs left in this AOI's workspace, the staging root and the temp dir."""
     abandoned = remove_abandoned_partials(Path(tempfile.gettempdir()), recursive=False)
+    if staging.is_dir():
+        abandoned += remove_abandoned_partials(staging)
     if not inputs.workspace.is_s3:
         abandoned += remove_abandoned_partials(Path(inputs.workspace.root))
     if abandoned:
@@ -152,65 +145,74 @@ def finished(futures: Mapping[PrefectFuture, T]) -> Iterator[tuple[T, Any]]:
         yield futures[future], future.result(raise_on_failure=False)
 
 
-def scene_reason(error: BaseException) -> str:
-    """Why a scene was not used, in one line: '<asset>: <reason>' for our errors, else the error's first line."""
-    return getattr(error, "scene_reason", None) or first_line(error)
-
-
-@flow(name="acquire-scenes")
-def acquire_scenes(items_name: str, settings: MosaicSettings) -> SceneOutcomes:
-    """Read each scene's AOI window onto the grid, then mask it, as reads finish; cached per scene.
-
-    The found items are read from `items_name` in the run's workspace, never passed as parameters:
-    Prefect records a subflow's parameters in its API, and a month of items can exceed its size
-    limit and carry signed asset URLs. The AOI and grid are rebuilt with `run_inputs`, as the
-    parent flow does.
-    """
-    logger = get_run_logger()
+def month_plan(settings: MosaicSettings, month: Month, items_name: str, items_digest: str) -> MonthPlan:
+    """What every tile of the month shares, derived from the settings as the parent flow and subflow both do."""
     inputs = run_inputs(settings)
-    workspace = inputs.workspace
-    items = scene_items_from_json(workspace.read_bytes(items_name))
-    storage = result_storage(workspace)
-    read_task = read_scene_task.with_options(cache_policy=READ_CACHE, persist_result=True, result_storage=storage)
-    mask_task = mask_scene_task.with_options(cache_policy=MASK_CACHE, persist_result=True, result_storage=storage)
-    progress = StepProgress(2 * len(items), "Scene steps done: read, then mask")
-
-    read_futures = {
-        read_task.submit(item, inputs.grid, inputs.aoi, workspace, settings.read): item for item in items
-    }
-    mask_futures: dict[PrefectFuture, ClippedScene] = {}
-    failed: list[FailedScene] = []
-    outside_aoi: list[SkippedScene] = []
-    for item, scene_or_error in finished(read_futures):
-        progress.advance()
-        if isinstance(scene_or_error, ClippedScene):
-            mask_futures[mask_task.submit(scene_or_error, workspace, settings.mask)] = scene_or_error
-            continue
-        progress.advance()  # this scene has no mask step
-        if isinstance(scene_or_error, SceneOutsideAOI):
-            outside_aoi.append(SkippedScene(item.item_id, scene_or_error.scene_reason))
-        else:
-            failed.append(FailedScene(item.item_id, scene_reason(scene_or_error)))
-    masked: list[ClippedScene] = []
-    for scene, mask_or_error in finished(mask_futures):
-        progress.advance()
-        if isinstance(mask_or_error, BaseException):
-            failed.append(FailedScene(scene.item_id, scene_reason(mask_or_error)))
-        else:
-            masked.append(scene)
-    for scene_failure in failed:
-        logger.warning("scene %s failed: %s", scene_failure.item_id, scene_failure.reason)
-    order = {item.item_id: index for index, item in enumerate(items)}
-    return SceneOutcomes(
-        masked=tuple(sorted(masked, key=lambda scene: order[scene.item_id])),
-        failed=tuple(sorted(failed, key=lambda failure: order[failure.item_id])),
-        outside_aoi=tuple(sorted(outside_aoi, key=lambda skipped: order[skipped.item_id])),
+    tile_size_px = settings.tiles.tile_size_px
+    bucket = load_bucket(settings.s3_block)
+    return MonthPlan(
+        aoi=inputs.aoi,
+        grid=inputs.grid,
+        workspace=inputs.workspace,
+        items_name=items_name,
+        records_folder=f"{TILES_FOLDER}/{month.label}/{tiles_digest(settings, month.label, items_digest)}",
+        aoi_name=inputs.name,
+        month_label=month.label,
+        names=ProductNames.for_run(inputs.name, month),
+        tile_size_px=tile_size_px,
+        single_tile=tile_layout(inputs.grid, tile_size_px).shape.yx == (1, 1),
+        read=settings.read,
+        mask=settings.mask,
+        composite=settings.composite,
+        max_concurrent_scenes=settings.runner.max_concurrent_scenes,
+        scratch_dir=staging_root(settings) / inputs.name / month.label,
+        bucket=bucket,
+        output_dir=None if bucket else Path(settings.output_dir).resolve(),
     )
 
 
-def check_failed_share(outcomes: SceneOutcomes, scenes_found: int, max_failed_fraction: float) -> None:
+@flow(name="build-tiles")
+def build_tiles(month_label: str, items_name: str, items_digest: str, settings: MosaicSettings) -> list[TileRecord]:
+    """Build every output tile over the AOI that is not committed yet; returns all tiles' records.
+
+    The found items are read from `items_name` in the run's workspace by each tile, never passed
+    as parameters: Prefect records a subflow's parameters in its API, and a month of items can
+    exceed its size limit and carry signed asset URLs. Tiles run row by row, so tiles that share
+    COG blocks run close together in time (GDAL's cache then serves the shared blocks once).
+    Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed.
+    """
+    logger = get_run_logger()
+    plan = month_plan(settings, Month.parse(month_label), items_name, items_digest)
+    tiles = tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)
+    records: list[TileRecord] = []
+    pending = []
+    for tile in tiles:
+        record = committed_record(plan, tile)
+        if record is None:
+            pending.append(tile)
+        else:
+            records.append(record)
+    logger.info("%d tiles over the AOI: %d committed by an earlier attempt, %d to build", len(tiles), len(records), len(pending))
+    progress = StepProgress(len(pending), "Tiles built")
+    failed_tiles: list[tuple[str, str]] = []
+    for tile, record_or_error in finished({build_tile_task.submit(plan, tile): tile for tile in pending}):
+        progress.advance()
+        if isinstance(record_or_error, BaseException):
+            failed_tiles.append((tile.label, first_line(record_or_error)))
+        else:
+            records.append(record_or_error)
+    if failed_tiles:
+        listing = "; ".join(f"{label}: {reason}" for label, reason in sorted(failed_tiles))
+        raise TilesFailed(
+            f"{len(failed_tiles)} of {len(tiles)} tiles failed ({listing}); re-run the month: committed tiles are kept",
+            sorted(failed_tiles),
+        )
+    return sorted(records, key=lambda record: record.tile)
+
+
+def check_failed_share(month_tiles: MonthTiles, scenes_found: int, max_failed_fraction: float) -> None:
     """Raise `TooManyFailedScenes` when more than the allowed share failed, or no scene is usable."""
-    failed = [(failure.item_id, failure.reason) for failure in outcomes.failed]
+    failed = [(failure.item_id, failure.reason) for failure in month_tiles.failed]
     listing = "; ".join(f"{item_id}: {reason}" for item_id, reason in failed)
     share = len(failed) / scenes_found if scenes_found else 0.0
     if share > max_failed_fraction:
@@ -219,9 +221,11 @@ def check_failed_share(outcomes: SceneOutcomes, scenes_found: int, max_failed_fr
             f"{listing}; retry the run, or raise max_failed_fraction",
             failed,
         )
-    if not outcomes.masked:
+    read = [skipped for skipped in month_tiles.skipped if skipped.reason == NO_CLEAR_PIXEL]
+    if not month_tiles.used and not read:
+        outside = len(month_tiles.skipped)
         raise TooManyFailedScenes(
-            f"none of {scenes_found} scenes is usable ({len(outcomes.outside_aoi)} cover no AOI pixel"
+            f"none of {scenes_found} scenes is usable ({outside} cover no AOI pixel"
             f"{'; failed: ' + listing if listing else ''}); check the AOI and the month",
             failed,
         )
@@ -261,25 +265,12 @@ def check_valid_share(valid_share: float, min_valid_share: float, month: Month) 
         )
 
 
-def build_products(
-    settings: MosaicSettings,
-    inputs: RunInputs,
-    month: Month,
-    outcomes: SceneOutcomes,
-    staged: StagedMonth,
-) -> FinishedProducts:
-    """Composite the masked scenes into the staging folder, check the clear share, write the five products."""
-    result: CompositeResult = composite_task(
-        list(outcomes.masked),
-        inputs.grid,
-        inputs.aoi,
-        inputs.workspace,
-        settings.composite,
-        staged.mosaic_path,
-        staged.count_path,
-    )
-    check_valid_share(result.valid_share, settings.min_valid_share, month)
-    product_run = ProductRun(
+def product_run(
+    settings: MosaicSettings, inputs: RunInputs, month: Month, month_tiles: MonthTiles, plan: MonthPlan, records: list[TileRecord]
+) -> ProductRun:
+    """What the products stage needs to know about the month: scenes, and which files the tiles made."""
+    tiled = not plan.single_tile
+    return ProductRun(
         aoi_name=inputs.name,
         aoi_source=settings.aoi,
         aoi=inputs.aoi,
@@ -288,22 +279,12 @@ def build_products(
         month=month,
         composite=settings.composite,
         mask=settings.mask,
-        scenes_used=tuple(scene for scene in outcomes.masked if scene.item_id in result.contributing_scenes),
-        scenes_failed=outcomes.failed,
-        scenes_skipped=skipped_scenes(outcomes, result.contributing_scenes),
+        scenes_used=month_tiles.used,
+        scenes_failed=month_tiles.failed,
+        scenes_skipped=month_tiles.skipped,
+        tiles=tuple(TileFiles(r.tile.label, r.files["mosaic"], r.files["count"]) for r in records) if tiled else (),
+        single_cogs=not tiled or inputs.grid.shape.x * inputs.grid.shape.y <= settings.tiles.single_cog_max_pixels,
     )
-    names = write_products_task(staged.products, product_run, result.mosaic_path, result.count_path)
-    finished_products = FinishedProducts(names, result.valid_share, result.contributing_scenes)
-    staged.record_finished(finished_products)
-    return finished_products
-
-
-def skipped_scenes(outcomes: SceneOutcomes, contributing: tuple[str, ...]) -> tuple[SkippedScene, ...]:
-    """Scenes outside the AOI, then masked scenes that gave no clear pixel, each with its reason."""
-    no_clear_pixel = tuple(
-        SkippedScene(scene.item_id, NO_CLEAR_PIXEL) for scene in outcomes.masked if scene.item_id not in contributing
-    )
-    return outcomes.outside_aoi + no_clear_pixel
 
 
 @flow(name="monthly-mosaic", **slack_state_hooks())
@@ -319,45 +300,31 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     staging = staging_root(settings)
 
     with month_lock(inputs.name, month, staging):
-        remove_abandoned_files(inputs)
+        remove_abandoned_files(inputs, staging)
         check_month_folder_owner(bucket, output_dir, inputs.name, month.label, inputs.digest)
         items = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
-        items_name = f"{SEARCH_FOLDER}/{month.label}.json"
-        inputs.workspace.write_bytes(items_name, scene_items_json(items))
-        acquire = acquire_scenes.with_options(task_runner=scene_task_runner(settings.runner))
-        outcomes = acquire(items_name, settings)
-        check_failed_share(outcomes, len(items), settings.max_failed_fraction)
-
-        staged = StagedMonth(
-            staging,
-            inputs.name,
-            month.label,
-            products_digest(settings, inputs.workspace, month.label, outcomes.masked, outcomes.failed),
-        )
-        finished_products = staged.prepare()
-        if finished_products is None:
-            finished_products = build_products(settings, inputs, month, outcomes, staged)
-        else:
-            logger.info("publishing the products an earlier attempt finished in %s", staged.folder)
-        names = finished_products.names
-        product_files = {
-            "mosaic": Path(staged.products.uri(names.mosaic)),
-            "count": Path(staged.products.uri(names.count)),
-            "quicklook": Path(staged.products.uri(names.quicklook)),
-            "metadata": Path(staged.products.uri(names.metadata)),
-        }
-        urls = publish_products_task(
-            product_files, bucket, inputs.name, month.label, Path(staged.products.uri(names.item)), output_dir=output_dir
-        )
-        staged.remove()
+        items_json = scene_items_json(items)
+        items_digest = content_digest(items_json.decode())
+        items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
+        inputs.workspace.write_bytes(items_name, items_json)
+        plan = month_plan(settings, month, items_name, items_digest)
+        withdraw_item(bucket, inputs.name, month.label, plan.names.item, output_dir)
+        build = build_tiles.with_options(task_runner=tile_task_runner(settings.runner))
+        records = build(month.label, items_name, items_digest, settings)
+        month_tiles = merge_tiles(records, items)
+        check_failed_share(month_tiles, len(items), settings.max_failed_fraction)
+        check_valid_share(month_tiles.valid_share, settings.min_valid_share, month)
+        run = product_run(settings, inputs, month, month_tiles, plan, records)
+        urls = write_month_products_task(plan, run, records, month_histograms(plan, records))
+        shutil.rmtree(plan.scratch_dir, ignore_errors=True)
 
     report = RunReport(
         aoi=inputs.name,
         month=month.label,
         scenes_found=len(items),
-        scenes_used=len(finished_products.contributing_scenes),
-        failed_scenes=list(outcomes.failed),
-        valid_share=finished_products.valid_share,
+        scenes_used=len(month_tiles.used),
+        failed_scenes=list(month_tiles.failed),
+        valid_share=month_tiles.valid_share,
         product_urls=urls,
         flow_run_name=runtime.flow_run.name,
         flow_run_url=runtime.flow_run.ui_url,

@@ -3,6 +3,7 @@
 Block names are settings; secrets never are (they live in the blocks).
 """
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -17,6 +18,7 @@ from tasks.settings import (
     MaskSettings,
     ReadSettings,
     SearchSettings,
+    TileSettings,
 )
 
 
@@ -26,11 +28,23 @@ class RunnerSettings(FrozenSettings):
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="Thread pool in the flow process, or Dask (a scheduler address or a local cluster)."
     )
-    max_concurrent_scenes: int = Field(4, ge=1, le=256, description="Scenes acquired at the same time.")
+    max_concurrent_tiles: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Output tiles in flight at once on threads (memory and scratch disk grow with it). "
+        "None: half the CPU cores, at least 2. On Dask, each worker runs its own threads' worth.",
+    )
+    max_concurrent_scenes: int = Field(4, ge=1, le=256, description="Scene reads at the same time within a tile.")
     dask_address: str | None = Field(
         None, description="Dask scheduler address, e.g. 'tcp://10.0.0.5:8786'; None starts a local cluster."
     )
     dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of the local Dask cluster.")
+
+
+def tile_concurrency(runner: RunnerSettings) -> int:
+    """Tiles in flight at once: `max_concurrent_tiles`, else half the CPU cores, at least 2."""
+    return runner.max_concurrent_tiles or max(2, (os.cpu_count() or 1) // 2)
 
 
 class MosaicSettings(FrozenSettings):
@@ -50,6 +64,7 @@ class MosaicSettings(FrozenSettings):
         None, description="Month 'YYYY-MM'. None: the month before the run's scheduled start time."
     )
     grid: GridSettings = Field(default_factory=GridSettings)
+    tiles: TileSettings = Field(default_factory=TileSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     read: ReadSettings = Field(default_factory=ReadSettings)
     mask: MaskSettings = Field(default_factory=MaskSettings)

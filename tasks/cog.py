@@ -7,32 +7,27 @@ Two rasters leave a run, both on the target grid (`odc.geo.geobox.GeoBox`, its C
 - the count: 1 uint8 band, the number of clear observations behind each mosaic pixel. It has no
   nodata value: 0 means no valid observation (and is the value outside the AOI).
 
-The composite stage writes both as plain tiled GeoTIFFs on a local staging path. `finalise_*` puts
-the product metadata on that staging file and makes sure every pixel outside the AOI polygon is
-empty; `write_cog` copies it to a COG with GDAL's COG driver (512-pixel blocks, DEFLATE with
-horizontal predictor, internal overviews); `validate_cog` checks the result with rio-cogeo.
+Each output tile's arrays are written as COGs (`write_mosaic_cog`, `write_count_cog`) with the
+product metadata; a tiled month's single COGs are copied from its mosaic index (`write_cog`). All use
+GDAL's COG driver (512-pixel blocks, DEFLATE with horizontal predictor, internal overviews);
+`validate_cog` checks the result with rio-cogeo.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import rasterio.shutil
 from odc.geo.geobox import GeoBox
-from odc.geo.geom import Geometry
-from rasterio.crs import CRS
 from rio_cogeo.cogeo import cog_validate
 
-from tasks.aoi import aoi_pixel_mask
 from tasks.errors import InvalidProduct
-from tasks.grid import grid_blocks
-from tasks.logs import stage_logger
+from tasks.grid import raster_profile
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
 
 COG_BLOCK_SIZE = 512
 """Edge of the internal tiles of the products, in pixels."""
-PROCESSING_BLOCK_SIZE = 2048
-"""Edge of the blocks read and written while finalising a staging raster, in pixels; bounds memory."""
 REFLECTANCE_SCALE_FACTOR = 1.0 / REFLECTANCE_SCALE
 """Multiply a mosaic value by this to get surface reflectance (0.0001)."""
 MOSAIC_DTYPE = "uint16"
@@ -92,77 +87,33 @@ COUNT_PROFILE = CogProfile(overview_resampling="nearest")
 """Counts are whole numbers: overviews pick one pixel rather than inventing fractions."""
 
 
-def finalise_mosaic(path: Path, aoi: Geometry, grid: GeoBox) -> int:
-    """Make the staging mosaic at `path` product-ready, in place; return the pixels it had to empty.
-
-    Checks it is 4 uint16 bands on `grid`, sets band descriptions, nodata 0 and scale 0.0001 /
-    offset 0, and sets every pixel whose centre lies outside `aoi` to nodata (the composite should
-    already have; a non-zero return is logged as a warning).
-    """
-    with rasterio.open(path, "r+") as dataset:
-        _check_layout(dataset, path, grid, len(MOSAIC_BANDS), MOSAIC_DTYPE)
-        dataset.nodata = NODATA
+def write_mosaic_cog(path: Path, mosaic: np.ndarray, grid: GeoBox, profile: CogProfile) -> None:
+    """Write a (4, y, x) uint16 mosaic on `grid` as a COG with its band descriptions, nodata 0 and scale 0.0001."""
+    with rasterio.open(path, "w", **_cog_creation(grid, len(MOSAIC_BANDS), MOSAIC_DTYPE, NODATA, profile)) as dataset:
+        dataset.write(mosaic)
         for band_index, band in enumerate(MOSAIC_BANDS, start=1):
             dataset.set_band_description(band_index, band.description)
         dataset.scales = (REFLECTANCE_SCALE_FACTOR,) * dataset.count
         dataset.offsets = (0.0,) * dataset.count
-        emptied = _empty_outside_aoi(dataset, aoi, grid)
-    _warn_if_emptied(emptied, path)
-    return emptied
 
 
-def finalise_count(path: Path, aoi: Geometry, grid: GeoBox) -> int:
-    """Make the staging count at `path` product-ready, in place; return the pixels it had to zero.
-
-    Checks it is 1 uint8 band on `grid`, removes any nodata value (0 is a real count), sets the band
-    description and zeroes every pixel whose centre lies outside `aoi`.
-    """
-    with rasterio.open(path, "r+") as dataset:
-        _check_layout(dataset, path, grid, 1, COUNT_DTYPE)
-        dataset.nodata = None
+def write_count_cog(path: Path, count: np.ndarray, grid: GeoBox, profile: CogProfile) -> None:
+    """Write a (y, x) uint8 count on `grid` as a COG with no nodata value (0 is a real count)."""
+    with rasterio.open(path, "w", **_cog_creation(grid, 1, COUNT_DTYPE, None, profile)) as dataset:
+        dataset.write(count, 1)
         dataset.set_band_description(1, COUNT_DESCRIPTION)
-        emptied = _empty_outside_aoi(dataset, aoi, grid)
-    _warn_if_emptied(emptied, path)
-    return emptied
 
 
-def _check_layout(dataset: rasterio.io.DatasetWriter, path: Path, grid: GeoBox, band_count: int, dtype: str) -> None:
-    if dataset.count != band_count or any(band_dtype != dtype for band_dtype in dataset.dtypes):
-        raise InvalidProduct(
-            f"{path} has {dataset.count} bands of {set(dataset.dtypes)}; the product needs {band_count} {dtype} "
-            "band(s): write it with the composite stage"
-        )
-    on_grid = (
-        dataset.crs is not None
-        and dataset.crs == CRS.from_wkt(grid.crs.to_wkt())
-        and dataset.shape == grid.shape.yx
-        and dataset.transform.almost_equals(grid.affine)
-    )
-    if not on_grid:
-        raise InvalidProduct(
-            f"{path} ({dataset.crs}, {dataset.shape}, {tuple(dataset.transform)[:6]}) is not on the target grid "
-            f"({grid.crs}, {grid.shape.yx}, {tuple(grid.affine)[:6]}); write it on the grid of tasks.grid.grid_for_aoi"
-        )
-
-
-def _empty_outside_aoi(dataset: rasterio.io.DatasetWriter, aoi: Geometry, grid: GeoBox) -> int:
-    emptied = 0
-    for window, block_grid in grid_blocks(grid, PROCESSING_BLOCK_SIZE):
-        outside = ~aoi_pixel_mask(aoi, block_grid)
-        if not outside.any():
-            continue
-        block = dataset.read(window=window)
-        stray = outside & (block != NODATA).any(axis=0)
-        if stray.any():
-            emptied += int(stray.sum())
-            block[:, outside] = NODATA
-            dataset.write(block, window=window)
-    return emptied
-
-
-def _warn_if_emptied(emptied: int, path: Path) -> None:
-    if emptied:
-        stage_logger(__name__).warning("%s had %d pixels with data outside the AOI; set to empty", path, emptied)
+def _cog_creation(grid: GeoBox, band_count: int, dtype: str, nodata: int | None, profile: CogProfile) -> dict[str, object]:
+    """rasterio open arguments of a COG on `grid` (rasterio builds it in memory, then GDAL copies it)."""
+    return {
+        "driver": "COG",
+        "count": band_count,
+        "dtype": dtype,
+        "nodata": nodata,
+        **raster_profile(grid),
+        **profile.creation_options(),
+    }
 
 
 def write_cog(source: Path, destination: Path, profile: CogProfile) -> None:

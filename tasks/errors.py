@@ -118,6 +118,17 @@ class TooManyFailedScenes(MosaicError):
         return str(self.args[0])
 
 
+class TilesFailed(MosaicError):
+    """Output tiles could not be built or published after their retries; `failed_tiles` lists (tile, reason)."""
+
+    def __init__(self, message: str, failed_tiles: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message, tuple(failed_tiles))
+        self.failed_tiles = list(failed_tiles)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class TooFewClearPixels(MosaicError):
     """Less of the AOI than `min_valid_share` has a clear observation: the month is not published."""
 
@@ -160,6 +171,11 @@ def _survives_pickling(error: BaseException) -> bool:
         return False
     finally:
         error.__cause__, error.__context__ = cause, context
+
+
+def scene_reason(error: BaseException) -> str:
+    """Why a scene was not used, in one line: '<asset>: <reason>' for our errors, else the error's first line."""
+    return getattr(error, "scene_reason", None) or first_line(error)
 
 
 def portable(error: BaseException) -> BaseException:

@@ -19,7 +19,7 @@ COG took 3 requests, now 2; a file that is no TIFF 2, now 1)."""
 REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
     # Opening a COG must not list its directory: one request per file, not one per sibling.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt",
     # No retry inside GDAL: the asset reader (tasks/read.py) is the one layer that retries a read.
     "GDAL_HTTP_MAX_RETRY": 0,
     "GDAL_HTTP_TIMEOUT": 60,

@@ -1,9 +1,9 @@
-"""Cloud and shadow mask of each clipped scene: OmniCloudMask and/or SCL, written beside the scene.
+"""Cloud and shadow mask of each scene window: OmniCloudMask and/or SCL.
 
-For a clipped scene `scenes/X.tif` the mask is `scenes/X_mask.tif`: same sub-grid (CRS, transform,
-shape), one uint8 band of `MaskClass` values, tiled and deflate-compressed. The rules that combine
-model output, SCL and data coverage live in `tasks.mask_rules` (pure); this module runs the model,
-reads and writes files, and wraps it as a Prefect task.
+The mask of a scene window (`tasks.scene.SceneWindow`) is a (y, x) uint8 array of `MaskClass` values
+on the window's sub-grid. The rules that combine model output, SCL and data coverage live in
+`tasks.mask_rules` (pure); this module runs the model and says how much context (`mask_halo_px`) a
+tile must read around itself for its mask not to depend on where tiles are cut.
 
 Model. OmniCloudMask (`predict_from_array`) sees red, green and nir. It runs at `resolution_m`: where
 round(resolution_m / grid pixel) is 2 or more (e.g. 20 m on a 10 m grid) its input is averaged down
@@ -13,8 +13,8 @@ on `settings.device` ('auto': CUDA when present, else CPU) in `settings.inferenc
 always in fp32 on CPU (bf16/fp16 are slower there, and the library warns about it).
 
 GPU work is serialised: one inference at a time per process (a module lock), and across processes
-and workers by the Prefect global concurrency limit `gpu`, which the task takes only when inferring
-on CUDA. Create it once per Prefect server with `prefect gcl create gpu --limit 1` (one slot per GPU
+and workers by the Prefect global concurrency limit `gpu`, which a tile takes (`gpu_slot`) only
+while inferring on CUDA. Create it once per Prefect server with `prefect gcl create gpu --limit 1` (one slot per GPU
 of the machine that runs the workers); while it does not exist the task logs a warning and goes on.
 On CUDA out-of-memory the batch size is halved down to 1 before giving up with `InferenceOutOfMemory`.
 
@@ -35,11 +35,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import rasterio
 import torch
-from odc.geo.geobox import GeoBox
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from tasks.device import compute_device
@@ -48,11 +44,8 @@ from tasks.errors import (
     InvalidSettings,
     MissingModelWeights,
     MosaicError,
-    portable_errors,
     root_cause,
 )
-from tasks.gdal_env import gdal_env
-from tasks.grid import pixel_size_m, raster_profile
 from tasks.logs import stage_logger
 from tasks.mask_rules import (
     average_down,
@@ -65,11 +58,9 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.retry import io_task_retries
-from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, ClippedScene, MaskClass, check_scene_file
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, MaskClass
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
-from tasks.workspace import Workspace
 
 MASK_SUFFIX = "_mask.tif"
 GPU_CONCURRENCY_LIMIT = "gpu"
@@ -267,34 +258,17 @@ def mask_from_bands(bands: np.ndarray, grid_pixel_m: float, settings: MaskSettin
     return combine_classes(cloud_classes, invalid, data)
 
 
-def mask_name_for(scene_name: str) -> str:
-    """The mask's name beside a clipped scene: `scenes/X.tif` -> `scenes/X_mask.tif`."""
-    stem, dot, _ = scene_name.rpartition(".")
-    return f"{stem if dot else scene_name}{MASK_SUFFIX}"
+def mask_halo_px(settings: MaskSettings, grid_pixel_m: float) -> int:
+    """Grid pixels of context the masker needs on each side of a tile for the tile's mask to be whole.
 
-
-def read_scene_bands(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
-    """All bands (`SCENE_BANDS`, y, x, uint16) of a clipped scene, checked against its grid."""
-    with gdal_env(), rasterio.open(workspace.gdal_path(scene.name)) as source:
-        check_scene_file(source, scene, scene.name, len(SCENE_BANDS))
-        return source.read()
-
-
-def write_mask(workspace: Workspace, name: str, mask: np.ndarray, grid: GeoBox, masker: str) -> None:
-    """Write `mask` (uint8, y, x) on `grid` as a tiled, compressed GeoTIFF, atomically."""
-    profile = {**MASK_PROFILE, **raster_profile(grid)}
-    with workspace.staged(name) as staged_path, rasterio.open(staged_path, "w", **profile) as out:
-        out.write(mask, 1)
-        out.update_tags(MASKER=masker, **MASK_CLASS_TAGS)
-
-
-def mask_scene(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
-    """Mask one clipped scene and write `<scene>_mask.tif` beside it; returns the mask's name."""
-    bands = read_scene_bands(workspace, scene)
-    mask = mask_from_bands(bands, pixel_size_m(scene.grid), settings)
-    mask_name = mask_name_for(scene.name)
-    write_mask(workspace, mask_name, mask, scene.grid, settings.masker)
-    return mask_name
+    OmniCloudMask blends overlapping patches and sees least context at its input's edge: a halo of
+    `patch_overlap` model pixels keeps the tile's own pixels away from that edge. The cloud and
+    shadow buffer reaches `buffer_m` further. SCL alone, unbuffered, needs none.
+    """
+    model_px = 0
+    if settings.masker in MASKERS_USING_OCM:
+        model_px = settings.patch_overlap * downsample_factor(grid_pixel_m, settings.resolution_m)
+    return model_px + buffer_radius_px(settings.buffer_m, grid_pixel_m)
 
 
 def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
@@ -305,16 +279,6 @@ def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
     if settings.masker in MASKERS_USING_OCM and compute_device(settings.device).type == "cuda":
         return concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=False)
     return nullcontext()
-
-
-@task(**io_task_retries(), cache_policy=NO_CACHE)
-@portable_errors
-def mask_scene_task(scene: ClippedScene, workspace: Workspace, settings: MaskSettings) -> str:
-    """Prefect task: `mask_scene`, holding a `gpu` concurrency slot while inferring on CUDA."""
-    with gpu_slot(settings):
-        mask_name = mask_scene(scene, workspace, settings)
-    get_run_logger().info("masked %s with %s -> %s", scene.item_id, settings.masker, mask_name)
-    return mask_name
 
 
 def main(argv: list[str] | None = None) -> int:

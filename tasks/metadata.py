@@ -18,16 +18,15 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from pyproj import Geod
 
-from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask
+from tasks.aoi import WGS84, aoi_in_crs
 from tasks.cog import (
     COUNT_DESCRIPTION,
     MOSAIC_BANDS,
-    PROCESSING_BLOCK_SIZE,
     REFLECTANCE_SCALE_FACTOR,
 )
-from tasks.grid import grid_blocks, grid_metadata
+from tasks.grid import grid_metadata
 from tasks.month import Month
-from tasks.scene import NODATA, ClippedScene, FailedScene, SkippedScene
+from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 PROJECT_DISTRIBUTION = "s2-monthly-basemap"
@@ -37,6 +36,9 @@ ATTRIBUTION_TEMPLATE = "Contains modified Copernicus Sentinel data {years}"
 LOW_PERCENTILE = 2.0
 HIGH_PERCENTILE = 98.0
 SQUARE_METRES_PER_KM2 = 1_000_000.0
+MOSAIC_SUFFIX = "_mosaic.tif"
+TILES_FOLDER = "tiles"
+"""Where a tiled month's tile COGs lie inside its month folder."""
 WGS84_ELLIPSOID = Geod(ellps="WGS84")
 
 
@@ -50,16 +52,46 @@ class ProductNames:
     metadata: str
     item: str
 
+    @property
+    def stem(self) -> str:
+        """'<aoi>_<YYYY-MM>', the start of every product's name."""
+        return self.mosaic.removesuffix(MOSAIC_SUFFIX)
+
+    @property
+    def mosaic_index(self) -> str:
+        """The GDAL VRT that opens a tiled month's mosaic tiles as one raster."""
+        return f"{self.stem}_mosaic.vrt"
+
+    @property
+    def count_index(self) -> str:
+        return f"{self.stem}_count.vrt"
+
+    def tile_mosaic(self, tile_label: str) -> str:
+        """A tiled month's mosaic COG of one tile, relative to the month folder."""
+        return f"{TILES_FOLDER}/{self.stem}_{tile_label}_mosaic.tif"
+
+    def tile_count(self, tile_label: str) -> str:
+        return f"{TILES_FOLDER}/{self.stem}_{tile_label}_count.tif"
+
     @classmethod
     def for_run(cls, aoi_name: str, month: Month) -> "ProductNames":
         stem = f"{aoi_name}_{month.label}"
         return cls(
-            mosaic=f"{stem}_mosaic.tif",
+            mosaic=f"{stem}{MOSAIC_SUFFIX}",
             count=f"{stem}_count.tif",
             quicklook=f"{stem}_quicklook.png",
             metadata=f"{stem}_metadata.json",
             item=f"{stem}_item.json",
         )
+
+
+@dataclass(frozen=True)
+class TileFiles:
+    """One output tile's COGs, named relative to the month folder."""
+
+    label: str
+    mosaic: str
+    count: str
 
 
 @dataclass(frozen=True)
@@ -80,9 +112,26 @@ class ProductRun:
     month: Month
     composite: CompositeSettings
     mask: MaskSettings
-    scenes_used: tuple[ClippedScene, ...]
+    scenes_used: tuple[UsedScene, ...]
     scenes_failed: tuple[FailedScene, ...] = ()
     scenes_skipped: tuple[SkippedScene, ...] = ()
+    tiles: tuple[TileFiles, ...] = ()
+    """A tiled month's tile COGs, in row-major order; empty when the AOI is one tile."""
+    single_cogs: bool = True
+    """Whether the mosaic and count are also (for one tile: only) single COGs."""
+
+    @property
+    def names(self) -> ProductNames:
+        return ProductNames.for_run(self.aoi_name, self.month)
+
+    @property
+    def mosaic_file(self) -> str:
+        """The mosaic as one raster: its single COG, else its mosaic index."""
+        return self.names.mosaic if self.single_cogs else self.names.mosaic_index
+
+    @property
+    def count_file(self) -> str:
+        return self.names.count if self.single_cogs else self.names.count_index
 
     @property
     def product_id(self) -> str:
@@ -145,30 +194,8 @@ class BandStatistics:
         }
 
 
-def band_statistics(path: Path, aoi: Geometry, grid: GeoBox, names: tuple[str, ...]) -> tuple[BandStatistics, ...]:
-    """Exact statistics of each band of the integer raster at `path` (on `grid`), block by block.
-
-    One histogram per band over the whole integer range gives exact percentiles in bounded memory.
-    """
-    with rasterio.open(path) as dataset:
-        nodata = dataset.nodata
-        value_count = int(np.iinfo(dataset.dtypes[0]).max) + 1
-        histograms = np.zeros((dataset.count, value_count), dtype=np.int64)
-        aoi_pixels = 0
-        for window, block_grid in grid_blocks(grid, PROCESSING_BLOCK_SIZE):
-            inside = aoi_pixel_mask(aoi, block_grid)
-            aoi_pixels += int(inside.sum())
-            block = dataset.read(window=window)
-            for band_index, band in enumerate(block):
-                valid = inside if nodata is None else inside & (band != nodata)
-                histograms[band_index] += np.bincount(band[valid], minlength=value_count)
-    return tuple(
-        _statistics_from_histogram(name, histogram, aoi_pixels, grid.shape.y * grid.shape.x)
-        for name, histogram in zip(names, histograms, strict=True)
-    )
-
-
-def _statistics_from_histogram(name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int) -> BandStatistics:
+def statistics_from_histogram(name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int) -> BandStatistics:
+    """Exact statistics of a band from the histogram of its valid AOI pixels over its whole integer range."""
     valid_pixels = int(histogram.sum())
     if valid_pixels == 0:
         return BandStatistics(name, None, None, None, None, None, None, 0, aoi_pixels, grid_pixels)
@@ -235,10 +262,19 @@ def metadata_document(
     return {
         "id": run.product_id,
         "files": {
-            "mosaic": names.mosaic,
-            "count": names.count,
+            "mosaic": run.mosaic_file,
+            "count": run.count_file,
             "quicklook": names.quicklook,
             "stac_item": names.item,
+            **(
+                {
+                    "mosaic_index": names.mosaic_index,
+                    "count_index": names.count_index,
+                    "tiles": [{"tile": tile.label, "mosaic": tile.mosaic, "count": tile.count} for tile in run.tiles],
+                }
+                if run.tiles
+                else {}
+            ),
         },
         "period": {"month": run.month.label, "start": run.month.start.isoformat(), "end": run.month.end.isoformat()},
         "aoi": {

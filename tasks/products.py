@@ -1,88 +1,205 @@
-"""All products of one run, assembled into a workspace under deterministic names.
+"""A month's products from its committed tiles: merged scene outcomes, mosaic index, single COGs,
+quicklook, metadata.json and the STAC Item, published with the Item last.
 
-From the composite's staging mosaic and count (local plain GeoTIFFs on the target grid) this writes,
-into one `Workspace` folder (local or `s3://`), with `<aoi>_<YYYY-MM>` as the stem:
+The tiles (`tasks.tile`) have already published their COGs into the month folder. This stage adds,
+with `<aoi>_<YYYY-MM>` as the stem:
 
-    _mosaic.tif     4-band uint16 COG, surface reflectance x 10000, nodata 0
-    _count.tif      1-band uint8 COG, clear observations per pixel (0 = none; no nodata value)
-    _quicklook.png  RGBA quicklook, longest side <= 1024 px
-    _metadata.json  scenes, settings, statistics, software versions, attribution
-    _item.json      STAC Item with relative asset hrefs, validated offline
+    _mosaic.vrt, _count.vrt   a tiled month's mosaic index over its tile COGs (`tasks.mosaic_index`)
+    _mosaic.tif, _count.tif   single COGs: an AOI of one tile (its tile is them), or a tiled AOI of
+                              at most `single_cog_max_pixels`, copied from the index
+    _quicklook.png            RGBA quicklook from the mosaic's overviews
+    _metadata.json            scenes, settings, statistics, software, attribution, files
+    _item.json                STAC Item listing every file, validated offline
 
-Everything is built on temporary names first; only when all five are made and validated are they
-committed, in the order above, so the STAC Item appears last: an Item in the workspace means the
-product is complete, and a failure at any point leaves no Item (and, before the commits, no file).
+Statistics come from the tiles' histograms, the quicklook from overviews: nothing here reads the
+mosaic at full resolution. Products are read back where they were published, with the products
+block's own credentials (`blocks.publish.product_gdal_location`). An Item in the month folder means
+every file beside it is complete.
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from blocks.publish import ITEM_PRODUCT, product_gdal_location, product_url, publish_files
 from tasks.cog import (
+    COUNT_DESCRIPTION,
+    COUNT_DTYPE,
     COUNT_PROFILE,
     MOSAIC_BANDS,
+    MOSAIC_DTYPE,
     MOSAIC_PROFILE,
-    finalise_count,
-    finalise_mosaic,
+    REFLECTANCE_SCALE_FACTOR,
+    CogProfile,
     validate_cog,
     write_cog,
 )
-from tasks.errors import portable_errors
-from tasks.metadata import ProductNames, ProductRun, band_statistics, metadata_json
+from tasks.errors import SceneOutsideAOI, portable_errors
+from tasks.gdal_env import gdal_env
+from tasks.metadata import ProductRun, metadata_json, statistics_from_histogram
+from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
+from tasks.scene import NODATA, FailedScene, SceneItem, SkippedScene, UsedScene
 from tasks.stac_item import build_item, item_json
-from tasks.workspace import Workspace
+from tasks.tile import MonthPlan, TileHistograms, TileRecord, tile_scratch
+from tasks.tiles import OutputTile, tile_layout
 
+NO_CLEAR_PIXEL = "no clear pixel in the AOI (cloud, shadow or nodata everywhere it covers)"
 COUNT_BAND_NAME = "count"
+MONTH_SCRATCH = OutputTile(-1, -1)
+"""The scratch folder of the month's own files is named like a tile's, after this pseudo-tile."""
 
 
-@contextmanager
-def staged_in_order(workspace: Workspace, names: Sequence[str]) -> Iterator[dict[str, Path]]:
-    """Temporary local paths for `names`; committed in the order of `names` when the block succeeds.
+@dataclass(frozen=True)
+class MonthTiles:
+    """What a month's tiles add up to. Every found scene is in exactly one of used, failed, skipped.
 
-    When the block raises, nothing is committed; when a commit fails, the names after it are not
-    committed. (Contexts unwind last-in first-out, so they are entered in reverse.)
+    A scene that failed in any tile is failed for the month, with the first reason recorded.
     """
-    with ExitStack() as stack:
-        yield {name: stack.enter_context(workspace.staged(name)) for name in reversed(names)}
+
+    used: tuple[UsedScene, ...]
+    failed: tuple[FailedScene, ...]
+    skipped: tuple[SkippedScene, ...]
+    aoi_pixels: int
+    valid_pixels: int
+
+    @property
+    def valid_share(self) -> float:
+        """Share of AOI pixels with at least one usable observation, 0..1."""
+        return self.valid_pixels / self.aoi_pixels if self.aoi_pixels else 0.0
 
 
-def write_products(workspace: Workspace, run: ProductRun, mosaic_staging: Path, count_staging: Path) -> ProductNames:
-    """Write the five products of `run` into `workspace` from the composite's staging rasters.
+def merge_tiles(records: Sequence[TileRecord], items: Sequence[SceneItem]) -> MonthTiles:
+    """The month's scene outcomes and pixel counts from its tile records (scenes in `items` order)."""
+    failed: dict[str, str] = {}
+    contributing: set[str] = set()
+    pixels: dict[str, list[int]] = {}
+    for record in records:
+        for item_id, reason in record.failed.items():
+            failed.setdefault(item_id, reason)
+        contributing.update(record.contributing_scenes)
+        for item_id, (valid, aoi) in record.scene_pixels.items():
+            totals = pixels.setdefault(item_id, [0, 0])
+            totals[0] += valid
+            totals[1] += aoi
+    used, skipped = [], []
+    for item in items:
+        if item.item_id in failed:
+            continue
+        if item.item_id in contributing:
+            valid, aoi = pixels[item.item_id]
+            used.append(UsedScene(item.item_id, item.acquired, item.processing_baseline, valid / aoi if aoi else 0.0))
+        elif item.item_id in pixels:
+            skipped.append(SkippedScene(item.item_id, NO_CLEAR_PIXEL))
+        else:
+            skipped.append(SkippedScene(item.item_id, SceneOutsideAOI(item.item_id).scene_reason))
+    return MonthTiles(
+        used=tuple(used),
+        failed=tuple(FailedScene(item.item_id, failed[item.item_id]) for item in items if item.item_id in failed),
+        skipped=tuple(skipped),
+        aoi_pixels=sum(record.aoi_pixels for record in records),
+        valid_pixels=sum(record.valid_pixels for record in records),
+    )
 
-    The staging rasters are finalised in place first (band metadata; pixels outside the AOI
-    emptied). Raises `InvalidProduct` when a raster is off the grid, not a valid COG, or the Item
-    does not validate; nothing is committed then.
-    """
-    names = ProductNames.for_run(run.aoi_name, run.month)
-    finalise_mosaic(mosaic_staging, run.aoi, run.grid)
-    finalise_count(count_staging, run.aoi, run.grid)
-    order = (names.mosaic, names.count, names.quicklook, names.metadata, names.item)
-    with staged_in_order(workspace, order) as staged:
-        write_cog(mosaic_staging, staged[names.mosaic], MOSAIC_PROFILE)
-        validate_cog(staged[names.mosaic])
-        write_cog(count_staging, staged[names.count], COUNT_PROFILE)
-        validate_cog(staged[names.count])
+
+def month_histograms(plan: MonthPlan, records: Sequence[TileRecord]) -> TileHistograms:
+    """The sum of the tiles' histograms."""
+    total = None
+    for record in records:
+        histograms = TileHistograms.from_bytes(plan.workspace.read_bytes(plan.histograms_name(record.tile)))
+        total = histograms if total is None else TileHistograms(total.mosaic + histograms.mosaic, total.count + histograms.count)
+    if total is None:
+        raise ValueError("a month has at least one tile")
+    return total
+
+
+MOSAIC_INDEX_BANDS = tuple(
+    IndexBand(band.description, nodata=NODATA, scale=REFLECTANCE_SCALE_FACTOR, offset=0.0) for band in MOSAIC_BANDS
+)
+COUNT_INDEX_BANDS = (IndexBand(COUNT_DESCRIPTION),)
+
+
+def index_tiles(plan: MonthPlan, records: Sequence[TileRecord], kind: str) -> list[IndexTile]:
+    """The tiles' `kind` ('mosaic' or 'count') COGs placed on the grid, for the mosaic index."""
+    layout = tile_layout(plan.grid, plan.tile_size_px)
+    placed = []
+    for record in sorted(records, key=lambda record: record.tile):
+        rows, cols = layout.roi[record.row, record.col]
+        placed.append(IndexTile(record.files[kind], rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start))
+    return placed
+
+
+def write_month_products(
+    plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
+) -> dict[str, str]:
+    """Write and publish the month's own files (Item last) beside its published tiles; returns
+    {product: URL or local path} for mosaic, count, quicklook, metadata and item."""
+    names = plan.names
+
+    def publish(files: dict[str, Path]) -> None:
+        publish_files(files, plan.bucket, plan.aoi_name, plan.month_label, plan.output_dir)
+
+    def url(name: str) -> str:
+        return product_url(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
+
+    def readable(name: str) -> tuple[str, dict[str, str]]:
+        return product_gdal_location(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
+
+    with tile_scratch(plan, MONTH_SCRATCH) as scratch:
+        if run.tiles:
+            indexes = {
+                names.mosaic_index: mosaic_index_xml(plan.grid, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, index_tiles(plan, records, "mosaic")),
+                names.count_index: mosaic_index_xml(plan.grid, COUNT_DTYPE, COUNT_INDEX_BANDS, index_tiles(plan, records, "count")),
+            }
+            for name, xml in indexes.items():
+                (scratch / name).write_text(xml)
+            publish({name: scratch / name for name in indexes})
+            if run.single_cogs:
+                for index_name, cog_name, profile in (
+                    (names.mosaic_index, names.mosaic, MOSAIC_PROFILE),
+                    (names.count_index, names.count, COUNT_PROFILE),
+                ):
+                    publish({cog_name: single_cog(readable(index_name), scratch / cog_name, profile)})
+        mosaic_path, mosaic_options = readable(run.mosaic_file)
+        with gdal_env(**mosaic_options):
+            write_quicklook(mosaic_path, scratch / names.quicklook)
+        grid_pixels = plan.grid.shape.x * plan.grid.shape.y
+        aoi_pixels = sum(record.aoi_pixels for record in records)
         band_names = tuple(band.common_name for band in MOSAIC_BANDS)
-        mosaic_statistics = band_statistics(staged[names.mosaic], run.aoi, run.grid, band_names)
-        (count_statistics,) = band_statistics(staged[names.count], run.aoi, run.grid, (COUNT_BAND_NAME,))
-        write_quicklook(staged[names.mosaic], staged[names.quicklook])
-        staged[names.metadata].write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics))
-        item = build_item(run, names, mosaic_statistics, count_statistics)
-        staged[names.item].write_bytes(item_json(item))
-    return names
+        mosaic_statistics = tuple(
+            statistics_from_histogram(name, histogram, aoi_pixels, grid_pixels)
+            for name, histogram in zip(band_names, histograms.mosaic, strict=True)
+        )
+        count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
+        (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics))
+        (scratch / names.item).write_bytes(item_json(build_item(run, names, mosaic_statistics, count_statistics)))
+        publish({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
+        publish({names.item: scratch / names.item})
+    return {
+        "mosaic": url(run.mosaic_file),
+        "count": url(run.count_file),
+        "quicklook": url(names.quicklook),
+        "metadata": url(names.metadata),
+        ITEM_PRODUCT: url(names.item),
+    }
 
 
-@task(
-    name="write-products",
+def single_cog(index: tuple[str, dict[str, str]], destination: Path, profile: CogProfile) -> Path:
+    """Copy a published mosaic index (GDAL path, options) to one validated COG at `destination`."""
+    index_path, options = index
+    with gdal_env(**options):
+        write_cog(index_path, destination, profile)
+    validate_cog(destination)
+    return destination
+
+
+write_month_products_task = task(
+    portable_errors(write_month_products),
+    name="write-month-products",
     **io_task_retries(),
     cache_policy=NO_CACHE,
 )
-@portable_errors
-def write_products_task(workspace: Workspace, run: ProductRun, mosaic_staging: Path, count_staging: Path) -> ProductNames:
-    """Prefect task: `write_products`, retried on transient I/O errors."""
-    return write_products(workspace, run, mosaic_staging, count_staging)

@@ -1,19 +1,20 @@
-"""Reading one scene's AOI window onto the target grid, harmonised, into the workspace.
+"""Reading one scene's window of an output tile onto the target grid, harmonised, into memory.
 
-Only the part of the grid that the item footprint and the AOI both cover is read (a pixel-aligned
-slice of the grid, the sub-grid): each asset is warped onto the sub-grid by GDAL (`WarpedVRT`) and
-read window by window (`ReadSettings.block_size`), so a remote COG is fetched only for the tiles
-under the AOI and memory stays bounded however large the AOI. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
-removed, whatever the processing baseline; the result is the clipped scene file of `tasks.scene`.
+Only the part of the tile's read grid that the item footprint and the AOI both cover is read (a
+pixel-aligned slice, the sub-grid): each asset is warped onto the sub-grid by GDAL (`WarpedVRT`) and
+read window by window (`ReadSettings.block_size`), so a remote COG is fetched only for its internal
+tiles under the window. Reflectance becomes uint16 surface reflectance x 10000 with the BOA offset
+removed, whatever the processing baseline; the result is a `tasks.scene.SceneWindow`. Fetched COG
+bytes stay in GDAL's process-wide cache (`tasks.gdal_env`), so the next tile of the same process
+that reads the same COG tiles (its halo, a shared edge) fetches them again only once evicted.
 
 Transient read failures (no connection, timeouts, HTTP 5xx/429) are retried per asset with
 exponential backoff and jitter, in `AssetReader` only (GDAL's own HTTP retry is off and the task
 does not retry a failed read); a permanent one (missing, forbidden, truncated, not a GeoTIFF, not
 georeferenced where the item says) ends at once. What fails raises `SceneReadError` with a one-line
-reason (`tasks.read_failures`), and no partial file is left behind.
+reason (`tasks.read_failures`).
 """
 
-from collections.abc import Iterator
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -21,33 +22,30 @@ import numpy as np
 import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
-from prefect import task
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from tasks.aoi import WGS84, aoi_in_crs, aoi_pixel_mask, footprint_in_crs
-from tasks.errors import SceneOutsideAOI, SceneReadError, portable_errors
+from tasks.aoi import aoi_in_crs, aoi_pixel_mask, footprint_in_crs
+from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.gdal_env import gdal_env, gdal_path
-from tasks.grid import grid_blocks, raster_profile
+from tasks.grid import grid_blocks
 from tasks.read_failures import classify_read_failure, tiff_extent
-from tasks.retry import Failure, RetriesEnded, RetryPolicy, io_task_retries, retried
+from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
 from tasks.scene import (
     NODATA,
     REFLECTANCE_BANDS,
     REFLECTANCE_SCALE,
     SCENE_BANDS,
     SCL_BAND,
-    ClippedScene,
     SceneAsset,
     SceneItem,
+    SceneWindow,
 )
 from tasks.settings import ReadSettings
-from tasks.workspace import Workspace
 
-SCENES_DIR = "scenes"
 FOOTPRINT_SEGMENT_DEG = 0.001
 """Footprint edges are split into pieces this long (about 100 m) before reprojection to the grid CRS."""
 EDGE_TOLERANCE_PX = 1e-4
@@ -60,26 +58,6 @@ MAX_HARMONISED = np.iinfo(np.uint16).max
 ASSET_DRIVER = "GTiff"
 """Scene assets are Cloud Optimized GeoTIFFs; no other GDAL driver is tried (each would read more of a
 file that is not one)."""
-SCENE_PROFILE = {
-    "driver": "GTiff",
-    "dtype": "uint16",
-    "count": len(SCENE_BANDS),
-    "nodata": NODATA,
-    "tiled": True,
-    "blockxsize": 512,
-    "blockysize": 512,
-    "compress": "deflate",
-    "predictor": 2,
-    "bigtiff": "IF_SAFER",
-}
-TAG_ITEM_ID, TAG_DATETIME, TAG_BASELINE = "item_id", "datetime", "processing_baseline"
-TAG_VALID_FRACTION, TAG_FOOTPRINT = "valid_fraction", "footprint_wkt"
-
-def scene_file_name(item_id: str) -> str:
-    """Workspace name of a clipped scene: `scenes/<item_id>.tif`."""
-    return f"{SCENES_DIR}/{item_id}.tif"
-
-
 def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
     """The pixel-aligned slice of `grid` covering the item footprint intersected with the AOI.
 
@@ -216,66 +194,27 @@ def _asset_readers(item: SceneItem, subgrid: GeoBox, settings: ReadSettings, sta
     return readers
 
 
-def _scene_blocks(
-    readers: dict[str, AssetReader], subgrid: GeoBox, aoi: Geometry, block_size: int
-) -> Iterator[tuple[Window, np.ndarray, int, int]]:
-    """(window, (5, y, x) uint16 block, valid AOI pixels, AOI pixels) for each block of the sub-grid."""
-    for window, block_grid in grid_blocks(subgrid, block_size):
-        roi = window.toslices()
-        reflectance = np.stack(
-            [harmonised_reflectance(readers[band].read(roi), readers[band].asset) for band in REFLECTANCE_BANDS]
-        )
-        scl = readers[SCL_BAND].read(roi).astype(np.uint16)
-        inside = aoi_pixel_mask(aoi, block_grid)
-        valid = inside & (reflectance != NODATA).all(axis=0)
-        yield window, np.concatenate([reflectance, scl[None]]) * valid, int(valid.sum()), int(inside.sum())
+def read_scene_window(item: SceneItem, read_grid: GeoBox, aoi: Geometry, settings: ReadSettings) -> SceneWindow:
+    """The item's pixels where its footprint meets the AOI within `read_grid`, harmonised, in memory.
 
-
-def read_scene(item: SceneItem, grid: GeoBox, aoi: Geometry, workspace: Workspace, settings: ReadSettings) -> ClippedScene:
-    """Read the item's AOI window onto `grid` and store it in `workspace` as `scenes/<item_id>.tif`.
-
-    The file lies on the sub-grid from `scene_subgrid` (a slice of `grid`, same CRS and pixels)
-    and holds the five `SCENE_BANDS` as uint16 (reflectance x 10000, then SCL), nodata 0 outside the
-    data and outside the AOI polygon. Raises `SceneOutsideAOI` when there is nothing to read and
-    `SceneReadError` when an asset cannot be read; the workspace is then left unchanged.
+    `read_grid` is a pixel-aligned slice of the target grid, or one padded beyond it (a tile and
+    its halo). The window lies on `scene_subgrid(item, read_grid, aoi)` and holds the five
+    `SCENE_BANDS` as uint16 (reflectance x 10000, then SCL), 0 outside the data and outside the AOI
+    polygon; assets are read block by block (`settings.block_size`), so the warp's memory stays
+    bounded. Raises `SceneOutsideAOI` when there is nothing to read and `SceneReadError` when an
+    asset cannot be read.
     """
-    subgrid = scene_subgrid(item, grid, aoi)
-    name = scene_file_name(item.item_id)
-    valid_pixels = aoi_pixels = 0
-    profile = {
-        **SCENE_PROFILE,
-        **raster_profile(subgrid),
-    }
-    with gdal_env(), ExitStack() as stack, workspace.staged(name) as staged_path:
+    subgrid = scene_subgrid(item, read_grid, aoi)
+    bands = np.zeros((len(SCENE_BANDS), *subgrid.shape.yx), dtype=np.uint16)
+    inside_aoi = aoi_pixel_mask(aoi, subgrid)
+    with gdal_env(), ExitStack() as stack:
         readers = _asset_readers(item, subgrid, settings, stack)
-        with rasterio.open(staged_path, "w", **profile) as scene_file:
-            for window, pixels, valid_count, aoi_count in _scene_blocks(readers, subgrid, aoi, settings.block_size):
-                scene_file.write(pixels, window=window)
-                valid_pixels += valid_count
-                aoi_pixels += aoi_count
-            valid_fraction = valid_pixels / aoi_pixels if aoi_pixels else 0.0
-            scene_file.descriptions = SCENE_BANDS
-            scene_file.update_tags(
-                **{
-                    TAG_ITEM_ID: item.item_id,
-                    TAG_DATETIME: item.acquired.isoformat(),
-                    TAG_BASELINE: item.processing_baseline or "",
-                    TAG_VALID_FRACTION: f"{valid_fraction:.6f}",
-                    TAG_FOOTPRINT: Geometry(item.footprint, crs=WGS84).wkt,
-                }
-            )
-    return ClippedScene(
-        item_id=item.item_id,
-        acquired=item.acquired,
-        processing_baseline=item.processing_baseline,
-        name=name,
-        grid=subgrid,
-        valid_fraction=valid_fraction,
-    )
-
-
-read_scene_task = task(
-    portable_errors(read_scene),
-    name="read-scene",
-    **io_task_retries(),
-)
+        for window, _ in grid_blocks(subgrid, settings.block_size):
+            roi = window.toslices()
+            block = bands[(slice(None), *roi)]
+            for band_index, band in enumerate(REFLECTANCE_BANDS):
+                block[band_index] = harmonised_reflectance(readers[band].read(roi), readers[band].asset)
+            block[SCENE_BANDS.index(SCL_BAND)] = readers[SCL_BAND].read(roi)
+    valid = inside_aoi & (bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
+    bands *= valid
+    return SceneWindow(item.item_id, subgrid, bands)

@@ -1,9 +1,10 @@
-"""Records that travel between stages: a found scene, its clipped copy on the grid, and the mask classes.
+"""Records that travel between stages: a found scene, its window of a tile, the mask classes, and
+what became of each scene.
 
-A clipped scene file is a GeoTIFF on a sub-grid of the target grid (a pixel-aligned slice of it) with
-five bands in `SCENE_BANDS` order, all uint16 with nodata 0: red, green, blue, nir as surface
-reflectance x 10000 with the BOA offset removed, then the SCL class. Its mask file lies beside it on
-the same sub-grid: one uint8 band of `MaskClass` values.
+A scene window is an in-memory array on a sub-grid of a tile's read grid (a pixel-aligned slice of
+the target grid's pixel lattice) with five bands in `SCENE_BANDS` order, all uint16 with nodata 0:
+red, green, blue, nir as surface reflectance x 10000 with the BOA offset removed, then the SCL class.
+Its mask is a (y, x) uint8 array of `MaskClass` values on the same sub-grid.
 """
 
 import json
@@ -13,9 +14,8 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+import numpy as np
 from odc.geo.geobox import GeoBox
-
-from tasks.errors import SceneReadError
 
 REFLECTANCE_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 SCL_BAND = "scl"
@@ -97,29 +97,26 @@ def scene_items_from_json(payload: bytes) -> list[SceneItem]:
     ]
 
 
-def check_scene_file(file: Any, scene: "ClippedScene", name: str, band_count: int) -> None:
-    """Raise `SceneReadError` unless the open raster `file` (the scene's `name`) holds `band_count`
-    bands on the scene's sub-grid."""
-    if file.count != band_count or (file.height, file.width) != tuple(scene.grid.shape):
-        raise SceneReadError(
-            scene.item_id,
-            name,
-            f"{file.count} bands of {file.height}x{file.width} px where {band_count} on its "
-            f"{scene.grid.shape.y}x{scene.grid.shape.x} grid were expected; re-run the read and mask stages",
-        )
+@dataclass(frozen=True)
+class SceneWindow:
+    """One scene's pixels on `grid`, a pixel-aligned slice of a tile's read grid.
+
+    `bands` is (`SCENE_BANDS`, y, x) uint16; 0 outside the scene's data and outside the AOI.
+    """
+
+    item_id: str
+    grid: GeoBox
+    bands: np.ndarray
 
 
 @dataclass(frozen=True)
-class ClippedScene:
-    """A scene read onto a pixel-aligned slice of the target grid and stored in the workspace.
+class UsedScene:
+    """A scene that gave the mosaic at least one clear pixel, as metadata.json and the STAC Item list it.
 
-    `name` is the scene file's name inside the workspace (e.g. `scenes/<item_id>.tif`); `grid` is
-    the slice; `valid_fraction` is the share of the AOI pixels of the slice that hold data.
+    `valid_fraction` is the share of the AOI pixels under the scene's footprint that hold its data.
     """
 
     item_id: str
     acquired: datetime
     processing_baseline: str | None
-    name: str
-    grid: GeoBox
     valid_fraction: float

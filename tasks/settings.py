@@ -105,6 +105,24 @@ class MaskSettings(FrozenSettings):
     buffer_m: float = Field(0.0, ge=0, le=5000, description="Dilation of cloud and shadow, in metres.")
 
 
+class TileSettings(FrozenSettings):
+    """How the grid is cut into output tiles, each read, masked, composited and written on its own."""
+
+    tile_size_px: int = Field(
+        4096,
+        ge=256,
+        le=16_384,
+        description="Edge of an output tile in grid pixels. Tiles start at the grid's top-left corner, so an AOI "
+        "gets the same tiles every month; memory and scratch disk grow with tile size x tiles in flight.",
+    )
+    single_cog_max_pixels: float = Field(
+        4e8,
+        ge=0,
+        description="A tiled AOI of at most this many grid pixels also gets one mosaic COG and one count COG "
+        "besides its tiles and mosaic index; an AOI of one tile gets only the single COGs.",
+    )
+
+
 class CompositeSettings(FrozenSettings):
     """How the clear observations become one value per pixel."""
 

@@ -24,9 +24,11 @@ from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.errors import InvalidProduct
 from tasks.grid import pixel_size_m
-from tasks.metadata import BandStatistics, ProductNames, ProductRun, attribution
+from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
 from tasks.scene import NODATA
 
+VRT_MEDIA_TYPE = "application/xml"
+"""GDAL VRT files are XML; no registered media type names them more precisely."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"
 """Extension schemas for offline validation (see its README.md)."""
 
@@ -66,7 +68,7 @@ def _statistics(statistics: BandStatistics) -> Statistics | None:
 
 def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandStatistics, ...]) -> pystac.Asset:
     asset = pystac.Asset(
-        href=f"./{names.mosaic}",
+        href=f"./{run.mosaic_file}",
         media_type=pystac.MediaType.COG,
         roles=["data"],
         title="Cloud-free surface reflectance mosaic (red, green, blue, nir)",
@@ -98,7 +100,7 @@ def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandSt
 
 def _count_asset(run: ProductRun, names: ProductNames, statistics: BandStatistics) -> pystac.Asset:
     asset = pystac.Asset(
-        href=f"./{names.count}",
+        href=f"./{run.count_file}",
         media_type=pystac.MediaType.COG,
         roles=["data"],
         title="Clear observation count",
@@ -156,9 +158,27 @@ def build_item(
         pystac.Asset(href=f"./{names.metadata}", media_type=pystac.MediaType.JSON, roles=["metadata"],
                      title="Run metadata: scenes, settings, statistics, software, attribution"),
     )
+    for tile in run.tiles:
+        _add_tile_assets(item, tile)
+    if run.tiles:
+        for key, href in (("mosaic-index", names.mosaic_index), ("count-index", names.count_index)):
+            item.add_asset(
+                key,
+                pystac.Asset(href=f"./{href}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],
+                             title="GDAL VRT opening the tile COGs as one raster"),
+            )
     if self_href is not None:
         item.set_self_href(self_href)
     return item
+
+
+def _add_tile_assets(item: pystac.Item, tile: TileFiles) -> None:
+    """The COGs of one output tile, keyed `tile-<label>-mosaic` and `tile-<label>-count`."""
+    for kind, href in (("mosaic", tile.mosaic), ("count", tile.count)):
+        item.add_asset(
+            f"tile-{tile.label}-{kind}",
+            pystac.Asset(href=f"./{href}", media_type=pystac.MediaType.COG, roles=["data"], title=f"{kind} of tile {tile.label}"),
+        )
 
 
 def item_document(item: pystac.Item) -> dict[str, Any]:

@@ -138,13 +138,16 @@ def _writer_is_gone(file_name: str) -> bool:
 
 
 def remove_abandoned_partials(folder: Path, recursive: bool = True) -> list[Path]:
-    """Delete the `.partial-` files in `folder` (and below it when `recursive`) whose writing process
-    on this host is gone.
+    """Delete the `.partial-` files and folders in `folder` (and below it when `recursive`) whose
+    writing process on this host is gone.
 
     A killed run leaves them; a running one's files are kept. Returns the deleted paths.
     """
     pattern = f"{'**/' if recursive else ''}{PARTIAL_PREFIX}*"
     abandoned = [path for path in folder.glob(pattern) if _writer_is_gone(path.name)]
     for path in abandoned:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return abandoned

@@ -1,0 +1,291 @@
+"""One output tile of a month, end to end: read the scenes over it, mask, composite, write, publish, record.
+
+A tile task gets the month's `MonthPlan` (small: AOI, grid, names, where things go) and a tile. It
+reads the found items from the run's workspace (never from its parameters), reads the window of
+each scene over the tile and its masker's halo (`tasks.mask.mask_halo_px`) with up to
+`max_concurrent_scenes` reads at once, masks each window as its read finishes, crops the windows to
+the tile, composites, and writes the tile's mosaic and count COGs to a local scratch folder. The
+COGs are published into the month's product folder, then the tile's record is written to the
+workspace: the record is the tile's commit. The scratch folder is removed whatever happens, so a
+tile's scratch disk lasts only while the tile is in flight.
+
+A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
+and left out of the tile; the month merges the records (`tasks.month_products`). A tile whose
+record exists and names no failed scene is committed: a re-run of the month skips it.
+
+The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
+histograms of its mosaic bands and count (for exact month statistics without reading the mosaic
+back), so the month's products never need a full-resolution read.
+"""
+
+import functools
+import io
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect_aws import S3Bucket
+
+from blocks.publish import publish_files
+from tasks.aoi import aoi_in_crs, aoi_pixel_mask
+from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
+from tasks.composite import MaskedWindow, TileComposite, composite_tile
+from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
+from tasks.grid import pixel_size_m
+from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
+from tasks.metadata import ProductNames
+from tasks.read import read_scene_window, scene_subgrid
+from tasks.retry import io_task_retries
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SceneItem, SceneWindow, scene_items_from_json
+from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.tiles import OutputTile, read_grid, tile_grid
+from tasks.workspace import Workspace, partial_prefix
+
+REFLECTANCE_VALUES = int(np.iinfo(np.uint16).max) + 1
+COUNT_VALUES = int(np.iinfo(np.uint8).max) + 1
+RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"
+
+
+@dataclass(frozen=True)
+class MonthPlan:
+    """What every tile of one AOI and month shares; small, so each tile task can carry it.
+
+    `aoi` may be in any CRS; `grid` is the target grid. `items_name` and `records_folder` are names
+    in `workspace`: the found items, and where tile records go. Products go to `bucket`, else below
+    `output_dir`, in the month folder of `aoi_name`; `scratch_dir` is local and holds tiles in flight.
+    """
+
+    aoi: Geometry
+    grid: GeoBox
+    workspace: Workspace
+    items_name: str
+    records_folder: str
+    aoi_name: str
+    month_label: str
+    names: ProductNames
+    tile_size_px: int
+    single_tile: bool
+    read: ReadSettings
+    mask: MaskSettings
+    composite: CompositeSettings
+    max_concurrent_scenes: int
+    scratch_dir: Path
+    bucket: S3Bucket | None = None
+    output_dir: Path | None = None
+
+    def tile_files(self, tile: OutputTile) -> dict[str, str]:
+        """{'mosaic': name, 'count': name} of a tile's COGs in the month folder: the products
+        themselves when the AOI is one tile."""
+        if self.single_tile:
+            return {"mosaic": self.names.mosaic, "count": self.names.count}
+        return {"mosaic": self.names.tile_mosaic(tile.label), "count": self.names.tile_count(tile.label)}
+
+    def record_name(self, tile: OutputTile) -> str:
+        return f"{self.records_folder}/{tile.label}{RECORD_SUFFIX}"
+
+    def histograms_name(self, tile: OutputTile) -> str:
+        return f"{self.records_folder}/{tile.label}{HISTOGRAMS_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """What a committed tile holds, as JSON in the workspace.
+
+    `scene_pixels` maps each scene read over the tile to (its valid AOI pixels, the AOI pixels under
+    its window) within the tile; `failed` maps scenes that could not be read or masked to the reason.
+    """
+
+    row: int
+    col: int
+    files: dict[str, str]
+    aoi_pixels: int
+    valid_pixels: int
+    max_count: int
+    contributing_scenes: tuple[str, ...]
+    scene_pixels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tile(self) -> OutputTile:
+        return OutputTile(self.row, self.col)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> "TileRecord":
+        fields = json.loads(payload)
+        return cls(
+            **{
+                **fields,
+                "contributing_scenes": tuple(fields["contributing_scenes"]),
+                "scene_pixels": {item_id: tuple(pixels) for item_id, pixels in fields["scene_pixels"].items()},
+            }
+        )
+
+
+@dataclass(frozen=True)
+class TileHistograms:
+    """Exact value histograms of a tile's AOI pixels: mosaic (band, 65536) over valid pixels, count (256)."""
+
+    mosaic: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def of(cls, composite: TileComposite, inside_aoi: np.ndarray) -> "TileHistograms":
+        valid = inside_aoi & (composite.mosaic != NODATA).all(axis=0)
+        mosaic = np.stack([np.bincount(band[valid], minlength=REFLECTANCE_VALUES) for band in composite.mosaic])
+        return cls(mosaic, np.bincount(composite.count[inside_aoi], minlength=COUNT_VALUES))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, mosaic=self.mosaic, count=self.count)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "TileHistograms":
+        with np.load(io.BytesIO(payload)) as arrays:
+            return cls(arrays["mosaic"], arrays["count"])
+
+
+@functools.lru_cache(maxsize=4)
+def month_items(workspace: Workspace, items_name: str) -> tuple[SceneItem, ...]:
+    """The found items of a month, read once per process (`items_name` is content-addressed)."""
+    return tuple(scene_items_from_json(workspace.read_bytes(items_name)))
+
+
+def items_over(items: tuple[SceneItem, ...], read_box: GeoBox, aoi: Geometry) -> list[SceneItem]:
+    """The items whose footprint meets the AOI within `read_box`."""
+    over = []
+    for item in items:
+        try:
+            scene_subgrid(item, read_box, aoi)
+        except SceneOutsideAOI:
+            continue
+        over.append(item)
+    return over
+
+
+def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> MaskedWindow | None:
+    """The window and its mask cropped to the tile (the halo served the masker only); None when outside."""
+    roi = window.grid.overlap_roi(tile_box)
+    cropped = window.grid[roi]
+    if cropped.is_empty():
+        return None
+    return MaskedWindow(SceneWindow(window.item_id, cropped, window.bands[(slice(None), *roi)].copy()), mask[roi].copy())
+
+
+def scene_pixels_in_tile(observation: MaskedWindow, tile_box: GeoBox, inside_aoi: np.ndarray) -> tuple[int, int]:
+    """(valid AOI pixels, AOI pixels) of a cropped window within the tile."""
+    inside = inside_aoi[tile_box.overlap_roi(observation.window.grid)]
+    valid = (observation.window.bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
+    return int((valid & inside).sum()), int(inside.sum())
+
+
+def observe_tile(plan: MonthPlan, tile_box: GeoBox) -> tuple[list[MaskedWindow], dict[str, str]]:
+    """Read and mask every scene over the tile; returns the masked windows (in item order) and the failures.
+
+    Reads run `max_concurrent_scenes` at once; each window is masked, in this thread, as its read
+    finishes (model inference is serialised anyway, `tasks.mask`).
+    """
+    halo_box = read_grid(tile_box, mask_halo_px(plan.mask, pixel_size_m(plan.grid)))
+    items = items_over(month_items(plan.workspace, plan.items_name), halo_box, plan.aoi)
+    order = {item.item_id: index for index, item in enumerate(items)}
+    observations: list[MaskedWindow] = []
+    failed: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=plan.max_concurrent_scenes) as pool:
+        reads = {pool.submit(read_scene_window, item, halo_box, plan.aoi, plan.read): item for item in items}
+        for finished in as_completed(reads):
+            item = reads[finished]
+            try:
+                window = finished.result()
+                with gpu_slot(plan.mask):
+                    mask = mask_from_bands(window.bands, pixel_size_m(plan.grid), plan.mask)
+            except SceneOutsideAOI:
+                continue
+            except Exception as error:  # any scene's failure is recorded with its reason; the tile goes on
+                failed[item.item_id] = scene_reason(error)
+                continue
+            observation = masked_in_tile(window, mask, tile_box)
+            if observation is not None:
+                observations.append(observation)
+    observations.sort(key=lambda observation: order[observation.window.item_id])
+    return observations, failed
+
+
+@contextmanager
+def tile_scratch(plan: MonthPlan, tile: OutputTile) -> Iterator[Path]:
+    """A local folder for one tile's files in the making, removed on exit."""
+    plan.scratch_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{partial_prefix()}{tile.label}-", dir=plan.scratch_dir))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
+    """Read, mask, composite and publish one tile; write and return its record (the commit)."""
+    tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
+    inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
+    observations, failed = observe_tile(plan, tile_box)
+    composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
+    files = plan.tile_files(tile)
+    with tile_scratch(plan, tile) as scratch:
+        local = {name: scratch / Path(file_name).name for name, file_name in files.items()}
+        write_mosaic_cog(local["mosaic"], composite.mosaic, tile_box, MOSAIC_PROFILE)
+        write_count_cog(local["count"], composite.count, tile_box, COUNT_PROFILE)
+        for path in local.values():
+            validate_cog(path)
+        publish_files(
+            {files[name]: path for name, path in local.items()},
+            plan.bucket,
+            plan.aoi_name,
+            plan.month_label,
+            plan.output_dir,
+        )
+    record = TileRecord(
+        row=tile.row,
+        col=tile.col,
+        files=files,
+        aoi_pixels=composite.aoi_pixels,
+        valid_pixels=composite.valid_pixels,
+        max_count=int(composite.count.max(initial=0)),
+        contributing_scenes=composite.contributing_scenes,
+        scene_pixels={
+            observation.window.item_id: scene_pixels_in_tile(observation, tile_box, inside_aoi)
+            for observation in observations
+        },
+        failed=failed,
+    )
+    plan.workspace.write_bytes(plan.histograms_name(tile), TileHistograms.of(composite, inside_aoi).to_bytes())
+    plan.workspace.write_bytes(plan.record_name(tile), record.to_json())
+    return record
+
+
+def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
+    """The tile's record when an earlier attempt committed it with no failed scene, else None."""
+    name = plan.record_name(tile)
+    if not plan.workspace.exists(name):
+        return None
+    record = TileRecord.from_json(plan.workspace.read_bytes(name))
+    return None if record.failed else record
+
+
+build_tile_task = task(
+    portable_errors(build_tile),
+    name="build-tile",
+    task_run_name="tile-{tile.label}",
+    **io_task_retries(),
+    cache_policy=NO_CACHE,
+)
