@@ -110,7 +110,7 @@ class TileSettings(FrozenSettings):
 
     tile_size_px: int = Field(
         4096,
-        ge=256,
+        ge=128,
         le=16_384,
         description="Edge of an output tile in grid pixels. Tiles start at the grid's top-left corner, so an AOI "
         "gets the same tiles every month; memory and scratch disk grow with tile size x tiles in flight.",
