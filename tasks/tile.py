@@ -18,6 +18,7 @@ histograms of its mosaic bands and count (for exact month statistics without rea
 back), so the month's products never need a full-resolution read.
 """
 
+import contextvars
 import functools
 import io
 import json
@@ -204,7 +205,11 @@ def observe_tile(plan: MonthPlan, tile_box: GeoBox) -> tuple[list[MaskedWindow],
     observations: list[MaskedWindow] = []
     failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=plan.max_concurrent_scenes) as pool:
-        reads = {pool.submit(read_scene_window, item, halo_box, plan.aoi, plan.read): item for item in items}
+        # Each read runs in a copy of this thread's context, so its log lines reach the tile's run.
+        reads = {
+            pool.submit(contextvars.copy_context().run, read_scene_window, item, halo_box, plan.aoi, plan.read): item
+            for item in items
+        }
         for finished in as_completed(reads):
             item = reads[finished]
             try:

@@ -12,21 +12,21 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-import rasterio
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
 
 from blocks.slack import SlackNotifier
-from flows.caching import READ_CACHE, RESULTS_FOLDER
 from flows.locking import month_lock_name
-from flows.monthly_mosaic import monthly_mosaic, run_inputs
+from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from flows.parameters import MosaicSettings
 from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS
+from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
-from tasks.search import scene_from_item
+from tasks.tile import RECORD_SUFFIX
+from tasks.tiles import tiles_over_aoi
 from tests import REPO_ROOT
 from tests.served_month import (
     ServedMonth,
@@ -152,25 +152,21 @@ def test_rerunning_the_same_parameters_reads_no_scene(
     assert s3_server.requests_for(f"/{served.bucket}/") == 0
 
 
-def finished_reads(settings: MosaicSettings, served: ServedMonth) -> set[str]:
-    """Item ids whose read has a persisted cache record in the workspace (the read task finished)."""
-    inputs = run_inputs(settings)
-    aoi, grid, workspace = inputs.aoi, inputs.grid, inputs.workspace
-    records = Path(workspace.uri(RESULTS_FOLDER))
-    finished = set()
-    for item in served.month.items:
-        scene = scene_from_item(item)
-        key = READ_CACHE.compute_key(None, {"item": scene, "grid": grid, "aoi": aoi, "workspace": workspace, "settings": settings.read}, {})
-        if (records / key).is_file():
-            finished.add(scene.item_id)
-    return finished
+def committed_tiles(settings: MosaicSettings) -> dict[str, int]:
+    """{tile record path: its modification time in ns} of every tile committed in the run's workspace."""
+    records = Path(run_inputs(settings).workspace.uri(TILES_FOLDER))
+    return {str(path): path.stat().st_mtime_ns for path in records.glob(f"**/*{RECORD_SUFFIX}")}
 
 
-def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
+def test_a_killed_run_resumes_with_only_the_uncommitted_tiles(
     s3_server: S3Server, stac_api_factory, prefect_harness: None, tmp_path: Path
 ) -> None:
     served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, dates=KILL_TEST_DATES, duplicated_dates=())
-    settings = flow_settings(served, tmp_path / "ws", runner={"max_concurrent_scenes": 1})
+    settings = flow_settings(
+        served, tmp_path / "ws", tiles={"tile_size_px": 128}, runner={"max_concurrent_tiles": 1, "max_concurrent_scenes": 1}
+    )
+    tile_count = len(tiles_over_aoi(run_inputs(settings).grid, run_inputs(settings).aoi, 128))
+    assert tile_count > 2
     script = (
         "import sys; from flows.parameters import MosaicSettings; from flows.monthly_mosaic import monthly_mosaic; "
         "monthly_mosaic(MosaicSettings.model_validate_json(sys.argv[1]))"
@@ -186,29 +182,27 @@ def test_a_killed_run_resumes_with_only_the_unfinished_scenes(
     )
     deadline = time.monotonic() + 120
     try:
-        while not finished_reads(settings, served) and process.poll() is None and time.monotonic() < deadline:
+        while not committed_tiles(settings) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL, f"the run ended by itself (status {process.returncode}) before the kill"
-    finished_before_kill = finished_reads(settings, served)
-    assert finished_before_kill and len(finished_before_kill) < len(served.item_ids), "the kill should land mid-acquisition"
+    committed_before_kill = committed_tiles(settings)
+    assert 0 < len(committed_before_kill) < tile_count, "the kill should land mid-month"
     with get_client(sync_client=True) as client:  # as the README says: free the dead run's lock now, not after its lease
         client.delete_global_concurrency_limit_by_name(month_lock_name(run_inputs(settings).name, Month.parse(served.label)))
-    s3_server.reset_counters()
 
     report = monthly_mosaic(settings)
 
     assert report.scenes_used == len(served.item_ids)
-    for item_id in served.item_ids:
-        assert (s3_server.requests_for(item_id) == 0) == (item_id in finished_before_kill), item_id
-    scenes_dir = Path(run_inputs(settings).workspace.uri("scenes"))
-    assert not list(scenes_dir.glob(".partial-*")), "the files the killed run was writing are removed"
-    for scene_file in scenes_dir.glob("S2*.tif"):
-        with rasterio.open(scene_file) as scene:
-            scene.read()
+    committed_after = committed_tiles(settings)
+    assert len(committed_after) == tile_count
+    assert all(committed_after[path] == mtime for path, mtime in committed_before_kill.items()), "committed tiles are not rebuilt"
+    staging = staging_root(settings)
+    assert not list(staging.glob("**/.partial-*")), "the scratch the killed run left is removed"
+    assert not list(Path(run_inputs(settings).workspace.root).glob("**/.partial-*"))
 
 
 def test_signed_asset_urls_stay_out_of_recorded_parameters(
@@ -229,7 +223,7 @@ def test_signed_asset_urls_stay_out_of_recorded_parameters(
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
     parameters = [run.parameters for run in runs]
-    assert any("items_name" in recorded for recorded in parameters), "the acquisition subflow should be among the runs"
+    assert any("items_name" in recorded for recorded in parameters), "the build-tiles subflow should be among the runs"
     assert "X-Amz-Signature" not in json.dumps(parameters, default=str)
 
 

@@ -1,5 +1,6 @@
 """The Dask task runner variant: the monthly flow completes a synthetic month with a local
-multi-process Dask cluster, its scene work spread over worker processes that share an S3 workspace.
+multi-process Dask cluster, its tiles spread over worker processes that share an S3 workspace, and
+the mosaic equals the threaded run's pixel for pixel.
 
 The month is served like production (COGs in moto S3, items in a rustac STAC API). Dask worker
 processes are spawned after the `s3_server` fixture set the AWS variables, so they reach moto too.
@@ -14,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
 
 from blocks.publish import ITEM_PRODUCT
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
-from tasks.mask import mask_name_for
-from tasks.read import scene_file_name
+from tasks.metadata import TILES_FOLDER
+from tasks.tile import RECORD_SUFFIX
 from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tests.servers import S3Server
 
@@ -29,6 +32,8 @@ pytest.importorskip("prefect_dask")
 DASK_WORKERS = 2
 WORKSPACE_PREFIX = "ws"
 PRODUCTS = ("mosaic", "count", "quicklook", "metadata", ITEM_PRODUCT)
+TILE_SIZE_PX = 128
+"""Four tiles on the served 256 x 256 px grid."""
 
 
 class WorkerOfTask(distributed.diagnostics.plugin.SchedulerPlugin):
@@ -63,8 +68,13 @@ def served(s3_server: S3Server, stac_api_factory, tmp_path: Path) -> ServedMonth
     return serve_synthetic_month(s3_server, stac_api_factory, tmp_path, seed=11)
 
 
+def read_raster(path: str) -> np.ndarray:
+    with rasterio.open(path) as dataset:
+        return dataset.read()
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_completes_month_with_s3_workspace(
+def test_dask_tiles_spread_over_both_workers_and_equal_the_threaded_month(
     prefect_harness: None, s3_server: S3Server, served: ServedMonth, task_workers: WorkerOfTask, tmp_path: Path
 ) -> None:
     bucket = s3_server.make_bucket(f"dask-ws-{uuid.uuid4().hex[:12]}")
@@ -72,10 +82,13 @@ def test_dask_local_cluster_completes_month_with_s3_workspace(
         served,
         f"s3://{bucket}/{WORKSPACE_PREFIX}",
         output_dir=str(tmp_path / "output"),
+        tiles={"tile_size_px": TILE_SIZE_PX},
         runner={"task_runner": "dask", "dask_workers": DASK_WORKERS},
     )
+    threaded = flow_settings(served, tmp_path / "threads-ws", output_dir=str(tmp_path / "threads-output"))
 
     state = monthly_mosaic(settings, return_state=True)
+    threaded_report = monthly_mosaic(threaded)
 
     assert state.is_completed(), state.message
     report = state.result()
@@ -84,14 +97,19 @@ def test_dask_local_cluster_completes_month_with_s3_workspace(
     assert set(report.product_urls) == set(PRODUCTS)
     for url in report.product_urls.values():
         assert Path(url).is_file() and Path(url).stat().st_size > 0, url
-    assert_every_scene_accounted(json.loads(Path(report.product_urls["metadata"]).read_text()), served)
+    metadata = json.loads(Path(report.product_urls["metadata"]).read_text())
+    assert_every_scene_accounted(metadata, served)
+    tile_count = len(metadata["files"]["tiles"])
+    assert tile_count == 4
 
-    scene_prefix = run_inputs(settings).workspace.uri("").removeprefix(f"s3://{bucket}/")
-    workspace_keys = s3_server.keys(bucket, scene_prefix)
-    stored = [item_id for item_id in served.item_ids if f"{scene_prefix}{scene_file_name(item_id)}" in workspace_keys]
-    assert len(stored) == report.scenes_found
-    for item_id in stored:
-        assert f"{scene_prefix}{mask_name_for(scene_file_name(item_id))}" in workspace_keys
+    records_prefix = run_inputs(settings).workspace.uri(TILES_FOLDER).removeprefix(f"s3://{bucket}/")
+    records = [key for key in s3_server.keys(bucket, records_prefix) if key.endswith(RECORD_SUFFIX)]
+    assert len(records) == tile_count, "every tile is committed in the S3 workspace"
+    tile_tasks = {key: worker for key, worker in task_workers.worker_of.items() if "build_tile" in key}
+    assert len(tile_tasks) == tile_count, task_workers.worker_of
+    assert len(set(tile_tasks.values())) == DASK_WORKERS, tile_tasks
 
-    assert len(task_workers.worker_of) == 2 * len(stored), task_workers.worker_of  # a read and a mask per scene
-    assert len(set(task_workers.worker_of.values())) == DASK_WORKERS, task_workers.worker_of
+    for product in ("mosaic", "count"):
+        tiled = read_raster(report.product_urls[product])
+        assert np.array_equal(tiled, read_raster(threaded_report.product_urls[product])), product
+    assert json.loads(Path(threaded_report.product_urls["metadata"]).read_text())["scenes_used"] == metadata["scenes_used"]
