@@ -124,15 +124,14 @@ def product_gdal_location(
     if bucket_block is None:
         return str(_local_destination(output_dir).resolve() / folder / name), {}
     credentials = bucket_block.credentials
-    options = {}
-    if credentials.aws_access_key_id:
-        options["AWS_ACCESS_KEY_ID"] = credentials.aws_access_key_id
-    if credentials.aws_secret_access_key:
-        options["AWS_SECRET_ACCESS_KEY"] = credentials.aws_secret_access_key.get_secret_value()
-    if credentials.aws_session_token:
-        options["AWS_SESSION_TOKEN"] = credentials.aws_session_token
-    if credentials.region_name:
-        options["AWS_REGION"] = credentials.region_name
+    # rasterio takes credentials as these lower-case keys (it builds an AWS session of them).
+    options = {
+        "aws_access_key_id": credentials.aws_access_key_id,
+        "aws_secret_access_key": credentials.aws_secret_access_key and credentials.aws_secret_access_key.get_secret_value(),
+        "aws_session_token": credentials.aws_session_token,
+        "region_name": credentials.region_name,
+    }
+    options = {key: value for key, value in options.items() if value}
     endpoint_url = credentials.aws_client_parameters.endpoint_url
     if endpoint_url:
         options |= s3_endpoint_options({"AWS_ENDPOINT_URL": str(endpoint_url)})
