@@ -1,4 +1,4 @@
-"""Reading a scene's AOI window onto the grid: S3 and HTTP sources, harmonisation, any CRS, retries."""
+"""Reading a scene's window of an output tile onto the grid: S3 and HTTP sources, harmonisation, any CRS, retries."""
 
 import json
 import uuid
@@ -18,23 +18,16 @@ from prefect.states import Failed
 
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError
-from tasks.gdal_env import gdal_env
 from tasks.grid import grid_for_aoi
-from tasks.read import (
-    SCENE_PROFILE,
-    TAG_BASELINE,
-    TAG_FOOTPRINT,
-    TAG_ITEM_ID,
-    TAG_VALID_FRACTION,
-    harmonised_reflectance,
-    read_scene,
-    read_scene_task,
-    scene_file_name,
-)
+from tasks.metadata import ProductNames
+from tasks.month import Month
+from tasks.read import harmonised_reflectance, read_scene_window
 from tasks.retry import retry_io_failure
-from tasks.scene import NODATA, SCENE_BANDS, ClippedScene, SceneAsset, SceneItem
+from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
 from tasks.search import scene_from_item
-from tasks.settings import ReadSettings
+from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.tile import MonthPlan, TileRecord, build_tile_task
+from tasks.tiles import OutputTile, read_grid, tile_grid
 from tasks.workspace import Workspace
 from tests.servers import S3Server
 from tests.synthetic import SCL_FILE, TILE_GRID, SyntheticMonth, full_resolution, make_synthetic_month, synthetic_grid
@@ -45,6 +38,7 @@ REAL_FILES = {"red": "B04", "green": "B03", "blue": "B02", "nir": "B08", "scl": 
 FAST_RETRIES = ReadSettings(read_attempts=3, retry_base_delay_s=0.0)
 DUPLICATED = date(2020, 3, 5)
 SYNTHETIC_GRID = synthetic_grid(shape=(640, 640), resolution=100.0, crs="EPSG:32629", origin=(199_980.0, 2_800_020.0))
+REAL_TILE_SIZE_PX, REAL_HALO_PX = 256, 40
 
 
 def scene_item(stac_item: dict[str, Any]) -> SceneItem:
@@ -73,9 +67,11 @@ def pixel_box(grid: GeoBox, rows: tuple[int, int], cols: tuple[int, int]) -> Geo
     return grid[rows[0] : rows[1], cols[0] : cols[1]].extent
 
 
-def read_pixels(workspace: Workspace, scene: ClippedScene) -> np.ndarray:
-    with gdal_env(), rasterio.open(workspace.gdal_path(scene.name)) as dataset:
-        return dataset.read()
+def on_grid(window: SceneWindow, grid: GeoBox) -> np.ndarray:
+    """The window's bands placed on `grid` (which holds the window's grid), 0 elsewhere."""
+    placed = np.zeros((len(SCENE_BANDS), *grid.shape.yx), np.uint16)
+    placed[(slice(None), *grid.overlap_roi(window.grid))] = window.bands
+    return placed
 
 
 def upload_real_tile(s3_server: S3Server, shared_s2: Path) -> dict[str, str]:
@@ -106,84 +102,90 @@ def local_month(tmp_path_factory: pytest.TempPathFactory) -> SyntheticMonth:
 
 
 @pytest.mark.parametrize("scheme", ["s3", "http"])
-def test_remote_read_equals_the_window_of_the_real_tile(
-    scheme: str, s3_server: S3Server, shared_s2: Path, tmp_path: Path
-) -> None:
+def test_remote_read_of_a_tile_and_its_halo_equals_the_real_tile(scheme: str, s3_server: S3Server, shared_s2: Path) -> None:
     uris = upload_real_tile(s3_server, shared_s2)
     hrefs = uris if scheme == "s3" else {
         band: s3_server.http_url(*uri.removeprefix("s3://").split("/", 1)) for band, uri in uris.items()
     }  # fmt: skip
     aoi = pixel_box(TILE_GRID, (300, 700), (250, 610))
-    scene = read_scene(real_scene_item(shared_s2, hrefs), TILE_GRID, aoi, Workspace(str(tmp_path)), ReadSettings())
+    halo_box = read_grid(tile_grid(TILE_GRID, REAL_TILE_SIZE_PX, OutputTile(1, 1)), REAL_HALO_PX)
+    window = read_scene_window(real_scene_item(shared_s2, hrefs), halo_box, aoi, ReadSettings())
 
-    rows, cols = TILE_GRID.overlap_roi(scene.grid)
-    assert scene.grid == TILE_GRID[rows, cols] and scene.grid.shape.yx == (400, 360)
-    inside = aoi_pixel_mask(aoi, scene.grid)
-    pixels = read_pixels(Workspace(str(tmp_path)), scene)
+    rows, cols = TILE_GRID.overlap_roi(window.grid)
+    # The tile (rows and columns 256..512) and its 40 px halo, cut by the AOI (rows 300.., columns 250..).
+    assert (rows, cols) == (slice(300, 552), slice(250, 552)) and window.grid == TILE_GRID[rows, cols]
+    assert window.bands.dtype == np.uint16 and window.bands.shape == (len(SCENE_BANDS), 252, 302)
+    inside = aoi_pixel_mask(aoi, window.grid)
     for band_index, (band, file_name) in enumerate(REAL_FILES.items()):
         with rasterio.open(shared_s2 / REAL_TILE / f"{file_name}.tif") as tile_file:
             tile = tile_file.read(1)
         if band == "scl":
             tile = full_resolution(tile, TILE_GRID.shape.yx)
-        np.testing.assert_array_equal(pixels[band_index], np.where(inside, tile[rows, cols], NODATA))
-    assert scene.valid_fraction == 1.0
-    assert scene.name == scene_file_name(scene.item_id)
+        np.testing.assert_array_equal(window.bands[band_index], np.where(inside, tile[rows, cols], NODATA))
+    assert (window.bands[: len(REFLECTANCE_BANDS), inside] != NODATA).all()
 
 
-def test_scene_file_format_and_tags(local_month: SyntheticMonth, tmp_path: Path) -> None:
+def test_window_is_the_scene_bands_on_a_slice_of_the_read_grid(local_month: SyntheticMonth) -> None:
     item = scene_item(local_month.items[0])
     aoi = pixel_box(local_month.grid, (100, 400), (200, 500))
-    scene = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
-    with rasterio.open(tmp_path / scene.name) as scene_file:
-        assert scene_file.count == 5 and scene_file.dtypes == ("uint16",) * 5 and scene_file.nodata == NODATA
-        assert scene_file.block_shapes[0] == (SCENE_PROFILE["blockysize"], SCENE_PROFILE["blockxsize"])
-        assert scene_file.compression.value == "DEFLATE" and scene_file.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
-        assert scene_file.descriptions == SCENE_BANDS
-        tags = scene_file.tags()
-        assert GeoBox(scene_file.shape, scene_file.transform, scene_file.crs) == scene.grid
-    assert tags[TAG_ITEM_ID] == item.item_id and tags[TAG_BASELINE] == "02.14"
-    assert float(tags[TAG_VALID_FRACTION]) == pytest.approx(scene.valid_fraction, abs=1e-6)
-    assert shapely.wkt.loads(tags[TAG_FOOTPRINT]).equals(shapely.geometry.shape(item.footprint))
+    halo_box = read_grid(tile_grid(local_month.grid, 128, OutputTile(0, 1)), 16)  # rows -16..144, columns 112..272
+    window = read_scene_window(item, halo_box, aoi, ReadSettings())
+    assert window.item_id == item.item_id
+    assert window.grid == halo_box[halo_box.overlap_roi(window.grid)]
+    assert local_month.grid.overlap_roi(window.grid) == (slice(100, 144), slice(200, 272))
+    assert window.bands.shape == (len(SCENE_BANDS), 44, 72) and window.bands.dtype == np.uint16
+    assert np.isin(window.bands[SCENE_BANDS.index("scl")], np.arange(12)).all()
 
 
-def test_both_publications_harmonise_to_the_same_surface(local_month: SyntheticMonth, tmp_path: Path) -> None:
+def test_a_tiles_pixels_do_not_depend_on_its_halo(local_month: SyntheticMonth) -> None:
+    item = scene_item(local_month.items[2])
+    aoi = box(205_000, 2_745_000, 240_000, 2_775_000, "EPSG:32629")
+    grid = grid_for_aoi(aoi, "EPSG:32629", 60.0)  # not the scenes' 100 m pixels: every value is resampled
+    tile_box = tile_grid(grid, 256, OutputTile(0, 0))
+    alone = read_scene_window(item, tile_box, aoi, ReadSettings())
+    with_halo = read_scene_window(item, read_grid(tile_box, 64), aoi, ReadSettings())
+    assert with_halo.grid.shape.x > alone.grid.shape.x
+    cropped = with_halo.bands[(slice(None), *with_halo.grid.overlap_roi(alone.grid))]
+    np.testing.assert_array_equal(cropped, alone.bands)
+    assert (alone.bands[0] != NODATA).mean() > 0.95
+
+
+def test_both_publications_harmonise_to_the_same_surface(local_month: SyntheticMonth) -> None:
     old, new = (scene_item(item) for item in local_month.items[:2])
     assert (old.assets["red"].offset, new.assets["red"].offset) == (0.0, -0.1)
     aoi = box(205_000, 2_745_000, 240_000, 2_775_000, "EPSG:32629")
     shifted_grid = grid_for_aoi(aoi, "EPSG:32629", 60.0)  # other pixel size and alignment: bilinear mixes DNs
-    workspace = Workspace(str(tmp_path))
-    old_pixels, new_pixels = (read_pixels(workspace, read_scene(item, shifted_grid, aoi, workspace, ReadSettings())) for item in (old, new))
+    old_pixels, new_pixels = (read_scene_window(item, shifted_grid, aoi, ReadSettings()).bands for item in (old, new))
     difference = np.abs(old_pixels.astype(int) - new_pixels.astype(int))
     assert difference[:4].max() <= 1 and np.array_equal(old_pixels[4], new_pixels[4])
     assert (old_pixels[:4] > 0).mean() > 0.95
 
-    on_tile_grid = read_scene(new, local_month.grid, aoi, workspace, ReadSettings())
+    on_tile_grid = read_scene_window(new, local_month.grid, aoi, ReadSettings())
     rows, cols = local_month.grid.overlap_roi(on_tile_grid.grid)
     clear = local_month.clear_mask[new.item_id][rows, cols] & aoi_pixel_mask(aoi, on_tile_grid.grid)
     expected = local_month.clear_value(new.item_id)[:, rows, cols]
-    np.testing.assert_array_equal(read_pixels(workspace, on_tile_grid)[:4, clear], expected[:, clear])
+    np.testing.assert_array_equal(on_tile_grid.bands[:4, clear], expected[:, clear])
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:5070", "EPSG:3857", "EPSG:4326"])
-def test_footprint_matches_the_aoi_in_any_crs(crs: str, local_month: SyntheticMonth, tmp_path: Path) -> None:
+def test_footprint_matches_the_aoi_in_any_crs(crs: str, local_month: SyntheticMonth) -> None:
     centre = local_month.grid.extent.centroid.to_crs("EPSG:4326").coords[0]
     aoi = Geometry(shapely.Point(centre).buffer(0.15).simplify(0.01), crs="EPSG:4326")  # ~30 km across, inside
     grid = grid_for_aoi(aoi, crs, 200.0)
-    scene = read_scene(scene_item(local_month.items[2]), grid, aoi, Workspace(str(tmp_path)), ReadSettings())
-    assert grid[grid.overlap_roi(scene.grid)] == scene.grid
-    valid = np.zeros(grid.shape.yx, bool)
-    valid[grid.overlap_roi(scene.grid)] = read_pixels(Workspace(str(tmp_path)), scene)[0] != NODATA
+    window = read_scene_window(scene_item(local_month.items[2]), grid, aoi, ReadSettings())
+    assert grid[grid.overlap_roi(window.grid)] == window.grid
+    valid = on_grid(window, grid)[0] != NODATA
     expected = aoi_pixel_mask(aoi, grid)
     assert (valid & expected).sum() / (valid | expected).sum() >= 0.98
-    assert scene.valid_fraction == pytest.approx(1.0, abs=0.01)
+    assert (valid & expected).sum() / expected.sum() == pytest.approx(1.0, abs=0.01)
 
 
-def test_small_aoi_fetches_a_small_part_of_the_files(s3_server: S3Server, shared_s2: Path, tmp_path: Path) -> None:
+def test_small_aoi_fetches_a_small_part_of_the_files(s3_server: S3Server, shared_s2: Path) -> None:
     uris = upload_real_tile(s3_server, shared_s2)
     full_bytes = sum((shared_s2 / REAL_TILE / f"{name}.tif").stat().st_size for name in REAL_FILES.values())
     aoi = pixel_box(TILE_GRID, (100, 447), (100, 447))  # 347 x 347 px: 10 % of the tile
     s3_server.reset_counters()
-    read_scene(real_scene_item(shared_s2, uris), TILE_GRID, aoi, Workspace(str(tmp_path)), ReadSettings())
+    read_scene_window(real_scene_item(shared_s2, uris), TILE_GRID, aoi, ReadSettings())
     fetched = s3_server.bytes_served()
     assert 0 < fetched < 0.5 * full_bytes
 
@@ -193,54 +195,79 @@ def test_transient_faults_are_retried(s3_server: S3Server, tmp_path: Path) -> No
     clean_item = scene_item(clean_month.items[0])
     aoi = pixel_box(clean_month.grid, (100, 300), (100, 300))
     s3_server.reset_counters()
-    read_scene(clean_item, clean_month.grid, aoi, Workspace(str(tmp_path / "clean")), FAST_RETRIES)
+    read_scene_window(clean_item, clean_month.grid, aoi, FAST_RETRIES)
     clean_requests = s3_server.requests_for(clean_item.assets["red"].href.split("/", 3)[3])
     month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))  # the same files, not yet in GDAL's cache
     item = scene_item(month.items[0])
     red_key = item.assets["red"].href.split("/", 3)[3]
     s3_server.fail_next(red_key, 2)
     s3_server.reset_counters()
-    scene = read_scene(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), FAST_RETRIES)
+    window = read_scene_window(item, month.grid, aoi, FAST_RETRIES)
     assert s3_server.requests_for(red_key) == clean_requests + 2  # each failed attempt cost one request
-    rows, cols = month.grid.overlap_roi(scene.grid)
+    rows, cols = month.grid.overlap_roi(window.grid)
     clear = month.clear_mask[item.item_id][rows, cols]
-    np.testing.assert_array_equal(read_pixels(Workspace(str(tmp_path / "ws")), scene)[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
+    np.testing.assert_array_equal(window.bands[:4, clear], month.clear_value(item.item_id)[:, rows, cols][:, clear])
+
+
+def one_tile_plan(month: SyntheticMonth, aoi: Geometry, root: Path) -> MonthPlan:
+    """A month plan of scl-masked 256 px tiles over `month`'s grid, its items in a local workspace, products local."""
+    workspace = Workspace(str(root / "workspace"))
+    items_name = f"items/{uuid.uuid4().hex}.json"
+    workspace.write_bytes(items_name, scene_items_json([scene_item(item) for item in month.items]))
+    return MonthPlan(
+        aoi=aoi,
+        grid=month.grid,
+        workspace=workspace,
+        items_name=items_name,
+        records_folder="tiles",
+        aoi_name="read-test",
+        month_label="2020-03",
+        names=ProductNames.for_run("read-test", Month(2020, 3)),
+        tile_size_px=256,
+        single_tile=False,
+        read=FAST_RETRIES,
+        mask=MaskSettings(masker="scl"),
+        composite=CompositeSettings(device="cpu"),
+        max_concurrent_scenes=2,
+        scratch_dir=root / "scratch",
+        output_dir=root / "products",
+    )
 
 
 @pytest.mark.parametrize(("status", "most_requests"), [(503, 2 * FAST_RETRIES.read_attempts), (404, 1)])
 def test_requests_per_failing_asset_are_bounded_across_every_retry_layer(
     status: int, most_requests: int, prefect_harness: None, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    """The reader is the only layer that retries a read: GDAL does not, and the Prefect task does not.
+    """The reader is the only layer that retries a read: GDAL does not, and the tile task does not.
 
     An attempt that fails at open costs GDAL at most 2 requests (a reopen past its cache of the
-    failure states the file, then reads it); a permanent failure ends with its first attempt."""
+    failure states the file, then reads it); a permanent failure ends with its first attempt. The
+    tile records the scene as failed and completes at its first run."""
     from prefect import flow
 
     month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
     item = scene_item(month.items[0])
     nir_key = item.assets["nir"].href.split("/", 3)[3]
+    plan = one_tile_plan(month, pixel_box(month.grid, (0, 200), (0, 200)), tmp_path)
     s3_server.fail_always(nir_key, status=status)
     s3_server.reset_counters()
 
     @flow
-    def read_one() -> tuple[bool, Any]:
-        aoi = pixel_box(month.grid, (0, 200), (0, 200))
-        state = read_scene_task(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), FAST_RETRIES, return_state=True)
-        return state.is_failed(), state.state_details.task_run_id
+    def build_one_tile() -> tuple[bool, Any, TileRecord]:
+        state = build_tile_task(plan, OutputTile(0, 0), return_state=True)
+        return state.is_completed(), state.state_details.task_run_id, state.result()
 
-    failed, task_run_id = read_one()
+    completed, task_run_id, record = build_one_tile()
 
-    assert failed
+    assert completed and list(record.failed) == [item.item_id] and record.failed[item.item_id].startswith("nir: ")
+    assert record.contributing_scenes == () and record.valid_pixels == 0
     assert 1 <= s3_server.requests_for(nir_key) <= most_requests
     with get_client(sync_client=True) as client:
         assert client.read_task_run(task_run_id).run_count == 1
 
 
 @pytest.mark.parametrize("fault", ["always 503", "missing object"])
-def test_failing_asset_raises_and_leaves_no_file(
-    fault: str, s3_server: S3Server, tmp_path: Path
-) -> None:
+def test_failing_asset_raises_with_a_one_line_reason(fault: str, s3_server: S3Server, tmp_path: Path) -> None:
     month = upload_month(s3_server, tmp_path / "month", dates=(DUPLICATED,))
     item = scene_item(month.items[0])
     nir_href = item.assets["nir"].href
@@ -249,9 +276,8 @@ def test_failing_asset_raises_and_leaves_no_file(
     else:
         missing = SceneAsset(href=nir_href.replace("B08.tif", "B08_missing.tif"), scale=0.0001, offset=0.0)
         item = replace(item, assets={**item.assets, "nir": missing})
-    workspace_dir = tmp_path / "ws"
     with pytest.raises(SceneReadError) as raised:
-        read_scene(item, month.grid, pixel_box(month.grid, (0, 200), (0, 200)), Workspace(str(workspace_dir)), FAST_RETRIES)
+        read_scene_window(item, month.grid, pixel_box(month.grid, (0, 200), (0, 200)), FAST_RETRIES)
     assert raised.value.item_id == item.item_id and raised.value.asset_key == "nir"
     assert item.item_id in str(raised.value) and "\n" not in str(raised.value)
     assert raised.value.transient == (fault == "always 503")
@@ -259,29 +285,17 @@ def test_failing_asset_raises_and_leaves_no_file(
         assert raised.value.scene_reason.endswith("(transient; gave up after 3 attempts over 0 s)")
     else:
         assert raised.value.scene_reason == "nir: not found (HTTP 404)"
-    assert not [path for path in workspace_dir.rglob("*") if path.is_file()]
-
-
-def test_workspace_on_s3(s3_server: S3Server, local_month: SyntheticMonth, tmp_path: Path) -> None:
-    item = scene_item(local_month.items[0])
-    aoi = pixel_box(local_month.grid, (50, 250), (300, 620))
-    workspace = Workspace(f"s3://{s3_server.make_bucket(BUCKET)}/workspaces/{uuid.uuid4().hex}")
-    in_s3 = read_scene(item, local_month.grid, aoi, workspace, ReadSettings())
-    local = read_scene(item, local_month.grid, aoi, Workspace(str(tmp_path)), ReadSettings())
-    assert in_s3.name == scene_file_name(item.item_id) and workspace.exists(in_s3.name)
-    assert in_s3.grid == local.grid
-    np.testing.assert_array_equal(read_pixels(workspace, in_s3), read_pixels(Workspace(str(tmp_path)), local))
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:3857"])
-def test_blocks_do_not_change_the_result(crs: str, local_month: SyntheticMonth, tmp_path: Path) -> None:
+def test_blocks_do_not_change_the_result(crs: str, local_month: SyntheticMonth) -> None:
     item = scene_item(local_month.items[2])
     aoi = Geometry(shapely.Polygon([(210_000, 2_790_000), (262_000, 2_776_000), (250_000, 2_740_000), (215_000, 2_750_000)]), crs="EPSG:32629")
     grid = grid_for_aoi(aoi, crs, 60.0)  # not the tiles' 100 m pixels: every value is resampled
-    whole = read_scene(item, grid, aoi, Workspace(str(tmp_path / "whole")), ReadSettings(block_size=2048))
-    blocks = read_scene(item, grid, aoi, Workspace(str(tmp_path / "blocks")), ReadSettings(block_size=256))
+    whole = read_scene_window(item, grid, aoi, ReadSettings(block_size=2048))
+    blocks = read_scene_window(item, grid, aoi, ReadSettings(block_size=256))
     assert whole.grid == blocks.grid and max(whole.grid.shape.yx) > 2 * 256
-    whole_pixels, block_pixels = read_pixels(Workspace(str(tmp_path / "whole")), whole).astype(int), read_pixels(Workspace(str(tmp_path / "blocks")), blocks).astype(int)
+    whole_pixels, block_pixels = whole.bands.astype(int), blocks.bands.astype(int)
     assert np.array_equal(whole_pixels != NODATA, block_pixels != NODATA)
     if crs == "EPSG:32629":
         np.testing.assert_array_equal(whole_pixels, block_pixels)
@@ -290,22 +304,31 @@ def test_blocks_do_not_change_the_result(crs: str, local_month: SyntheticMonth, 
         assert difference.mean() < 0.01 * whole_pixels[:4].mean() and np.percentile(difference, 99) <= 50
 
 
-def test_partial_scene_valid_fraction(tmp_path: Path) -> None:
+def test_partial_scene_holds_data_only_in_its_swath(tmp_path: Path) -> None:
     month = make_synthetic_month(tmp_path / "month", dates=(DUPLICATED,), grid=SYNTHETIC_GRID, partial_dates={DUPLICATED})
     item = scene_item(month.items[0])
     aoi = month.grid.extent.to_crs("EPSG:4326").buffer(-0.05)
-    scene = read_scene(item, month.grid, aoi, Workspace(str(tmp_path / "ws")), ReadSettings())
-    rows, cols = month.grid.overlap_roi(scene.grid)
-    inside = aoi_pixel_mask(aoi, scene.grid)
-    expected = (month.data_mask[item.item_id][rows, cols] & inside).sum() / inside.sum()
-    assert scene.valid_fraction == pytest.approx(expected, abs=0.01) and 0.3 < scene.valid_fraction < 0.9
+    window = read_scene_window(item, month.grid, aoi, ReadSettings())
+    rows, cols = month.grid.overlap_roi(window.grid)
+    inside = aoi_pixel_mask(aoi, window.grid)
+    data = month.data_mask[item.item_id][rows, cols] & inside
+    valid = (window.bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
+    assert not (valid & ~inside).any()
+    assert (valid ^ data).sum() <= 0.01 * data.sum()
+    assert 0.3 < valid.sum() / inside.sum() < 0.9
 
 
-def test_scene_outside_the_aoi(local_month: SyntheticMonth, tmp_path: Path) -> None:
+def test_scene_outside_the_aoi(local_month: SyntheticMonth) -> None:
     far_away = box(10.0, 45.0, 10.1, 45.1, "EPSG:4326")
     with pytest.raises(SceneOutsideAOI, match=local_month.items[0]["id"]):
-        read_scene(scene_item(local_month.items[0]), grid_for_aoi(far_away, None, 100.0), far_away, Workspace(str(tmp_path)), ReadSettings())
-    assert not list(tmp_path.rglob("*.tif"))
+        read_scene_window(scene_item(local_month.items[0]), grid_for_aoi(far_away, None, 100.0), far_away, ReadSettings())
+
+
+def test_scene_outside_the_tile_and_its_halo(local_month: SyntheticMonth) -> None:
+    western_half = pixel_box(local_month.grid, (0, 640), (0, 320))
+    eastern_tile = read_grid(tile_grid(local_month.grid, 256, OutputTile(0, 2)), 32)  # columns 480..640
+    with pytest.raises(SceneOutsideAOI):
+        read_scene_window(scene_item(local_month.items[0]), eastern_tile, western_half, ReadSettings())
 
 
 def test_harmonised_reflectance() -> None:
@@ -317,7 +340,7 @@ def test_harmonised_reflectance() -> None:
     assert old.dtype == new.dtype == np.uint16
 
 
-def test_the_read_task_leaves_retries_to_the_reader() -> None:
+def test_the_tile_task_leaves_read_retries_to_the_reader() -> None:
     exhausted = SceneReadError("S2B_X", "red", "HTTP 503 (transient; gave up after 8 attempts over 60 s)", transient=True)
     assert not retry_io_failure(None, None, Failed(data=exhausted))
     assert retry_io_failure(None, None, Failed(data=OSError("workspace disk full")))
