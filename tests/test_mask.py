@@ -1,15 +1,13 @@
-"""Tests of the masking stage: torchvision shim, mask rules, OmniCloudMask runs offline, files, task."""
+"""Tests of masking: torchvision shim, mask rules, OmniCloudMask runs offline, the halo a tile reads for its mask."""
 
-import math
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from odc.geo.geobox import GeoBox
 
@@ -24,8 +22,7 @@ from tasks.mask import (
     expected_weight_files,
     load_omnicloudmask,
     mask_from_bands,
-    mask_name_for,
-    mask_scene,
+    mask_halo_px,
     model_dir_for,
     predict_with_fallback,
 )
@@ -40,11 +37,13 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.scene import SCENE_BANDS, ClippedScene, MaskClass
-from tasks.settings import MaskSettings
-from tasks.workspace import Workspace
+from tasks.read import read_scene_window
+from tasks.scene import MaskClass
+from tasks.search import scene_from_item
+from tasks.settings import MaskSettings, ReadSettings
+from tasks.tiles import OutputTile, read_grid, tile_grid, tile_layout
 from tests import REPO_ROOT
-from tests.synthetic import full_resolution, make_synthetic_month, synthetic_grid
+from tests.synthetic import make_synthetic_month, synthetic_grid
 
 MODEL_VERSION = 4.0
 SMALL_PATCHES = {"patch_size": 128, "patch_overlap": 32, "batch_size": 2}
@@ -52,7 +51,7 @@ DEFAULT_INVALID = MaskSettings().scl_invalid_classes
 ALL_SCL_CLASSES = np.array(list(SclClass), dtype=np.uint16)
 
 
-# --- fixtures and helpers ---------------------------------------------------------------------
+# --- fixtures and helpers ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -75,26 +74,11 @@ def random_bands(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.concatenate([reflectance, scl])
 
 
-def write_clipped_scene(root: Path, name: str, bands: np.ndarray, grid: GeoBox, item_id: str = "S2X_TEST") -> ClippedScene:
-    """A clipped scene file in the stage contract's format, and its record."""
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff", "width": grid.shape.x, "height": grid.shape.y, "count": len(SCENE_BANDS),
-        "dtype": "uint16", "crs": grid.crs.to_wkt(), "transform": grid.affine, "nodata": 0,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(bands)
-    acquired = datetime(2020, 3, 5, tzinfo=UTC)
-    return ClippedScene(item_id, acquired, "02.14", name, grid, valid_fraction=1.0)
-
-
 def settings_for(model_dir: Path, **overrides: object) -> MaskSettings:
     return MaskSettings(model_dir=str(model_dir), device="cpu", **{**SMALL_PATCHES, **overrides})
 
 
-# --- torchvision compatibility ----------------------------------------------------------------
+# --- torchvision compatibility -----------------------------------------------------------------
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -139,7 +123,7 @@ def test_compat_reraises_other_import_errors(monkeypatch: pytest.MonkeyPatch, me
         torch_compat.ensure_torchvision_importable()
 
 
-# --- mask rules on hand-made arrays -----------------------------------------------------------
+# --- mask rules on hand-made arrays ------------------------------------------------------------
 
 
 def test_every_scl_class_under_ocm_plus_scl_with_clear_model():
@@ -234,27 +218,18 @@ def test_average_down_ignores_nodata_and_upsample_restores_shape():
     assert upsample_nearest(np.arange(4).reshape(2, 2), 2, (3, 3)).tolist() == [[0, 0, 1], [0, 0, 1], [2, 2, 3]]
 
 
-# --- OmniCloudMask with random weights (offline, the real loading path) -----------------------
+# --- OmniCloudMask with random weights (offline, the real loading path) ------------------------
 
 
-def test_mask_scene_writes_aligned_mask(tmp_path: Path, random_model_dir: Path):
-    grid = scene_grid()
-    bands = random_bands(grid.shape.yx)
+def test_model_mask_of_a_window_is_on_its_pixels(random_model_dir: Path):
+    bands = random_bands(scene_grid().shape.yx)
     bands[:, :, :20] = 0
-    scene = write_clipped_scene(tmp_path, "scenes/S2X_TEST.tif", bands, grid)
-    mask_name = mask_scene(scene, Workspace(str(tmp_path)), settings_for(random_model_dir))
-    assert mask_name == "scenes/S2X_TEST_mask.tif"
-    with rasterio.open(tmp_path / mask_name) as mask_file:
-        mask = mask_file.read(1)
-        assert (mask_file.count, mask_file.dtypes[0]) == (1, "uint8")
-        assert mask_file.transform == grid.affine and mask_file.crs == rasterio.crs.CRS.from_wkt(grid.crs.to_wkt())
-        assert mask_file.block_shapes == [(256, 256)] and mask_file.compression.name == "deflate"
-    assert mask.shape == grid.shape.yx
+    mask = mask_from_bands(bands, 10.0, settings_for(random_model_dir))
+    assert mask.shape == bands.shape[1:] and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= set(MaskClass)
     assert np.all(mask[:, :20] == MaskClass.NODATA) and not np.any(mask[:, 20:] == MaskClass.NODATA)
     invalid = scl_invalid(bands[4], DEFAULT_INVALID)
     assert np.all(mask[:, 20:][invalid[:, 20:]] != MaskClass.CLEAR)
-    assert not list(tmp_path.glob("scenes/.partial-*"))
 
 
 def spy_on_model_input(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
@@ -291,7 +266,7 @@ def test_all_nodata_scene_skips_the_model(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert np.all(mask == MaskClass.NODATA)
 
 
-# --- out-of-memory fallback -------------------------------------------------------------------
+# --- out-of-memory fallback --------------------------------------------------------------------
 
 
 def fake_predict_oom_above(limit: int, error: Callable[[], BaseException], calls: list[int]):
@@ -344,7 +319,7 @@ def test_other_runtime_errors_are_not_retried():
     assert calls == [8]
 
 
-# --- weights ----------------------------------------------------------------------------------
+# --- weights -----------------------------------------------------------------------------------
 
 
 def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -388,43 +363,71 @@ def test_download_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert str(tmp_path / "weights") in error_line
 
 
-def test_mask_name_beside_scene():
-    assert mask_name_for("scenes/S2B_33UVP_20240305_0_L2A.tif") == "scenes/S2B_33UVP_20240305_0_L2A_mask.tif"
-
-
-# --- SCL masker over a synthetic month --------------------------------------------------------
-
-
-def clipped_scenes_of(month, root: Path) -> list[ClippedScene]:
-    """Clipped scenes on the month's grid, in the stage contract's format, from the generator's files."""
-    scenes = []
-    for item in month.items:
-        reflectance = []
-        for key in ("red", "green", "blue", "nir"):
-            with rasterio.open(item["assets"][key]["href"]) as band:
-                reflectance.append(band.read(1))
-        with rasterio.open(item["assets"]["scl"]["href"]) as scl_file:
-            scl = full_resolution(scl_file.read(1), month.grid.shape.yx)
-        bands = np.concatenate([np.stack(reflectance), scl[None].astype(np.uint16)])
-        scenes.append(write_clipped_scene(root, f"scenes/{item['id']}.tif", bands, month.grid, item["id"]))
-    return scenes
+# --- SCL masker over a synthetic month ---------------------------------------------------------
 
 
 def test_scl_masker_finds_synthetic_clouds_and_shadows(tmp_path: Path):
     grid = synthetic_grid(shape=(256, 256), resolution=60.0)
     month = make_synthetic_month(tmp_path / "cogs", dates=(date(2020, 3, 5), date(2020, 3, 20)), grid=grid, partial_dates=(date(2020, 3, 20),))
-    workspace = Workspace(str(tmp_path / "ws"))
-    for scene in clipped_scenes_of(month, tmp_path / "ws"):
-        with rasterio.open(workspace.uri(mask_scene(scene, workspace, MaskSettings(masker="scl")))) as mask_file:
-            mask = mask_file.read(1)
-        sky = month.cloud_mask[scene.item_id] | month.thin_mask[scene.item_id] | month.shadow_mask[scene.item_id]
+    for item in month.items:
+        window = read_scene_window(scene_from_item(item), grid, grid.extent, ReadSettings())
+        mask = np.full(grid.shape.yx, MaskClass.NODATA, np.uint8)  # a partial scene's window stops at its swath
+        mask[grid.overlap_roi(window.grid)] = mask_from_bands(window.bands, pixel_size_m(grid), MaskSettings(masker="scl"))
+        item_id = item["id"]
+        sky = month.cloud_mask[item_id] | month.thin_mask[item_id] | month.shadow_mask[item_id]
         assert sky.sum() > 1000
         assert np.count_nonzero(np.isin(mask[sky], (1, 2, 3))) >= 0.95 * sky.sum()
-        assert np.all(mask[~month.data_mask[scene.item_id]] == MaskClass.NODATA)
-        assert np.count_nonzero(mask[month.clear_mask[scene.item_id]] == MaskClass.CLEAR) > 0.9 * month.clear_mask[scene.item_id].sum()
+        assert np.all(mask[~month.data_mask[item_id]] == MaskClass.NODATA)
+        assert np.count_nonzero(mask[month.clear_mask[item_id]] == MaskClass.CLEAR) > 0.9 * month.clear_mask[item_id].sum()
 
 
-# --- Prefect task -----------------------------------------------------------------------------
+# --- the halo a tile reads around itself for its mask ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "grid_m", "halo_px"),
+    [
+        ({"masker": "ocm+scl"}, 10.0, 300),  # patch_overlap model pixels, the model on the grid itself
+        ({"masker": "ocm", "resolution_m": 20}, 10.0, 600),  # model pixels are 2 grid pixels
+        ({"masker": "ocm+scl", "resolution_m": 20, "patch_overlap": 64}, 5.0, 256),  # ... or 4
+        ({"masker": "ocm+scl", "resolution_m": 20}, 30.0, 300),  # a coarser grid: the model runs on it
+        ({"masker": "ocm+scl", "buffer_m": 100.0}, 10.0, 310),  # plus the buffer
+        ({"masker": "ocm", "resolution_m": 20, "patch_overlap": 0, "buffer_m": 60.0}, 20.0, 3),
+        ({"masker": "scl"}, 10.0, 0),  # SCL is per pixel: no context
+        ({"masker": "scl", "buffer_m": 30.0}, 10.0, 3),  # only the buffer
+        ({"masker": "scl", "buffer_m": 25.0}, 10.0, 3),  # a part pixel of buffer needs a whole pixel of halo
+    ],
+)
+def test_mask_halo_px(overrides: dict[str, object], grid_m: float, halo_px: int):
+    assert mask_halo_px(MaskSettings(**overrides), grid_m) == halo_px
+
+
+def tiled_mask(bands: np.ndarray, grid: GeoBox, tile_size_px: int, halo_px: int, settings: MaskSettings) -> np.ndarray:
+    """The mask of `bands` on `grid` made tile by tile, as the tile task makes it: each tile's window
+    with its halo (cut by the grid, as the scene's data is) masked, then cropped to the tile."""
+    mask = np.full(grid.shape.yx, 255, np.uint8)
+    for row, col in np.ndindex(*tile_layout(grid, tile_size_px).shape.yx):
+        tile_box = tile_grid(grid, tile_size_px, OutputTile(row, col))
+        window_roi = grid.overlap_roi(read_grid(tile_box, halo_px))
+        window_mask = mask_from_bands(bands[(slice(None), *window_roi)], pixel_size_m(grid), settings)
+        mask[grid.overlap_roi(tile_box)] = window_mask[grid[window_roi].overlap_roi(tile_box)]
+    return mask
+
+
+@pytest.mark.parametrize("buffer_m", [30.0, 25.0])
+def test_scl_mask_made_tile_by_tile_with_its_halo_equals_the_whole_scenes(buffer_m: float):
+    grid = scene_grid((200, 200))
+    bands = random_bands(grid.shape.yx, seed=5)
+    bands[4] = np.where(np.random.default_rng(5).random(grid.shape.yx) < 0.003, SclClass.CLOUD_HIGH_PROBABILITY, SclClass.VEGETATION)
+    settings = MaskSettings(masker="scl", buffer_m=buffer_m)
+    whole = mask_from_bands(bands, pixel_size_m(grid), settings)
+    assert np.count_nonzero(whole == MaskClass.THICK_CLOUD) > 20 * np.count_nonzero(bands[4] == SclClass.CLOUD_HIGH_PROBABILITY)
+    np.testing.assert_array_equal(tiled_mask(bands, grid, 64, mask_halo_px(settings, pixel_size_m(grid)), settings), whole)
+    # Without the halo a cloud near a tile's edge would not buffer into the next tile.
+    assert (tiled_mask(bands, grid, 64, 0, settings) != whole).any()
+
+
+# --- GPU slot (Prefect global concurrency limit) -----------------------------------------------
 
 
 def gpu_slots_in_use() -> int | None:
@@ -467,21 +470,6 @@ def test_without_the_gpu_limit_inference_still_runs(prefect_harness: None, monke
     assert gpu_slots_in_use() is None
     with mask_module.gpu_slot(MaskSettings(masker="ocm")):  # a warning, no failure
         assert gpu_slots_in_use() is None
-
-
-def test_mask_task_in_a_flow_writes_the_mask(prefect_harness: None, tmp_path: Path) -> None:
-    from prefect import flow
-
-    grid = scene_grid((64, 64))
-    scene = write_clipped_scene(tmp_path, "scenes/S2X_TASK.tif", random_bands(grid.shape.yx), grid)
-
-    @flow
-    def mask_one() -> str:
-        return mask_module.mask_scene_task(scene, Workspace(str(tmp_path)), MaskSettings(masker="scl"))
-
-    assert mask_one() == "scenes/S2X_TASK_mask.tif"
-    with rasterio.open(tmp_path / "scenes/S2X_TASK_mask.tif") as mask_file:
-        assert mask_file.read(1).shape == (64, 64) and math.isclose(pixel_size_m(grid), 10.0)
 
 
 def test_buffer_wider_than_a_thin_scene_covers_it() -> None:
