@@ -13,9 +13,11 @@
    the others). The results are checked against each other.
 2. With a CUDA GPU: the seed's algorithm (NaN -> max, full argsort, gather) in torch on the same
    stack, against the kernel on the GPU.
-3. Peak memory of a real `tasks.composite.composite` run over an AOI and over one 4 times larger
-   (same number of scenes, twice the side), each in a fresh subprocess (resource.getrusage maxrss).
-   It runs first, while this process is small (see `memory_benchmark`).
+3. Peak memory of compositing an AOI tile by tile as a month does (`tasks.tiles` tiles of
+   `--tile-size` px; per tile, the scene windows and their masks made in memory, as the tile task
+   holds them, then `tasks.composite.composite_tile`), over an AOI and over one 4 times larger
+   (same scenes and tile size, twice the side), each in a fresh subprocess (resource.getrusage
+   maxrss). It runs first, while this process is small (see `memory_benchmark`).
 
 Run: `.venv/bin/python bench/composite.py` (about 3 minutes on 2 cores); `--quick` for a smaller stack.
 The last line is `speedup_vs_numpy=<x> speedup_vs_s2mosaic=<x or na> peak_rss_ratio_4x_aoi=<x>`.
@@ -24,14 +26,11 @@ The last line is `speedup_vs_numpy=<x> speedup_vs_s2mosaic=<x or na> peak_rss_ra
 import argparse
 import importlib.util
 import json
-import pickle
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -41,13 +40,14 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tasks.composite import composite  # noqa: E402
+from odc.geo.geobox import GeoBox  # noqa: E402
+
+from tasks.composite import MaskedWindow, composite_tile  # noqa: E402
 from tasks.percentile import percentile_composite  # noqa: E402
-from tasks.scene import MaskClass  # noqa: E402
+from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, MaskClass, SceneWindow  # noqa: E402
 from tasks.settings import CompositeSettings  # noqa: E402
-from tasks.workspace import Workspace  # noqa: E402
+from tasks.tiles import OutputTile, tile_grid, tile_layout  # noqa: E402
 from tests.synthetic import synthetic_grid  # noqa: E402
-from tests.test_composite import write_clipped_scene  # noqa: E402
 
 PERCENTILE = 25.0
 S2MOSAIC_VERSION = "1.1.0"
@@ -58,8 +58,7 @@ S2MOSAIC_AGGREGATION_DEPS = ("numbagg", "numba", "llvmlite")
 S2MOSAIC_CHUNK_ROWS = 100
 """S2Mosaic's own default rows per chunk."""
 MAX_REFLECTANCE_DN = 10_000
-JOB_FILE = "job.pkl"
-FIRST_ACQUISITION = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+SCL_VEGETATION = 4
 KILOBYTES_PER_MEGABYTE = 1024  # ru_maxrss is in kilobytes on Linux
 
 
@@ -198,39 +197,43 @@ def gpu_benchmark(stack: torch.Tensor, valid: torch.Tensor, repeats: int) -> Non
           f"seed/kernel = {seed_s / kernel_s:.2f}")  # fmt: skip
 
 
-def write_composite_job(directory: Path, side: int, scenes: int, invalid: float, block_size: int) -> Path:
-    """Clipped scenes and masks over a `side` x `side` grid, and a pickled composite job for a child."""
-    directory.mkdir(parents=True, exist_ok=True)
-    grid = synthetic_grid((side, side))
-    workspace = Workspace(str(directory / "workspace"))
-    rng = np.random.default_rng(side)
-    rows, columns = np.indices((side, side))
-    ground = (1000 + 2 * rows + columns).astype(np.uint16) % MAX_REFLECTANCE_DN + 1
-    clipped = []
+def tile_observations(grid: GeoBox, tile_box: GeoBox, scenes: int, invalid: float, seed: int) -> list[MaskedWindow]:
+    """`scenes` windows over the tile, as the tile task holds them: bands (reflectance on a ramp of the
+    grid's pixel position, SCL vegetation) and masks with `invalid` of the pixels thick cloud."""
+    rows, columns = (np.arange(part.start, part.stop) for part in grid.overlap_roi(tile_box))
+    ground = ((1000 + 2 * rows[:, None] + columns[None, :]) % MAX_REFLECTANCE_DN + 1).astype(np.uint16)
+    rng = np.random.default_rng(seed)
+    observations = []
     for index in range(scenes):
-        reflectance = np.stack([ground + 100 * band + index for band in range(4)]).astype(np.uint16)
-        mask = np.where(rng.random((side, side)) < invalid, MaskClass.THICK_CLOUD, MaskClass.CLEAR)
-        acquired = FIRST_ACQUISITION + timedelta(days=5 * index)
-        clipped.append(write_clipped_scene(workspace, f"S2A_T_{index:02d}_L2A", acquired, grid, reflectance, mask))
-    job = directory / JOB_FILE
-    settings = CompositeSettings(block_size=block_size, device="cpu")
-    job.write_bytes(pickle.dumps((clipped, grid, grid.extent, workspace, settings, directory / "out")))
-    return job
+        bands = np.empty((len(SCENE_BANDS), *ground.shape), np.uint16)
+        for band in range(len(REFLECTANCE_BANDS)):
+            np.add(ground, 100 * band + index, out=bands[band])
+        bands[len(REFLECTANCE_BANDS)] = SCL_VEGETATION
+        mask = np.where(rng.random(ground.shape) < invalid, MaskClass.THICK_CLOUD, MaskClass.CLEAR).astype(np.uint8)
+        observations.append(MaskedWindow(SceneWindow(f"S2A_T_{index:02d}_L2A", tile_box, bands), mask))
+    return observations
 
 
-def run_composite_job(job_path: Path) -> None:
-    """Child process: run one composite and print, as JSON, its peak RSS in MB (getrusage maxrss;
-    also the kernel's VmHWM), the peak before the composite (imports), and its time."""
-    scenes, grid, aoi, workspace, settings, out_dir = pickle.loads(job_path.read_bytes())
+def run_composite_job(args: argparse.Namespace) -> None:
+    """Child process: composite an `rss_side` px AOI tile by tile and print, as JSON, its peak RSS in MB
+    (getrusage maxrss; also the kernel's VmHWM), the peak before the first tile (imports), the tiles and the time."""
+    grid = synthetic_grid((args.rss_side, args.rss_side))
+    inside_aoi = np.ones(grid.shape.yx, bool)
+    settings = CompositeSettings(block_size=args.block_size, device="cpu")
+    layout = tile_layout(grid, args.tile_size)
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KILOBYTES_PER_MEGABYTE
     start = time.perf_counter()
-    composite(scenes, grid, aoi, workspace, settings, out_dir / "mosaic.tif", out_dir / "count.tif")
+    for tile_index, (row, col) in enumerate(np.ndindex(*layout.shape.yx)):
+        tile_box = tile_grid(grid, args.tile_size, OutputTile(row, col))
+        observations = tile_observations(grid, tile_box, args.rss_scenes, args.invalid, seed=tile_index)
+        composite_tile(observations, tile_box, inside_aoi[grid.overlap_roi(tile_box)], settings)
+        del observations
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KILOBYTES_PER_MEGABYTE
     status = Path("/proc/self/status").read_text()
     hwm_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    print(json.dumps({"peak_rss_mb": peak_mb, "vm_hwm_mb": hwm_kb / KILOBYTES_PER_MEGABYTE,
-                      "rss_before_mb": before_mb, "seconds": seconds}))  # fmt: skip
+    print(json.dumps({"peak_rss_mb": peak_mb, "vm_hwm_mb": hwm_kb / KILOBYTES_PER_MEGABYTE, "rss_before_mb": before_mb,
+                      "tiles": layout.shape.y * layout.shape.x, "seconds": seconds}))  # fmt: skip
 
 
 def bench_subprocess(args: argparse.Namespace, *options: str) -> str:
@@ -240,30 +243,27 @@ def bench_subprocess(args: argparse.Namespace, *options: str) -> str:
 
 
 def memory_benchmark(args: argparse.Namespace) -> float:
-    """Peak RSS of `composite` over an AOI and one 4x larger; returns larger / smaller.
+    """Peak RSS of compositing an AOI tile by tile and one 4x larger; returns larger / smaller.
 
-    Run while this process is still small, and with the scene files written by another subprocess:
-    Linux carries a process's ru_maxrss across fork and exec, so a child started from a large parent
-    would report the parent's size.
+    Run while this process is still small: Linux carries a process's ru_maxrss across fork and
+    exec, so a child started from a large parent would report the parent's size.
     """
     peaks = []
-    with tempfile.TemporaryDirectory(prefix="bench_composite_") as temporary:
-        for side in (args.rss_side, 2 * args.rss_side):
-            job_dir = Path(temporary) / str(side)
-            bench_subprocess(args, "--write-job", str(job_dir), "--rss-side", str(side),
-                             "--rss-scenes", str(args.rss_scenes), "--block-size", str(args.block_size))  # fmt: skip
-            figures = json.loads(bench_subprocess(args, "--rss-child", str(job_dir / JOB_FILE)).splitlines()[-1])
-            peaks.append(figures["peak_rss_mb"])
-            print(f"composite {side}x{side} px, {args.rss_scenes} scenes, block {args.block_size}: "
-                  f"peak RSS {figures['peak_rss_mb']:.0f} MB (VmHWM {figures['vm_hwm_mb']:.0f} MB; "
-                  f"{figures['rss_before_mb']:.0f} MB after imports), {figures['seconds']:.1f} s")  # fmt: skip
+    for side in (args.rss_side, 2 * args.rss_side):
+        options = ("--rss-side", str(side), "--rss-scenes", str(args.rss_scenes), "--block-size", str(args.block_size),
+                   "--tile-size", str(args.tile_size))  # fmt: skip
+        figures = json.loads(bench_subprocess(args, "--rss-child", *options).splitlines()[-1])
+        peaks.append(figures["peak_rss_mb"])
+        print(f"composite {side}x{side} px as {figures['tiles']} tiles of {args.tile_size} px, {args.rss_scenes} scenes, "
+              f"block {args.block_size}: peak RSS {figures['peak_rss_mb']:.0f} MB (VmHWM {figures['vm_hwm_mb']:.0f} MB; "
+              f"{figures['rss_before_mb']:.0f} MB after imports), {figures['seconds']:.1f} s")  # fmt: skip
     print(f"peak RSS ratio, 4x AOI / AOI: {peaks[1] / peaks[0]:.3f}")
     return peaks[1] / peaks[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="512 x 512 stack, 512 px AOI: a smoke run in seconds")
+    parser.add_argument("--quick", action="store_true", help="512 x 512 stack, 512 px AOI in 256 px tiles: a smoke run")
     parser.add_argument("--side", type=int, default=2048, help="stack edge in pixels")
     parser.add_argument("--obs", type=int, default=12)
     parser.add_argument("--bands", type=int, default=4)
@@ -274,18 +274,15 @@ def main() -> None:
     parser.add_argument("--rss-side", type=int, default=2048, help="edge of the smaller AOI of the memory test")
     parser.add_argument("--rss-scenes", type=int, default=6)
     parser.add_argument("--block-size", type=int, default=1024)
-    parser.add_argument("--write-job", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tile-size", type=int, default=1024, help="output tile edge of the memory test")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.write_job:
-        write_composite_job(args.write_job, args.rss_side, args.rss_scenes, args.invalid, args.block_size)
-        return
     if args.rss_child:
-        run_composite_job(args.rss_child)
+        run_composite_job(args)
         return
     if args.quick:
-        args.side, args.rss_side, args.block_size = 512, 512, 256
+        args.side, args.rss_side, args.block_size, args.tile_size = 512, 512, 256, 256
     rss_ratio = memory_benchmark(args)
     speedup_numpy, speedup_s2mosaic = kernel_benchmark(args)
     s2mosaic_text = f"{speedup_s2mosaic:.2f}" if speedup_s2mosaic is not None else "na"
