@@ -44,7 +44,9 @@ MOSAIC_INDEX_BANDS = tuple(
 COUNT_INDEX_BANDS = (IndexBand(COUNT_DESCRIPTION),)
 AOI_SOURCE = "tests/l-shaped.gpkg"
 SCENE_DATES = (datetime(2024, 6, 3, 10, 5, tzinfo=UTC), datetime(2024, 6, 18, 10, 7, tzinfo=UTC))
-FAILED_SCENE = FailedScene("S2A_33TWL_20240611_0_L2A", "red: server error (HTTP 503) (transient; gave up after 8 attempts over 61 s)")
+FAILED_SCENE = FailedScene(
+    "S2A_33TWL_20240611_0_L2A", "red: server error (HTTP 503) (transient; gave up after 8 attempts over 61 s)"
+)
 SKIPPED_SCENE = SkippedScene("S2B_33TWL_20240614_0_L2A", "no clear pixel in the AOI")
 
 
@@ -112,7 +114,12 @@ def write_indexed_tiles(arrays: ProductArrays, folder: Path) -> tuple[Path, Path
         count_tiles.append(IndexTile(f"tiles/{label}_count.tif", *placement))
         mosaic = np.ascontiguousarray(arrays.mosaic[:, rows, cols])
         write_mosaic_cog(folder / mosaic_tiles[-1].path, mosaic, layout[row, col], MOSAIC_PROFILE)
-        write_count_cog(folder / count_tiles[-1].path, np.ascontiguousarray(arrays.count[rows, cols]), layout[row, col], COUNT_PROFILE)
+        write_count_cog(
+            folder / count_tiles[-1].path,
+            np.ascontiguousarray(arrays.count[rows, cols]),
+            layout[row, col],
+            COUNT_PROFILE,
+        )
     mosaic_index, count_index = folder / "mosaic.vrt", folder / "count.vrt"
     mosaic_index.write_text(mosaic_index_xml(arrays.grid, "uint16", MOSAIC_INDEX_BANDS, mosaic_tiles))
     count_index.write_text(mosaic_index_xml(arrays.grid, "uint8", COUNT_INDEX_BANDS, count_tiles))
@@ -122,7 +129,12 @@ def write_indexed_tiles(arrays: ProductArrays, folder: Path) -> tuple[Path, Path
 def make_product_run(arrays: ProductArrays, scene_dates: tuple[datetime, ...] = SCENE_DATES) -> ProductRun:
     """The flow's record of a June 2024 month over `arrays`: one used scene per date, one failed, one skipped."""
     scenes = tuple(
-        UsedScene(item_id=f"S2B_33TWL_{acquired:%Y%m%d}_0_L2A", acquired=acquired, processing_baseline="05.10", valid_fraction=0.9)
+        UsedScene(
+            item_id=f"S2B_33TWL_{acquired:%Y%m%d}_0_L2A",
+            acquired=acquired,
+            processing_baseline="05.10",
+            valid_fraction=0.9,
+        )
         for acquired in scene_dates
     )
     return ProductRun(

@@ -106,7 +106,9 @@ def test_tiles_of_the_smallest_size_and_cut_short_by_the_grid_are_valid_cogs_on_
     tile_box = tile_grid(arrays.grid, SMALLEST_TILE_PX, tile)
     rows, cols = arrays.grid.overlap_roi(tile_box)
 
-    write_mosaic_cog(tmp_path / "mosaic.tif", np.ascontiguousarray(arrays.mosaic[:, rows, cols]), tile_box, MOSAIC_PROFILE)
+    write_mosaic_cog(
+        tmp_path / "mosaic.tif", np.ascontiguousarray(arrays.mosaic[:, rows, cols]), tile_box, MOSAIC_PROFILE
+    )
     write_count_cog(tmp_path / "count.tif", np.ascontiguousarray(arrays.count[rows, cols]), tile_box, COUNT_PROFILE)
 
     for name, expected in (("mosaic.tif", arrays.mosaic[:, rows, cols]), ("count.tif", arrays.count[None, rows, cols])):

@@ -137,7 +137,9 @@ def test_scene_reason_is_one_line(error: Exception, reason: str) -> None:
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_library_errors_keep_their_type_so_retry_conditions_still_apply(library_error: Exception, tmp_path: Path) -> None:
+def test_library_errors_keep_their_type_so_retry_conditions_still_apply(
+    library_error: Exception, tmp_path: Path
+) -> None:
     @portable_errors
     def task_body() -> None:
         raise library_error from real_rasterio_failure(tmp_path)

@@ -1,131 +1,268 @@
-"""Assembling a run's products: names, content, atomicity, the Item last, local and S3 workspaces."""
+"""The month stage: scene outcomes merged over tiles, and the month's files published beside its tiles, Item last."""
 
 import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from tasks.cog import validate_cog
-from tasks.errors import InvalidProduct
-from tasks.gdal_env import gdal_env
-from tasks.metadata import ProductNames
-from tasks.month import Month
-from tasks.products import write_products
+from blocks.publish import ITEM_PRODUCT
+from tasks.cog import MOSAIC_BANDS, validate_cog
+from tasks.errors import SceneOutsideAOI
+from tasks.metadata import ProductRun
+from tasks.products import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
+from tasks.scene import NODATA, SceneItem
 from tasks.stac_item import validate_item
-from tasks.workspace import Workspace
-from tests.servers import S3Server
-from tests.staging_rasters import make_product_run, make_staging_rasters
+from tasks.tile import MonthPlan, TileRecord, build_tile
+from tasks.tiles import tiles_over_aoi
+from tasks.workspace import PARTIAL_PREFIX
+from tests.local_month import FOUR_TILES_PX, ONE_TILE_PX, LocalMonth, make_local_month, month_plan, product_run
+from tests.synthetic import DEFAULT_DATES
 
-EXPECTED_NAMES = [
-    "l-shaped_2024-06_mosaic.tif",
-    "l-shaped_2024-06_count.tif",
-    "l-shaped_2024-06_quicklook.png",
-    "l-shaped_2024-06_metadata.json",
-    "l-shaped_2024-06_item.json",
+# --- merge_tiles over hand-made records -------------------------------------------------------
+
+
+def scene_item(item_id: str) -> SceneItem:
+    return SceneItem(item_id, datetime(2024, 6, 3, 10, tzinfo=UTC), "33TWL", "05.10", 12.0, {}, {})
+
+
+def tile_record(
+    row: int,
+    aoi_pixels: int,
+    valid_pixels: int,
+    contributing: tuple[str, ...] = (),
+    scene_pixels: dict[str, tuple[int, int]] | None = None,
+    failed: dict[str, str] | None = None,
+) -> TileRecord:
+    files = {"mosaic": f"tiles/r{row:03d}_mosaic.tif", "count": f"tiles/r{row:03d}_count.tif"}
+    return TileRecord(row, 0, files, aoi_pixels, valid_pixels, 3, contributing, scene_pixels or {}, failed or {})
+
+
+ITEMS = tuple(scene_item(item_id) for item_id in ("clear", "cloudy", "outside", "failed_once", "failed_twice"))
+RECORDS = (
+    tile_record(
+        0, 100, 90, ("clear", "failed_once"),
+        {"clear": (30, 100), "cloudy": (100, 100), "failed_once": (100, 100)},
+        {"failed_twice": "red: not found (HTTP 404)"},
+    ),
+    tile_record(
+        1, 300, 120, ("clear",),
+        {"clear": (50, 300), "cloudy": (10, 300)},
+        {"failed_once": "nir: truncated", "failed_twice": "scl: forbidden (HTTP 403)"},
+    ),
+)  # fmt: skip
+
+
+def test_every_scene_is_in_exactly_one_of_used_failed_skipped_in_item_order() -> None:
+    month = merge_tiles(RECORDS, ITEMS)
+
+    listed = [scene.item_id for scene in (*month.used, *month.failed, *month.skipped)]
+    assert sorted(listed) == sorted(item.item_id for item in ITEMS) and len(listed) == len(set(listed))
+    assert [scene.item_id for scene in month.used] == ["clear"]
+    assert [scene.item_id for scene in month.failed] == ["failed_once", "failed_twice"]
+    assert [scene.item_id for scene in month.skipped] == ["cloudy", "outside"]
+
+
+def test_a_scene_failed_in_any_tile_is_failed_with_the_first_reason() -> None:
+    month = merge_tiles(RECORDS, ITEMS)
+
+    assert dict(month.failed) == {"failed_once": "nir: truncated", "failed_twice": "red: not found (HTTP 404)"}
+    assert dict(merge_tiles(RECORDS[::-1], ITEMS).failed)["failed_twice"] == "scl: forbidden (HTTP 403)"
+
+
+def test_valid_fraction_sums_pixels_over_tiles() -> None:
+    (used,) = merge_tiles(RECORDS, ITEMS).used
+
+    assert used.valid_fraction == pytest.approx((30 + 50) / (100 + 300))
+    assert used.acquired == ITEMS[0].acquired and used.processing_baseline == "05.10"
+
+
+def test_skipped_scenes_say_whether_they_were_outside_or_without_a_clear_pixel() -> None:
+    reasons = dict(merge_tiles(RECORDS, ITEMS).skipped)
+
+    assert reasons["cloudy"] == NO_CLEAR_PIXEL
+    assert reasons["outside"] == SceneOutsideAOI("outside").scene_reason
+    assert reasons["cloudy"] != reasons["outside"]
+
+
+def test_pixels_sum_over_tiles() -> None:
+    month = merge_tiles(RECORDS, ITEMS)
+
+    assert (month.aoi_pixels, month.valid_pixels) == (400, 210)
+    assert month.valid_share == pytest.approx(210 / 400)
+    assert merge_tiles((tile_record(0, 0, 0),), ITEMS).valid_share == 0.0
+
+
+# --- write_month_products on tiles built from a local synthetic month --------------------------
+
+
+@pytest.fixture
+def month(tmp_path: Path) -> LocalMonth:
+    return make_local_month(tmp_path, partial_dates=DEFAULT_DATES[1:2])
+
+
+def built_month(
+    month: LocalMonth, tile_size_px: int, single_cogs: bool = True
+) -> tuple[MonthPlan, ProductRun, list[TileRecord]]:
+    """Build every tile of `month` cut into `tile_size_px` tiles, and the run the flow would hand over."""
+    plan = month_plan(month, tile_size_px)
+    records = [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)]
+    return plan, product_run(month, plan, merge_tiles(records, month.items), records, single_cogs), records
+
+
+def published(month: LocalMonth) -> set[str]:
+    """The files in the month folder, relative to it."""
+    return {path.relative_to(month.month_folder).as_posix() for path in month.month_folder.rglob("*") if path.is_file()}
+
+
+def listed_files(files: dict) -> Iterator[str]:
+    """Every file name metadata.json's "files" lists."""
+    for key, value in files.items():
+        if key == "tiles":
+            for tile in value:
+                yield tile["mosaic"]
+                yield tile["count"]
+        else:
+            yield value
+
+
+MONTH_PLANS = [
+    pytest.param(ONE_TILE_PX, True, id="one tile"),
+    pytest.param(FOUR_TILES_PX, True, id="four tiles with single COGs"),
+    pytest.param(FOUR_TILES_PX, False, id="four tiles index only"),
 ]
 
 
-def _record_commits(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> list[str]:
-    """Record the names Workspace commits, in order; raise OSError when committing `fail_on`."""
-    committed: list[str] = []
-    original_commit = Workspace._commit
+@pytest.mark.parametrize(("tile_size_px", "single_cogs"), MONTH_PLANS)
+def test_the_month_publishes_every_file_it_lists(month: LocalMonth, tile_size_px: int, single_cogs: bool) -> None:
+    plan, run, records = built_month(month, tile_size_px, single_cogs)
+    names = month.names
 
-    def commit(self: Workspace, staged_path: Path, name: str) -> None:
-        if name == fail_on:
-            raise OSError(f"connection reset while uploading {name}")
-        original_commit(self, staged_path, name)
-        committed.append(name)
+    urls = write_month_products(plan, run, records, month_histograms(plan, records))
 
-    monkeypatch.setattr(Workspace, "_commit", commit)
-    return committed
+    tiles = {name for record in records for name in record.files.values()} - {names.mosaic, names.count}
+    expected = {names.quicklook, names.metadata, names.item} | tiles
+    if single_cogs:
+        expected |= {names.mosaic, names.count}
+    if tile_size_px == FOUR_TILES_PX:
+        assert len(records) == 4 and len(tiles) == 8
+        expected |= {names.mosaic_index, names.count_index}
+    else:
+        assert len(records) == 1 and not tiles
+    assert published(month) == expected
+    assert urls == {
+        "mosaic": str(month.month_folder / run.mosaic_file),
+        "count": str(month.month_folder / run.count_file),
+        "quicklook": str(month.month_folder / names.quicklook),
+        "metadata": str(month.month_folder / names.metadata),
+        ITEM_PRODUCT: str(month.month_folder / names.item),
+    }
+    metadata = json.loads((month.month_folder / names.metadata).read_text())
+    assert set(listed_files(metadata["files"])) == expected - {names.metadata}
+    item = json.loads((month.month_folder / names.item).read_text())
+    validate_item(item)
+    assert {asset["href"].removeprefix("./") for asset in item["assets"].values()} == expected - {names.item}
+    for name in expected:
+        if name.endswith(".tif"):
+            validate_cog(month.month_folder / name)
+    leftovers = [path for path in month.work_dir.rglob(f"{PARTIAL_PREFIX}*")] + list(plan.scratch_dir.iterdir())
+    assert leftovers == [], "no file in the making is left"
 
 
-def test_products_land_with_deterministic_names_and_the_item_last(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("tile_size_px", "single_cogs"), MONTH_PLANS)
+def test_statistics_from_merged_histograms_equal_numpy_on_the_mosaic(
+    month: LocalMonth, tile_size_px: int, single_cogs: bool
 ) -> None:
-    staging = make_staging_rasters(tmp_path / "staging", data_outside_aoi=True)
-    run = make_product_run(staging)
-    output = tmp_path / "output"
-    committed = _record_commits(monkeypatch)
+    plan, run, records = built_month(month, tile_size_px, single_cogs)
 
-    names = write_products(Workspace(str(output)), run, staging.mosaic_path, staging.count_path)
+    write_month_products(plan, run, records, month_histograms(plan, records))
 
-    assert committed == EXPECTED_NAMES
-    assert sorted(path.name for path in output.iterdir()) == sorted(EXPECTED_NAMES), "no temporary file is left"
-    assert names == ProductNames.for_run("l-shaped", Month(2024, 6))
-    validate_cog(output / names.mosaic)
-    validate_cog(output / names.count)
-    with rasterio.open(output / names.mosaic) as dataset:
-        assert (dataset.read()[:, ~staging.inside_aoi] == 0).all()
-    item = json.loads((output / names.item).read_text())
-    validate_item(item)
-    for asset in item["assets"].values():
-        assert (output / asset["href"]).is_file(), asset["href"]
-    metadata = json.loads((output / names.metadata).read_text())
-    assert metadata["attribution"] == "Contains modified Copernicus Sentinel data 2024"
-    assert (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).is_file()
+    with rasterio.open(month.month_folder / run.mosaic_file) as mosaic_file:
+        mosaic = mosaic_file.read()
+    with rasterio.open(month.month_folder / run.count_file) as count_file:
+        count = count_file.read(1)
+    inside_aoi = month.inside_aoi
+    valid = inside_aoi & (mosaic != NODATA).all(axis=0)
+    assert 0.9 < valid.sum() / inside_aoi.sum() < 1.0, "a few AOI pixels have no clear observation"
+    metadata = json.loads((month.month_folder / month.names.metadata).read_text())
+    for band, values, statistics in zip(MOSAIC_BANDS, mosaic, metadata["mosaic"]["bands"], strict=True):
+        assert statistics["name"] == band.common_name
+        assert_statistics_of(values[valid], statistics["statistics"], inside_aoi.sum())
+    assert_statistics_of(count[inside_aoi], metadata["count"]["statistics"], inside_aoi.sum())
+    assert metadata["count"]["statistics"]["min"] == 0 and (count[~inside_aoi] == 0).all()
 
 
-def test_a_failure_while_building_leaves_no_product_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    staging = make_staging_rasters(tmp_path / "staging")
-    run = make_product_run(staging)
-    output = tmp_path / "output"
-
-    def broken_quicklook(*args: object, **kwargs: object) -> None:
-        raise InvalidProduct("quicklook failed")
-
-    monkeypatch.setattr("tasks.products.write_quicklook", broken_quicklook)
-
-    with pytest.raises(InvalidProduct, match="quicklook failed"):
-        write_products(Workspace(str(output)), run, staging.mosaic_path, staging.count_path)
-
-    assert list(output.iterdir()) == []
-    assert not (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).exists()
+def assert_statistics_of(values: np.ndarray, statistics: dict, aoi_pixels: int) -> None:
+    """metadata.json's statistics of a band are numpy's over `values`, its valid AOI pixels."""
+    assert statistics["valid_pixels"] == values.size
+    assert (statistics["min"], statistics["max"]) == (values.min(), values.max())
+    assert statistics["mean"] == pytest.approx(values.mean()) and statistics["stddev"] == pytest.approx(values.std())
+    assert statistics["p2"] == np.percentile(values, 2, method="inverted_cdf")
+    assert statistics["p98"] == np.percentile(values, 98, method="inverted_cdf")
+    assert statistics["valid_share_of_aoi"] == pytest.approx(values.size / aoi_pixels)
 
 
-def test_a_failed_commit_stops_before_the_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    staging = make_staging_rasters(tmp_path / "staging")
-    run = make_product_run(staging)
-    output = tmp_path / "output"
-    committed = _record_commits(monkeypatch, fail_on="l-shaped_2024-06_metadata.json")
+def test_the_single_cogs_of_a_tiled_month_equal_its_indexes(month: LocalMonth) -> None:
+    plan, run, records = built_month(month, FOUR_TILES_PX)
 
-    with pytest.raises(OSError, match="connection reset"):
-        write_products(Workspace(str(output)), run, staging.mosaic_path, staging.count_path)
+    write_month_products(plan, run, records, month_histograms(plan, records))
 
-    assert committed == EXPECTED_NAMES[:3]
-    assert sorted(path.name for path in output.iterdir()) == sorted(EXPECTED_NAMES[:3])
-    assert not (output / ProductNames.for_run("l-shaped", Month(2024, 6)).item).exists()
-
-
-def test_an_off_grid_staging_raster_writes_nothing(tmp_path: Path) -> None:
-    staging = make_staging_rasters(tmp_path / "staging")
-    run = make_product_run(staging)
-    output = tmp_path / "output"
-
-    with pytest.raises(InvalidProduct, match="4 uint16"):
-        write_products(Workspace(str(output)), run, staging.count_path, staging.count_path)
-
-    assert not output.exists() or list(output.iterdir()) == []
+    names = month.names
+    for single, index in ((names.mosaic, names.mosaic_index), (names.count, names.count_index)):
+        with rasterio.open(month.month_folder / single) as cog, rasterio.open(month.month_folder / index) as vrt:
+            assert cog.profile["driver"] == "GTiff" and vrt.driver == "VRT"
+            assert (cog.shape, cog.transform, cog.nodata, cog.descriptions) == (
+                vrt.shape,
+                vrt.transform,
+                vrt.nodata,
+                vrt.descriptions,
+            )
+            assert cog.scales == vrt.scales
+            assert np.array_equal(cog.read(), vrt.read())
 
 
-def test_products_land_in_an_s3_workspace(tmp_path: Path, s3_server: S3Server) -> None:
-    staging = make_staging_rasters(tmp_path / "staging")
-    run = make_product_run(staging)
-    bucket = s3_server.make_bucket("basemaps")
-    workspace = Workspace(f"s3://{bucket}/monthly/l-shaped/2024/06")
+def test_a_failure_before_the_item_publishes_no_item_and_a_rerun_completes(month: LocalMonth) -> None:
+    plan, run, records = built_month(month, FOUR_TILES_PX)
+    histograms = month_histograms(plan, records)
+    names = month.names
+    blocked = month.month_folder / names.metadata
+    blocked.mkdir()
 
-    names = write_products(workspace, run, staging.mosaic_path, staging.count_path)
+    with pytest.raises(IsADirectoryError):
+        write_month_products(plan, run, records, histograms)
 
-    assert all(workspace.exists(name) for name in EXPECTED_NAMES)
-    item = json.loads(workspace.read_bytes(names.item))
-    validate_item(item)
-    assert item["assets"]["mosaic"]["href"] == f"./{names.mosaic}"
-    with gdal_env():
-        validate_cog(workspace.gdal_path(names.mosaic))
-        with rasterio.open(workspace.gdal_path(names.mosaic)) as dataset:
-            assert dataset.crs.to_epsg() == 32633
-            assert dataset.transform.almost_equals(staging.grid.affine)
-            assert np.array_equal(dataset.read(), staging.mosaic)
-    assert workspace.exists(ProductNames.for_run(run.aoi_name, run.month).item)
+    assert names.item not in published(month)
+    assert {names.mosaic_index, names.mosaic, names.quicklook} <= published(month), "what comes before is published"
+    blocked.rmdir()
+    write_month_products(plan, run, records, histograms)
+    validate_item(json.loads((month.month_folder / names.item).read_text()))
+
+
+def test_a_tile_gone_from_the_month_folder_fails_the_month_before_its_single_cogs_and_item(month: LocalMonth) -> None:
+    plan, run, records = built_month(month, FOUR_TILES_PX)
+    gone = month.month_folder / records[-1].files["mosaic"]
+    gone.unlink()
+
+    with pytest.raises(Exception, match=f"{gone.name}: No such file or directory"):
+        write_month_products(plan, run, records, month_histograms(plan, records))
+
+    assert not {month.names.mosaic, month.names.item} & published(month)
+    assert list(plan.scratch_dir.iterdir()) == [], "the month's scratch folder is removed whatever happens"
+
+
+def test_valid_fractions_and_the_mosaic_do_not_depend_on_the_tiling(month: LocalMonth) -> None:
+    _, one_tile_run, _ = built_month(month, ONE_TILE_PX)
+    with rasterio.open(month.month_folder / month.names.mosaic) as one_tile:
+        one_tile_mosaic = one_tile.read()
+    plan, four_tiles_run, records = built_month(month, FOUR_TILES_PX)
+    write_month_products(plan, four_tiles_run, records, month_histograms(plan, records))
+
+    assert four_tiles_run.scenes_used == one_tile_run.scenes_used
+    fractions = {scene.item_id: scene.valid_fraction for scene in four_tiles_run.scenes_used}
+    partial = next(item_id for item_id in fractions if f"{DEFAULT_DATES[1]:%Y%m%d}" in item_id)
+    assert 0.5 < fractions.pop(partial) < 1.0 and set(fractions.values()) == {1.0}
+    with rasterio.open(month.month_folder / month.names.mosaic_index) as four_tiles:
+        assert np.array_equal(four_tiles.read(), one_tile_mosaic)

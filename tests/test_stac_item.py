@@ -183,7 +183,10 @@ def test_a_tiled_item_lists_its_indexes_and_every_tile(no_network: None, product
     assert assets["tile-r001c000-mosaic"]["href"] == "./tiles/l-shaped_2024-06_r001c000_mosaic.tif"
     assert assets["tile-r001c000-count"]["href"] == "./tiles/l-shaped_2024-06_r001c000_count.tif"
     assert {assets[key]["type"] for key in tile_keys} == {COG_MEDIA_TYPE}
-    assert (assets["mosaic"]["href"], assets["count"]["href"]) == (f"./{tiled_run.mosaic_file}", f"./{tiled_run.count_file}")
+    assert (assets["mosaic"]["href"], assets["count"]["href"]) == (
+        f"./{tiled_run.mosaic_file}",
+        f"./{tiled_run.count_file}",
+    )
     assert len(assets["mosaic"]["raster:bands"]) == 4 and len(assets["mosaic"]["eo:bands"]) == 4
 
 

@@ -1,0 +1,179 @@
+"""One output tile end to end: its COGs, its record (the commit) and histograms, and what counts as committed."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from tasks.scene import NODATA
+from tasks.tile import (
+    COUNT_VALUES,
+    REFLECTANCE_VALUES,
+    MonthPlan,
+    TileHistograms,
+    TileRecord,
+    build_tile,
+    committed_record,
+)
+from tasks.tiles import OutputTile, tile_grid, tiles_over_aoi
+from tests.local_month import (
+    FOUR_TILES_PX,
+    ONE_TILE_PX,
+    LocalMonth,
+    make_local_month,
+    month_plan,
+    with_missing_asset,
+)
+from tests.synthetic import DEFAULT_DATES
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory: pytest.TempPathFactory) -> LocalMonth:
+    return make_local_month(tmp_path_factory.mktemp("tile"), partial_dates=DEFAULT_DATES[1:2])
+
+
+@pytest.fixture(scope="module")
+def one_tile(month: LocalMonth) -> tuple[np.ndarray, np.ndarray]:
+    """The mosaic and count of the whole AOI built as one tile."""
+    plan = month_plan(month, ONE_TILE_PX, records_folder="records/one")
+    (tile,) = tiles_over_aoi(plan.grid, plan.aoi, ONE_TILE_PX)
+    build_tile(plan, tile)
+    return read_tile(month, plan, tile)
+
+
+@pytest.fixture(scope="module")
+def four_tiles(month: LocalMonth) -> tuple[MonthPlan, list[TileRecord]]:
+    plan = month_plan(month, FOUR_TILES_PX, records_folder="records/four")
+    return plan, [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
+
+
+def read_tile(month: LocalMonth, plan: MonthPlan, tile: OutputTile) -> tuple[np.ndarray, np.ndarray]:
+    """The published (mosaic, count) of a tile, checked to lie on the tile's slice of the grid."""
+    files = plan.tile_files(tile)
+    tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
+    with (
+        rasterio.open(month.month_folder / files["mosaic"]) as mosaic,
+        rasterio.open(month.month_folder / files["count"]) as count,
+    ):
+        for dataset in (mosaic, count):
+            assert dataset.transform.almost_equals(tile_box.affine) and dataset.shape == tile_box.shape.yx
+        return mosaic.read(), count.read(1)
+
+
+def test_one_tile_is_the_products_themselves(month: LocalMonth) -> None:
+    plan = month_plan(month, ONE_TILE_PX)
+
+    assert plan.single_tile and plan.tile_files(OutputTile(0, 0)) == {
+        "mosaic": month.names.mosaic,
+        "count": month.names.count,
+    }
+
+
+def test_tiles_do_not_change_the_result(month: LocalMonth, one_tile: tuple, four_tiles: tuple) -> None:
+    whole_mosaic, whole_count = one_tile
+    plan, records = four_tiles
+    assert [record.tile for record in records] == [
+        OutputTile(0, 0),
+        OutputTile(0, 1),
+        OutputTile(1, 0),
+        OutputTile(1, 1),
+    ]
+    assert not plan.single_tile
+
+    for record in records:
+        rows, cols = plan.grid.overlap_roi(tile_grid(plan.grid, FOUR_TILES_PX, record.tile))
+        mosaic, count = read_tile(month, plan, record.tile)
+        assert np.array_equal(mosaic, whole_mosaic[:, rows, cols]), record.tile.label
+        assert np.array_equal(count, whole_count[rows, cols]), record.tile.label
+
+
+def test_outside_the_aoi_is_nodata_and_no_observation(month: LocalMonth, one_tile: tuple) -> None:
+    mosaic, count = one_tile
+    inside_aoi = month.inside_aoi
+
+    assert (~inside_aoi).sum() > 1000
+    assert (mosaic[:, ~inside_aoi] == NODATA).all() and (count[~inside_aoi] == 0).all()
+    assert (mosaic[:, inside_aoi] != NODATA).all(axis=0).mean() > 0.9 and count[inside_aoi].max() > 1
+
+
+def test_a_record_holds_the_tiles_figures(month: LocalMonth, four_tiles: tuple) -> None:
+    plan, records = four_tiles
+    item_ids = {item.item_id for item in month.items}
+
+    for record in records:
+        tile_box = tile_grid(plan.grid, FOUR_TILES_PX, record.tile)
+        inside_aoi = month.inside_aoi[plan.grid.overlap_roi(tile_box)]
+        mosaic, count = read_tile(month, plan, record.tile)
+        assert record.files == plan.tile_files(record.tile)
+        assert record.aoi_pixels == inside_aoi.sum()
+        assert record.valid_pixels == (inside_aoi & (mosaic != NODATA).all(axis=0)).sum() == (count > 0).sum()
+        assert record.max_count == count.max()
+        assert set(record.contributing_scenes) <= set(record.scene_pixels) == item_ids
+        assert all(0 <= valid <= aoi <= record.aoi_pixels for valid, aoi in record.scene_pixels.values())
+        assert record.failed == {}
+
+
+def test_the_histograms_beside_a_record_are_those_of_its_published_tile(month: LocalMonth, four_tiles: tuple) -> None:
+    plan, records = four_tiles
+
+    for record in records:
+        histograms = TileHistograms.from_bytes(plan.workspace.read_bytes(plan.histograms_name(record.tile)))
+        mosaic, count = read_tile(month, plan, record.tile)
+        inside_aoi = month.inside_aoi[plan.grid.overlap_roi(tile_grid(plan.grid, FOUR_TILES_PX, record.tile))]
+        valid = inside_aoi & (mosaic != NODATA).all(axis=0)
+        assert histograms.mosaic.shape == (4, REFLECTANCE_VALUES) and histograms.count.shape == (COUNT_VALUES,)
+        for band, histogram in zip(mosaic, histograms.mosaic, strict=True):
+            assert np.array_equal(histogram, np.bincount(band[valid], minlength=REFLECTANCE_VALUES))
+        assert np.array_equal(histograms.count, np.bincount(count[inside_aoi], minlength=COUNT_VALUES))
+        assert histograms.count.sum() == record.aoi_pixels and histograms.mosaic[0].sum() == record.valid_pixels
+
+
+def test_records_and_histograms_round_trip(four_tiles: tuple) -> None:
+    plan, records = four_tiles
+    failed = TileRecord(1, 2, {"mosaic": "m.tif", "count": "c.tif"}, 9, 4, 2, ("a",), {"a": (4, 9)}, {"b": "nir: gone"})
+
+    for record in (*records, failed):
+        assert TileRecord.from_json(record.to_json()) == record
+    assert TileRecord.from_json(plan.workspace.read_bytes(plan.record_name(records[0].tile))) == records[0]
+    histograms = TileHistograms(np.arange(8).reshape(4, 2), np.array([5, 0, 7]))
+    copy = TileHistograms.from_bytes(histograms.to_bytes())
+    assert np.array_equal(copy.mosaic, histograms.mosaic) and np.array_equal(copy.count, histograms.count)
+
+
+def test_a_built_tile_is_committed_and_a_new_one_is_not(month: LocalMonth, four_tiles: tuple) -> None:
+    plan, records = four_tiles
+
+    assert [committed_record(plan, record.tile) for record in records] == records
+    assert committed_record(month_plan(month, FOUR_TILES_PX, records_folder="records/never"), records[0].tile) is None
+
+
+def test_a_tile_with_a_failed_scene_records_it_and_is_not_committed(tmp_path: Path) -> None:
+    healthy = make_local_month(tmp_path / "healthy")
+    broken = with_missing_asset(healthy.items[2], "red", tmp_path)
+    month = make_local_month(tmp_path / "broken", items=(*healthy.items[:2], broken, *healthy.items[3:]))
+    plan = month_plan(month, FOUR_TILES_PX)
+    tile = OutputTile(0, 1)
+
+    record = build_tile(plan, tile)
+
+    assert list(record.failed) == [broken.item_id]
+    assert record.failed[broken.item_id].startswith("red: not found")
+    assert broken.item_id not in record.scene_pixels and broken.item_id not in record.contributing_scenes
+    assert len(record.scene_pixels) == len(month.items) - 1
+    assert plan.workspace.exists(plan.record_name(tile)) and committed_record(plan, tile) is None
+
+
+def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp_path: Path) -> None:
+    plan = month_plan(month, FOUR_TILES_PX, records_folder="records/unpublished")
+    tile = OutputTile(1, 1)
+    unpublishable = replace(plan, output_dir=tmp_path / "not-a-folder", scratch_dir=tmp_path / "scratch")
+    (tmp_path / "not-a-folder").write_text("a file where the output folder should be")
+
+    with pytest.raises(OSError):
+        build_tile(unpublishable, tile)
+
+    assert not plan.workspace.exists(plan.record_name(tile)) and not plan.workspace.exists(plan.histograms_name(tile))
+    assert committed_record(plan, tile) is None
+    assert list((tmp_path / "scratch").iterdir()) == [], "the tile's scratch folder is removed whatever happens"
