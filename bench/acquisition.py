@@ -2,15 +2,19 @@
 
 A synthetic month (the real tile 29RKH as ground when ../shared/data/s2 is present, else the
 procedural surface on the same 100 m grid) is uploaded to a moto S3 server on 127.0.0.1 started
-here, and `read_scene` reads every scene for a centred AOI covering 10 % and then 50 % of the tile.
-Each AOI reads its own fresh copy of the files, since GDAL caches what it fetched per URL.
+here, and every scene is read for a centred AOI covering 10 % and then 50 % of the tile, as a month
+reads it: per output tile over the AOI (`tasks.tiles`, `--tile-size`, by default the pipeline's), the
+window of each scene over the tile and its masker's halo (`tasks.mask.mask_halo_px` of the default
+mask settings) with `tasks.read.read_scene_window`. Each AOI reads its own fresh copy of the files,
+since GDAL caches what it fetched per URL; the tiles of one AOI share that cache, as the tiles of one
+worker process do.
 
 The COGs are tiled like Earth Search's relative to the tile: its 10980 px tiles in 1024 px blocks
 have ~10.7 blocks a side; this 1098 px tile in 128 px blocks has ~8.6 (the shared tile's own
 512 px layout is also reported). Moto is a Python server, so scenes per second are bound by it;
 bytes fetched are the stable number. The last line is `fetched_fraction_10pct=<float>`.
 
-Usage: `python bench/acquisition.py [--dates 6]`.
+Usage: `python bench/acquisition.py [--dates 6] [--tile-size 4096]`.
 """
 
 import argparse
@@ -30,10 +34,13 @@ if __package__ in (None, ""):  # run as `python bench/acquisition.py` (as `make 
 
 from odc.geo.geom import Geometry
 
-from tasks.read import read_scene
+from tasks.errors import SceneOutsideAOI
+from tasks.grid import pixel_size_m
+from tasks.mask import mask_halo_px
+from tasks.read import read_scene_window
 from tasks.search import scene_from_item
-from tasks.settings import ReadSettings
-from tasks.workspace import Workspace
+from tasks.settings import MaskSettings, ReadSettings, TileSettings
+from tasks.tiles import read_grid, tile_grid, tiles_over_aoi
 from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.synthetic import DEFAULT_DATES, SyntheticMonth, make_synthetic_month
 
@@ -50,7 +57,10 @@ class Acquisition:
 
     block_size: int
     aoi_fraction: float
+    tiles: int
+    halo_px: int
     scenes: int
+    windows: int
     fetched_bytes: int
     full_bytes: int
     requests: int
@@ -62,7 +72,8 @@ class Acquisition:
 
     def line(self) -> str:
         return (
-            f"cog_block={self.block_size} aoi={self.aoi_fraction:.0%} scenes={self.scenes} "
+            f"cog_block={self.block_size} aoi={self.aoi_fraction:.0%} tiles={self.tiles} halo={self.halo_px:g}px "
+            f"scenes={self.scenes} windows={self.windows} "
             f"fetched={self.fetched_bytes / 1e6:.2f}MB full={self.full_bytes / 1e6:.2f}MB "
             f"fraction={self.fetched_fraction:.3f} requests={self.requests} "
             f"time={self.seconds:.2f}s scenes_per_s={self.scenes / self.seconds:.2f}"
@@ -94,24 +105,39 @@ def uploaded_month(server: S3Server, work_dir: Path, dates: int, block_size: int
     return month, sum(path.stat().st_size for path in out_dir.rglob("*.tif"))
 
 
-def measure(server: S3Server, work_dir: Path, dates: int, block_size: int, aoi_fraction: float) -> Acquisition:
-    """Read the centred AOI of `aoi_fraction` of the tile from every scene of a fresh month."""
+def measure(
+    server: S3Server, work_dir: Path, dates: int, block_size: int, aoi_fraction: float, tile_size_px: int
+) -> Acquisition:
+    """Read every scene of a fresh month over the centred AOI of `aoi_fraction` of the tile, tile by tile."""
     month, full_bytes = uploaded_month(server, work_dir, dates, block_size)
     aoi = centred_aoi(month, aoi_fraction)
-    workspace = Workspace(str(work_dir / f"workspace-{uuid.uuid4().hex}"))
+    tiles = tiles_over_aoi(month.grid, aoi, tile_size_px)
+    halo_px = mask_halo_px(MaskSettings(), pixel_size_m(month.grid))
+    items = [scene_from_item(item) for item in month.items]
+    windows = 0
     server.reset_counters()
     started = time.perf_counter()
-    for item in month.items:
-        read_scene(scene_from_item(item), month.grid, aoi, workspace, ReadSettings())
+    for tile in tiles:
+        halo_box = read_grid(tile_grid(month.grid, tile_size_px, tile), halo_px)
+        for item in items:
+            try:
+                read_scene_window(item, halo_box, aoi, ReadSettings())
+            except SceneOutsideAOI:
+                continue
+            windows += 1
     seconds = time.perf_counter() - started
     return Acquisition(
-        block_size, aoi_fraction, len(month.items), server.bytes_served(), full_bytes, server.requests_for("/"), seconds
-    )
+        block_size, aoi_fraction, len(tiles), halo_px, len(items), windows, server.bytes_served(), full_bytes,
+        server.requests_for("/"), seconds,
+    )  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dates", type=int, default=len(DEFAULT_DATES), help="scenes in the month")
+    parser.add_argument(
+        "--tile-size", type=int, default=TileSettings().tile_size_px, help="output tile edge in grid pixels"
+    )
     arguments = parser.parse_args()
     warnings.simplefilter("ignore", PendingDeprecationWarning)
     server = S3Server()
@@ -127,7 +153,7 @@ def main() -> None:
         server.make_bucket(BUCKET)
         with tempfile.TemporaryDirectory() as work_dir:
             results = {
-                (block_size, fraction): measure(server, Path(work_dir), arguments.dates, block_size, fraction)
+                (block_size, fraction): measure(server, Path(work_dir), arguments.dates, block_size, fraction, arguments.tile_size)
                 for block_size in (EARTH_SEARCH_LIKE_BLOCK, SHARED_TILE_BLOCK)
                 for fraction in AOI_FRACTIONS
             }
