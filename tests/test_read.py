@@ -219,7 +219,7 @@ def one_tile_plan(month: SyntheticMonth, aoi: Geometry, root: Path) -> MonthPlan
         grid=month.grid,
         workspace=workspace,
         items_name=items_name,
-        records_folder="tiles",
+        tiles_digest=uuid.uuid4().hex,
         aoi_name="read-test",
         month_label="2020-03",
         names=ProductNames.for_run("read-test", Month(2020, 3)),
