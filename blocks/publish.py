@@ -15,6 +15,7 @@ idempotent. Local copies are atomic (temporary name, then rename).
 
 import json
 import mimetypes
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +90,48 @@ def publish_files(
             for name, path in files.items():
                 client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs={"ContentType": content_type(path)})
     return {name: product_url(bucket_block, aoi, month, name, output_dir) for name in files}
+
+
+def copy_published(
+    bucket_block: S3Bucket | None, aoi: str, month: str, copies: Mapping[str, str], output_dir: Path | None = None
+) -> None:
+    """Copy published files {source name: destination name} within the month folder (server-side on S3)."""
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        destination = Workspace(str(_local_destination(output_dir).resolve()))
+        for source, target in copies.items():
+            destination.copy_from(Path(destination.uri(f"{folder}/{source}")), f"{folder}/{target}")
+        return
+    client = bucket_block.credentials.get_s3_client()
+    bucket = bucket_block.bucket_name
+    prefix = _bucket_prefix(bucket_block, folder)
+    with _permanent_s3_errors_named(bucket, prefix):
+        for source, target in copies.items():
+            client.copy_object(Bucket=bucket, Key=f"{prefix}/{target}", CopySource={"Bucket": bucket, "Key": f"{prefix}/{source}"})
+
+
+def remove_published(
+    bucket_block: S3Bucket | None, aoi: str, month: str, subfolder: str, output_dir: Path | None = None, keep: str | None = None
+) -> None:
+    """Delete everything published below `subfolder` of the month folder, but what lies below `keep` (a
+    folder inside it)."""
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        root = _local_destination(output_dir).resolve() / folder
+        kept = root / subfolder / keep if keep else None
+        for path in sorted((root / subfolder).glob("*")) if (root / subfolder).is_dir() else []:
+            if path != kept:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return
+    client = bucket_block.credentials.get_s3_client()
+    bucket = bucket_block.bucket_name
+    prefix = _bucket_prefix(bucket_block, folder)
+    kept_prefix = f"{prefix}/{keep}/" if keep else None
+    with _permanent_s3_errors_named(bucket, prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{subfolder}/"):
+            doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]
+            if doomed:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
 
 
 def product_url(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> str:

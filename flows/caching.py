@@ -22,8 +22,9 @@ from tasks.settings import MaskSettings, ReadSettings
 
 TASKS_PACKAGE = Path(__file__).resolve().parents[1] / "tasks"
 DIGEST_CHARS = 12
-SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "max_failed_fraction", "min_valid_share", "staging_dir"}
-"""Settings a re-run may change and still reuse committed tiles: where work runs, and how the month is judged."""
+SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir"}
+"""Settings a re-run may change and still reuse committed tiles: where work runs and who hears of it. (How
+the month is judged is part of the digest: a month judged unpublishable removes its tiles.)"""
 
 
 @cache

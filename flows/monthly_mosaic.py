@@ -26,7 +26,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_aws import S3Bucket
 
-from blocks.publish import check_month_folder_owner, withdraw_item
+from blocks.publish import check_month_folder_owner, remove_published
 from blocks.slack import RunReport, slack_state_hooks
 from flows.caching import content_digest, scene_folder_digest, tiles_digest
 from flows.locking import month_lock
@@ -35,7 +35,7 @@ from tasks.aoi import aoi_digest, aoi_name, load_aoi
 from tasks.errors import TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
 from tasks.grid import check_grid_size, grid_for_aoi
 from tasks.mask import MASKERS_USING_OCM, check_model_weights, model_dir_for, model_version_for
-from tasks.metadata import TILES_FOLDER, ProductNames, ProductRun, TileFiles
+from tasks.metadata import ProductNames, ProductRun, TileFiles
 from tasks.month import Month
 from tasks.products import NO_CLEAR_PIXEL, MonthTiles, merge_tiles, month_histograms, write_month_products_task
 from tasks.scene import scene_items_json
@@ -155,7 +155,7 @@ def month_plan(settings: MosaicSettings, month: Month, items_name: str, items_di
         grid=inputs.grid,
         workspace=inputs.workspace,
         items_name=items_name,
-        records_folder=f"{TILES_FOLDER}/{month.label}/{tiles_digest(settings, month.label, items_digest)}",
+        tiles_digest=tiles_digest(settings, month.label, items_digest),
         aoi_name=inputs.name,
         month_label=month.label,
         names=ProductNames.for_run(inputs.name, month),
@@ -308,12 +308,15 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
         inputs.workspace.write_bytes(items_name, items_json)
         plan = month_plan(settings, month, items_name, items_digest)
-        withdraw_item(bucket, inputs.name, month.label, plan.names.item, output_dir)
         build = build_tiles.with_options(task_runner=tile_task_runner(settings.runner))
         records = build(month.label, items_name, items_digest, settings)
         month_tiles = merge_tiles(records, items)
-        check_failed_share(month_tiles, len(items), settings.max_failed_fraction)
-        check_valid_share(month_tiles.valid_share, settings.min_valid_share, month)
+        try:
+            check_failed_share(month_tiles, len(items), settings.max_failed_fraction)
+            check_valid_share(month_tiles.valid_share, settings.min_valid_share, month)
+        except (TooManyFailedScenes, TooFewClearPixels):
+            remove_published(bucket, inputs.name, month.label, plan.tiles_folder, output_dir)  # no Item will list them
+            raise
         run = product_run(settings, inputs, month, month_tiles, plan, records)
         urls = write_month_products_task(plan, run, records, month_histograms(plan, records))
         shutil.rmtree(plan.scratch_dir, ignore_errors=True)

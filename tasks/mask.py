@@ -26,6 +26,7 @@ else `$OMNICLOUDMASK_MODEL_DIR`, else the library's own data directory.
 
 import argparse
 import csv
+import math
 import os
 import sys
 import threading
@@ -62,7 +63,6 @@ from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, MaskCl
 from tasks.settings import MaskSettings
 from tasks.torch_compat import ensure_torchvision_importable
 
-MASK_SUFFIX = "_mask.tif"
 GPU_CONCURRENCY_LIMIT = "gpu"
 MODEL_DIR_ENV = "OMNICLOUDMASK_MODEL_DIR"
 MIN_WEIGHTS_BYTES = 1024 * 1024
@@ -71,17 +71,6 @@ OCM_BANDS: tuple[str, ...] = ("red", "green", "nir")
 OCM_MIN_SIDE_PX = 32
 """OmniCloudMask rejects inputs narrower than this; smaller scenes are padded with nodata."""
 CPU_INFERENCE_DTYPE = "fp32"
-MASK_BLOCK_PX = 256
-MASK_PROFILE: dict[str, object] = {
-    "driver": "GTiff",
-    "dtype": "uint8",
-    "count": 1,
-    "tiled": True,
-    "blockxsize": MASK_BLOCK_PX,
-    "blockysize": MASK_BLOCK_PX,
-    "compress": "deflate",
-}
-MASK_CLASS_TAGS = {f"CLASS_{member.value}": member.name for member in MaskClass}
 MASKERS_USING_OCM = frozenset({"ocm+scl", "ocm"})
 MASKERS_USING_SCL = frozenset({"ocm+scl", "scl"})
 
@@ -268,7 +257,7 @@ def mask_halo_px(settings: MaskSettings, grid_pixel_m: float) -> int:
     model_px = 0
     if settings.masker in MASKERS_USING_OCM:
         model_px = settings.patch_overlap * downsample_factor(grid_pixel_m, settings.resolution_m)
-    return model_px + buffer_radius_px(settings.buffer_m, grid_pixel_m)
+    return model_px + math.ceil(buffer_radius_px(settings.buffer_m, grid_pixel_m))
 
 
 def gpu_slot(settings: MaskSettings) -> AbstractContextManager:

@@ -66,12 +66,15 @@ class ProductNames:
     def count_index(self) -> str:
         return f"{self.stem}_count.vrt"
 
-    def tile_mosaic(self, tile_label: str) -> str:
-        """A tiled month's mosaic COG of one tile, relative to the month folder."""
-        return f"{TILES_FOLDER}/{self.stem}_{tile_label}_mosaic.tif"
+    def tile_mosaic(self, tile_label: str, tiles_digest: str) -> str:
+        """The mosaic COG of one tile built from inputs of `tiles_digest`, relative to the month folder.
 
-    def tile_count(self, tile_label: str) -> str:
-        return f"{TILES_FOLDER}/{self.stem}_{tile_label}_count.tif"
+        Each set of inputs publishes its tiles in its own folder, so a re-run never overwrites the
+        tiles a published month's index points at."""
+        return f"{TILES_FOLDER}/{tiles_digest}/{self.stem}_{tile_label}_mosaic.tif"
+
+    def tile_count(self, tile_label: str, tiles_digest: str) -> str:
+        return f"{TILES_FOLDER}/{tiles_digest}/{self.stem}_{tile_label}_count.tif"
 
     @classmethod
     def for_run(cls, aoi_name: str, month: Month) -> "ProductNames":

@@ -5,16 +5,18 @@ The tiles (`tasks.tile`) have already published their COGs into the month folder
 with `<aoi>_<YYYY-MM>` as the stem:
 
     _mosaic.vrt, _count.vrt   a tiled month's mosaic index over its tile COGs (`tasks.mosaic_index`)
-    _mosaic.tif, _count.tif   single COGs: an AOI of one tile (its tile is them), or a tiled AOI of
-                              at most `single_cog_max_pixels`, copied from the index
+    _mosaic.tif, _count.tif   single COGs: an AOI of one tile (a server-side copy of its tile), or
+                              a tiled AOI of at most `single_cog_max_pixels`, copied from the index
     _quicklook.png            RGBA quicklook from the mosaic's overviews
     _metadata.json            scenes, settings, statistics, software, attribution, files
     _item.json                STAC Item listing every file, validated offline
 
 Statistics come from the tiles' histograms, the quicklook from overviews: nothing here reads the
 mosaic at full resolution. Products are read back where they were published, with the products
-block's own credentials (`blocks.publish.product_gdal_location`). An Item in the month folder means
-every file beside it is complete.
+block's own credentials (`blocks.publish.product_gdal_location`). The Item is withdrawn before any
+month-level file is replaced and put last, so an Item in the month folder means every file beside it
+is complete; tiles live in `tiles/<inputs digest>/`, so a re-run with other inputs never touches the
+tiles a published index points at, and once its Item is out the other inputs' tiles are removed.
 """
 
 from collections.abc import Sequence
@@ -24,7 +26,15 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.publish import ITEM_PRODUCT, product_gdal_location, product_url, publish_files
+from blocks.publish import (
+    ITEM_PRODUCT,
+    copy_published,
+    product_gdal_location,
+    product_url,
+    publish_files,
+    remove_published,
+    withdraw_item,
+)
 from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
@@ -39,7 +49,7 @@ from tasks.cog import (
 )
 from tasks.errors import SceneOutsideAOI, portable_errors
 from tasks.gdal_env import gdal_env
-from tasks.metadata import ProductRun, metadata_json, statistics_from_histogram
+from tasks.metadata import TILES_FOLDER, ProductRun, metadata_json, statistics_from_histogram
 from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
@@ -149,8 +159,13 @@ def write_month_products(
     def readable(name: str) -> tuple[str, dict[str, str]]:
         return product_gdal_location(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
 
+    withdraw_item(plan.bucket, plan.aoi_name, plan.month_label, names.item, plan.output_dir)
     with tile_scratch(plan, MONTH_SCRATCH) as scratch:
-        if run.tiles:
+        if not run.tiles:
+            (record,) = records
+            copies = {record.files["mosaic"]: names.mosaic, record.files["count"]: names.count}
+            copy_published(plan.bucket, plan.aoi_name, plan.month_label, copies, plan.output_dir)
+        else:
             indexes = {
                 names.mosaic_index: mosaic_index_xml(plan.grid, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, index_tiles(plan, records, "mosaic")),
                 names.count_index: mosaic_index_xml(plan.grid, COUNT_DTYPE, COUNT_INDEX_BANDS, index_tiles(plan, records, "count")),
@@ -179,6 +194,9 @@ def write_month_products(
         (scratch / names.item).write_bytes(item_json(build_item(run, names, mosaic_statistics, count_statistics)))
         publish({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         publish({names.item: scratch / names.item})
+    # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.
+    keep = plan.tiles_folder.removeprefix(f"{TILES_FOLDER}/")
+    remove_published(plan.bucket, plan.aoi_name, plan.month_label, TILES_FOLDER, plan.output_dir, keep=keep)
     return {
         "mosaic": url(run.mosaic_file),
         "count": url(run.count_file),

@@ -65,7 +65,7 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
     """
     footprint = footprint_in_crs(item.footprint, grid.crs, FOOTPRINT_SEGMENT_DEG)
     # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
-    region = (footprint & aoi_in_crs(aoi, grid.crs)).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
+    region = (footprint & aoi_in_crs(aoi, grid.crs) & grid.extent).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
     if region.is_empty or region.area == 0:
         raise SceneOutsideAOI(item.item_id)
     subgrid = grid[grid.overlap_roi(grid.enclosing(region))]

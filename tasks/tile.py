@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from odc.geo.roi import roi_is_empty
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect_aws import S3Bucket
@@ -44,7 +45,7 @@ from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.grid import pixel_size_m
 from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
-from tasks.metadata import ProductNames
+from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.read import read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SceneItem, SceneWindow, scene_items_from_json
@@ -61,8 +62,9 @@ RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"
 class MonthPlan:
     """What every tile of one AOI and month shares; small, so each tile task can carry it.
 
-    `aoi` may be in any CRS; `grid` is the target grid. `items_name` and `records_folder` are names
-    in `workspace`: the found items, and where tile records go. Products go to `bucket`, else below
+    `aoi` may be in any CRS; `grid` is the target grid. `items_name` names the found items in
+    `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
+    folders of the tile records and tile COGs. Products go to `bucket`, else below
     `output_dir`, in the month folder of `aoi_name`; `scratch_dir` is local and holds tiles in flight.
     """
 
@@ -70,7 +72,7 @@ class MonthPlan:
     grid: GeoBox
     workspace: Workspace
     items_name: str
-    records_folder: str
+    tiles_digest: str
     aoi_name: str
     month_label: str
     names: ProductNames
@@ -84,12 +86,22 @@ class MonthPlan:
     bucket: S3Bucket | None = None
     output_dir: Path | None = None
 
+    @property
+    def records_folder(self) -> str:
+        """Where the month's tile records lie in the workspace."""
+        return f"{TILES_FOLDER}/{self.month_label}/{self.tiles_digest}"
+
+    @property
+    def tiles_folder(self) -> str:
+        """Where the tile COGs of these inputs lie in the month folder."""
+        return f"{TILES_FOLDER}/{self.tiles_digest}"
+
     def tile_files(self, tile: OutputTile) -> dict[str, str]:
-        """{'mosaic': name, 'count': name} of a tile's COGs in the month folder: the products
-        themselves when the AOI is one tile."""
-        if self.single_tile:
-            return {"mosaic": self.names.mosaic, "count": self.names.count}
-        return {"mosaic": self.names.tile_mosaic(tile.label), "count": self.names.tile_count(tile.label)}
+        """{'mosaic': name, 'count': name} of a tile's COGs, relative to the month folder."""
+        return {
+            "mosaic": self.names.tile_mosaic(tile.label, self.tiles_digest),
+            "count": self.names.tile_count(tile.label, self.tiles_digest),
+        }
 
     def record_name(self, tile: OutputTile) -> str:
         return f"{self.records_folder}/{tile.label}{RECORD_SUFFIX}"
@@ -180,9 +192,9 @@ def items_over(items: tuple[SceneItem, ...], read_box: GeoBox, aoi: Geometry) ->
 def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> MaskedWindow | None:
     """The window and its mask cropped to the tile (the halo served the masker only); None when outside."""
     roi = window.grid.overlap_roi(tile_box)
-    cropped = window.grid[roi]
-    if cropped.is_empty():
+    if roi_is_empty(roi) or any(part.stop <= part.start for part in roi):  # odc-geo leaves stops unclamped
         return None
+    cropped = window.grid[roi]
     return MaskedWindow(SceneWindow(window.item_id, cropped, window.bands[(slice(None), *roi)].copy()), mask[roi].copy())
 
 
