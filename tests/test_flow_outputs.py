@@ -46,8 +46,8 @@ from blocks.slack import SlackNotifier
 from flows.locking import month_lock, month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from tasks.aoi import aoi_digest, load_aoi
-from tasks.errors import OutputCollision, PublishError, TooFewClearPixels
-from tasks.metadata import ProductNames
+from tasks.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
+from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.month import Month
 from tasks.workspace import partial_prefix
 from tests import REPO_ROOT
@@ -65,7 +65,8 @@ SETTLE_TIMEOUT_S = 120.0
 SETTLE_POLL_S = 1.0
 RUN_TIMEOUT_S = 900.0
 """How long a `python -m flows.run` subprocess may take on a loaded machine."""
-READ_TASK, COMPOSITE_TASK, WRITE_TASK, PUBLISH_TASK = "read-scene", "composite", "write-products", "publish-products"
+TILE_TASK, MONTH_PRODUCTS_TASK = "tile", "write-month-products"
+"""Run-name prefixes: tile runs are named `tile-<label>` (`tasks.tile.build_tile_task`)."""
 LOCK_RELEASED_EVENT = "prefect.concurrency-limit.released"
 EVENTS_PAGE_SIZE = 50
 """The most events the API answers at once (the client's default of 100 is refused)."""
@@ -117,15 +118,20 @@ def product_keys(aoi_name: str, month_label: str) -> dict[str, str]:
 
 
 def bucket_products(s3_server: S3Server, bucket: str, aoi_name: str, month_label: str) -> dict[str, bytes]:
-    """{key: content} of every object in the AOI's month folder of the bucket."""
+    """{key: content} of every object in the AOI's month folder of the bucket (tiles included)."""
     prefix = f"{BUCKET_FOLDER}/{month_folder(aoi_name, month_label)}/"
     return {key: s3_server.read(bucket, key) for key in s3_server.keys(bucket, prefix)}
 
 
+def month_level(keys: set[str]) -> set[str]:
+    """The keys of `keys` that are not in a month's tiles folder."""
+    return {key for key in keys if f"/{TILES_FOLDER}/" not in key}
+
+
 def local_products(output_dir: Path, aoi_name: str, month_label: str) -> dict[str, bytes]:
-    """{file name: content} of every file in the AOI's month folder under `output_dir`."""
+    """{path in the month folder: content} of every file in the AOI's month folder under `output_dir` (tiles included)."""
     folder = output_dir / month_folder(aoi_name, month_label)
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())} if folder.is_dir() else {}
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def flow_run_id(state: State) -> UUID:
@@ -220,8 +226,8 @@ def test_aoi_files_sharing_a_stem_publish_into_their_own_folders(
         keys = product_keys(name, served.label)
         in_bucket = bucket_products(s3_server, products_bucket, name, served.label)
         in_output_dir = local_products(output_dir, name, served.label)
-        assert set(in_bucket) == set(keys.values())
-        assert set(in_output_dir) == {Path(key).name for key in keys.values()}
+        assert month_level(set(in_bucket)) == set(keys.values())
+        assert month_level({f"/{path}" for path in in_output_dir}) == {f"/{Path(key).name}" for key in keys.values()}
         digest = aoi_digest(load_aoi(str(path)))
         for metadata in (in_bucket[keys["metadata"]], in_output_dir[Path(keys["metadata"]).name]):
             assert json.loads(metadata)["aoi"]["digest"] == digest, f"{name} holds another AOI's products"
@@ -307,9 +313,9 @@ def wait_until_runs_take_lock(workspace: Path, lock_name: str, processes: list[s
         time.sleep(SETTLE_POLL_S)
 
 
-def read_task_runs_of(flow_run: FlowRun) -> list[TaskRun]:
-    """The read-scene task runs of a monthly run (they run in its acquire-scenes subflow)."""
-    return named(settled_task_runs([run.id for run in subflow_runs(flow_run.id)]), READ_TASK)
+def tile_task_runs_of(flow_run: FlowRun) -> list[TaskRun]:
+    """The build-tile task runs of a monthly run (they run in its build-tiles subflow)."""
+    return named(settled_task_runs([run.id for run in subflow_runs(flow_run.id)]), TILE_TASK)
 
 
 def lock_released_by(flow_run_id: UUID, lock_name: str) -> datetime:
@@ -356,31 +362,29 @@ def test_two_runs_of_one_aoi_and_month_take_turns_and_the_second_finds_the_cache
 
     runs = monthly_runs_of(workspace)
     assert [run.state_name for run in runs] == ["Completed", "Completed"], [(run.name, run.state_name) for run in runs]
-    reads = {run.id: read_task_runs_of(run) for run in runs}
-    assert all(reads.values()), "each run should have read-scene task runs"
-    computed = [run for run in runs if any(task.state_name != "Cached" for task in reads[run.id])]
-    cached = [run for run in runs if all(task.state_name == "Cached" for task in reads[run.id])]
-    assert len(computed) == 1 and len(cached) == 1, {
-        run.name: sorted(task.state_name for task in reads[run.id]) for run in runs
-    }
-    first, second = computed[0], cached[0]
-    reads_began = {run.id: min(task.expected_start_time for task in reads[run.id]) for run in runs}  # submitted
-    assert min(reads_began.values()) > held_until, "a run read scenes while the month was locked"
+    tiles = {run.id: tile_task_runs_of(run) for run in runs}
+    computed = [run for run in runs if tiles[run.id]]
+    reused = [run for run in runs if not tiles[run.id]]
+    assert len(computed) == 1 and len(reused) == 1, {run.name: len(tiles[run.id]) for run in runs}
+    first, second = computed[0], reused[0]
+    tiles_began = min(task.expected_start_time for task in tiles[first.id])  # submitted
+    assert tiles_began > held_until, "a run built tiles while the month was locked"
     first_released = lock_released_by(first.id, lock_name)
-    assert reads_began[second.id] > first_released, (
-        f"the waiting run read scenes from {reads_began[second.id]}, before the first released the lock "
-        f"at {first_released}"
+    (second_build,) = subflow_runs(second.id)
+    assert second_build.start_time > first_released, (
+        f"the waiting run looked for committed tiles from {second_build.start_time}, before the first released "
+        f"the lock at {first_released}"
     )
 
 
 # --- 3. Publishing keeps what was computed ------------------------------------------------------
 
 
-def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_staged(
+def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_committed(
     served: ServedMonth, proxied_products_bucket: str, fault_proxy: FaultProxy, s3_server: S3Server, tmp_path: Path
 ) -> None:
     settings = flow_settings(served, tmp_path / "ws", s3_block="proxied-products", aoi_name="refused")
-    fault_proxy.status("_mosaic.tif", 403)
+    fault_proxy.status("_quicklook.png", 403)  # published by the month's products stage only
 
     failed = monthly_mosaic(settings, return_state=True)
 
@@ -388,7 +392,7 @@ def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_staged(
     assert isinstance(error, PublishError), f"{type(error).__name__}: {error}"
     message = one_line(error)
     assert proxied_products_bucket in message and "AccessDenied" in message, message
-    assert [run.run_count for run in named(settled_task_runs([flow_run_id(failed)]), PUBLISH_TASK)] == [1]
+    assert [run.run_count for run in named(settled_task_runs([flow_run_id(failed)]), MONTH_PRODUCTS_TASK)] == [1]
     assert not any(key.endswith("_item.json") for key in s3_server.keys(proxied_products_bucket)), (
         "an Item was published"
     )
@@ -397,11 +401,26 @@ def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_staged(
     rerun = monthly_mosaic(settings, return_state=True)
 
     assert rerun.is_completed(), rerun.message
-    rerun_tasks = settled_task_runs([flow_run_id(rerun)])
-    assert not named(rerun_tasks, COMPOSITE_TASK) and not named(rerun_tasks, WRITE_TASK), sorted(
-        run.name for run in rerun_tasks
-    )
-    assert s3_server.keys(proxied_products_bucket) == set(product_keys("refused", served.label).values())
+    rerun_tiles = named(settled_task_runs([run.id for run in subflow_runs(flow_run_id(rerun))]), TILE_TASK)
+    assert not rerun_tiles, "the committed tile was built again"
+    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("refused", served.label).values())
+
+
+def test_a_refused_tile_upload_fails_the_tile_at_once(
+    served: ServedMonth, proxied_products_bucket: str, fault_proxy: FaultProxy, s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws", s3_block="proxied-products", aoi_name="refused-tile")
+    fault_proxy.status("_mosaic.tif", 403)
+
+    failed = monthly_mosaic(settings, return_state=True)
+
+    error = failed_run_error(failed)
+    assert isinstance(error, TilesFailed), f"{type(error).__name__}: {error}"
+    message = one_line(error)
+    assert "1 of 1 tiles failed" in message and proxied_products_bucket in message and "AccessDenied" in message, message
+    tile_runs = named(settled_task_runs([run.id for run in subflow_runs(flow_run_id(failed))]), TILE_TASK)
+    assert [run.run_count for run in tile_runs] == [1]
+    assert not any(key.endswith("_item.json") for key in s3_server.keys(proxied_products_bucket))
 
 
 @pytest.mark.slow
@@ -416,9 +435,9 @@ def test_an_upload_failing_past_botocores_retries_is_saved_by_the_task_retry(
 
     assert state.is_completed(), state.message
     assert fault_proxy.requests("_count.tif") > attempts, "the fault was not used up"
-    publish_runs = named(settled_task_runs([flow_run_id(state)]), PUBLISH_TASK)
-    assert len(publish_runs) == 1 and publish_runs[0].run_count > 1, [run.run_count for run in publish_runs]
-    assert s3_server.keys(proxied_products_bucket) == set(product_keys("transient", served.label).values())
+    tile_runs = named(settled_task_runs([run.id for run in subflow_runs(flow_run_id(state))]), TILE_TASK)
+    assert len(tile_runs) == 1 and tile_runs[0].run_count > 1, [run.run_count for run in tile_runs]
+    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("transient", served.label).values())
 
 
 def test_a_missing_products_bucket_fails_before_any_scene_is_read(
@@ -473,7 +492,7 @@ def test_files_of_killed_writers_are_removed_and_those_of_running_ones_kept(
 ) -> None:
     settings = flow_settings(served, tmp_path / "ws")
     inputs = run_inputs(settings)
-    scenes_folder = Path(inputs.workspace.uri("scenes"))
+    scenes_folder = Path(inputs.workspace.uri(TILES_FOLDER))
     temp_folder = Path(tempfile.gettempdir())
     dead_pid = ended_process_pid()
     abandoned = [partial_files(scenes_folder, dead_pid), partial_files(temp_folder, dead_pid)]
