@@ -126,7 +126,7 @@ def remove_published(
     client = bucket_block.credentials.get_s3_client()
     bucket = bucket_block.bucket_name
     prefix = _bucket_prefix(bucket_block, folder)
-    kept_prefix = f"{prefix}/{keep}/" if keep else None
+    kept_prefix = f"{prefix}/{subfolder}/{keep}/" if keep else None
     with _permanent_s3_errors_named(bucket, prefix):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{subfolder}/"):
             doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import rasterio
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp
 from prefect.logging.handlers import APILogWorker
@@ -22,7 +23,7 @@ from flows.locking import month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from flows.parameters import MosaicSettings
 from tasks.errors import MissingModelWeights, TooManyFailedScenes
-from tasks.gdal_env import REMOTE_COG_OPTIONS
+from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
 from tasks.tile import RECORD_SUFFIX
@@ -238,3 +239,27 @@ def test_missing_model_weights_stop_the_run_before_any_scene_is_read(
         monthly_mosaic(settings)
 
     assert s3_server.requests_for(f"/{served.bucket}/") == 0
+
+
+def test_a_tiled_month_in_s3_opens_as_one_raster_and_its_single_cog_equals_the_index(
+    served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
+) -> None:
+    settings = flow_settings(served, tmp_path / "ws", s3_block=blocks["s3_block"], tiles={"tile_size_px": 128})
+
+    report = monthly_mosaic(settings)
+
+    name = run_inputs(settings).name
+    folder = f"basemaps/{name}/{served.label[:4]}/{served.label[5:]}"
+    metadata = json.loads(s3_server.read(blocks["bucket"], f"{folder}/{name}_{served.label}_metadata.json"))
+    tiles = metadata["files"]["tiles"]
+    assert len(tiles) == 4
+    keys = s3_server.keys(blocks["bucket"])
+    assert {f"{folder}/{tile[kind]}" for tile in tiles for kind in ("mosaic", "count")} <= keys
+    item = json.loads(s3_server.read(blocks["bucket"], f"{folder}/{name}_{served.label}_item.json"))
+    assert {asset["href"].removeprefix("./") for asset in item["assets"].values()} <= {key.removeprefix(f"{folder}/") for key in keys}
+    assert report.product_urls["mosaic"].endswith("_mosaic.tif")  # small enough for a single COG too
+    with gdal_env():
+        for kind in ("mosaic", "count"):
+            with rasterio.open(f"/vsis3/{blocks['bucket']}/{folder}/{name}_{served.label}_{kind}.vrt") as index:
+                with rasterio.open(f"/vsis3/{blocks['bucket']}/{folder}/{name}_{served.label}_{kind}.tif") as single:
+                    assert index.shape == single.shape and (index.read() == single.read()).all(), kind
