@@ -33,6 +33,7 @@ AOI_NAME = "synthetic"
 ONE_TILE_PX = 256
 FOUR_TILES_PX = 128
 ITEMS_NAME = "search/items.json"
+INPUTS_DIGEST = "inputs0digest"
 READ = ReadSettings(retry_base_delay_s=0.1)
 MASK = MaskSettings(masker="scl")
 COMPOSITE = CompositeSettings()
@@ -88,14 +89,15 @@ def with_missing_asset(item: SceneItem, band: str, work_dir: Path) -> SceneItem:
     return replace(item, assets={**item.assets, band: replace(asset, href=str(work_dir / "gone" / f"{band}.tif"))})
 
 
-def month_plan(month: LocalMonth, tile_size_px: int, records_folder: str = "tiles/records") -> MonthPlan:
-    """The plan of `month` cut into `tile_size_px` tiles, publishing below its `output_dir`."""
+def month_plan(month: LocalMonth, tile_size_px: int, tiles_digest: str = INPUTS_DIGEST) -> MonthPlan:
+    """The plan of `month` cut into `tile_size_px` tiles, publishing below its `output_dir`; `tiles_digest`
+    stands for the inputs' identity (`flows.caching.tiles_digest`)."""
     return MonthPlan(
         aoi=month.aoi,
         grid=month.grid,
         workspace=month.workspace,
         items_name=ITEMS_NAME,
-        records_folder=records_folder,
+        tiles_digest=tiles_digest,
         aoi_name=AOI_NAME,
         month_label=month.month.label,
         names=month.names,

@@ -31,8 +31,9 @@ from tests.product_arrays import (
 )
 
 JUNE_2024 = ProductNames.for_run("l-shaped", Month(2024, 6))
+TILES_DIGEST = "0123456789ab"
 TILES = tuple(
-    TileFiles(label, JUNE_2024.tile_mosaic(label), JUNE_2024.tile_count(label))
+    TileFiles(label, JUNE_2024.tile_mosaic(label, TILES_DIGEST), JUNE_2024.tile_count(label, TILES_DIGEST))
     for label in ("r000c000", "r000c001", "r001c000", "r001c001")
 )
 
@@ -156,8 +157,8 @@ def test_a_tiled_month_lists_its_indexes_and_every_tile(arrays: ProductArrays, s
     assert files["mosaic_index"] == "l-shaped_2024-06_mosaic.vrt"
     assert files["count_index"] == "l-shaped_2024-06_count.vrt"
     assert files["tiles"] == [
-        {"tile": tile.label, "mosaic": f"tiles/l-shaped_2024-06_{tile.label}_mosaic.tif",
-         "count": f"tiles/l-shaped_2024-06_{tile.label}_count.tif"}
+        {"tile": tile.label, "mosaic": f"tiles/{TILES_DIGEST}/l-shaped_2024-06_{tile.label}_mosaic.tif",
+         "count": f"tiles/{TILES_DIGEST}/l-shaped_2024-06_{tile.label}_count.tif"}
         for tile in TILES
     ]  # fmt: skip
     expected = ("l-shaped_2024-06_mosaic.tif", "l-shaped_2024-06_count.tif") if single_cogs else (
@@ -171,8 +172,8 @@ def test_product_names_share_the_stem() -> None:
 
     assert names.stem == "l-shaped_2024-06"
     assert (names.mosaic_index, names.count_index) == ("l-shaped_2024-06_mosaic.vrt", "l-shaped_2024-06_count.vrt")
-    assert names.tile_mosaic("r001c002") == "tiles/l-shaped_2024-06_r001c002_mosaic.tif"
-    assert names.tile_count("r001c002") == "tiles/l-shaped_2024-06_r001c002_count.tif"
+    assert names.tile_mosaic("r001c002", "abc") == "tiles/abc/l-shaped_2024-06_r001c002_mosaic.tif"
+    assert names.tile_count("r001c002", "abc") == "tiles/abc/l-shaped_2024-06_r001c002_count.tif"
 
 
 def test_metadata_describes_bands_and_software(arrays: ProductArrays) -> None:

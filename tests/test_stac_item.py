@@ -20,6 +20,7 @@ RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TILE_LABELS = ("r000c000", "r000c001", "r001c000", "r001c001")
+TILES_DIGEST = "0123456789ab"
 
 
 @pytest.fixture
@@ -40,7 +41,10 @@ def item_of(run: ProductRun) -> pystac.Item:
 
 def tiled(run: ProductRun, single_cogs: bool) -> ProductRun:
     """`run` as a month of 2 x 2 tiles."""
-    tiles = tuple(TileFiles(label, run.names.tile_mosaic(label), run.names.tile_count(label)) for label in TILE_LABELS)
+    tiles = tuple(
+        TileFiles(label, run.names.tile_mosaic(label, TILES_DIGEST), run.names.tile_count(label, TILES_DIGEST))
+        for label in TILE_LABELS
+    )
     return replace(run, tiles=tiles, single_cogs=single_cogs)
 
 
@@ -180,8 +184,8 @@ def test_a_tiled_item_lists_its_indexes_and_every_tile(no_network: None, product
     assert assets["count-index"]["href"] == "./l-shaped_2024-06_count.vrt"
     for key in ("mosaic-index", "count-index"):
         assert assets[key]["type"] == VRT_MEDIA_TYPE and "data" in assets[key]["roles"]
-    assert assets["tile-r001c000-mosaic"]["href"] == "./tiles/l-shaped_2024-06_r001c000_mosaic.tif"
-    assert assets["tile-r001c000-count"]["href"] == "./tiles/l-shaped_2024-06_r001c000_count.tif"
+    assert assets["tile-r001c000-mosaic"]["href"] == f"./tiles/{TILES_DIGEST}/l-shaped_2024-06_r001c000_mosaic.tif"
+    assert assets["tile-r001c000-count"]["href"] == f"./tiles/{TILES_DIGEST}/l-shaped_2024-06_r001c000_count.tif"
     assert {assets[key]["type"] for key in tile_keys} == {COG_MEDIA_TYPE}
     assert (assets["mosaic"]["href"], assets["count"]["href"]) == (
         f"./{tiled_run.mosaic_file}",

@@ -37,7 +37,7 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> LocalMonth:
 @pytest.fixture(scope="module")
 def one_tile(month: LocalMonth) -> tuple[np.ndarray, np.ndarray]:
     """The mosaic and count of the whole AOI built as one tile."""
-    plan = month_plan(month, ONE_TILE_PX, records_folder="records/one")
+    plan = month_plan(month, ONE_TILE_PX, tiles_digest="one")
     (tile,) = tiles_over_aoi(plan.grid, plan.aoi, ONE_TILE_PX)
     build_tile(plan, tile)
     return read_tile(month, plan, tile)
@@ -45,7 +45,7 @@ def one_tile(month: LocalMonth) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def four_tiles(month: LocalMonth) -> tuple[MonthPlan, list[TileRecord]]:
-    plan = month_plan(month, FOUR_TILES_PX, records_folder="records/four")
+    plan = month_plan(month, FOUR_TILES_PX, tiles_digest="four")
     return plan, [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
 
 
@@ -62,13 +62,21 @@ def read_tile(month: LocalMonth, plan: MonthPlan, tile: OutputTile) -> tuple[np.
         return mosaic.read(), count.read(1)
 
 
-def test_one_tile_is_the_products_themselves(month: LocalMonth) -> None:
-    plan = month_plan(month, ONE_TILE_PX)
+def test_tile_files_lie_in_the_folder_of_their_inputs(month: LocalMonth) -> None:
+    plan = month_plan(month, ONE_TILE_PX, tiles_digest="abc")
+    stem = month.names.stem
 
-    assert plan.single_tile and plan.tile_files(OutputTile(0, 0)) == {
-        "mosaic": month.names.mosaic,
-        "count": month.names.count,
+    assert plan.single_tile
+    assert plan.tile_files(OutputTile(0, 0)) == {
+        "mosaic": f"tiles/abc/{stem}_r000c000_mosaic.tif",
+        "count": f"tiles/abc/{stem}_r000c000_count.tif",
     }
+    assert plan.tiles_folder == "tiles/abc" and plan.record_name(OutputTile(0, 0)).endswith("/abc/r000c000.json")
+    assert (
+        month_plan(month, ONE_TILE_PX, tiles_digest="def")
+        .tile_files(OutputTile(0, 0))["mosaic"]
+        .startswith("tiles/def/")
+    )
 
 
 def test_tiles_do_not_change_the_result(month: LocalMonth, one_tile: tuple, four_tiles: tuple) -> None:
@@ -146,7 +154,7 @@ def test_a_built_tile_is_committed_and_a_new_one_is_not(month: LocalMonth, four_
     plan, records = four_tiles
 
     assert [committed_record(plan, record.tile) for record in records] == records
-    assert committed_record(month_plan(month, FOUR_TILES_PX, records_folder="records/never"), records[0].tile) is None
+    assert committed_record(month_plan(month, FOUR_TILES_PX, tiles_digest="never"), records[0].tile) is None
 
 
 def test_a_tile_with_a_failed_scene_records_it_and_is_not_committed(tmp_path: Path) -> None:
@@ -166,7 +174,7 @@ def test_a_tile_with_a_failed_scene_records_it_and_is_not_committed(tmp_path: Pa
 
 
 def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp_path: Path) -> None:
-    plan = month_plan(month, FOUR_TILES_PX, records_folder="records/unpublished")
+    plan = month_plan(month, FOUR_TILES_PX, tiles_digest="unpublished")
     tile = OutputTile(1, 1)
     unpublishable = replace(plan, output_dir=tmp_path / "not-a-folder", scratch_dir=tmp_path / "scratch")
     (tmp_path / "not-a-folder").write_text("a file where the output folder should be")
