@@ -66,6 +66,7 @@ if __package__ in (None, ""):  # run as `python bench/scale.py` (as `make bench`
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import boto3
 import psutil
 import rasterio
 from odc.geo.geobox import GeoBox, GeoboxTiles
@@ -399,14 +400,21 @@ def flow_run_seconds(prefect: PrefectServer, aoi_name: str) -> float:
 
 
 def published(bench: Bench, aoi_name: str) -> tuple[str, int]:
-    """'used/found' scenes from the run's published metadata.json, and the bytes of its products in S3."""
-    keys = [key for key in bench.product_store.keys(bench.products_bucket, PRODUCTS_FOLDER) if f"/{aoi_name}/" in key]
-    sizes = [len(bench.product_store.read(bench.products_bucket, key)) for key in keys]
-    metadata_keys = [key for key in keys if key.endswith("metadata.json")]
+    """'used/found' scenes from the run's published metadata.json, and the bytes of its products in S3.
+
+    Sizes come from the listing: moto stores a wrong checksum on a server-side copy of a multipart object (a
+    one-tile AOI's single COGs are such copies), so reading those back through boto3 fails its checksum check.
+    """
+    client = boto3.client("s3", endpoint_url=bench.product_store.endpoint_url, **TEST_CREDENTIALS)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bench.products_bucket, Prefix=f"{PRODUCTS_FOLDER}/{aoi_name}/"
+    )
+    sizes = {entry["Key"]: entry["Size"] for page in pages for entry in page.get("Contents", [])}
+    metadata_keys = [key for key in sizes if key.endswith("metadata.json")]
     if not metadata_keys:
-        return "no metadata.json", sum(sizes)
+        return "no metadata.json", sum(sizes.values())
     metadata = json.loads(bench.product_store.read(bench.products_bucket, metadata_keys[0]))
-    return f"{len(metadata['scenes_used'])}/{metadata['scenes_found']}", sum(sizes)
+    return f"{len(metadata['scenes_used'])}/{metadata['scenes_found']}", sum(sizes.values())
 
 
 def run_once(bench: Bench, month: CachedMonth, api_url: str, workers: int, cog_bytes: int) -> RunFigures:
@@ -505,23 +513,32 @@ def markdown_table(rows: Sequence[RunFigures]) -> str:
     return "\n".join(lines)
 
 
+def output_tiles(size_px: int, tile_px: int) -> int:
+    """Output tiles of `tile_px` covering a square AOI of `size_px`."""
+    return math.ceil(size_px / tile_px) ** 2
+
+
 def projected_memory(rows: Sequence[RunFigures], attribute: str, name: str, tile_px: int) -> str:
     """A markdown line projecting `attribute` (bytes: peak scratch or RSS) to Arkansas on `PROJECTION_CORES` workers.
 
-    1 worker: linear in pixel-observations through the smallest and largest 1-worker runs (the growth per tile
-    is that line's slope). Each further worker adds what the second one added at the largest size (at least 0).
+    1 worker: linear in output tiles through the smallest and largest 1-worker runs (the slope is what each
+    further tile adds: about 0 when tiles stream). Each further worker adds what the second one added at the
+    largest size (at least 0). Per-tile figures are at the runs' dates, not Arkansas's ~10 observations.
     """
     runs = by_run(rows)
     small, large = min(row.size_px for row in rows), max(row.size_px for row in rows)
     if (small, 1) not in runs or (large, 1) not in runs:
         return f"- {name}: not projected (needs 1-worker runs at the smallest and largest size)."
     low, high = runs[small, 1], runs[large, 1]
+    low_tiles, high_tiles = output_tiles(small, tile_px), output_tiles(large, tile_px)
+    if high_tiles == low_tiles:
+        return f"- {name}: not projected (both sizes are {low_tiles} tile(s) of {tile_px}^2 px)."
     low_bytes, high_bytes = getattr(low, attribute), getattr(high, attribute)
-    slope = (high_bytes - low_bytes) / (high.pixel_observations - low.pixel_observations)
-    one_worker = low_bytes + slope * (ARKANSAS_PIXEL_OBSERVATIONS - low.pixel_observations)
+    per_tile = (high_bytes - low_bytes) / (high_tiles - low_tiles)
+    one_worker = low_bytes + per_tile * (ARKANSAS_PIXELS / tile_px**2 - low_tiles)
     line = (
-        f"- {name}: {low_bytes / MB:.0f} MB at {small}^2 px, {high_bytes / MB:.0f} MB at {large}^2 px on 1 worker, "
-        f"{slope * tile_px**2 * low.dates / MB:+.0f} MB per {tile_px}^2 px tile of {low.dates} dates: "
+        f"- {name}: {low_bytes / MB:.0f} MB at {low_tiles} tile(s), {high_bytes / MB:.0f} MB at {high_tiles} tiles "
+        f"of {tile_px}^2 px on 1 worker ({low.dates} dates), {per_tile / MB:+.0f} MB per further tile: "
         f"{one_worker / 1e9:.1f} GB for Arkansas on 1 worker"
     )
     if (large, 2) not in runs:
