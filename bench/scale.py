@@ -489,6 +489,13 @@ def by_run(rows: Sequence[RunFigures]) -> dict[tuple[int, int], RunFigures]:
     return {(row.size_px, row.workers): row for row in rows}
 
 
+def growth(large: int, small: int) -> float:
+    """`large` over `small`; 1 when both are 0 (a small run can leave no scratch file for the sampler to see)."""
+    if small == 0:
+        return math.inf if large else 1.0
+    return large / small
+
+
 def summarise(rows: Sequence[RunFigures]) -> Summary:
     """The goal figures: largest against smallest size, each the worst over the worker counts run."""
     runs = by_run(rows)
@@ -499,9 +506,11 @@ def summarise(rows: Sequence[RunFigures]) -> Summary:
     return Summary(
         cpu_s_per_mpx_obs=max(row.cpu_s_per_mpx_obs for row in at_large),
         disk_peak_16x_over_1x=max(
-            runs[large, count].peak_scratch_bytes / runs[small, count].peak_scratch_bytes for count in workers
+            growth(runs[large, count].peak_scratch_bytes, runs[small, count].peak_scratch_bytes) for count in workers
         ),
-        rss_16x_over_1x=max(runs[large, count].peak_rss_bytes / runs[small, count].peak_rss_bytes for count in workers),
+        rss_16x_over_1x=max(
+            growth(runs[large, count].peak_rss_bytes, runs[small, count].peak_rss_bytes) for count in workers
+        ),
         fetched_over_cog_bytes=max(row.fetched_over_cog for row in at_large),
         parallel_efficiency_2w=single.flow_run_s / (2 * double.flow_run_s) if single and double else math.nan,
     )
