@@ -134,6 +134,22 @@ def remove_published(
                 client.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
 
 
+def is_published(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> bool:
+    """Whether a file of the month folder is published."""
+    folder = month_folder(aoi, month)
+    if bucket_block is None:
+        return (_local_destination(output_dir).resolve() / folder / name).is_file()
+    prefix = _bucket_prefix(bucket_block, folder)
+    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
+        try:
+            bucket_block.credentials.get_s3_client().head_object(Bucket=bucket_block.bucket_name, Key=f"{prefix}/{name}")
+        except ClientError as error:
+            if s3_error_code(error) in NOT_FOUND_CODES:
+                return False
+            raise
+    return True
+
+
 def product_url(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> str:
     """Where a published product is: `s3://bucket/key`, or its absolute local path."""
     folder = month_folder(aoi, month)

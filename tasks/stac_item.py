@@ -69,7 +69,7 @@ def _statistics(statistics: BandStatistics) -> Statistics | None:
 def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandStatistics, ...]) -> pystac.Asset:
     asset = pystac.Asset(
         href=f"./{run.mosaic_file}",
-        media_type=pystac.MediaType.COG,
+        media_type=_media_type(run.mosaic_file),
         roles=["data"],
         title="Cloud-free surface reflectance mosaic (red, green, blue, nir)",
         description="Surface reflectance x 10000 (scale 0.0001), nodata 0.",
@@ -101,7 +101,7 @@ def _mosaic_asset(run: ProductRun, names: ProductNames, statistics: tuple[BandSt
 def _count_asset(run: ProductRun, names: ProductNames, statistics: BandStatistics) -> pystac.Asset:
     asset = pystac.Asset(
         href=f"./{run.count_file}",
-        media_type=pystac.MediaType.COG,
+        media_type=_media_type(run.count_file),
         roles=["data"],
         title="Clear observation count",
         description=f"Number of clear observations per pixel; {COUNT_DESCRIPTION}. No nodata value.",
@@ -170,6 +170,11 @@ def build_item(
     if self_href is not None:
         item.set_self_href(self_href)
     return item
+
+
+def _media_type(file_name: str) -> str:
+    """COG for a single COG, XML for a mosaic index (a GDAL VRT)."""
+    return VRT_MEDIA_TYPE if file_name.endswith(".vrt") else pystac.MediaType.COG
 
 
 def _add_tile_assets(item: pystac.Item, tile: TileFiles) -> None:

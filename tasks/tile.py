@@ -38,15 +38,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect_aws import S3Bucket
 
-from blocks.publish import publish_files
-from tasks.aoi import aoi_in_crs, aoi_pixel_mask
+from blocks.publish import is_published, publish_files
+from tasks.aoi import aoi_in_crs, aoi_pixel_mask, footprint_in_crs
 from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
 from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.grid import pixel_size_m
 from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
 from tasks.metadata import TILES_FOLDER, ProductNames
-from tasks.read import read_scene_window, scene_subgrid
+from tasks.read import FOOTPRINT_SEGMENT_DEG, read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SceneItem, SceneWindow, scene_items_from_json
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
@@ -198,15 +198,20 @@ def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> M
     return MaskedWindow(SceneWindow(window.item_id, cropped, window.bands[(slice(None), *roi)].copy()), mask[roi].copy())
 
 
-def scene_pixels_in_tile(observation: MaskedWindow, tile_box: GeoBox, inside_aoi: np.ndarray) -> tuple[int, int]:
-    """(valid AOI pixels, AOI pixels) of a cropped window within the tile."""
-    inside = inside_aoi[tile_box.overlap_roi(observation.window.grid)]
+def scene_pixels_in_tile(item: SceneItem, observation: MaskedWindow, inside_aoi: np.ndarray, tile_box: GeoBox) -> tuple[int, int]:
+    """(valid AOI pixels, AOI pixels under the item's footprint) of a cropped window within the tile."""
+    window_grid = observation.window.grid
+    footprint = footprint_in_crs(item.footprint, window_grid.crs, FOOTPRINT_SEGMENT_DEG)
+    under_footprint = inside_aoi[tile_box.overlap_roi(window_grid)] & aoi_pixel_mask(footprint, window_grid)
     valid = (observation.window.bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
-    return int((valid & inside).sum()), int(inside.sum())
+    return int((valid & under_footprint).sum()), int(under_footprint.sum())
 
 
-def observe_tile(plan: MonthPlan, tile_box: GeoBox) -> tuple[list[MaskedWindow], dict[str, str]]:
-    """Read and mask every scene over the tile; returns the masked windows (in item order) and the failures.
+def observe_tile(
+    plan: MonthPlan, tile_box: GeoBox, inside_aoi: np.ndarray
+) -> tuple[list[MaskedWindow], dict[str, tuple[int, int]], dict[str, str]]:
+    """Read and mask every scene over the tile; returns the masked windows (in item order), each
+    one's `scene_pixels_in_tile`, and the failures.
 
     Reads run `max_concurrent_scenes` at once; each window is masked, in this thread, as its read
     finishes (model inference is serialised anyway, `tasks.mask`).
@@ -215,6 +220,7 @@ def observe_tile(plan: MonthPlan, tile_box: GeoBox) -> tuple[list[MaskedWindow],
     items = items_over(month_items(plan.workspace, plan.items_name), halo_box, plan.aoi)
     order = {item.item_id: index for index, item in enumerate(items)}
     observations: list[MaskedWindow] = []
+    scene_pixels: dict[str, tuple[int, int]] = {}
     failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=plan.max_concurrent_scenes) as pool:
         # Each read runs in a copy of this thread's context, so its log lines reach the tile's run.
@@ -236,8 +242,9 @@ def observe_tile(plan: MonthPlan, tile_box: GeoBox) -> tuple[list[MaskedWindow],
             observation = masked_in_tile(window, mask, tile_box)
             if observation is not None:
                 observations.append(observation)
+                scene_pixels[item.item_id] = scene_pixels_in_tile(item, observation, inside_aoi, tile_box)
     observations.sort(key=lambda observation: order[observation.window.item_id])
-    return observations, failed
+    return observations, scene_pixels, failed
 
 
 @contextmanager
@@ -255,7 +262,7 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
     """Read, mask, composite and publish one tile; write and return its record (the commit)."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
-    observations, failed = observe_tile(plan, tile_box)
+    observations, scene_pixels, failed = observe_tile(plan, tile_box, inside_aoi)
     composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
     files = plan.tile_files(tile)
     with tile_scratch(plan, tile) as scratch:
@@ -279,10 +286,7 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         valid_pixels=composite.valid_pixels,
         max_count=int(composite.count.max(initial=0)),
         contributing_scenes=composite.contributing_scenes,
-        scene_pixels={
-            observation.window.item_id: scene_pixels_in_tile(observation, tile_box, inside_aoi)
-            for observation in observations
-        },
+        scene_pixels=scene_pixels,
         failed=failed,
     )
     plan.workspace.write_bytes(plan.histograms_name(tile), TileHistograms.of(composite, inside_aoi).to_bytes())
@@ -291,12 +295,19 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
 
 
 def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
-    """The tile's record when an earlier attempt committed it with no failed scene, else None."""
+    """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
+    still published (a month judged unpublishable, or a user, may have removed them), else None."""
     name = plan.record_name(tile)
     if not plan.workspace.exists(name):
         return None
     record = TileRecord.from_json(plan.workspace.read_bytes(name))
-    return None if record.failed else record
+    if record.failed:
+        return None
+    published = all(
+        is_published(plan.bucket, plan.aoi_name, plan.month_label, file_name, plan.output_dir)
+        for file_name in record.files.values()
+    )
+    return record if published else None
 
 
 build_tile_task = task(

@@ -311,11 +311,6 @@ def test_the_mosaic_and_the_scenes_used_do_not_depend_on_the_tiling(month: Local
         assert np.array_equal(four_tiles.read(), one_tile_mosaic)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/tile.py scene_pixels_in_tile counts the AOI pixels of the window's bounding box, not those under "
-    "the footprint (UsedScene's definition): a swath-edge scene gets 0.865 as one tile, 0.924 as four",
-)
 def test_valid_fraction_is_the_share_of_the_aoi_under_the_footprint_holding_data_in_any_tiling(
     month: LocalMonth,
 ) -> None:

@@ -200,10 +200,6 @@ def test_an_item_of_one_tile_has_no_index_or_tile_assets(product: tuple) -> None
     assert set(item_document(item)["assets"]) == {"mosaic", "count", "quicklook", "metadata"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/stac_item.py _mosaic_asset/_count_asset declare a COG media type whatever run.mosaic_file is",
-)
 def test_a_mosaic_asset_that_is_the_index_declares_the_vrt_media_type(product: tuple) -> None:
     _, run = product
 
