@@ -31,7 +31,7 @@ count), `fetched_over_cog_bytes` of the largest AOI, and `parallel_efficiency_2w
 Months are generated once into `--cache-dir` (default /tmp/scale-bench-cache) and reused. Generating the
 8192^2 month takes about 13 GB of memory (the procedural surface is computed in float64) and a few minutes.
 
-Run: `.venv/bin/python bench/scale.py` (the full benchmark, tens of minutes on 2 cores);
+Run: `.venv/bin/python bench/scale.py` (the full benchmark: about 8 min on 2 cores with the months cached);
 `--sizes 512 1024 --dates 3` for a quick check. `--masker ocm+scl` needs OmniCloudMask weights in
 OMNICLOUDMASK_MODEL_DIR, or `--random-weights` (randomly initialised weights: real speed, meaningless masks).
 The last line is `cpu_s_per_mpx_obs=<f> disk_peak_16x_over_1x=<f> rss_16x_over_1x=<f>
