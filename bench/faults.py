@@ -21,7 +21,7 @@ its own item, all in one run per runner as `tests/test_faults.py` stages them (s
 the run's seconds). Survived: the run COMPLETED, exactly those scenes failed, each with a reason
 starting with the expected one, and every other scene was used. `requests` is `failure_requests`:
 the requests the broken asset cost from its failing one on, against the same band of an intact item.
-`seconds` is the wall time `tasks.read.read_scene` takes to give up on the broken item, timed here
+`seconds` is the wall time `tasks.read.read_scene_window` takes to give up on the broken item, timed here
 after the run, in this process, under the same GDAL settings and fault: the item's five assets are
 uploaded again under a fresh prefix first, so the read starts with a cold GDAL cache as the run's
 read did. It includes the item's intact assets read before the broken one (milliseconds on loopback).
@@ -60,10 +60,9 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
 from tasks.errors import SceneReadError
-from tasks.read import read_scene
+from tasks.read import read_scene_window
 from tasks.scene import SCENE_BANDS
 from tasks.search import scene_from_item
-from tasks.workspace import Workspace
 from tests.fault_proxy import FaultProxy
 from tests.fault_scenarios import (
     PERMANENT_FAULTS,
@@ -275,17 +274,16 @@ def fresh_copy(bench: Bench, served: ServedMonth, run_dir: Path, item_id: str) -
 def timed_broken_read(
     bench: Bench, served: ServedMonth, run_dir: Path, settings: MosaicSettings, item_id: str, fault: PermanentFault
 ) -> tuple[float, str]:
-    """Seconds `read_scene` takes on a fresh copy of `item_id` with `fault` staged, and the reason it gave."""
+    """Seconds `read_scene_window` takes on a fresh copy of `item_id` with `fault` staged, and the reason it gave."""
     item = fresh_copy(bench, served, run_dir, item_id)
     broken_path = "/" + item["assets"][fault.band]["href"].removeprefix("s3://")
     fault.apply(bench.proxy, broken_path, asset_file(served, run_dir, item_id, fault.band).stat().st_size)
     inputs = run_inputs(settings)
     scene = scene_from_item(item)
-    workspace = Workspace(str(run_dir / "timed-ws"))
     with reads_through(bench.proxy):
         started = time.perf_counter()
         try:
-            read_scene(scene, inputs.grid, inputs.aoi, workspace, settings.read)
+            read_scene_window(scene, inputs.grid, inputs.aoi, settings.read)
         except SceneReadError as error:
             return time.perf_counter() - started, error.scene_reason
     return time.perf_counter() - started, "read succeeded"
