@@ -15,6 +15,7 @@ Nodata wins because there is nothing to look at; the model's classes beat SCL's 
 why the pixel is unusable more precisely; only a pixel no rule objects to is CLEAR.
 """
 
+import functools
 import math
 from collections.abc import Iterable
 from enum import IntEnum
@@ -49,6 +50,8 @@ SCL_CLOUD_CLASSES: dict[int, MaskClass] = {
 }
 """How the SCL-only masker names an invalid SCL class; other invalid classes become INVALID_SCL."""
 
+SCL_VALUE_COUNT = 1 << 16
+"""SCL arrives as an unsigned integer of at most 16 bits: a table of this many entries covers any value."""
 BUFFERED_CLASSES: tuple[MaskClass, ...] = (MaskClass.CLOUD_SHADOW, MaskClass.THIN_CLOUD, MaskClass.THICK_CLOUD)
 """Classes grown by the buffer, weakest first: where two buffers meet, the later (thicker) one wins."""
 
@@ -58,23 +61,28 @@ def has_data(reflectance: np.ndarray) -> np.ndarray:
     return np.all(reflectance != NODATA, axis=0)
 
 
+@functools.cache
+def _scl_class_table(invalid_classes: frozenset[int]) -> np.ndarray:
+    """The mask class (uint8) of every possible SCL value, indexed by the value."""
+    table = np.full(SCL_VALUE_COUNT, MaskClass.CLEAR, dtype=np.uint8)
+    for scl_class in invalid_classes:
+        table[scl_class] = SCL_CLOUD_CLASSES.get(scl_class, MaskClass.INVALID_SCL)
+    return table
+
+
 def scl_invalid(scl: np.ndarray, invalid_classes: Iterable[int]) -> np.ndarray:
     """True where the SCL class (y, x) is one of `invalid_classes`."""
-    return np.isin(scl, tuple(invalid_classes))
+    return _scl_class_table(frozenset(invalid_classes))[scl] != MaskClass.CLEAR
 
 
 def classes_from_scl(scl: np.ndarray, invalid_classes: Iterable[int]) -> np.ndarray:
     """Cloud and shadow classes (uint8, y, x) read from SCL alone, for the model-free masker.
 
     Among `invalid_classes`: 8 and 9 become THICK_CLOUD, 10 THIN_CLOUD, 3 CLOUD_SHADOW; any other
-    invalid class becomes INVALID_SCL. A class left out of `invalid_classes` is CLEAR.
+    invalid class becomes INVALID_SCL. A class left out of `invalid_classes` is CLEAR. One table
+    lookup per pixel.
     """
-    invalid_set = set(invalid_classes)
-    classes = np.where(scl_invalid(scl, invalid_set), MaskClass.INVALID_SCL, MaskClass.CLEAR).astype(np.uint8)
-    for scl_class, mask_class in SCL_CLOUD_CLASSES.items():
-        if scl_class in invalid_set:
-            classes[scl == scl_class] = mask_class
-    return classes
+    return _scl_class_table(frozenset(invalid_classes))[scl]
 
 
 def dilate_disk(region: np.ndarray, radius_px: float) -> np.ndarray:
