@@ -32,7 +32,9 @@ REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
     "GDAL_HTTP_VERSION": 2,
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 1024 * 1024,
-    "GDAL_CACHEMAX": 512,
+    # Decoded blocks: reads already fetch each byte once through the cache above, so this only saves
+    # decoding a block twice at the edge of two read windows; small, so memory does not grow with the AOI.
+    "GDAL_CACHEMAX": 64,
     # Writing a GeoTIFF straight to /vsis3/ needs a local temporary file for random writes.
     "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES",
 }

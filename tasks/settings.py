@@ -116,10 +116,11 @@ class TileSettings(FrozenSettings):
         "gets the same tiles every month; memory and scratch disk grow with tile size x tiles in flight.",
     )
     single_cog_max_pixels: float = Field(
-        4e8,
+        1.6e7,
         ge=0,
-        description="A tiled AOI of at most this many grid pixels also gets one mosaic COG and one count COG "
-        "besides its tiles and mosaic index; an AOI of one tile gets only the single COGs.",
+        description="A tiled AOI of at most this many grid pixels (default: about one default tile) also gets one "
+        "mosaic COG and one count COG besides its tiles and mosaic index; building them takes local scratch of "
+        "about their size. An AOI of one tile always gets them.",
     )
 
 
