@@ -16,6 +16,11 @@ INGESTED_BYTES_AT_OPEN = 32 * 1024
 GDAL's default (16 KB) makes it read again just past it before the first tile (measured: a one-tile
 COG took 3 requests, now 2; a file that is no TIFF 2, now 1)."""
 
+CURL_CACHE_BYTES = 128 * 1024 * 1024
+"""GDAL's process-wide cache of fetched COG bytes. It holds the COG blocks a tile shares with the next
+one its process builds (a tile edge across a block, the masker's halo); a tile row later they are gone
+whatever its size, and every megabyte of it is memory each worker keeps."""
+
 REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
     # Opening a COG must not list its directory: one request per file, not one per sibling.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
@@ -28,7 +33,7 @@ REMOTE_COG_OPTIONS: Mapping[str, str | int] = {
     # fetched stays in GDAL's process-wide cache (below) for the next window of the same file.
     "GDAL_INGESTED_BYTES_AT_OPEN": INGESTED_BYTES_AT_OPEN,
     "GDAL_HTTP_MULTIRANGE": "SERIAL",
-    "CPL_VSIL_CURL_CACHE_SIZE": 256 * 1024 * 1024,
+    "CPL_VSIL_CURL_CACHE_SIZE": CURL_CACHE_BYTES,
     "GDAL_HTTP_VERSION": 2,
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 1024 * 1024,

@@ -15,6 +15,7 @@ georeferenced where the item says) ends at once. What fails raises `SceneReadErr
 reason (`tasks.read_failures`).
 """
 
+import math
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import numpy as np
 import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -104,6 +106,7 @@ class AssetReader:
     settings: ReadSettings
     _source: rasterio.DatasetReader | None = None
     _warped: WarpedVRT | None = None
+    _lattice_offset: tuple[int, int] | None = None
     _file_extent: int | None = None
 
     def read(self, roi: tuple[slice, slice]) -> np.ndarray:
@@ -112,7 +115,10 @@ class AssetReader:
 
         def read_once(attempt: int) -> np.ndarray:
             try:
-                return self._opened(attempt).read(1, window=Window.from_slices(*roi))
+                warped = self._opened(attempt)
+                if self._lattice_offset is not None and self._source is not None:
+                    return self._read_on_lattice(self._source, roi, self._lattice_offset)
+                return warped.read(1, window=Window.from_slices(*roi))
             except (RasterioError, OSError):
                 self._file_extent = tiff_extent(self._source) if self._source is not None else None
                 self.close()
@@ -150,13 +156,51 @@ class AssetReader:
                 dtype="float32" if self.resampling != Resampling.nearest else None,
                 tolerance=WARP_TOLERANCE_PX,
             )
+            self._lattice_offset = lattice_offset(self._source, self.subgrid)
         return self._warped
+
+    def _read_on_lattice(self, source: rasterio.DatasetReader, roi: tuple[slice, slice], offset: tuple[int, int]) -> np.ndarray:
+        """`subgrid[roi]` read straight from the source's pixels (same lattice): no resampling, 0 off the source."""
+        (rows, cols), (row_offset, col_offset) = roi, offset
+        pixels = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=source.dtypes[0])
+        first_row, first_col = max(rows.start + row_offset, 0), max(cols.start + col_offset, 0)
+        last_row, last_col = min(rows.stop + row_offset, source.height), min(cols.stop + col_offset, source.width)
+        if first_row >= last_row or first_col >= last_col:
+            return pixels
+        read = source.read(1, window=Window.from_slices((first_row, last_row), (first_col, last_col)))
+        source_nodata = self.asset.nodata if self.asset.nodata is not None else source.nodata
+        if source_nodata is not None and source_nodata != NODATA:
+            read[read == source_nodata] = NODATA
+        top, left = first_row - rows.start - row_offset, first_col - cols.start - col_offset
+        pixels[top : top + read.shape[0], left : left + read.shape[1]] = read
+        return pixels
 
     def close(self) -> None:
         for dataset in (self._warped, self._source):
             if dataset is not None:
                 dataset.close()
         self._source = self._warped = None
+
+
+def lattice_offset(source: rasterio.DatasetReader, subgrid: GeoBox) -> tuple[int, int] | None:
+    """(row, col) of the sub-grid's top-left pixel among the source's pixels when both lie on one pixel
+    lattice (same CRS, same pixel size, north up, a whole-pixel shift), else None.
+
+    On one lattice a read needs no resampling: every method gives the source's own values (a
+    10 m band of a scene in its own UTM zone on a 10 m grid), so the warp is skipped.
+    """
+    source_affine, grid_affine = source.transform, subgrid.affine
+    if source.crs is None or source.crs != CRS.from_wkt(subgrid.crs.to_wkt()):
+        return None
+    if source_affine.b or source_affine.d or grid_affine.b or grid_affine.d:
+        return None
+    if not (math.isclose(source_affine.a, grid_affine.a) and math.isclose(source_affine.e, grid_affine.e)):
+        return None
+    col = (grid_affine.c - source_affine.c) / source_affine.a
+    row = (grid_affine.f - source_affine.f) / source_affine.e
+    if abs(col - round(col)) > EDGE_TOLERANCE_PX or abs(row - round(row)) > EDGE_TOLERANCE_PX:
+        return None
+    return round(row), round(col)
 
 
 def check_georeferencing(source: rasterio.DatasetReader, subgrid: GeoBox, item_id: str, asset_key: str) -> None:

@@ -45,6 +45,7 @@ from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.grid import pixel_size_m
 from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
+from tasks.memory import release_freed_memory
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.read import FOOTPRINT_SEGMENT_DEG, read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
@@ -310,8 +311,17 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     return record if published else None
 
 
+def build_tile_releasing_memory(plan: MonthPlan, tile: OutputTile) -> TileRecord:
+    """`build_tile`, then hand the tile's freed memory back (`tasks.memory`), so a process's memory
+    does not grow with the tiles it has built."""
+    try:
+        return build_tile(plan, tile)
+    finally:
+        release_freed_memory()
+
+
 build_tile_task = task(
-    portable_errors(build_tile),
+    portable_errors(build_tile_releasing_memory),
     name="build-tile",
     task_run_name="tile-{tile.label}",
     **io_task_retries(),

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box
 from prefect.client.orchestration import get_client
 from prefect.states import Failed
 
+from tasks import read as read_module
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.grid import grid_for_aoi
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.read import harmonised_reflectance, read_scene_window
+from tasks.read import harmonised_reflectance, lattice_offset, read_scene_window
 from tasks.retry import retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
 from tasks.search import scene_from_item
@@ -344,3 +346,22 @@ def test_the_tile_task_leaves_read_retries_to_the_reader() -> None:
     exhausted = SceneReadError("S2B_X", "red", "HTTP 503 (transient; gave up after 8 attempts over 60 s)", transient=True)
     assert not retry_io_failure(None, None, Failed(data=exhausted))
     assert retry_io_failure(None, None, Failed(data=OSError("workspace disk full")))
+
+
+def test_a_grid_on_the_source_lattice_is_read_without_resampling(local_month: SyntheticMonth, monkeypatch: pytest.MonkeyPatch) -> None:
+    red = local_month.items[0]["assets"]["red"]["href"]
+    with rasterio.open(red) as source:
+        grid = GeoBox(source.shape, source.transform, source.crs)
+        assert lattice_offset(source, grid[10:50, 20:60]) == (10, 20)
+        assert lattice_offset(source, grid.pad(3)[0:8, 0:8]) == (-3, -3)
+        half_pixel = GeoBox(grid.shape, grid.affine * Affine.translation(0.5, 0), grid.crs)
+        assert lattice_offset(source, half_pixel) is None
+        assert lattice_offset(source, GeoBox(grid.shape, grid.affine * Affine.scale(2), grid.crs)) is None
+        assert lattice_offset(source, grid.to_crs("EPSG:3857")) is None
+
+    item = scene_from_item(local_month.items[0])
+    on_lattice = read_scene_window(item, grid.pad(5), grid.extent, ReadSettings())
+    monkeypatch.setattr(read_module, "lattice_offset", lambda source, subgrid: None)
+    warped = read_scene_window(item, grid.pad(5), grid.extent, ReadSettings())
+    assert on_lattice.grid == warped.grid and on_lattice.bands.any()
+    assert np.array_equal(on_lattice.bands, warped.bands)
