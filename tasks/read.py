@@ -90,9 +90,11 @@ def harmonised_reflectance(digital_numbers: np.ndarray, asset: SceneAsset) -> np
 class AssetReader:
     """One asset of a scene warped onto the scene's sub-grid, read window by window.
 
-    The warp is set up once for the whole sub-grid. In the source's own CRS the values then do not
-    depend on the block size; across CRSs GDAL's warper still chooses its source windows and
-    resampling scale per request, so a few pixels may differ by some DN between block sizes.
+    The warp is set up once for the whole sub-grid. When the sub-grid lies on the source's own pixel
+    lattice (`lattice_offset`) windows are read straight from the source, which gives the warp's
+    values without its cost. In the source's own CRS the values do not depend on the block size;
+    across CRSs GDAL's warper still chooses its source windows and resampling scale per request, so
+    a few pixels may differ by some DN between block sizes.
     This is the one layer that retries a remote read (`tasks.retry.retried`, per `ReadSettings`):
     after a transient failure the file is reopened, past GDAL's cache of the failed attempt; a
     permanent one raises `SceneReadError` at once. Use inside `gdal_env()`; `close()` releases the files.
