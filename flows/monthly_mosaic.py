@@ -45,6 +45,7 @@ from tasks.tiles import tile_layout, tiles_over_aoi
 from tasks.workspace import Workspace, remove_abandoned_partials
 
 T = TypeVar("T")
+DASK_WORKER_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 SEARCH_FOLDER = "search"
 
 
@@ -67,10 +68,15 @@ def tile_task_runner(runner: RunnerSettings) -> TaskRunner:
     """The task runner for tiles: a bounded thread pool, or Dask (remote scheduler or local cluster)."""
     if runner.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=tile_concurrency(runner))
+    import dask
     from prefect_dask import DaskTaskRunner
 
     if runner.dask_address:
         return DaskTaskRunner(address=runner.dask_address)
+    # Dask starts workers with glibc's trim threshold fixed at 64 KiB, which also fixes the mmap
+    # threshold: every tile array is then mapped and unmapped page by page (measured: +70 % CPU per
+    # tile). Tiles hand their memory back themselves (`tasks.memory`), so let glibc tune itself.
+    dask.config.set({DASK_WORKER_MALLOC_TRIM: None})
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": runner.dask_workers, "threads_per_worker": 1, "processes": True}
     )
