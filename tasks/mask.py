@@ -231,7 +231,7 @@ def model_classes_on_grid(
 
 def mask_from_bands(bands: np.ndarray, grid_pixel_m: float, settings: MaskSettings) -> np.ndarray:
     """The scene mask (uint8 `MaskClass`, y, x) of a clipped scene's bands (`SCENE_BANDS`, y, x)."""
-    reflectance = bands[[SCENE_BANDS.index(name) for name in REFLECTANCE_BANDS]]
+    reflectance = bands[: len(REFLECTANCE_BANDS)]  # SCENE_BANDS start with REFLECTANCE_BANDS: a view, no copy
     scl = bands[SCENE_BANDS.index(SCL_BAND)]
     data = has_data(reflectance)
     if not data.any():
