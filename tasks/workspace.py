@@ -37,6 +37,12 @@ class Workspace:
     def __reduce__(self) -> tuple[type, tuple[str]]:
         return (Workspace, (self.root,))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Workspace) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
     @property
     def is_s3(self) -> bool:
         return self.root.startswith(S3_SCHEME)
