@@ -15,6 +15,7 @@ georeferenced where the item says) ends at once. What fails raises `SceneReadErr
 reason (`tasks.read_failures`).
 """
 
+import functools
 import math
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -79,11 +80,21 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
 def harmonised_reflectance(digital_numbers: np.ndarray, asset: SceneAsset) -> np.ndarray:
     """uint16 reflectance x 10000 from DNs: round((DN * scale + offset) * 10000), valid data in [1, 65535].
 
-    Pixels equal to 0 (nodata after the warp) stay 0.
+    Pixels equal to 0 (nodata after the warp) stay 0. Integer DNs (a read on the source's lattice)
+    are looked up in the table of every uint16 DN, computed with the same formula.
     """
+    if digital_numbers.dtype == np.uint16:
+        return _harmonised_table(asset.scale, asset.offset)[digital_numbers]
     reflectance = (digital_numbers.astype(np.float64) * asset.scale + asset.offset) * REFLECTANCE_SCALE
     harmonised = np.clip(np.round(reflectance), 1, MAX_HARMONISED)
     return np.where(digital_numbers == NODATA, NODATA, harmonised).astype(np.uint16)
+
+
+@functools.cache
+def _harmonised_table(scale: float, offset: float) -> np.ndarray:
+    """`harmonised_reflectance` of every uint16 DN, indexed by the DN."""
+    every_dn = np.arange(MAX_HARMONISED + 1, dtype=np.float64)
+    return harmonised_reflectance(every_dn, SceneAsset(href="", scale=scale, offset=offset))
 
 
 @dataclass

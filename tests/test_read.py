@@ -365,3 +365,10 @@ def test_a_grid_on_the_source_lattice_is_read_without_resampling(local_month: Sy
     warped = read_scene_window(item, grid.pad(5), grid.extent, ReadSettings())
     assert on_lattice.grid == warped.grid and on_lattice.bands.any()
     assert np.array_equal(on_lattice.bands, warped.bands)
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(0.0001, -0.1), (0.0001, 0.0), (0.0002, 0.05)])
+def test_integer_dns_harmonise_through_the_table_as_through_the_formula(scale: float, offset: float) -> None:
+    every_dn = np.arange(1 << 16, dtype=np.uint16)
+    asset = SceneAsset(href="", scale=scale, offset=offset)
+    assert np.array_equal(harmonised_reflectance(every_dn, asset), harmonised_reflectance(every_dn.astype(np.float32), asset))
