@@ -97,12 +97,57 @@ def _harmonised_table(scale: float, offset: float) -> np.ndarray:
     return harmonised_reflectance(every_dn, SceneAsset(href="", scale=scale, offset=offset))
 
 
+@dataclass(frozen=True)
+class Lattice:
+    """How a sub-grid sits on a source's pixels: grid pixel (row, col) lies in source pixel
+    ((row + row_offset) // factor, (col + col_offset) // factor)."""
+
+    row_offset: int
+    col_offset: int
+    factor: int
+
+
+def source_lattice(source: rasterio.DatasetReader, subgrid: GeoBox, resampling: Resampling) -> Lattice | None:
+    """The sub-grid's place on the source's pixels when no resampling is needed, else None.
+
+    Same CRS, north up, every source pixel edge on a grid pixel edge: a source pixel is `factor`
+    grid pixels wide (1 for a 10 m band on a 10 m grid; 2 for the 20 m SCL, read by nearest). Each
+    grid pixel centre then lies inside one source pixel, so the warp would give that pixel's value
+    (factor 1: any resampling; above 1: nearest only), and the read skips it.
+    """
+    source_affine, grid_affine = source.transform, subgrid.affine
+    if source.crs is None or source.crs != CRS.from_wkt(subgrid.crs.to_wkt()):
+        return None
+    if source_affine.b or source_affine.d or grid_affine.b or grid_affine.d:
+        return None
+    factor = source_affine.a / grid_affine.a
+    if abs(factor - round(factor)) > EDGE_TOLERANCE_PX or not math.isclose(source_affine.e / grid_affine.e, factor):
+        return None
+    if round(factor) < 1 or (round(factor) > 1 and resampling != Resampling.nearest):
+        return None
+    col = (grid_affine.c - source_affine.c) / grid_affine.a
+    row = (grid_affine.f - source_affine.f) / grid_affine.e
+    if abs(col - round(col)) > EDGE_TOLERANCE_PX or abs(row - round(row)) > EDGE_TOLERANCE_PX:
+        return None
+    return Lattice(round(row), round(col), round(factor))
+
+
+def _on_lattice(grid_span: slice, offset: int, factor: int, source_size: int) -> tuple[slice, slice, slice]:
+    """For one axis: (source pixels to read, where their upsampled pixels go in the output, which of them)."""
+    start, stop = grid_span.start + offset, grid_span.stop + offset  # in grid pixels from the source's edge
+    first, last = max(start // factor, 0), min(-(-stop // factor), source_size)
+    low, high = max(first * factor, start), min(last * factor, stop)
+    if low >= high:
+        return slice(0, 0), slice(0, 0), slice(0, 0)
+    return slice(first, last), slice(low - start, high - start), slice(low - first * factor, high - first * factor)
+
+
 @dataclass
 class AssetReader:
     """One asset of a scene warped onto the scene's sub-grid, read window by window.
 
     The warp is set up once for the whole sub-grid. When the sub-grid lies on the source's own pixel
-    lattice (`lattice_offset`) windows are read straight from the source, which gives the warp's
+    lattice (`source_lattice`) windows are read straight from the source, which gives the warp's
     values without its cost. In the source's own CRS the values do not depend on the block size;
     across CRSs GDAL's warper still chooses its source windows and resampling scale per request, so
     a few pixels may differ by some DN between block sizes.
@@ -119,7 +164,7 @@ class AssetReader:
     settings: ReadSettings
     _source: rasterio.DatasetReader | None = None
     _warped: WarpedVRT | None = None
-    _lattice_offset: tuple[int, int] | None = None
+    _lattice: Lattice | None = None
     _file_extent: int | None = None
 
     def read(self, roi: tuple[slice, slice]) -> np.ndarray:
@@ -129,8 +174,8 @@ class AssetReader:
         def read_once(attempt: int) -> np.ndarray:
             try:
                 warped = self._opened(attempt)
-                if self._lattice_offset is not None and self._source is not None:
-                    return self._read_on_lattice(self._source, roi, self._lattice_offset)
+                if self._lattice is not None and self._source is not None:
+                    return self._read_on_lattice(self._source, roi, self._lattice)
                 return warped.read(1, window=Window.from_slices(*roi))
             except (RasterioError, OSError):
                 self._file_extent = tiff_extent(self._source) if self._source is not None else None
@@ -169,23 +214,24 @@ class AssetReader:
                 dtype="float32" if self.resampling != Resampling.nearest else None,
                 tolerance=WARP_TOLERANCE_PX,
             )
-            self._lattice_offset = lattice_offset(self._source, self.subgrid)
+            self._lattice = source_lattice(self._source, self.subgrid, self.resampling)
         return self._warped
 
-    def _read_on_lattice(self, source: rasterio.DatasetReader, roi: tuple[slice, slice], offset: tuple[int, int]) -> np.ndarray:
-        """`subgrid[roi]` read straight from the source's pixels (same lattice): no resampling, 0 off the source."""
-        (rows, cols), (row_offset, col_offset) = roi, offset
+    def _read_on_lattice(self, source: rasterio.DatasetReader, roi: tuple[slice, slice], lattice: Lattice) -> np.ndarray:
+        """`subgrid[roi]` read straight from the source's pixels (`source_lattice`), 0 off the source."""
+        rows, cols = roi
         pixels = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=source.dtypes[0])
-        first_row, first_col = max(rows.start + row_offset, 0), max(cols.start + col_offset, 0)
-        last_row, last_col = min(rows.stop + row_offset, source.height), min(cols.stop + col_offset, source.width)
-        if first_row >= last_row or first_col >= last_col:
+        source_rows, out_rows, up_rows = _on_lattice(rows, lattice.row_offset, lattice.factor, source.height)
+        source_cols, out_cols, up_cols = _on_lattice(cols, lattice.col_offset, lattice.factor, source.width)
+        if out_rows.stop == out_rows.start or out_cols.stop == out_cols.start:
             return pixels
-        read = source.read(1, window=Window.from_slices((first_row, last_row), (first_col, last_col)))
+        read = source.read(1, window=Window.from_slices(source_rows, source_cols))
         source_nodata = self.asset.nodata if self.asset.nodata is not None else source.nodata
         if source_nodata is not None and source_nodata != NODATA:
             read[read == source_nodata] = NODATA
-        top, left = first_row - rows.start - row_offset, first_col - cols.start - col_offset
-        pixels[top : top + read.shape[0], left : left + read.shape[1]] = read
+        if lattice.factor > 1:
+            read = read.repeat(lattice.factor, axis=0).repeat(lattice.factor, axis=1)
+        pixels[out_rows, out_cols] = read[up_rows, up_cols]
         return pixels
 
     def close(self) -> None:
@@ -193,27 +239,6 @@ class AssetReader:
             if dataset is not None:
                 dataset.close()
         self._source = self._warped = None
-
-
-def lattice_offset(source: rasterio.DatasetReader, subgrid: GeoBox) -> tuple[int, int] | None:
-    """(row, col) of the sub-grid's top-left pixel among the source's pixels when both lie on one pixel
-    lattice (same CRS, same pixel size, north up, a whole-pixel shift), else None.
-
-    On one lattice a read needs no resampling: every method gives the source's own values (a
-    10 m band of a scene in its own UTM zone on a 10 m grid), so the warp is skipped.
-    """
-    source_affine, grid_affine = source.transform, subgrid.affine
-    if source.crs is None or source.crs != CRS.from_wkt(subgrid.crs.to_wkt()):
-        return None
-    if source_affine.b or source_affine.d or grid_affine.b or grid_affine.d:
-        return None
-    if not (math.isclose(source_affine.a, grid_affine.a) and math.isclose(source_affine.e, grid_affine.e)):
-        return None
-    col = (grid_affine.c - source_affine.c) / source_affine.a
-    row = (grid_affine.f - source_affine.f) / source_affine.e
-    if abs(col - round(col)) > EDGE_TOLERANCE_PX or abs(row - round(row)) > EDGE_TOLERANCE_PX:
-        return None
-    return round(row), round(col)
 
 
 def check_georeferencing(source: rasterio.DatasetReader, subgrid: GeoBox, item_id: str, asset_key: str) -> None:

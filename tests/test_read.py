@@ -16,6 +16,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box
 from prefect.client.orchestration import get_client
 from prefect.states import Failed
+from rasterio.enums import Resampling
 
 from tasks import read as read_module
 from tasks.aoi import aoi_pixel_mask
@@ -23,7 +24,7 @@ from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.grid import grid_for_aoi
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.read import harmonised_reflectance, lattice_offset, read_scene_window
+from tasks.read import Lattice, harmonised_reflectance, read_scene_window, source_lattice
 from tasks.retry import retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
 from tasks.search import scene_from_item
@@ -352,16 +353,20 @@ def test_a_grid_on_the_source_lattice_is_read_without_resampling(local_month: Sy
     red = local_month.items[0]["assets"]["red"]["href"]
     with rasterio.open(red) as source:
         grid = GeoBox(source.shape, source.transform, source.crs)
-        assert lattice_offset(source, grid[10:50, 20:60]) == (10, 20)
-        assert lattice_offset(source, grid.pad(3)[0:8, 0:8]) == (-3, -3)
+        bilinear, nearest = Resampling.bilinear, Resampling.nearest
+        assert source_lattice(source, grid[10:50, 20:60], bilinear) == Lattice(10, 20, 1)
+        assert source_lattice(source, grid.pad(3)[0:8, 0:8], bilinear) == Lattice(-3, -3, 1)
         half_pixel = GeoBox(grid.shape, grid.affine * Affine.translation(0.5, 0), grid.crs)
-        assert lattice_offset(source, half_pixel) is None
-        assert lattice_offset(source, GeoBox(grid.shape, grid.affine * Affine.scale(2), grid.crs)) is None
-        assert lattice_offset(source, grid.to_crs("EPSG:3857")) is None
+        assert source_lattice(source, half_pixel, nearest) is None
+        assert source_lattice(source, GeoBox(grid.shape, grid.affine * Affine.scale(2), grid.crs), nearest) is None
+        finer = GeoBox(grid.shape, grid.affine * Affine.translation(3, 1) * Affine.scale(0.5), grid.crs)
+        assert source_lattice(source, finer, nearest) == Lattice(2, 6, 2)
+        assert source_lattice(source, finer, bilinear) is None, "upsampling by bilinear interpolates"
+        assert source_lattice(source, grid.to_crs("EPSG:3857"), nearest) is None
 
     item = scene_from_item(local_month.items[0])
     on_lattice = read_scene_window(item, grid.pad(5), grid.extent, ReadSettings())
-    monkeypatch.setattr(read_module, "lattice_offset", lambda source, subgrid: None)
+    monkeypatch.setattr(read_module, "source_lattice", lambda source, subgrid, resampling: None)
     warped = read_scene_window(item, grid.pad(5), grid.extent, ReadSettings())
     assert on_lattice.grid == warped.grid and on_lattice.bands.any()
     assert np.array_equal(on_lattice.bands, warped.bands)
