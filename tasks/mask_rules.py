@@ -54,6 +54,8 @@ SCL_VALUE_COUNT = 1 << 16
 """SCL arrives as an unsigned integer of at most 16 bits: a table of this many entries covers any value."""
 BUFFERED_CLASSES: tuple[MaskClass, ...] = (MaskClass.CLOUD_SHADOW, MaskClass.THIN_CLOUD, MaskClass.THICK_CLOUD)
 """Classes grown by the buffer, weakest first: where two buffers meet, the later (thicker) one wins."""
+CLOUD_OR_SHADOW_TABLE = np.isin(np.arange(np.iinfo(np.uint8).max + 1), BUFFERED_CLASSES)
+"""Whether a uint8 class value is one of `BUFFERED_CLASSES`, indexed by the value."""
 
 
 def has_data(reflectance: np.ndarray) -> np.ndarray:
@@ -136,7 +138,7 @@ def combine_classes(cloud_classes: np.ndarray | None, invalid_by_scl: np.ndarray
     if invalid_by_scl is not None:
         mask[invalid_by_scl] = MaskClass.INVALID_SCL
     if cloud_classes is not None:
-        is_cloud_or_shadow = np.isin(cloud_classes, BUFFERED_CLASSES)
+        is_cloud_or_shadow = CLOUD_OR_SHADOW_TABLE[cloud_classes]
         mask[is_cloud_or_shadow] = cloud_classes[is_cloud_or_shadow]
     mask[~data] = MaskClass.NODATA
     return mask

@@ -197,6 +197,9 @@ def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> M
     if roi_is_empty(roi) or any(part.stop <= part.start for part in roi):  # odc-geo leaves stops unclamped
         return None
     cropped = window.grid[roi]
+    if cropped == window.grid:  # no halo to drop
+        return MaskedWindow(window, mask)
+    # Copies, so that the halo's memory is freed with the uncropped window.
     return MaskedWindow(SceneWindow(window.item_id, cropped, window.bands[(slice(None), *roi)].copy()), mask[roi].copy())
 
 
