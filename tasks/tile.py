@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_aws import S3Bucket
 
 from blocks.publish import is_published, publish_files
-from tasks.aoi import aoi_in_crs, aoi_pixel_mask, footprint_in_crs
+from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
 from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
@@ -48,7 +48,7 @@ from tasks.grid import pixel_size_m
 from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
 from tasks.memory import release_freed_memory
 from tasks.metadata import TILES_FOLDER, ProductNames
-from tasks.read import FOOTPRINT_SEGMENT_DEG, read_scene_window, scene_subgrid
+from tasks.read import item_footprint_in, read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SceneItem, SceneWindow, scene_items_from_json
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
@@ -206,23 +206,23 @@ def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> M
 def scene_pixels_in_tile(item: SceneItem, observation: MaskedWindow, inside_aoi: np.ndarray, tile_box: GeoBox) -> tuple[int, int]:
     """(valid AOI pixels, AOI pixels under the item's footprint) of a cropped window within the tile."""
     window_grid = observation.window.grid
-    footprint = footprint_in_crs(item.footprint, window_grid.crs, FOOTPRINT_SEGMENT_DEG)
+    footprint = item_footprint_in(item, window_grid.crs)
     under_footprint = inside_aoi[tile_box.overlap_roi(window_grid)] & aoi_pixel_mask(footprint, window_grid)
     valid = (observation.window.bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
     return int((valid & under_footprint).sum()), int(under_footprint.sum())
 
 
 def observe_tile(
-    plan: MonthPlan, tile_box: GeoBox, inside_aoi: np.ndarray
+    plan: MonthPlan, tile_box: GeoBox, aoi_on_grid: Geometry, inside_aoi: np.ndarray
 ) -> tuple[list[MaskedWindow], dict[str, tuple[int, int]], dict[str, str]]:
     """Read and mask every scene over the tile; returns the masked windows (in item order), each
-    one's `scene_pixels_in_tile`, and the failures.
+    one's `scene_pixels_in_tile`, and the failures. `aoi_on_grid` is the AOI in the grid's CRS.
 
     Reads run `max_concurrent_scenes` at once; each window is masked, in this thread, as its read
     finishes (model inference is serialised anyway, `tasks.mask`).
     """
     halo_box = read_grid(tile_box, mask_halo_px(plan.mask, pixel_size_m(plan.grid)))
-    items = items_over(month_items(plan.workspace, plan.items_name), halo_box, plan.aoi)
+    items = items_over(month_items(plan.workspace, plan.items_name), halo_box, aoi_on_grid)
     order = {item.item_id: index for index, item in enumerate(items)}
     observations: list[MaskedWindow] = []
     scene_pixels: dict[str, tuple[int, int]] = {}
@@ -230,7 +230,7 @@ def observe_tile(
     with ThreadPoolExecutor(max_workers=plan.max_concurrent_scenes) as pool:
         # Each read runs in a copy of this thread's context, so its log lines reach the tile's run.
         reads = {
-            pool.submit(contextvars.copy_context().run, read_scene_window, item, halo_box, plan.aoi, plan.read): item
+            pool.submit(contextvars.copy_context().run, read_scene_window, item, halo_box, aoi_on_grid, plan.read): item
             for item in items
         }
         for finished in as_completed(reads):
@@ -268,9 +268,11 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     # One GDAL environment for the tile's own rasterio calls (each would otherwise build its own
     # AWS session: 14 ms a call).
+    # The AOI goes to the grid's CRS once per tile, not once per scene.
+    aoi_on_grid = aoi_in_crs(plan.aoi, plan.grid.crs)
     with gdal_env():
-        inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
-        observations, scene_pixels, failed = observe_tile(plan, tile_box, inside_aoi)
+        inside_aoi = aoi_pixel_mask(aoi_on_grid, tile_box)
+        observations, scene_pixels, failed = observe_tile(plan, tile_box, aoi_on_grid, inside_aoi)
     composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
     files = plan.tile_files(tile)
     with tile_scratch(plan, tile) as scratch:
