@@ -151,11 +151,11 @@ def finished(futures: Mapping[PrefectFuture, T]) -> Iterator[tuple[T, Any]]:
         yield futures[future], future.result(raise_on_failure=False)
 
 
-def month_plan(settings: MosaicSettings, month: Month, items_name: str, items_digest: str) -> MonthPlan:
-    """What every tile of the month shares, derived from the settings as the parent flow and subflow both do."""
-    inputs = run_inputs(settings)
+def month_plan(
+    settings: MosaicSettings, inputs: RunInputs, bucket: S3Bucket | None, month: Month, items_name: str, items_digest: str
+) -> MonthPlan:
+    """What every tile of the month shares, from the settings, the run's inputs and the products block."""
     tile_size_px = settings.tiles.tile_size_px
-    bucket = load_bucket(settings.s3_block)
     return MonthPlan(
         aoi=inputs.aoi,
         grid=inputs.grid,
@@ -188,7 +188,8 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed.
     """
     logger = get_run_logger()
-    plan = month_plan(settings, Month.parse(month_label), items_name, items_digest)
+    bucket = load_bucket(settings.s3_block)
+    plan = month_plan(settings, run_inputs(settings), bucket, Month.parse(month_label), items_name, items_digest)
     tiles = tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)
     records: list[TileRecord] = []
     pending = []
@@ -313,7 +314,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         items_digest = content_digest(items_json.decode())
         items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
         inputs.workspace.write_bytes(items_name, items_json)
-        plan = month_plan(settings, month, items_name, items_digest)
+        plan = month_plan(settings, inputs, bucket, month, items_name, items_digest)
         build = build_tiles.with_options(task_runner=tile_task_runner(settings.runner))
         records = build(month.label, items_name, items_digest, settings)
         month_tiles = merge_tiles(records, items)

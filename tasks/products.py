@@ -55,13 +55,13 @@ from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, FailedScene, SceneItem, SkippedScene, UsedScene
 from tasks.stac_item import build_item, item_json
-from tasks.tile import MonthPlan, TileHistograms, TileRecord, tile_scratch
-from tasks.tiles import OutputTile, tile_layout
+from tasks.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder
+from tasks.tiles import tile_layout
 
 NO_CLEAR_PIXEL = "no clear pixel in the AOI (cloud, shadow or nodata everywhere it covers)"
 COUNT_BAND_NAME = "count"
-MONTH_SCRATCH = OutputTile(-1, -1)
-"""The scratch folder of the month's own files is named like a tile's, after this pseudo-tile."""
+MONTH_SCRATCH_LABEL = "month"
+"""Names the scratch folder of the month's own files (tiles' are named by their label)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def write_month_products(
         return product_gdal_location(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
 
     withdraw_item(plan.bucket, plan.aoi_name, plan.month_label, names.item, plan.output_dir)
-    with tile_scratch(plan, MONTH_SCRATCH) as scratch:
+    with scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
         if not run.tiles:
             (record,) = records
             copies = {record.files["mosaic"]: names.mosaic, record.files["count"]: names.count}
@@ -195,8 +195,7 @@ def write_month_products(
         publish({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         publish({names.item: scratch / names.item})
     # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.
-    keep = plan.tiles_folder.removeprefix(f"{TILES_FOLDER}/")
-    remove_published(plan.bucket, plan.aoi_name, plan.month_label, TILES_FOLDER, plan.output_dir, keep=keep)
+    remove_published(plan.bucket, plan.aoi_name, plan.month_label, TILES_FOLDER, plan.output_dir, keep=plan.tiles_digest)
     return {
         "mosaic": url(run.mosaic_file),
         "count": url(run.count_file),

@@ -10,7 +10,7 @@ workspace: the record is the tile's commit. The scratch folder is removed whatev
 tile's scratch disk lasts only while the tile is in flight.
 
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
-and left out of the tile; the month merges the records (`tasks.month_products`). A tile whose
+and left out of the tile; the month merges the records (`tasks.products`). A tile whose
 record exists and names no failed scene is committed: a re-run of the month skips it.
 
 The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
@@ -253,10 +253,11 @@ def observe_tile(
 
 
 @contextmanager
-def tile_scratch(plan: MonthPlan, tile: OutputTile) -> Iterator[Path]:
-    """A local folder for one tile's files in the making, removed on exit."""
+def scratch_folder(plan: MonthPlan, label: str) -> Iterator[Path]:
+    """A local folder in the month's scratch for files in the making (a tile's, or the month's own,
+    named by `label`), removed on exit."""
     plan.scratch_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{partial_prefix()}{tile.label}-", dir=plan.scratch_dir))
+    folder = Path(tempfile.mkdtemp(prefix=f"{partial_prefix()}{label}-", dir=plan.scratch_dir))
     try:
         yield folder
     finally:
@@ -275,7 +276,7 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         observations, scene_pixels, failed = observe_tile(plan, tile_box, aoi_on_grid, inside_aoi)
     composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
     files = plan.tile_files(tile)
-    with tile_scratch(plan, tile) as scratch:
+    with scratch_folder(plan, tile.label) as scratch:
         local = {name: scratch / Path(file_name).name for name, file_name in files.items()}
         write_mosaic_cog(local["mosaic"], composite.mosaic, tile_box, MOSAIC_PROFILE)
         write_count_cog(local["count"], composite.count, tile_box, COUNT_PROFILE)
