@@ -117,7 +117,7 @@ def remove_published(
     folder inside it)."""
     folder = month_folder(aoi, month)
     if bucket_block is None:
-        root = _local_destination(output_dir).resolve() / folder
+        root = _local_month_folder(output_dir, folder)
         kept = root / subfolder / keep if keep else None
         for path in sorted((root / subfolder).glob("*")) if (root / subfolder).is_dir() else []:
             if path != kept:
@@ -138,7 +138,7 @@ def is_published(bucket_block: S3Bucket | None, aoi: str, month: str, name: str,
     """Whether a file of the month folder is published."""
     folder = month_folder(aoi, month)
     if bucket_block is None:
-        return (_local_destination(output_dir).resolve() / folder / name).is_file()
+        return (_local_month_folder(output_dir, folder) / name).is_file()
     prefix = _bucket_prefix(bucket_block, folder)
     with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
         try:
@@ -154,7 +154,7 @@ def product_url(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, 
     """Where a published product is: `s3://bucket/key`, or its absolute local path."""
     folder = month_folder(aoi, month)
     if bucket_block is None:
-        return str(_local_destination(output_dir).resolve() / folder / name)
+        return str(_local_month_folder(output_dir, folder) / name)
     return f"s3://{bucket_block.bucket_name}/{_bucket_prefix(bucket_block, folder)}/{name}"
 
 
@@ -165,7 +165,7 @@ def withdraw_item(
     means every product beside it is complete."""
     folder = month_folder(aoi, month)
     if bucket_block is None:
-        (_local_destination(output_dir).resolve() / folder / item_name).unlink(missing_ok=True)
+        (_local_month_folder(output_dir, folder) / item_name).unlink(missing_ok=True)
         return
     prefix = _bucket_prefix(bucket_block, folder)
     with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
@@ -181,7 +181,7 @@ def product_gdal_location(
     """
     folder = month_folder(aoi, month)
     if bucket_block is None:
-        return str(_local_destination(output_dir).resolve() / folder / name), {}
+        return str(_local_month_folder(output_dir, folder) / name), {}
     credentials = bucket_block.credentials
     # rasterio takes credentials as these lower-case keys (it builds an AWS session of them).
     options = {
@@ -231,6 +231,11 @@ def _local_destination(output_dir: Path | None) -> Path:
     if output_dir is None:
         raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
     return Path(output_dir)
+
+
+def _local_month_folder(output_dir: Path | None, folder: str) -> Path:
+    """The month folder `folder` below the output directory, as an absolute path."""
+    return _local_destination(output_dir).resolve() / folder
 
 
 def _bucket_prefix(bucket_block: S3Bucket, folder: str) -> str:
