@@ -32,12 +32,12 @@ from tasks.device import compute_device
 from tasks.errors import MissingModelWeights
 from tasks.mask import (
     check_model_weights,
-    load_omnicloudmask,
     mask_from_bands,
     mask_halo_px,
     model_dir_for,
     model_version_for,
 )
+from tasks.ocm_inference import load_omnicloudmask
 from tasks.settings import MaskSettings
 from tests.synthetic import RadiometricJitter, full_resolution, make_sky, make_surface, observed_scene, synthetic_grid
 

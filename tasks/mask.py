@@ -5,18 +5,16 @@ on the window's sub-grid. The rules that combine model output, SCL and data cove
 `tasks.mask_rules` (pure); this module runs the model and says how much context (`mask_halo_px`) a
 tile must read around itself for its mask not to depend on where tiles are cut.
 
-Model. OmniCloudMask (`predict_from_array`) sees red, green and nir. It runs at `resolution_m`: where
+Model. OmniCloudMask sees red, green and nir. It runs at `resolution_m`: where
 round(resolution_m / grid pixel) is 2 or more (e.g. 20 m on a 10 m grid) its input is averaged down
 by that factor and its classes are brought back to the grid by nearest; on a coarser grid (e.g. 20 m
 on a 30 m grid) it runs on the grid itself. Inference runs
 on `settings.device` ('auto': CUDA when present, else CPU) in `settings.inference_dtype` on CUDA and
 always in fp32 on CPU (bf16/fp16 are slower there, and the library warns about it).
 
-GPU work is serialised: one inference at a time per process (a module lock), and across processes
-and workers by the Prefect global concurrency limit `gpu`, which a tile takes (`gpu_slot`) only
-while inferring on CUDA. Create it once per Prefect server with `prefect gcl create gpu --limit 1` (one slot per GPU
-of the machine that runs the workers); while it does not exist the task logs a warning and goes on.
-On CUDA out-of-memory the batch size is halved down to 1 before giving up with `InferenceOutOfMemory`.
+Inference goes through the process's `tasks.ocm_inference.PatchBatcher`, which batches the patches
+of all windows being masked at once (across tiles), holds the `gpu` concurrency slot on CUDA, and
+halves its batch size on CUDA out-of-memory.
 
 Weights are never fetched during a run: a missing file raises `MissingModelWeights` at once, naming
 the directory and the files, so an air-gapped run cannot hang on the model hub. Fetch them ahead of
@@ -29,25 +27,18 @@ import csv
 import math
 import os
 import sys
-import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
-from prefect.concurrency.sync import concurrency
 
 from tasks.device import compute_device
 from tasks.errors import (
-    InferenceOutOfMemory,
     InvalidSettings,
     MissingModelWeights,
     MosaicError,
     root_cause,
 )
-from tasks.logs import stage_logger
 from tasks.mask_rules import (
     average_down,
     buffer_cloud_and_shadow,
@@ -59,11 +50,10 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
+from tasks.ocm_inference import load_omnicloudmask, patch_batcher
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND, MaskClass
 from tasks.settings import MaskSettings
-from tasks.torch_compat import ensure_torchvision_importable
 
-GPU_CONCURRENCY_LIMIT = "gpu"
 MODEL_DIR_ENV = "OMNICLOUDMASK_MODEL_DIR"
 MIN_WEIGHTS_BYTES = 1024 * 1024
 """A weights file at most this size is taken as missing (the library's own rule)."""
@@ -73,19 +63,6 @@ OCM_MIN_SIDE_PX = 32
 CPU_INFERENCE_DTYPE = "fp32"
 MASKERS_USING_OCM = frozenset({"ocm+scl", "ocm"})
 MASKERS_USING_SCL = frozenset({"ocm+scl", "scl"})
-
-_inference_lock = threading.Lock()
-"""One mask inference at a time in this process: two would compete for the same GPU memory."""
-
-
-def load_omnicloudmask() -> ModuleType:
-    """The `omnicloudmask` package, importable also next to a CPU-only torch."""
-    ensure_torchvision_importable()
-    import omnicloudmask
-    import omnicloudmask.download_models
-
-    return omnicloudmask
-
 
 def model_dir_for(settings: MaskSettings) -> Path:
     """The weights directory: `settings.model_dir`, else $OMNICLOUDMASK_MODEL_DIR, else the library's."""
@@ -147,32 +124,6 @@ def download_model_weights(model_dir: Path, model_version: float) -> list[Path]:
     return [entry["Path"] for entry in fetched]
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for a CUDA out-of-memory error, typed or as torch's plain RuntimeError message."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)
-    )
-
-
-def predict_with_fallback(predict: Callable[[int], np.ndarray], batch_size: int) -> np.ndarray:
-    """`predict(batch_size)`, halving the batch size on out-of-memory down to 1, then `InferenceOutOfMemory`."""
-    while True:
-        try:
-            return predict(batch_size)
-        except RuntimeError as error:
-            if not is_out_of_memory(error):
-                raise
-            if batch_size == 1:
-                raise InferenceOutOfMemory(
-                    "cloud mask inference ran out of GPU memory even at batch size 1; lower patch_size, "
-                    "free the GPU (another process may hold it), or use device='cpu'"
-                ) from None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        batch_size = max(1, batch_size // 2)
-        stage_logger(__name__).warning("cloud mask inference ran out of GPU memory; retrying at batch size %d", batch_size)
-
-
 def pad_to_min_side(bands: np.ndarray, min_side_px: int) -> np.ndarray:
     """`bands` (band, y, x) padded at the bottom and right with nodata (0) to at least `min_side_px` per side."""
     _, height, width = bands.shape
@@ -194,27 +145,12 @@ def predict_cloud_classes(
             f"patch_overlap {settings.patch_overlap} must be smaller than patch_size {settings.patch_size}"
         )
     check_model_weights(model_dir, model_version)
-    omnicloudmask = load_omnicloudmask()
     _, height, width = red_green_nir.shape
     model_input = pad_to_min_side(red_green_nir, OCM_MIN_SIDE_PX)
     dtype = settings.inference_dtype if device.type == "cuda" else CPU_INFERENCE_DTYPE
-
-    def predict(batch_size: int) -> np.ndarray:
-        return omnicloudmask.predict_from_array(
-            model_input,
-            patch_size=settings.patch_size,
-            patch_overlap=settings.patch_overlap,
-            batch_size=batch_size,
-            inference_device=device,
-            inference_dtype=dtype,
-            no_data_value=NODATA,
-            destination_model_dir=model_dir,
-            model_version=model_version,
-        )
-
-    with _inference_lock:
-        classes = predict_with_fallback(predict, settings.batch_size)
-    return classes[0, :height, :width].astype(np.uint8)
+    batcher = patch_batcher(device, dtype, model_dir, model_version, settings.batch_size, NODATA)
+    classes = batcher.predict(model_input, settings.patch_size, settings.patch_overlap)
+    return classes[:height, :width].astype(np.uint8)
 
 
 def model_classes_on_grid(
@@ -258,16 +194,6 @@ def mask_halo_px(settings: MaskSettings, grid_pixel_m: float) -> int:
     if settings.masker in MASKERS_USING_OCM:
         model_px = settings.patch_overlap * downsample_factor(grid_pixel_m, settings.resolution_m)
     return model_px + math.ceil(buffer_radius_px(settings.buffer_m, grid_pixel_m))
-
-
-def gpu_slot(settings: MaskSettings) -> AbstractContextManager:
-    """One slot of the Prefect global concurrency limit `gpu` when the model runs on CUDA, else nothing.
-
-    `strict=False`: while the limit does not exist Prefect logs a warning and lets the task run.
-    """
-    if settings.masker in MASKERS_USING_OCM and compute_device(settings.device).type == "cuda":
-        return concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=False)
-    return nullcontext()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m
-from tasks.mask import gpu_slot, mask_from_bands, mask_halo_px
+from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.memory import release_freed_memory
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.read import item_footprint_in, read_scene_window, scene_subgrid
@@ -219,7 +219,7 @@ def observe_tile(
     one's `scene_pixels_in_tile`, and the failures. `aoi_on_grid` is the AOI in the grid's CRS.
 
     Reads run `max_concurrent_scenes` at once; each window is masked, in this thread, as its read
-    finishes (model inference is serialised anyway, `tasks.mask`).
+    finishes; model inference batches patches with the other tiles' (`tasks.ocm_inference`).
     """
     halo_box = read_grid(tile_box, mask_halo_px(plan.mask, pixel_size_m(plan.grid)))
     items = items_over(month_items(plan.workspace, plan.items_name), halo_box, aoi_on_grid)
@@ -237,8 +237,7 @@ def observe_tile(
             item = reads[finished]
             try:
                 window = finished.result()
-                with gpu_slot(plan.mask):
-                    mask = mask_from_bands(window.bands, pixel_size_m(plan.grid), plan.mask)
+                mask = mask_from_bands(window.bands, pixel_size_m(plan.grid), plan.mask)
             except SceneOutsideAOI:
                 continue
             except Exception as error:  # any scene's failure is recorded with its reason; the tile goes on

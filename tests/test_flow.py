@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL
 
+from bench.mask import write_random_weights
 from blocks.slack import SlackNotifier
 from flows.locking import month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
@@ -26,6 +27,7 @@ from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
+from tasks.ocm_inference import Patch, PatchBatcher
 from tasks.tile import RECORD_SUFFIX
 from tasks.tiles import tiles_over_aoi
 from tests import REPO_ROOT
@@ -239,6 +241,34 @@ def test_missing_model_weights_stop_the_run_before_any_scene_is_read(
         monthly_mosaic(settings)
 
     assert s3_server.requests_for(f"/{served.bucket}/") == 0
+
+
+def test_a_tiled_month_with_the_model_batches_patches_of_different_windows(
+    served: ServedMonth, blocks: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ocm+scl` on random weights (the real loader, offline), tiles two at a time: the process's one
+    inference thread fills its batches with patches of different scene windows, whatever their tile."""
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()
+    write_random_weights(model_dir, model_version=4.0)
+    windows_per_batch: list[int] = []
+    run_batch = PatchBatcher._run
+
+    def spy(batcher: PatchBatcher, batch: list[Patch]) -> None:
+        windows_per_batch.append(len({id(patch.window) for patch in batch}))
+        run_batch(batcher, batch)
+
+    monkeypatch.setattr(PatchBatcher, "_run", spy)
+    mask = {"masker": "ocm+scl", "model_dir": str(model_dir), "device": "cpu", "patch_size": 64, "patch_overlap": 16, "batch_size": 8}
+    settings = flow_settings(
+        served, tmp_path / "ws", tiles={"tile_size_px": 128}, runner={"max_concurrent_tiles": 2}, mask=mask, min_valid_share=0.0
+    )
+
+    report = monthly_mosaic(settings)
+
+    assert not report.failed_scenes
+    assert len(tiles_over_aoi(run_inputs(settings).grid, run_inputs(settings).aoi, 128)) == 4
+    assert windows_per_batch and max(windows_per_batch) > 1, windows_per_batch
 
 
 def test_a_tiled_month_in_s3_opens_as_one_raster_and_its_single_cog_equals_the_index(

@@ -2,29 +2,24 @@
 
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from odc.geo.geobox import GeoBox
 
 from bench.mask import write_random_weights
 from tasks import mask as mask_module
 from tasks import torch_compat
-from tasks.errors import InferenceOutOfMemory, InvalidSettings, MissingModelWeights
+from tasks.errors import InvalidSettings, MissingModelWeights
 from tasks.grid import pixel_size_m
 from tasks.mask import (
-    GPU_CONCURRENCY_LIMIT,
     check_model_weights,
     expected_weight_files,
-    load_omnicloudmask,
     mask_from_bands,
     mask_halo_px,
     model_dir_for,
-    predict_with_fallback,
 )
 from tasks.mask_rules import (
     SclClass,
@@ -37,6 +32,7 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
+from tasks.ocm_inference import PatchBatcher, load_omnicloudmask
 from tasks.read import read_scene_window
 from tasks.scene import MaskClass
 from tasks.search import scene_from_item
@@ -233,15 +229,14 @@ def test_model_mask_of_a_window_is_on_its_pixels(random_model_dir: Path):
 
 
 def spy_on_model_input(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    omnicloudmask = load_omnicloudmask()
-    real_predict = omnicloudmask.predict_from_array
+    real_predict = PatchBatcher.predict
     shapes: list[tuple[int, ...]] = []
 
-    def spy(input_array: np.ndarray, **options: object) -> np.ndarray:
-        shapes.append(input_array.shape)
-        return real_predict(input_array, **options)
+    def spy(batcher: PatchBatcher, red_green_nir: np.ndarray, *options: int) -> np.ndarray:
+        shapes.append(red_green_nir.shape)
+        return real_predict(batcher, red_green_nir, *options)
 
-    monkeypatch.setattr(omnicloudmask, "predict_from_array", spy)
+    monkeypatch.setattr(PatchBatcher, "predict", spy)
     return shapes
 
 
@@ -266,64 +261,11 @@ def test_all_nodata_scene_skips_the_model(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert np.all(mask == MaskClass.NODATA)
 
 
-# --- out-of-memory fallback --------------------------------------------------------------------
-
-
-def fake_predict_oom_above(limit: int, error: Callable[[], BaseException], calls: list[int]):
-    def predict(input_array: np.ndarray, *, batch_size: int, **options: object) -> np.ndarray:
-        calls.append(batch_size)
-        if batch_size > limit:
-            raise error()
-        return np.zeros((1, *input_array.shape[1:]), np.uint8)
-
-    return predict
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-        lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
-    ],
-)
-def test_out_of_memory_halves_batch_until_it_fits(monkeypatch: pytest.MonkeyPatch, random_model_dir: Path, error):
-    calls: list[int] = []
-    monkeypatch.setattr(load_omnicloudmask(), "predict_from_array", fake_predict_oom_above(4, error, calls))
-    mask = mask_from_bands(random_bands((64, 64)), 10.0, settings_for(random_model_dir, batch_size=8, masker="ocm"))
-    assert calls == [8, 4]
-    assert mask.shape == (64, 64)
-
-
-def test_out_of_memory_at_batch_one_is_one_line_error():
-    calls: list[int] = []
-
-    def always_oom(batch_size: int) -> np.ndarray:
-        calls.append(batch_size)
-        raise torch.OutOfMemoryError("CUDA out of memory")
-
-    with pytest.raises(InferenceOutOfMemory) as raised:
-        predict_with_fallback(always_oom, 8)
-    assert calls == [8, 4, 2, 1]
-    assert "\n" not in str(raised.value) and "batch size 1" in str(raised.value)
-
-
-def test_other_runtime_errors_are_not_retried():
-    calls: list[int] = []
-
-    def broken(batch_size: int) -> np.ndarray:
-        calls.append(batch_size)
-        raise RuntimeError("Expected all tensors to be on the same device")
-
-    with pytest.raises(RuntimeError, match="same device"):
-        predict_with_fallback(broken, 8)
-    assert calls == [8]
-
-
 # --- weights -----------------------------------------------------------------------------------
 
 
 def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(load_omnicloudmask(), "predict_from_array", pytest.fail)
+    monkeypatch.setattr(mask_module, "patch_batcher", pytest.fail)
     names = expected_weight_files(MODEL_VERSION)
     (tmp_path / names[0]).write_bytes(b"\0" * 1024)  # an interrupted download is not a weights file
     with pytest.raises(MissingModelWeights) as raised:
@@ -425,51 +367,6 @@ def test_scl_mask_made_tile_by_tile_with_its_halo_equals_the_whole_scenes(buffer
     np.testing.assert_array_equal(tiled_mask(bands, grid, 64, mask_halo_px(settings, pixel_size_m(grid)), settings), whole)
     # Without the halo a cloud near a tile's edge would not buffer into the next tile.
     assert (tiled_mask(bands, grid, 64, 0, settings) != whole).any()
-
-
-# --- GPU slot (Prefect global concurrency limit) -----------------------------------------------
-
-
-def gpu_slots_in_use() -> int | None:
-    """Active slots of the Prefect global concurrency limit `gpu`, or None when it does not exist."""
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT).active_slots
-        except ObjectNotFound:
-            return None
-
-
-def test_model_inference_on_cuda_holds_the_gpu_slot_and_nothing_else_does(
-    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
-    with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_CONCURRENCY_LIMIT, limit=1))
-    try:
-        with mask_module.gpu_slot(MaskSettings(masker="ocm+scl")):
-            held_by_the_model = gpu_slots_in_use()
-        with mask_module.gpu_slot(MaskSettings(masker="scl")):
-            held_by_scl = gpu_slots_in_use()
-        monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cpu"))
-        with mask_module.gpu_slot(MaskSettings(masker="ocm")):
-            held_on_cpu = gpu_slots_in_use()
-        assert (held_by_the_model, held_by_scl, held_on_cpu, gpu_slots_in_use()) == (1, 0, 0, 0)
-    finally:
-        with get_client(sync_client=True) as client:
-            client.delete_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
-
-
-def test_without_the_gpu_limit_inference_still_runs(prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mask_module, "compute_device", lambda device: torch.device("cuda"))
-    assert gpu_slots_in_use() is None
-    with mask_module.gpu_slot(MaskSettings(masker="ocm")):  # a warning, no failure
-        assert gpu_slots_in_use() is None
 
 
 def test_buffer_wider_than_a_thin_scene_covers_it() -> None:
