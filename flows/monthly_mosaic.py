@@ -37,7 +37,7 @@ from tasks.grid import check_grid_size, grid_for_aoi
 from tasks.mask import MASKERS_USING_OCM, check_model_weights, model_dir_for, model_version_for
 from tasks.metadata import ProductNames, ProductRun, TileFiles
 from tasks.month import Month
-from tasks.products import NO_CLEAR_PIXEL, MonthTiles, merge_tiles, month_histograms, write_month_products_task
+from tasks.products import MonthTiles, merge_tiles, month_histograms, write_month_products_task
 from tasks.scene import scene_items_json
 from tasks.search import search_scenes_task
 from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record
@@ -228,8 +228,7 @@ def check_failed_share(month_tiles: MonthTiles, scenes_found: int, max_failed_fr
             f"{listing}; retry the run, or raise max_failed_fraction",
             failed,
         )
-    read = [skipped for skipped in month_tiles.skipped if skipped.reason == NO_CLEAR_PIXEL]
-    if not month_tiles.used and not read:
+    if not month_tiles.used and not month_tiles.unclear_scenes:
         outside = len(month_tiles.skipped)
         raise TooManyFailedScenes(
             f"none of {scenes_found} scenes is usable ({outside} cover no AOI pixel"

@@ -78,6 +78,11 @@ class MonthTiles:
     valid_pixels: int
 
     @property
+    def unclear_scenes(self) -> int:
+        """Skipped scenes that covered AOI pixels but gave no clear one (the rest cover no AOI pixel)."""
+        return sum(skipped.reason == NO_CLEAR_PIXEL for skipped in self.skipped)
+
+    @property
     def valid_share(self) -> float:
         """Share of AOI pixels with at least one usable observation, 0..1."""
         return self.valid_pixels / self.aoi_pixels if self.aoi_pixels else 0.0

@@ -14,9 +14,10 @@ from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.publish import ITEM_PRODUCT, product_gdal_location
+from flows.monthly_mosaic import check_failed_share
 from tasks.aoi import aoi_pixel_mask
 from tasks.cog import MOSAIC_BANDS, validate_cog
-from tasks.errors import SceneOutsideAOI
+from tasks.errors import SceneOutsideAOI, TooManyFailedScenes
 from tasks.gdal_env import gdal_env
 from tasks.metadata import ProductRun
 from tasks.products import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
@@ -97,11 +98,13 @@ def test_valid_fraction_sums_pixels_over_tiles() -> None:
 
 
 def test_skipped_scenes_say_whether_they_were_outside_or_without_a_clear_pixel() -> None:
-    reasons = dict(merge_tiles(RECORDS, ITEMS).skipped)
+    month = merge_tiles(RECORDS, ITEMS)
+    reasons = dict(month.skipped)
 
     assert reasons["cloudy"] == NO_CLEAR_PIXEL
     assert reasons["outside"] == SceneOutsideAOI("outside").scene_reason
     assert reasons["cloudy"] != reasons["outside"]
+    assert month.unclear_scenes == 1
 
 
 def test_pixels_sum_over_tiles() -> None:
@@ -358,3 +361,12 @@ def test_a_tiled_month_lands_in_a_bucket_and_its_index_opens_there(month: LocalM
         with rasterio.open(index_path) as index, rasterio.open(cog_path) as cog:
             assert np.array_equal(index.read(), cog.read())
             assert (index.read(1)[month.inside_aoi] != NODATA).mean() > 0.9
+
+
+def test_a_month_whose_scenes_all_miss_the_aoi_is_refused_but_a_cloudy_one_is_not() -> None:
+    outside_only = merge_tiles((tile_record(0, 100, 0),), (scene_item("outside"),))
+    with pytest.raises(TooManyFailedScenes, match=r"none of 1 scenes is usable \(1 cover no AOI pixel\)"):
+        check_failed_share(outside_only, 1, max_failed_fraction=0.5)
+    cloudy_only = merge_tiles((tile_record(0, 100, 0, (), {"cloudy": (0, 100)}),), (scene_item("cloudy"),))
+    assert cloudy_only.unclear_scenes == 1
+    check_failed_share(cloudy_only, 1, max_failed_fraction=0.5)  # read, only cloudy: published with its count
