@@ -30,14 +30,9 @@ import torch
 
 from tasks.device import compute_device
 from tasks.errors import MissingModelWeights
-from tasks.mask import (
-    check_model_weights,
-    mask_from_bands,
-    mask_halo_px,
-    model_dir_for,
-    model_version_for,
-)
+from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.ocm_inference import load_omnicloudmask
+from tasks.ocm_weights import check_model_weights, model_dir_for, model_version_for
 from tasks.settings import MaskSettings
 from tests.synthetic import RadiometricJitter, full_resolution, make_sky, make_surface, observed_scene, synthetic_grid
 

@@ -59,7 +59,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python bench/scale.py` (as `make bench` does): make `tasks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,7 +79,8 @@ from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
 from tasks.aoi import load_aoi
 from tasks.grid import grid_for_aoi
-from tasks.mask import MASKERS_USING_OCM, model_version_for
+from tasks.maskers import masker_names
+from tasks.ocm_weights import model_version_for
 from tasks.settings import MaskSettings
 from tests import REPO_ROOT
 from tests.prefect_server import PrefectServer
@@ -664,7 +665,7 @@ def replace_section(results_path: Path, section: str) -> None:
 
 def mask_fields(masker: str, random_weights: bool, cache_dir: Path) -> dict[str, Any]:
     """The runs' mask settings; with `random_weights`, a model folder of randomly initialised weights."""
-    if not random_weights or masker not in MASKERS_USING_OCM:
+    if not random_weights:
         return {"masker": masker}
     model_version = model_version_for(MaskSettings(masker=masker))
     model_dir = cache_dir / f"ocm-random-weights-v{model_version}"
@@ -683,7 +684,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=list(DEFAULT_WORKERS), help="Dask worker counts")
     parser.add_argument("--dates", type=int, default=len(DEFAULT_DATES), choices=range(1, len(DEFAULT_DATES) + 1))
     parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE_PX, help="output tile edge in px (tiled flow)")
-    parser.add_argument("--masker", default="scl", choices=get_args(MaskSettings.model_fields["masker"].annotation))
+    parser.add_argument("--masker", default="scl", choices=masker_names())
     parser.add_argument("--random-weights", action="store_true", help="randomly initialised OmniCloudMask weights")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where generated months are kept")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="markdown file of the results section")

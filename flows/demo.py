@@ -14,7 +14,7 @@ from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
 from flows.run import print_report
 from tasks.errors import MissingModelWeights, MosaicError
-from tasks.mask import (
+from tasks.ocm_weights import (
     check_model_weights,
     download_command,
     download_model_weights,

@@ -34,7 +34,7 @@ from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
 from tasks.errors import TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
 from tasks.grid import check_grid_size, grid_for_aoi
-from tasks.mask import MASKERS_USING_OCM, check_model_weights, model_dir_for, model_version_for
+from tasks.maskers import masker_named
 from tasks.metadata import ProductNames, ProductRun, TileFiles
 from tasks.month import Month
 from tasks.products import MonthTiles, merge_tiles, month_histograms, write_month_products_task
@@ -100,13 +100,12 @@ def run_inputs(settings: MosaicSettings) -> RunInputs:
 
 
 def checked_inputs(settings: MosaicSettings) -> RunInputs:
-    """`run_inputs`, after checking the model weights the masker needs are on disk.
+    """`run_inputs`, after the masker's own check that it can run (model weights on disk, say).
 
     Raises the one-line `InvalidAOI`, `InvalidSettings` or `MissingModelWeights` before any scene is read.
     """
     inputs = run_inputs(settings)
-    if settings.mask.masker in MASKERS_USING_OCM:
-        check_model_weights(model_dir_for(settings.mask), model_version_for(settings.mask))
+    masker_named(settings.mask.masker).check_ready(settings.mask)
     return inputs
 
 

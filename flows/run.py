@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from blocks.slack import RunReport
 from flows.parameters import MosaicSettings
 from tasks.errors import MosaicError
+from tasks.maskers import masker_names
 
 INPUT_ERROR_STATUS = 2
 RUN_FAILED_STATUS = 1
@@ -66,7 +67,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326 (a negative minx: --aoi=-10,30,-9,31)"
     )
     parser.add_argument("--month", help="YYYY-MM (default: the previous month)")
-    parser.add_argument("--masker", choices=["ocm+scl", "ocm", "scl"])
+    parser.add_argument("--masker", choices=masker_names())
     parser.add_argument("--workspace", help="local directory or s3://bucket/prefix for intermediate files")
     parser.add_argument("--output-dir", help="local directory for the products")
     return parser.parse_args(argv)

@@ -7,7 +7,7 @@ fields, so a typo in a deployment's parameters fails before any work starts.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
 EARTH_SEARCH_COLLECTION = "sentinel-2-c1-l2a"
@@ -83,8 +83,10 @@ class ReadSettings(FrozenSettings):
 class MaskSettings(FrozenSettings):
     """How clouds and shadows are found."""
 
-    masker: Literal["ocm+scl", "ocm", "scl"] = Field(
-        "ocm+scl", description="OmniCloudMask combined with SCL, OmniCloudMask alone, or SCL alone (no model)."
+    masker: str = Field(
+        "ocm+scl",
+        description="A registered masker (tasks.maskers): 'ocm+scl' OmniCloudMask combined with SCL, 'ocm' "
+        "OmniCloudMask alone, 'scl' SCL alone (no model), or one of your own.",
     )
     resolution_m: Literal[10, 20] = Field(
         10, description="Resolution OmniCloudMask runs at; 20 averages the input down and brings the mask back by nearest."
@@ -103,6 +105,15 @@ class MaskSettings(FrozenSettings):
         description="SCL classes treated as unusable: no data, saturated, shadow, cloud medium/high, cirrus, snow.",
     )
     buffer_m: float = Field(0.0, ge=0, le=5000, description="Dilation of cloud and shadow, in metres.")
+
+    @field_validator("masker")
+    @classmethod
+    def _registered_masker(cls, name: str) -> str:
+        from tasks.maskers import masker_names  # the maskers' modules import these settings
+
+        if name not in masker_names():
+            raise ValueError(f"unknown masker {name!r}; use one of {', '.join(masker_names())}")
+        return name
 
 
 class TileSettings(FrozenSettings):

@@ -10,17 +10,10 @@ import pytest
 from odc.geo.geobox import GeoBox
 
 from bench.mask import write_random_weights
-from tasks import mask as mask_module
-from tasks import torch_compat
+from tasks import mask_ocm, ocm_weights, torch_compat
 from tasks.errors import InvalidSettings, MissingModelWeights
 from tasks.grid import pixel_size_m
-from tasks.mask import (
-    check_model_weights,
-    expected_weight_files,
-    mask_from_bands,
-    mask_halo_px,
-    model_dir_for,
-)
+from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.mask_rules import (
     SclClass,
     average_down,
@@ -33,6 +26,7 @@ from tasks.mask_rules import (
     upsample_nearest,
 )
 from tasks.ocm_inference import PatchBatcher, load_omnicloudmask
+from tasks.ocm_weights import check_model_weights, expected_weight_files, model_dir_for
 from tasks.read import read_scene_window
 from tasks.scene import MaskClass
 from tasks.search import scene_from_item
@@ -256,7 +250,7 @@ def test_small_scene_is_padded_to_model_minimum(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_all_nodata_scene_skips_the_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(mask_module, "predict_cloud_classes", pytest.fail)
+    monkeypatch.setattr(mask_ocm, "predict_cloud_classes", pytest.fail)
     mask = mask_from_bands(np.zeros((5, 40, 40), np.uint16), 10.0, settings_for(tmp_path))
     assert np.all(mask == MaskClass.NODATA)
 
@@ -265,7 +259,7 @@ def test_all_nodata_scene_skips_the_model(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(mask_module, "patch_batcher", pytest.fail)
+    monkeypatch.setattr(mask_ocm, "patch_batcher", pytest.fail)
     names = expected_weight_files(MODEL_VERSION)
     (tmp_path / names[0]).write_bytes(b"\0" * 1024)  # an interrupted download is not a weights file
     with pytest.raises(MissingModelWeights) as raised:
@@ -273,7 +267,7 @@ def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPat
     message = str(raised.value)
     assert "\n" not in message and str(tmp_path) in message
     assert all(name in message for name in names)
-    assert f"python -m tasks.mask download-models --dir {tmp_path}" in message
+    assert f"python -m tasks.ocm_weights download-models --dir {tmp_path}" in message
 
 
 def test_unknown_model_version_is_one_line_error(tmp_path: Path):
@@ -286,7 +280,7 @@ def test_present_weights_pass_the_check(random_model_dir: Path):
 
 
 def test_model_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv(mask_module.MODEL_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(ocm_weights.MODEL_DIR_ENV, str(tmp_path))
     assert model_dir_for(MaskSettings()) == tmp_path
     assert model_dir_for(MaskSettings(model_dir="/elsewhere")) == Path("/elsewhere")
 
@@ -299,7 +293,7 @@ def test_download_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path:
             raise ValueError("Force download failed due to the above error.") from dns_error
 
     monkeypatch.setattr(load_omnicloudmask().download_models, "get_models", offline)
-    assert mask_module.main(["download-models", "--dir", str(tmp_path / "weights")]) == 1
+    assert ocm_weights.main(["download-models", "--dir", str(tmp_path / "weights")]) == 1
     error_line = capsys.readouterr().err.strip()
     assert "\n" not in error_line and "Name or service not known" in error_line
     assert str(tmp_path / "weights") in error_line

@@ -1,0 +1,86 @@
+"""The maskers a run can pick by name (`mask.masker`), and how to add one.
+
+A masker turns a scene window's bands into cloud and shadow classes (`tasks.mask_rules`: 0 clear,
+1 thick cloud, 2 thin cloud, 3 shadow) on the window's pixels. `tasks.mask` does the rest for every
+masker alike: the nodata edge, the buffer in metres, and SCL's invalid classes when the masker asks
+for them. Adding one is a module that builds a `Masker` and calls `register_masker` on import, plus its
+module name in `MASKER_MODULES` (built-in) or an import of it before the run (your own code).
+"""
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tasks.errors import InvalidSettings
+
+if TYPE_CHECKING:
+    from tasks.settings import MaskSettings
+
+__all__ = ["MASKER_MODULES", "Masker", "masker_named", "masker_names", "register_masker"]
+
+MASKER_MODULES: tuple[str, ...] = ("tasks.mask_scl", "tasks.mask_ocm")
+"""Modules of the built-in maskers, imported (so registered) on the first lookup."""
+
+
+def no_context_px(settings: "MaskSettings", grid_pixel_m: float) -> int:
+    return 0
+
+
+def always_ready(settings: "MaskSettings") -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Masker:
+    """A named way to find clouds and shadows in a scene window.
+
+    `cloud_classes(bands, grid_pixel_m, settings)`: classes (uint8, y, x) of a window's bands
+    (`tasks.scene.SCENE_BANDS`, y, x, DN; 0 is nodata) on a grid of `grid_pixel_m` metres.
+    `uses_scl_invalid`: SCL's `scl_invalid_classes` also mark pixels unusable.
+    `context_px(settings, grid_pixel_m)`: grid pixels of context the masker needs around a tile for the
+    tile's classes not to depend on where tiles are cut (the buffer is added by `tasks.mask`).
+    `check_ready(settings)`: raises a one-line `MosaicError` before any scene is read when the masker
+    cannot run (missing weights, say).
+    """
+
+    name: str
+    description: str
+    cloud_classes: Callable[[np.ndarray, float, "MaskSettings"], np.ndarray]
+    uses_scl_invalid: bool = True
+    context_px: Callable[["MaskSettings", float], int] = no_context_px
+    check_ready: Callable[["MaskSettings"], None] = always_ready
+
+
+_registered: dict[str, Masker] = {}
+
+
+def register_masker(masker: Masker) -> Masker:
+    """Make `masker` selectable as `mask.masker: <name>`; a second masker of the same name replaces it."""
+    _registered[masker.name] = masker
+    return masker
+
+
+def _load_builtin_maskers() -> None:
+    for module in MASKER_MODULES:
+        importlib.import_module(module)
+
+
+def masker_names() -> tuple[str, ...]:
+    """The names of all registered maskers, built-in ones first."""
+    _load_builtin_maskers()
+    return tuple(_registered)
+
+
+def masker_named(name: str) -> Masker:
+    """The masker registered as `name`; `InvalidSettings` naming the known ones otherwise."""
+    _load_builtin_maskers()
+    try:
+        return _registered[name]
+    except KeyError:
+        raise InvalidSettings(
+            f"unknown masker {name!r}; use one of {', '.join(_registered)} (or register yours with "
+            "tasks.maskers.register_masker)"
+        ) from None
