@@ -87,10 +87,15 @@ def grid_key(grid: GeoBox) -> str:
     return f"{grid.crs.to_wkt()}|{coefficients}|{grid.shape.y}x{grid.shape.x}"
 
 
+def crs_code(crs: CRS) -> str | None:
+    """'EPSG:<code>' when the CRS has an EPSG code, else None (name it by its WKT then)."""
+    return f"EPSG:{crs.epsg}" if crs.epsg else None
+
+
 def grid_metadata(grid: GeoBox) -> dict[str, object]:
     """The grid as plain JSON values: CRS (EPSG code when it has one, else WKT), transform, shape."""
     return {
-        "crs": grid.crs.to_epsg() and f"EPSG:{grid.crs.to_epsg()}" or grid.crs.to_wkt(),
+        "crs": crs_code(grid.crs) or grid.crs.to_wkt(),
         "transform": list(grid.affine[:6]),
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": list(grid.extent.boundingbox),

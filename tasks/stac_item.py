@@ -23,7 +23,7 @@ from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.errors import InvalidProduct
-from tasks.grid import pixel_size_m
+from tasks.grid import crs_code, pixel_size_m
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
 from tasks.scene import NODATA
 
@@ -138,9 +138,8 @@ def build_item(
         },
     )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = run.grid.crs.epsg
-    projection.code = f"EPSG:{epsg}" if epsg else None
-    projection.wkt2 = None if epsg else run.grid.crs.to_wkt()
+    projection.code = crs_code(run.grid.crs)
+    projection.wkt2 = None if projection.code else run.grid.crs.to_wkt()
     projection.shape = list(run.grid.shape.yx)
     projection.transform = list(run.grid.affine[:6])
     projection.bbox = list(run.grid.extent.boundingbox)

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 import shapely
+from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 
 from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.errors import InvalidSettings
-from tasks.grid import METRES_PER_DEGREE_LATITUDE, grid_for_aoi, grid_key, grid_metadata, utm_crs_for
+from tasks.grid import METRES_PER_DEGREE_LATITUDE, crs_code, grid_for_aoi, grid_key, grid_metadata, utm_crs_for
 
 US_SURVEY_FOOT_M = 1200 / 3937
 ALPINE_AOI = "9.1234,47.2345,9.3456,47.3567"
@@ -158,3 +159,9 @@ def test_aoi_split_at_the_antimeridian_gets_the_zone_of_its_true_centre(
     assert grid.shape.x * 100 < 17_000 and grid.shape.y * 100 < 23_000
     for part in aoi.geoms:
         assert grid.extent.contains(part.to_crs(grid.crs, resolution=0.001))
+
+
+def test_a_crs_is_named_by_its_epsg_code_when_it_has_one() -> None:
+    custom_laea = "+proj=laea +lat_0=52 +lon_0=10.3 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m"
+    assert crs_code(CRS("EPSG:32633")) == "EPSG:32633"
+    assert crs_code(CRS(custom_laea)) is None
