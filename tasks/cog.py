@@ -33,6 +33,9 @@ REFLECTANCE_SCALE_FACTOR = 1.0 / REFLECTANCE_SCALE
 MOSAIC_DTYPE = "uint16"
 COUNT_DTYPE = "uint8"
 COUNT_DESCRIPTION = "clear observation count (0 = no valid observation)"
+LOW_PERCENTILE = 2.0
+HIGH_PERCENTILE = 98.0
+"""The display stretch of a mosaic band: its 2nd to 98th percentile (the Item's statistics, the quicklook)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from pyproj import Geod
 from tasks.aoi import WGS84, aoi_in_crs
 from tasks.cog import (
     COUNT_DESCRIPTION,
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
     MOSAIC_BANDS,
     REFLECTANCE_SCALE_FACTOR,
 )
@@ -33,8 +35,6 @@ PROJECT_DISTRIBUTION = "s2-monthly-basemap"
 PYPROJECT_PATH = Path(__file__).resolve().parents[1] / "pyproject.toml"
 SOFTWARE_DISTRIBUTIONS = ("prefect", "rasterio", "torch", "omnicloudmask", "odc-geo", "pystac", "rio-cogeo")
 ATTRIBUTION_TEMPLATE = "Contains modified Copernicus Sentinel data {years}"
-LOW_PERCENTILE = 2.0
-HIGH_PERCENTILE = 98.0
 SQUARE_METRES_PER_KM2 = 1_000_000.0
 MOSAIC_SUFFIX = "_mosaic.tif"
 TILES_FOLDER = "tiles"

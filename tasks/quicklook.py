@@ -14,8 +14,7 @@ import rasterio
 from PIL import Image
 from rasterio.enums import Resampling
 
-from tasks.cog import MOSAIC_BANDS
-from tasks.metadata import HIGH_PERCENTILE, LOW_PERCENTILE
+from tasks.cog import HIGH_PERCENTILE, LOW_PERCENTILE, MOSAIC_BANDS
 from tasks.scene import NODATA
 
 QUICKLOOK_MAX_SIDE = 1024
