@@ -60,8 +60,8 @@ def print_report(report: RunReport) -> None:
         print(f"  {product:10s} {location}")
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m flows.run", description=__doc__.splitlines()[0])
+def parse_arguments(argv: list[str] | None, prog: str = "python -m flows.run") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--settings", help="YAML or JSON file of MosaicSettings fields")
     parser.add_argument(
         "--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326 (a negative minx: --aoi=-10,30,-9,31)"
@@ -73,8 +73,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
+    """Run the month the arguments describe; the exit status says how it ended."""
+    arguments = parse_arguments(argv, prog)
     try:
         settings = settings_from_arguments(arguments)
     except ValidationError as error:

@@ -91,9 +91,9 @@ def download_model_weights(model_dir: Path, model_version: float) -> list[Path]:
     return [entry["Path"] for entry in fetched]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m tasks.ocm_weights") -> int:
     """`python -m tasks.ocm_weights download-models [--dir D] [--model-version V]`."""
-    parser = argparse.ArgumentParser(prog="python -m tasks.ocm_weights", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     download = commands.add_parser("download-models", help="fetch OmniCloudMask weights for offline runs")
     download.add_argument("--dir", help=f"target directory (default: ${MODEL_DIR_ENV}, else the library's)")

@@ -69,3 +69,16 @@ def test_a_settings_file_with_overrides_runs_the_month(
     item = output_dir / name / served.label[:4] / served.label[5:] / f"{name}_{served.label}_item.json"
     assert item.is_file()
     assert str(item) in capsys.readouterr().out
+
+
+def test_the_installed_basemap_command_runs_the_subcommands() -> None:
+    basemap = Path(sys.executable).parent / "basemap"  # the console script `make install` puts in the venv
+    assert basemap.is_file(), "install the package (make install) for the `basemap` command"
+    bad_month = subprocess.run(
+        [str(basemap), "run", "--aoi", "9,47,10,48", "--month", "2024-13"], capture_output=True, text=True, timeout=120
+    )
+    weights_help = subprocess.run([str(basemap), "download-models", "--help"], capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run([str(basemap), "deploy"], capture_output=True, text=True, timeout=120)
+    assert bad_month.returncode == 2 and "month '2024-13' is not YYYY-MM" in bad_month.stderr
+    assert weights_help.returncode == 0 and "usage: basemap download-models" in weights_help.stdout
+    assert unknown.returncode == 2 and "invalid choice: 'deploy'" in unknown.stderr
