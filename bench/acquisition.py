@@ -40,9 +40,9 @@ from tasks.mask import mask_halo_px
 from tasks.read import read_scene_window
 from tasks.search import scene_from_item
 from tasks.settings import MaskSettings, ReadSettings, TileSettings
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
+from tasks.testing.synthetic import DEFAULT_DATES, SyntheticMonth, make_synthetic_month
 from tasks.tiles import read_grid, tile_grid, tiles_over_aoi
-from tests.servers import TEST_CREDENTIALS, S3Server
-from tests.synthetic import DEFAULT_DATES, SyntheticMonth, make_synthetic_month
 
 REAL_TILE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2" / "l2a_29RKH_20200219"
 BUCKET = "acquisition-bench"

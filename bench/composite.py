@@ -46,8 +46,8 @@ from tasks.composite import MaskedWindow, composite_tile  # noqa: E402
 from tasks.percentile import percentile_composite  # noqa: E402
 from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, MaskClass, SceneWindow  # noqa: E402
 from tasks.settings import CompositeSettings  # noqa: E402
+from tasks.testing.synthetic import synthetic_grid  # noqa: E402
 from tasks.tiles import OutputTile, tile_grid, tile_layout  # noqa: E402
-from tests.synthetic import synthetic_grid  # noqa: E402
 
 PERCENTILE = 25.0
 S2MOSAIC_VERSION = "1.1.0"

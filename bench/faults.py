@@ -3,7 +3,7 @@
 Each fault gets one run of the real `monthly_mosaic` flow (in this process, against a throw-away
 Prefect API from `prefect_test_harness`) per runner: threads (2 concurrent scenes) and a local Dask
 cluster of 2 worker processes. Every run reads a freshly served synthetic month (COGs in moto S3,
-items in rustac, `tests.served_month`) through a `FaultProxy` (`tests.fault_scenarios.reads_through`),
+items in rustac, `tasks.testing.served_month`) through a `FaultProxy` (`tasks.testing.fault_scenarios.reads_through`),
 so neither GDAL's cache nor the flow's result cache carries anything from one run to the next.
 Reads use the production `ReadSettings` (8 attempts, 1 s first delay doubling to 16 s).
 
@@ -63,20 +63,22 @@ from tasks.errors import SceneReadError
 from tasks.read import read_scene_window
 from tasks.scene import SCENE_BANDS
 from tasks.search import scene_from_item
-from tests.fault_proxy import FaultProxy
-from tests.fault_scenarios import (
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.fault_scenarios import (
+    OUTAGE_DATES,
     PERMANENT_FAULTS,
+    RUNNERS,
     OutageTrigger,
     PermanentFault,
     asset_file,
     asset_path,
     failure_requests,
+    metadata_of,
     reads_through,
 )
-from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
-from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
-from tests.synthetic import DEFAULT_DATES
-from tests.test_faults import OUTAGE_DATES, RUNNERS, metadata_of
+from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
+from tasks.testing.synthetic import DEFAULT_DATES
 
 CUT_AFTER_BYTES = 1000
 """Body bytes a cut or reset answer sends before the connection ends."""

@@ -34,7 +34,14 @@ from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.ocm_inference import load_omnicloudmask
 from tasks.ocm_weights import check_model_weights, model_dir_for, model_version_for
 from tasks.settings import MaskSettings
-from tests.synthetic import RadiometricJitter, full_resolution, make_sky, make_surface, observed_scene, synthetic_grid
+from tasks.testing.synthetic import (
+    RadiometricJitter,
+    full_resolution,
+    make_sky,
+    make_surface,
+    observed_scene,
+    synthetic_grid,
+)
 
 GRID_PIXEL_M = 10.0
 MEGA = 1e6

@@ -3,7 +3,7 @@
 For each AOI size (default 2048^2 and 8192^2 px of 10 m, 16x the area) and each local Dask cluster (default 1
 and 2 worker processes), the real `monthly_mosaic` flow runs once through the production CLI
 (`python -m flows.run --settings run.json`, a process of its own) on a synthetic month: 6 dates of Earth Search
-style COGs (`tests/synthetic.py`, DEFLATE, 1024 px internal tiles, SCL at 20 m) served by moto S3, items by a
+style COGs (`tasks/testing/synthetic.py`, DEFLATE, 1024 px internal tiles, SCL at 20 m) served by moto S3, items by a
 rustac STAC API, runs recorded by a `prefect server` (all on 127.0.0.1, started by this script). The AOI is the
 scenes' own grid extent, so the flow's grid equals the source grid pixel for pixel (checked). Products go to a
 second moto server through a prefect-aws S3Bucket block, so they take no local disk and their uploads are not
@@ -82,11 +82,10 @@ from tasks.grid import grid_for_aoi
 from tasks.maskers import masker_names
 from tasks.ocm_weights import model_version_for
 from tasks.settings import MaskSettings
-from tests import REPO_ROOT
-from tests.prefect_server import PrefectServer
-from tests.served_month import save_products_block
-from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
-from tests.synthetic import (
+from tasks.testing.prefect_server import PrefectServer
+from tasks.testing.served_month import save_products_block
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
+from tasks.testing.synthetic import (
     COLLECTION_ID,
     DEFAULT_DATES,
     make_synthetic_month,
@@ -94,6 +93,7 @@ from tests.synthetic import (
     synthetic_grid,
     write_aoi,
 )
+from tests import REPO_ROOT
 
 PIXEL_M = 10.0
 DEFAULT_SIZES_PX = (2048, 8192)

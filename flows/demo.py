@@ -22,7 +22,7 @@ from tasks.ocm_weights import (
     model_version_for,
 )
 from tasks.settings import GridSettings, MaskSettings, SearchSettings
-from tests.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid, write_aoi
+from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid, write_aoi
 
 DEMO_ROOT = Path("workspace")
 DEMO_DATA = DEMO_ROOT / "demo-month"

@@ -1,4 +1,4 @@
-"""Tests, named after the modules they test, and the synthetic-month generator shared with the demo."""
+"""Tests, named after the modules they test; their servers and synthetic months are in `tasks.testing`."""
 
 from pathlib import Path
 

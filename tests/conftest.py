@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
 from tests import REPO_ROOT
-from tests.fault_proxy import FaultProxy
-from tests.servers import TEST_CREDENTIALS, S3Server, StacApi
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,6 +1,6 @@
 """A synthetic month on local disk and the `MonthPlan` of its tiles, for the tile and month-product tests.
 
-The scenes are COGs in a local folder (`tests/synthetic.py`), their items are in a local workspace as
+The scenes are COGs in a local folder (`tasks/testing/synthetic.py`), their items are in a local workspace as
 the search stage writes them, and products are published below a local `output_dir`. The AOI is a
 quadrilateral 20 pixels inside the 256 x 256 scene grid (20 m, EPSG:32633), so its own grid is about
 216 x 216 pixels: one tile of 256 pixels, or 2 x 2 tiles of 128.
@@ -21,10 +21,10 @@ from tasks.products import MonthTiles
 from tasks.scene import SceneAsset, SceneItem, scene_items_json
 from tasks.search import scene_from_item
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.testing.synthetic import SyntheticMonth, make_synthetic_month, synthetic_grid, write_aoi
 from tasks.tile import MonthPlan, TileRecord
 from tasks.tiles import tile_layout
 from tasks.workspace import Workspace
-from tests.synthetic import SyntheticMonth, make_synthetic_month, synthetic_grid, write_aoi
 
 SCENE_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
 RESOLUTION_M = 20.0

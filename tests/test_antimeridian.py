@@ -21,9 +21,9 @@ from flows.monthly_mosaic import monthly_mosaic
 from tasks.aoi import WGS84, aoi_centre_lonlat, aoi_in_crs, footprint_in_crs, load_aoi, lonlat_unwrapped
 from tasks.grid import grid_for_aoi, utm_crs_for
 from tasks.search import item_in_window
-from tests.served_month import flow_settings, serve_synthetic_month
-from tests.servers import S3Server
-from tests.synthetic import DEFAULT_DATES, footprint_4326, synthetic_grid, write_aoi
+from tasks.testing.served_month import flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import DEFAULT_DATES, footprint_4326, synthetic_grid, write_aoi
 
 UTM_60S = "EPSG:32760"
 UTM_1S = "EPSG:32701"
@@ -32,7 +32,7 @@ TAVEUNI_GRID = synthetic_grid(shape=(256, 256), resolution=20.0, crs=UTM_60S, or
 so its centre (and the AOI's) lies just west of lon 180, in zone 60."""
 AOI_INSET_PX = 20
 CLEAR_TOLERANCE_SHARE, CLEAR_TOLERANCE_DN = 0.01, 6
-"""A clear observation is within 1 % + 5.5 DN of the truth (tests/synthetic.py), so is any percentile of them."""
+"""A clear observation is within 1 % + 5.5 DN of the truth (tasks/testing/synthetic.py), so is any percentile of them."""
 
 
 def utm_aoi_polygon(tmp_path: Path) -> shapely.Polygon:

@@ -13,8 +13,8 @@ from prefect_aws.s3 import S3Bucket
 
 from blocks.publish import COG_CONTENT_TYPE, ITEM_CONTENT_TYPE, ITEM_PRODUCT, month_folder, publish_products
 from tasks.errors import InvalidSettings
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tasks.workspace import Workspace
-from tests.servers import TEST_CREDENTIALS, S3Server
 
 AOI = "lake_constance"
 MONTH = "2024-06"

@@ -23,8 +23,8 @@ from blocks.crash_detection import CRASH_DETECTOR_NAME, CRASH_NOTICE_NAME, CRASH
 from blocks.publish import ITEM_PRODUCT, publish_products
 from blocks.register import BLOCK_CLASSES, CRASH_AFTER_VARIABLE, register_all
 from blocks.slack import RunReport, SlackNotifier
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tests import REPO_ROOT
-from tests.servers import TEST_CREDENTIALS, S3Server
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
 BUCKET = "basemaps-register"

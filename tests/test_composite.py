@@ -15,8 +15,8 @@ from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.composite import MaskedWindow, TileComposite, block_observations, composite_tile
 from tasks.scene import REFLECTANCE_BANDS, REFLECTANCE_SCALE, MaskClass, SceneWindow
 from tasks.settings import CompositeSettings
+from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid
 from tasks.tiles import OutputTile, tile_grid, tile_layout
-from tests.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid
 
 SLOVENIA = "l1c_stack_slovenia_2015"
 SLOVENIA_SHAPE = (101, 100)
@@ -27,7 +27,7 @@ SLOVENIA_TIMESTAMP_OF_SCENE = (2, 1, 4, 3, 0)
 SYNTHETIC_SHAPE = (192, 224)
 CLEAR_TOLERANCE_SHARE = 0.01
 CLEAR_TOLERANCE_DN = 6
-"""A clear observation is within 1 % + 5.5 DN of the truth (tests/synthetic.py), so is any percentile of them."""
+"""A clear observation is within 1 % + 5.5 DN of the truth (tasks/testing/synthetic.py), so is any percentile of them."""
 SCL_VEGETATION = 4
 TILE_SIZE_PX = 128
 

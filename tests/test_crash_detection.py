@@ -29,8 +29,8 @@ from prefect.settings import PREFECT_UI_URL, temporary_settings
 
 from blocks.crash_detection import HEARTBEAT_EVENT, SLACK_CRASH_PAYLOAD
 from blocks.register import CRASH_AFTER_VARIABLE
+from tasks.testing.prefect_server import PrefectServer
 from tests import REPO_ROOT
-from tests.prefect_server import PrefectServer
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 from tests.sleeping_flow import sleep_until_killed
 

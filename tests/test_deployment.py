@@ -29,9 +29,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.month import Month
-from tests.prefect_server import REPO_ROOT, PrefectServer, flow_run_id_in
-from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
+from tasks.testing.prefect_server import REPO_ROOT, PrefectServer, flow_run_id_in
+from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 from tests.slack_receiver import SlackReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

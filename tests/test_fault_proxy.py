@@ -12,8 +12,8 @@ import boto3
 import numpy as np
 import pytest
 
-from tests.fault_proxy import FaultProxy
-from tests.servers import TEST_CREDENTIALS, S3Server
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 
 BUCKET = "fault-proxy-test"
 OBJECT_BYTES = 100_000

@@ -1,6 +1,6 @@
 """The monthly flow against a hostile network and bad assets, on threads and on a local Dask cluster.
 
-Asset reads go through a fault proxy in front of moto (`tests.fault_scenarios`): an outage in the
+Asset reads go through a fault proxy in front of moto (`tasks.testing.fault_scenarios`): an outage in the
 middle of acquisition must not fail the month; a permanently broken asset must cost one attempt (at
 most 2 requests) and name its fault in metadata.json and Slack; an asset whose georeferencing
 disagrees with its item must be read from its real georeferencing or listed as failed, never dropped.
@@ -10,7 +10,6 @@ import html
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from rasterio.warp import Resampling
@@ -19,34 +18,25 @@ from blocks.slack import SlackNotifier
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
 from tasks.scene import SCENE_BANDS, SCL_BAND
-from tests.fault_proxy import FaultProxy
-from tests.fault_scenarios import (
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.fault_scenarios import (
+    OUTAGE_DATES,
     PERMANENT_FAULTS,
+    RUNNERS,
     OutageTrigger,
     asset_file,
     asset_path,
     failure_requests,
+    metadata_of,
     reads_through,
     reprojected,
     upload_over,
     with_wrong_crs_label,
     without_georeferencing,
 )
-from tests.served_month import assert_every_scene_accounted, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
+from tasks.testing.served_month import assert_every_scene_accounted, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 from tests.slack_receiver import SlackReceiver
-from tests.synthetic import DEFAULT_DATES
-
-RUNNERS = {
-    "threads": {"task_runner": "threads", "max_concurrent_scenes": 2},
-    "dask": {"task_runner": "dask", "dask_workers": 2},
-}
-OUTAGE_DATES = tuple(DEFAULT_DATES) + tuple(date.replace(day=date.day + 2) for date in DEFAULT_DATES[:4])
-"""Ten dates: enough scenes for an outage to land while most are still to be read."""
-
-
-def metadata_of(report: Any) -> dict[str, Any]:
-    return json.loads(Path(report.product_urls["metadata"]).read_text())
 
 
 @pytest.mark.slow

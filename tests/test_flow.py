@@ -28,17 +28,17 @@ from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
 from tasks.ocm_inference import Patch, PatchBatcher
-from tasks.tile import RECORD_SUFFIX
-from tasks.tiles import tiles_over_aoi
-from tests import REPO_ROOT
-from tests.served_month import (
+from tasks.testing.served_month import (
     ServedMonth,
     assert_every_scene_accounted,
     flow_settings,
     save_products_block,
     serve_synthetic_month,
 )
-from tests.servers import S3Server
+from tasks.testing.servers import S3Server
+from tasks.tile import RECORD_SUFFIX
+from tasks.tiles import tiles_over_aoi
+from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
 
 PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "quicklook.png", "metadata.json", "item.json")

@@ -22,9 +22,9 @@ import rasterio
 from blocks.publish import ITEM_PRODUCT
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from tasks.metadata import TILES_FOLDER
+from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 from tasks.tile import RECORD_SUFFIX
-from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
 
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("prefect_dask")

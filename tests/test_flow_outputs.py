@@ -49,13 +49,19 @@ from tasks.aoi import aoi_digest, load_aoi
 from tasks.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.month import Month
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.served_month import (
+    SERVED_GRID,
+    ServedMonth,
+    flow_settings,
+    save_products_block,
+    serve_synthetic_month,
+)
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import write_aoi
 from tasks.workspace import partial_prefix
 from tests import REPO_ROOT
-from tests.fault_proxy import FaultProxy
-from tests.served_month import SERVED_GRID, ServedMonth, flow_settings, save_products_block, serve_synthetic_month
-from tests.servers import S3Server
 from tests.slack_receiver import SlackReceiver
-from tests.synthetic import write_aoi
 
 BUCKET_FOLDER = "basemaps"
 FARM_INSETS_PX = {"farmA": 20, "farmB": 60}

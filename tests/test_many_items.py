@@ -6,7 +6,7 @@ is served by rustac and the real flow runs it over a 2 x 2-tile AOI on the Prefe
 flow run and task run the API recorded for it is read back and must be small.
 
 What is real: the STAC API (rustac, paged like Earth Search), Earth Search v1 item dicts
-(`tests.synthetic.stac_item`: five assets with `raster:bands` and `proj:*`, MGRS and sky properties,
+(`tasks.testing.synthetic.stac_item`: five assets with `raster:bands` and `proj:*`, MGRS and sky properties,
 densified EPSG:4326 footprints; 2.5 KB each), COGs in moto S3 read through GDAL `/vsis3/`, the search
 filters (every item is in the AOI and month, has all bands, is under the cloud limit, and is its own
 acquisition: a distinct MGRS tile code at one of six dates), the tiles' reads, SCL masks and
@@ -33,11 +33,11 @@ from prefect.client.schemas.objects import FlowRun
 from flows.monthly_mosaic import SEARCH_FOLDER, RunInputs, monthly_mosaic, run_inputs
 from tasks.aoi import aoi_in_crs
 from tasks.metadata import TILES_FOLDER
+from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import SyntheticMonth, stac_collection, stac_item
 from tasks.tile import RECORD_SUFFIX, TileRecord
 from tasks.tiles import tile_grid, tiles_over_aoi
-from tests.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
-from tests.synthetic import SyntheticMonth, stac_collection, stac_item
 from tests.test_flow_outputs import MONTH_PRODUCTS_TASK, TILE_TASK, named, settled_task_runs, subflow_runs
 
 PARAMETER_LIMIT_BYTES = 524_288

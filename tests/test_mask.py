@@ -31,9 +31,9 @@ from tasks.read import read_scene_window
 from tasks.scene import MaskClass
 from tasks.search import scene_from_item
 from tasks.settings import MaskSettings, ReadSettings
+from tasks.testing.synthetic import make_synthetic_month, synthetic_grid
 from tasks.tiles import OutputTile, read_grid, tile_grid, tile_layout
 from tests import REPO_ROOT
-from tests.synthetic import make_synthetic_month, synthetic_grid
 
 MODEL_VERSION = 4.0
 SMALL_PATCHES = {"patch_size": 128, "patch_overlap": 32, "batch_size": 2}

@@ -13,8 +13,8 @@ from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.maskers import Masker, masker_named, masker_names, register_masker
 from tasks.scene import MaskClass
 from tasks.settings import MaskSettings
-from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
+from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 
 TOY_CONTEXT_PX = 7
 

@@ -23,6 +23,8 @@ from tasks.metadata import ProductRun
 from tasks.products import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
 from tasks.scene import NODATA, SceneItem
 from tasks.stac_item import validate_item
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
+from tasks.testing.synthetic import DEFAULT_DATES
 from tasks.tile import MonthPlan, TileRecord, build_tile
 from tasks.tiles import tiles_over_aoi
 from tasks.workspace import PARTIAL_PREFIX
@@ -36,8 +38,6 @@ from tests.local_month import (
     month_plan,
     product_run,
 )
-from tests.servers import TEST_CREDENTIALS, S3Server
-from tests.synthetic import DEFAULT_DATES
 
 # --- merge_tiles over hand-made records -------------------------------------------------------
 

@@ -29,11 +29,18 @@ from tasks.retry import retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
 from tasks.search import scene_from_item
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import (
+    SCL_FILE,
+    TILE_GRID,
+    SyntheticMonth,
+    full_resolution,
+    make_synthetic_month,
+    synthetic_grid,
+)
 from tasks.tile import MonthPlan, TileRecord, build_tile_task
 from tasks.tiles import OutputTile, read_grid, tile_grid
 from tasks.workspace import Workspace
-from tests.servers import S3Server
-from tests.synthetic import SCL_FILE, TILE_GRID, SyntheticMonth, full_resolution, make_synthetic_month, synthetic_grid
 
 BUCKET = "read-test"
 REAL_TILE = "l2a_29RKH_20200219"

@@ -9,9 +9,9 @@ import yaml
 
 from flows.monthly_mosaic import run_inputs
 from flows.run import main
+from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 from tests import REPO_ROOT
-from tests.served_month import ServedMonth, flow_settings, serve_synthetic_month
-from tests.servers import S3Server
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:

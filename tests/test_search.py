@@ -27,9 +27,9 @@ from tasks.search import (
     tile_id,
 )
 from tasks.settings import SearchSettings
-from tests.fault_proxy import FaultProxy
-from tests.servers import free_port
-from tests.synthetic import (
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.servers import free_port
+from tasks.testing.synthetic import (
     COLLECTION_ID,
     DEFAULT_DATES,
     NEW_BASELINE,

@@ -13,8 +13,8 @@ from pystac_client import Client
 from rasterio.windows import Window
 
 from tasks.gdal_env import gdal_env, gdal_path
-from tests.servers import S3Server
-from tests.synthetic import stac_collection
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import stac_collection
 
 BUCKET = "servers-test"
 TILED_BLOCK = 256

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from odc.geo.geom import Geometry
 
-from tests.synthetic import (
+from tasks.testing.synthetic import (
     BOA_OFFSET_DN,
     JITTER_GAIN,
     JITTER_OFFSET_DN,

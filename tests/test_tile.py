@@ -8,6 +8,7 @@ import pytest
 import rasterio
 
 from tasks.scene import NODATA
+from tasks.testing.synthetic import DEFAULT_DATES
 from tasks.tile import (
     COUNT_VALUES,
     REFLECTANCE_VALUES,
@@ -26,7 +27,6 @@ from tests.local_month import (
     month_plan,
     with_missing_asset,
 )
-from tests.synthetic import DEFAULT_DATES
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ so every asset request can be refused, cut or answered wrongly. The workspace an
 on local disk, so only the scene reads meet the faults.
 """
 
+import json
 import os
 import threading
 import time
@@ -13,15 +14,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from tests.fault_proxy import FaultProxy
-from tests.served_month import ServedMonth
-from tests.servers import S3Server
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.served_month import ServedMonth
+from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import DEFAULT_DATES
+
+RUNNERS = {
+    "threads": {"task_runner": "threads", "max_concurrent_scenes": 2},
+    "dask": {"task_runner": "dask", "dask_workers": 2},
+}
+OUTAGE_DATES = tuple(DEFAULT_DATES) + tuple(date.replace(day=date.day + 2) for date in DEFAULT_DATES[:4])
+"""Ten dates: enough scenes for an outage to land while most are still to be read."""
+
+
+def metadata_of(report: Any) -> dict[str, Any]:
+    """The metadata.json of a finished run's report, as a dict."""
+    return json.loads(Path(report.product_urls["metadata"]).read_text())
+
 
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 OUTAGE_AFTER_REQUESTS = 12

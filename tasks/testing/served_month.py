@@ -15,8 +15,8 @@ from prefect_aws.client_parameters import AwsClientParameters
 
 from flows.parameters import MosaicSettings
 from tasks.search import newest_processing, scene_from_item
-from tests.servers import TEST_CREDENTIALS, S3Server
-from tests.synthetic import (
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
+from tasks.testing.synthetic import (
     COLLECTION_ID,
     DEFAULT_DATES,
     SyntheticMonth,

@@ -24,8 +24,8 @@ import psutil
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 
-from tests import REPO_ROOT
-from tests.servers import LOOPBACK, free_port
+from tasks.testing import PROJECT_ROOT
+from tasks.testing.servers import LOOPBACK, free_port
 
 PREFECT_COMMAND = (sys.executable, "-m", "prefect")
 SERVER_START_TIMEOUT_S = 90.0
@@ -130,7 +130,7 @@ class PrefectServer:
         return {**inherited, **own, **(extra or {})}
 
     def _start(
-        self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path = REPO_ROOT
+        self, name: str, args: Sequence[str], env: Mapping[str, str], cwd: Path = PROJECT_ROOT
     ) -> BackgroundProcess:
         process = BackgroundProcess(name, args, env, self.home / f"{name}.log", cwd)
         self._processes.append(process)
@@ -149,7 +149,7 @@ class PrefectServer:
             f"prefect server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{self._server.log_tail()}"
         )
 
-    def run(self, args: Sequence[str], extra_env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT) -> str:
+    def run(self, args: Sequence[str], extra_env: Mapping[str, str] | None = None, cwd: Path = PROJECT_ROOT) -> str:
         """Run a command against this server to its end; its output, or `PrefectProcessError` with it."""
         completed = subprocess.run(
             list(args),

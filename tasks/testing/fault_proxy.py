@@ -51,8 +51,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests import REPO_ROOT
-from tests.servers import LOOPBACK, TrafficMiddleware
+from tasks.testing import PROJECT_ROOT
+from tasks.testing.servers import LOOPBACK, TrafficMiddleware
 
 RELAY_CHUNK_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_S = 60.0
@@ -327,7 +327,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         return upstream.getresponse()
 
     def _send_s3_error(self, status: int, headers: list[tuple[str, str]]) -> None:
-        """Answer the error real S3 sends with `status` (code and message of `tests.servers`), plus `headers`."""
+        """Answer the error real S3 sends with `status` (code and message of `tasks.testing.servers`), plus `headers`."""
         status_line, error_headers = "", []
 
         def start_response(line: str, response_headers: list[tuple[str, str]]) -> None:
@@ -468,8 +468,8 @@ class FaultProxy:
 
     def __init__(self, upstream_url: str) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fault_proxy", upstream_url],
-            cwd=REPO_ROOT,
+            [sys.executable, "-m", "tasks.testing.fault_proxy", upstream_url],
+            cwd=PROJECT_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

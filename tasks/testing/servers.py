@@ -23,7 +23,7 @@ from typing import Any
 
 import boto3
 
-from tests import REPO_ROOT
+from tasks.testing import PROJECT_ROOT
 
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -37,7 +37,8 @@ S3_ERRORS: dict[int, tuple[str, str]] = {
     503: ("SlowDown", "Please reduce your request rate."),
 }
 """The error code and message real S3 answers with each injected status."""
-RUSTAC_BINARY = REPO_ROOT / ".venv" / "bin" / "rustac"
+RUSTAC_BINARY = Path(sys.executable).parent / "rustac"
+"""The `rustac` command of the environment running this (requirements-dev.txt installs it)."""
 CONTROL_PREFIX = "/_traffic/"
 """Path prefix of the S3 server's counter and fault requests; no bucket name can start with '_'."""
 
@@ -181,8 +182,8 @@ class S3Server:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers", "s3"],
-            cwd=REPO_ROOT,
+            [sys.executable, "-m", "tasks.testing.servers", "s3"],
+            cwd=PROJECT_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
