@@ -82,6 +82,7 @@ from tasks.grid import grid_for_aoi
 from tasks.maskers import masker_names
 from tasks.ocm_weights import model_version_for
 from tasks.settings import MaskSettings
+from tasks.testing import PROJECT_ROOT
 from tasks.testing.prefect_server import PrefectServer
 from tasks.testing.served_month import save_products_block
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
@@ -93,7 +94,6 @@ from tasks.testing.synthetic import (
     synthetic_grid,
     write_aoi,
 )
-from tests import REPO_ROOT
 
 PIXEL_M = 10.0
 DEFAULT_SIZES_PX = (2048, 8192)
@@ -102,7 +102,7 @@ DEFAULT_TILE_PX = 2048
 COG_BLOCK_PX = 1024
 """Internal tile edge of the synthetic COGs, as Earth Search's."""
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "scale-bench-cache"
-DEFAULT_RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
+DEFAULT_RESULTS = PROJECT_ROOT / "bench" / "RESULTS.md"
 SECTION_MARKER = "(`bench/scale.py`)"
 """Text of this script's heading in RESULTS.md; its section runs from that heading to the next '## ' one."""
 SAMPLE_INTERVAL_S = 0.2
@@ -435,7 +435,7 @@ def run_once(bench: Bench, month: CachedMonth, api_url: str, workers: int, cog_b
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.run", "--settings", str(settings_path)],
-            cwd=REPO_ROOT,
+            cwd=PROJECT_ROOT,
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
