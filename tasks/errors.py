@@ -107,26 +107,33 @@ class InferenceOutOfMemory(MosaicError):
     """The device ran out of memory even at batch size 1."""
 
 
-class TooManyFailedScenes(MosaicError):
-    """More scenes failed than the allowed fraction; `failed_scenes` lists (item id, reason)."""
+class PartsFailed(MosaicError):
+    """A failure of several named parts of a run; `failures` lists (name, reason), and survives pickling."""
 
-    def __init__(self, message: str, failed_scenes: Sequence[tuple[str, str]]) -> None:
-        super().__init__(message, tuple(failed_scenes))
-        self.failed_scenes = list(failed_scenes)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class TilesFailed(MosaicError):
-    """Output tiles could not be built or published after their retries; `failed_tiles` lists (tile, reason)."""
-
-    def __init__(self, message: str, failed_tiles: Sequence[tuple[str, str]]) -> None:
-        super().__init__(message, tuple(failed_tiles))
-        self.failed_tiles = list(failed_tiles)
+    def __init__(self, message: str, failures: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message, tuple(failures))
+        self.failures = list(failures)
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class TooManyFailedScenes(PartsFailed):
+    """More scenes failed than the allowed fraction, or none is usable."""
+
+    @property
+    def failed_scenes(self) -> list[tuple[str, str]]:
+        """(item id, reason) of each failed scene (Slack's failure notice lists them)."""
+        return self.failures
+
+
+class TilesFailed(PartsFailed):
+    """Output tiles could not be built or published after their retries."""
+
+    @property
+    def failed_tiles(self) -> list[tuple[str, str]]:
+        """(tile label, reason) of each failed tile."""
+        return self.failures
 
 
 class TooFewClearPixels(MosaicError):

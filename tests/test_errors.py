@@ -16,6 +16,7 @@ from tasks import errors
 from tasks.errors import (
     ErrorCause,
     MosaicError,
+    PartsFailed,
     SceneOutsideAOI,
     SceneReadError,
     TilesFailed,
@@ -33,6 +34,7 @@ CONSTRUCTOR_ARGUMENTS: dict[type[MosaicError], tuple] = {
     SceneOutsideAOI: ("S2B_X",),
     TooManyFailedScenes: ("2 of 6 scenes failed", [("S2B_X", "nir: not found (HTTP 404)")]),
     TilesFailed: ("1 of 4 tiles failed", [("r000c001", "cannot publish to s3://b/p: AccessDenied")]),
+    PartsFailed: ("2 parts failed", [("a", "why"), ("b", "why not")]),
 }
 """Arguments of the errors whose constructor is not (message)."""
 
