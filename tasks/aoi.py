@@ -26,6 +26,7 @@ from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 from shapely.validation import explain_validity
 
+from tasks.crs import crs_of
 from tasks.errors import InvalidAOI, first_line
 
 WGS84 = "EPSG:4326"
@@ -57,7 +58,8 @@ def aoi_digest(aoi: Geometry) -> str:
     """The AOI's identity: a digest of its normalised geometry and CRS, as loaded (no reprojection),
     so the same AOI gives the same digest on every machine and any other AOI another one."""
     normalised = shapely.normalize(aoi.geom)
-    crs_text = f"EPSG:{aoi.crs.epsg}" if aoi.crs.epsg else aoi.crs.to_wkt()
+    crs = crs_of(aoi)
+    crs_text = f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt()
     return hashlib.sha256(crs_text.encode() + shapely.to_wkb(normalised)).hexdigest()[:AOI_DIGEST_CHARS]
 
 
@@ -164,7 +166,7 @@ def aoi_in_crs(aoi: Geometry, crs: Any, max_segment: float | None = None) -> Geo
         return split_at_antimeridian(lonlat_unwrapped(aoi, max_segment)).to_crs(crs)
     if aoi.crs == crs:
         return aoi
-    source = lonlat_unwrapped(aoi) if aoi.crs.geographic else aoi
+    source = lonlat_unwrapped(aoi) if crs_of(aoi).geographic else aoi
     return source.to_crs(crs, resolution=max_segment or _default_segment(source))
 
 
@@ -194,7 +196,7 @@ def lonlat_unwrapped(geometry: Geometry, max_segment: float | None = None) -> Ge
     of its larger bounding-box side), and each vertex takes the longitude within 180 degrees of that of
     its centroid (its centroid in its own CRS).
     """
-    if geometry.crs.geographic:
+    if crs_of(geometry).geographic:
         parts = shapely.get_parts(geometry.geom)
         moved = [shapely.affinity.translate(part, FULL_TURN_DEG) if part.centroid.x < 0 else part for part in parts]
         if _longitude_span(moved) < _longitude_span(parts):
@@ -248,7 +250,7 @@ def lonlat_search_hull(lonlat: Geometry) -> Geometry:
 def aoi_centre_lonlat(aoi: Geometry) -> tuple[float, float]:
     """(longitude in [-180, 180), latitude) in degrees of EPSG:4326 of the AOI's true centre: its centroid
     in its own CRS, a geographic AOI's taken on unwrapped longitudes (see `lonlat_unwrapped`)."""
-    centroid = lonlat_unwrapped(aoi).centroid if aoi.crs.geographic else aoi.centroid
+    centroid = lonlat_unwrapped(aoi).centroid if crs_of(aoi).geographic else aoi.centroid
     (longitude,), (latitude,) = centroid.to_crs(WGS84).xy
     return (longitude + ANTIMERIDIAN_LON) % FULL_TURN_DEG - ANTIMERIDIAN_LON, latitude
 

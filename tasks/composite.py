@@ -20,7 +20,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.roi import roi_is_empty
 
 from tasks.device import compute_device
-from tasks.grid import grid_blocks
+from tasks.grid import grid_blocks, roi_slices
 from tasks.percentile import percentile_composite, percentile_value
 from tasks.scene import NODATA, REFLECTANCE_BANDS, MaskClass, SceneWindow
 from tasks.settings import CompositeSettings
@@ -60,7 +60,8 @@ def block_observations(observations: list[MaskedWindow], block_grid: GeoBox) -> 
     for observation in observations:
         block_roi = block_grid.overlap_roi(observation.window.grid)
         if not roi_is_empty(block_roi):
-            overlapping.append((observation, block_roi, observation.window.grid.overlap_roi(block_grid)))
+            window_roi = observation.window.grid.overlap_roi(block_grid)
+            overlapping.append((observation, roi_slices(block_roi), roi_slices(window_roi)))
     stack = np.zeros((len(overlapping), len(REFLECTANCE_BANDS), *block_grid.shape.yx), dtype=np.uint16)
     usable = np.zeros((len(overlapping), *block_grid.shape.yx), dtype=bool)
     for index, (observation, block_roi, window_roi) in enumerate(overlapping):

@@ -12,10 +12,12 @@ import numpy as np
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
+from odc.geo.types import NormalizedROI
 from pyproj import CRS as ProjCRS
 from rasterio.windows import Window
 
 from tasks.aoi import aoi_centre_lonlat, aoi_in_crs
+from tasks.crs import crs_of
 from tasks.errors import InvalidSettings
 
 METRES_PER_DEGREE_LATITUDE = 111_320.0
@@ -44,7 +46,7 @@ def resolution_in_crs_units(crs: CRS, resolution_m: float) -> float:
 
 def pixel_size_m(grid: GeoBox) -> float:
     """The grid's pixel width in metres (degrees of latitude, or feet, converted)."""
-    return abs(grid.resolution.x) / resolution_in_crs_units(grid.crs, 1.0)
+    return abs(grid.resolution.x) / resolution_in_crs_units(crs_of(grid), 1.0)
 
 
 def grid_for_aoi(aoi: Geometry, target_crs: str | None, resolution_m: float) -> GeoBox:
@@ -75,16 +77,22 @@ def grid_blocks(grid: GeoBox, block_size: int) -> Iterator[tuple[Window, GeoBox]
         yield Window.from_slices(*roi), grid[roi]
 
 
+def roi_slices(roi: NormalizedROI) -> tuple[slice, slice]:
+    """`roi` (a (y, x) pair from `GeoBox.overlap_roi`) as plain slices, which numpy's types accept as an index."""
+    rows, cols = roi
+    return slice(rows.start, rows.stop, rows.step), slice(cols.start, cols.stop, cols.step)
+
+
 def raster_profile(grid: GeoBox) -> dict[str, object]:
     """The rasterio profile entries that put a raster on `grid`: size, CRS and transform."""
-    return {"width": grid.shape.x, "height": grid.shape.y, "crs": grid.crs.to_wkt(), "transform": grid.affine}
+    return {"width": grid.shape.x, "height": grid.shape.y, "crs": crs_of(grid).to_wkt(), "transform": grid.affine}
 
 
 def grid_key(grid: GeoBox) -> str:
     """A stable text identity of a grid, for cache keys and metadata."""
     affine = grid.affine
     coefficients = ",".join(f"{value:.12g}" for value in affine[:6])
-    return f"{grid.crs.to_wkt()}|{coefficients}|{grid.shape.y}x{grid.shape.x}"
+    return f"{crs_of(grid).to_wkt()}|{coefficients}|{grid.shape.y}x{grid.shape.x}"
 
 
 def crs_code(crs: CRS) -> str | None:
@@ -94,8 +102,9 @@ def crs_code(crs: CRS) -> str | None:
 
 def grid_metadata(grid: GeoBox) -> dict[str, object]:
     """The grid as plain JSON values: CRS (EPSG code when it has one, else WKT), transform, shape."""
+    crs = crs_of(grid)
     return {
-        "crs": crs_code(grid.crs) or grid.crs.to_wkt(),
+        "crs": crs_code(crs) or crs.to_wkt(),
         "transform": list(grid.affine[:6]),
         "shape": [grid.shape.y, grid.shape.x],
         "bounds": list(grid.extent.boundingbox),

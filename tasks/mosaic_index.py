@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 from odc.geo.geobox import GeoBox
 
 from tasks.cog import COG_BLOCK_SIZE
+from tasks.crs import crs_of
 
 GDAL_DATA_TYPES = {"uint8": "Byte", "uint16": "UInt16"}
 
@@ -42,7 +43,7 @@ class IndexTile:
 def mosaic_index_xml(grid: GeoBox, dtype: str, bands: Sequence[IndexBand], tiles: Sequence[IndexTile]) -> str:
     """The VRT XML of `tiles` (each holding `bands` of `dtype`) placed on `grid`."""
     dataset = ElementTree.Element("VRTDataset", rasterXSize=str(grid.shape.x), rasterYSize=str(grid.shape.y))
-    ElementTree.SubElement(dataset, "SRS", dataAxisToSRSAxisMapping="1,2").text = grid.crs.to_wkt()
+    ElementTree.SubElement(dataset, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs_of(grid).to_wkt()
     ElementTree.SubElement(dataset, "GeoTransform").text = ", ".join(f"{value:.17g}" for value in grid.affine.to_gdal())
     data_type = GDAL_DATA_TYPES[dtype]
     for band_number, band in enumerate(bands, start=1):
@@ -75,5 +76,5 @@ def _add_source(band_element: ElementTree.Element, tile: IndexTile, band_number:
         BlockYSize=block,
     )
     size = {"xSize": str(tile.width), "ySize": str(tile.height)}
-    ElementTree.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-    ElementTree.SubElement(source, "DstRect", xOff=str(tile.col_offset), yOff=str(tile.row_offset), **size)
+    ElementTree.SubElement(source, "SrcRect", {"xOff": "0", "yOff": "0", **size})
+    ElementTree.SubElement(source, "DstRect", {"xOff": str(tile.col_offset), "yOff": str(tile.row_offset), **size})

@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask, footprint_in_crs
+from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks
@@ -81,7 +82,7 @@ def scene_subgrid(item: SceneItem, grid: GeoBox, aoi: Geometry) -> GeoBox:
 
     Raises `SceneOutsideAOI` when they share no pixel.
     """
-    footprint = item_footprint_in(item, grid.crs)
+    footprint = item_footprint_in(item, crs_of(grid))
     # Shrunk by a hair so that reprojection noise on an edge that lies on a pixel edge adds no pixel.
     region = (footprint & aoi_in_crs(aoi, grid.crs) & grid.extent).buffer(-EDGE_TOLERANCE_PX * abs(grid.resolution.x))
     if region.is_empty or region.area == 0:
@@ -131,7 +132,7 @@ def source_lattice(source: rasterio.DatasetReader, subgrid: GeoBox, resampling: 
     (factor 1: any resampling; above 1: nearest only), and the read skips it.
     """
     source_affine, grid_affine = source.transform, subgrid.affine
-    if source.crs is None or source.crs != CRS.from_wkt(subgrid.crs.to_wkt()):
+    if source.crs is None or source.crs != CRS.from_wkt(crs_of(subgrid).to_wkt()):
         return None
     if source_affine.b or source_affine.d or grid_affine.b or grid_affine.d:
         return None
@@ -219,7 +220,7 @@ class AssetReader:
             check_georeferencing(self._source, self.subgrid, self.item_id, self.asset_key)
             self._warped = WarpedVRT(
                 self._source,
-                crs=self.subgrid.crs.to_wkt(),
+                crs=crs_of(self.subgrid).to_wkt(),
                 transform=self.subgrid.affine,
                 width=self.subgrid.shape.x,
                 height=self.subgrid.shape.y,
@@ -266,7 +267,7 @@ def check_georeferencing(source: rasterio.DatasetReader, subgrid: GeoBox, item_i
         raise SceneReadError(item_id, asset_key, "not georeferenced (no CRS or no geotransform)")
     extent = Geometry(box(*source.bounds), crs=source.crs.to_wkt())
     try:
-        overlaps = extent.to_crs(subgrid.crs).intersects(subgrid.extent)
+        overlaps = extent.to_crs(crs_of(subgrid)).intersects(subgrid.extent)
     except ValueError:
         overlaps = False
     if not overlaps:

@@ -22,6 +22,7 @@ from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.crs import crs_of
 from tasks.errors import InvalidProduct
 from tasks.grid import crs_code, pixel_size_m
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
@@ -138,8 +139,9 @@ def build_item(
         },
     )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
-    projection.code = crs_code(run.grid.crs)
-    projection.wkt2 = None if projection.code else run.grid.crs.to_wkt()
+    crs = crs_of(run.grid)
+    projection.code = crs_code(crs)
+    projection.wkt2 = None if projection.code else crs.to_wkt()
     projection.shape = list(run.grid.shape.yx)
     projection.transform = list(run.grid.affine[:6])
     projection.bbox = list(run.grid.extent.boundingbox)

@@ -42,9 +42,10 @@ from blocks.publish import is_published, publish_files
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
 from tasks.composite import MaskedWindow, TileComposite, composite_tile
+from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.gdal_env import gdal_env
-from tasks.grid import pixel_size_m
+from tasks.grid import pixel_size_m, roi_slices
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.memory import release_freed_memory
 from tasks.metadata import TILES_FOLDER, ProductNames
@@ -193,7 +194,7 @@ def items_over(items: tuple[SceneItem, ...], read_box: GeoBox, aoi: Geometry) ->
 
 def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> MaskedWindow | None:
     """The window and its mask cropped to the tile (the halo served the masker only); None when outside."""
-    roi = window.grid.overlap_roi(tile_box)
+    roi = roi_slices(window.grid.overlap_roi(tile_box))
     if roi_is_empty(roi) or any(part.stop <= part.start for part in roi):  # odc-geo leaves stops unclamped
         return None
     cropped = window.grid[roi]
@@ -206,8 +207,8 @@ def masked_in_tile(window: SceneWindow, mask: np.ndarray, tile_box: GeoBox) -> M
 def scene_pixels_in_tile(item: SceneItem, observation: MaskedWindow, inside_aoi: np.ndarray, tile_box: GeoBox) -> tuple[int, int]:
     """(valid AOI pixels, AOI pixels under the item's footprint) of a cropped window within the tile."""
     window_grid = observation.window.grid
-    footprint = item_footprint_in(item, window_grid.crs)
-    under_footprint = inside_aoi[tile_box.overlap_roi(window_grid)] & aoi_pixel_mask(footprint, window_grid)
+    footprint = item_footprint_in(item, crs_of(window_grid))
+    under_footprint = inside_aoi[roi_slices(tile_box.overlap_roi(window_grid))] & aoi_pixel_mask(footprint, window_grid)
     valid = (observation.window.bands[: len(REFLECTANCE_BANDS)] != NODATA).all(axis=0)
     return int((valid & under_footprint).sum()), int(under_footprint.sum())
 
@@ -330,9 +331,8 @@ def build_tile_releasing_memory(plan: MonthPlan, tile: OutputTile) -> TileRecord
 
 
 build_tile_task = task(
-    portable_errors(build_tile_releasing_memory),
     name="build-tile",
     task_run_name="tile-{tile.label}",
     **io_task_retries(),
     cache_policy=NO_CACHE,
-)
+)(portable_errors(build_tile_releasing_memory))

@@ -36,7 +36,7 @@ def tile_layout(grid: GeoBox, tile_size_px: int) -> GeoboxTiles:
 
 def tile_grid(grid: GeoBox, tile_size_px: int, tile: OutputTile) -> GeoBox:
     """The pixel-aligned slice of `grid` that `tile` covers."""
-    return tile_layout(grid, tile_size_px)[tile.row, tile.col]
+    return grid[tile_layout(grid, tile_size_px).roi[tile.row, tile.col]]
 
 
 def read_grid(tile_box: GeoBox, halo_px: int) -> GeoBox:

@@ -34,6 +34,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, polygon
 
+from tasks.crs import crs_of
 from tasks.grid import pixel_size_m
 
 # --- Product conventions (Earth Search v1, collection sentinel-2-l2a) ---------------------------
@@ -311,7 +312,7 @@ def write_cog(path: Path, pixels: np.ndarray, grid: GeoBox, block_size: int) -> 
     """One band as a deflate, predictor 2 COG of `block_size` tiles (no overviews: the pipeline reads full resolution)."""
     profile = {
         "driver": "COG", "width": grid.shape.x, "height": grid.shape.y, "count": 1, "dtype": pixels.dtype.name,
-        "crs": grid.crs.to_wkt(), "transform": grid.affine, "nodata": NODATA, "compress": "DEFLATE",
+        "crs": crs_of(grid).to_wkt(), "transform": grid.affine, "nodata": NODATA, "compress": "DEFLATE",
         "predictor": 2, "level": 1, "blocksize": block_size, "overviews": "NONE",
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +333,7 @@ def footprint_4326(grid: GeoBox, data: np.ndarray) -> Geometry:
     """
     height, width = grid.shape.yx
     if data.all():
-        corners = [(0, 0), (width, 0), (width, height), (0, height)]
+        corners: list[tuple[float, float]] = [(0, 0), (width, 0), (width, height), (0, height)]
     else:
         top, bottom = PARTIAL_SWATH_EDGE
         corners = [(top * width, 0), (width, 0), (width, height), (bottom * width, height)]
@@ -365,7 +366,7 @@ def stac_item(
     """An Earth Search v1 style item dict for one publication of one date."""
     boa_offset = BOA_OFFSET if baseline >= "04.00" else 0.0
     scl_grid = grid.zoom_out(2)
-    epsg = grid.crs.epsg
+    epsg = crs_of(grid).epsg
     properties = {
         "datetime": datetime.combine(day, ACQUISITION_TIME, tzinfo=UTC).isoformat().replace("+00:00", "Z"),
         "platform": f"sentinel-2{platform_for(day)[-1].lower()}",
@@ -542,7 +543,7 @@ def write_aoi(grid: GeoBox, path: Path, inset_px: int) -> Path:
         [left + 2 * inset, top - inset],
         [left + inset, bottom + inset],
     ]
-    epsg = grid.crs.epsg
+    epsg = crs_of(grid).epsg
     path.write_text(
         json.dumps(
             {

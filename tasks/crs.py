@@ -1,0 +1,15 @@
+"""The CRS of an odc-geo grid or geometry, which odc-geo types as optional.
+
+Every grid (`tasks.grid`) and AOI (`tasks.aoi`) of this project has a CRS; `crs_of` says so once.
+"""
+
+from odc.geo import CRS
+from odc.geo.geobox import GeoBoxBase
+from odc.geo.geom import Geometry
+
+
+def crs_of(located: GeoBoxBase | Geometry) -> CRS:
+    """The CRS of a grid or geometry; ValueError for one without (a programming error, never user input)."""
+    if located.crs is None:
+        raise ValueError(f"this {type(located).__name__} has no CRS; build grids and geometries with one")
+    return located.crs
