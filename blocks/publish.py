@@ -24,6 +24,7 @@ from typing import Any
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError
 from prefect import task
+from prefect_aws import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 
 from tasks.aoi import AOI_NAME_PATTERN
@@ -182,15 +183,16 @@ def product_gdal_location(
     folder = month_folder(aoi, month)
     if bucket_block is None:
         return str(_local_month_folder(output_dir, folder) / name), {}
-    credentials = bucket_block.credentials
+    credentials: AwsCredentials = bucket_block.credentials  # type: ignore[assignment]  # blocks.register saves these
+    secret = credentials.aws_secret_access_key
     # rasterio takes credentials as these lower-case keys (it builds an AWS session of them).
-    options = {
+    credential_options = {
         "aws_access_key_id": credentials.aws_access_key_id,
-        "aws_secret_access_key": credentials.aws_secret_access_key and credentials.aws_secret_access_key.get_secret_value(),
+        "aws_secret_access_key": secret.get_secret_value() if secret else None,
         "aws_session_token": credentials.aws_session_token,
         "region_name": credentials.region_name,
     }
-    options = {key: value for key, value in options.items() if value}
+    options = {key: value for key, value in credential_options.items() if value}
     endpoint_url = credentials.aws_client_parameters.endpoint_url
     if endpoint_url:
         options |= s3_endpoint_options({"AWS_ENDPOINT_URL": str(endpoint_url)})
@@ -304,7 +306,6 @@ def content_type(path: Path) -> str:
 
 
 publish_products_task = task(
-    portable_errors(publish_products),
     name="publish-products",
     **io_task_retries(),
-)
+)(portable_errors(publish_products))

@@ -23,6 +23,7 @@ settings (`slack_block`, `s3_block`).
 import os
 import re
 from collections.abc import Mapping
+from uuid import UUID
 
 from prefect.blocks.webhook import Webhook
 from prefect.settings import get_current_settings
@@ -54,7 +55,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 def register_block_types() -> str:
     """Register the block types and schemas, so the UI can create these blocks too."""
     for block_class in BLOCK_CLASSES:
-        block_class.register_type_and_schema(_sync=True)
+        block_class.register_type_and_schema(_sync=True)  # type: ignore[call-arg]  # _sync: async_dispatch
     return "registered block types: " + ", ".join(block.get_block_type_slug() for block in BLOCK_CLASSES)
 
 
@@ -71,7 +72,7 @@ def register_slack(environ: Mapping[str, str]) -> str:
         username=environ.get("SLACK_USERNAME") or None,
         icon_emoji=environ.get("SLACK_ICON_EMOJI") or None,
     )
-    notifier.save(name, overwrite=True, _sync=True)
+    notifier.save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]  # _sync: async_dispatch
     return f"saved {slug}"
 
 
@@ -93,13 +94,14 @@ def register_s3(environ: Mapping[str, str]) -> str:
         region_name=environ.get("AWS_DEFAULT_REGION") or None,
         aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
     )
-    credentials.save(f"{name}{CREDENTIALS_SUFFIX}", overwrite=True, _sync=True)
+    credentials_name = f"{name}{CREDENTIALS_SUFFIX}"
+    credentials.save(credentials_name, overwrite=True, _sync=True)  # type: ignore[call-arg]  # _sync: async_dispatch
     bucket = S3Bucket(
         bucket_name=environ["BASEMAP_S3_BUCKET"],
         bucket_folder=environ.get("BASEMAP_S3_PREFIX", "").strip("/"),
         credentials=credentials,
     )
-    bucket.save(name, overwrite=True, _sync=True)
+    bucket.save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]  # _sync: async_dispatch
     keys = "default chain" if missing else "keys from the environment"
     where = f" at {endpoint_url}" if endpoint_url else ""
     return f"saved {slug} (bucket {bucket.bucket_name!r}{where}, credentials: {keys})"
@@ -136,7 +138,9 @@ def register_crash_notice(environ: Mapping[str, str]) -> list[str]:
     if problem:
         return [problem, f"skipped automation {CRASH_NOTICE_NAME!r}: it posts through {slug}"]
     webhook = Webhook(url=environ["SLACK_WEBHOOK_URL"], headers=JSON_HEADERS)
-    webhook_block_id = webhook.save(name, overwrite=True, _sync=True)
+    webhook_block_id: UUID = webhook.save(  # type: ignore[call-arg, assignment]  # _sync: async_dispatch
+        name, overwrite=True, _sync=True
+    )
     saved = save_automation(crash_notice(webhook_block_id))
     return [f"saved {slug}", f"{saved} automation {CRASH_NOTICE_NAME!r}: every crashed flow run is posted via {slug}"]
 

@@ -17,16 +17,16 @@ What the flow uses:
 """
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.client import HTTPException
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.exceptions import MissingResult
-from prefect.flows import Flow
+from prefect.flows import Flow, FlowStateHook
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
@@ -53,7 +53,15 @@ _SDK_LOGGER.propagate = False
 
 SEND_ERRORS = (OSError, HTTPException, SlackRequestError, ValueError)
 
-StateHook = Callable[[Flow, FlowRun, State], None]
+StateHook = FlowStateHook[..., Any]
+
+
+class FlowStateHooks(TypedDict):
+    """The `@flow` keyword arguments that `slack_state_hooks` gives."""
+
+    on_running: list[StateHook]
+    on_completion: list[StateHook]
+    on_failure: list[StateHook]
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ class SlackNotifier(Block):
         return {name: value for name, value in fields.items() if value}
 
 
-def slack_state_hooks() -> dict[str, list[StateHook]]:
+def slack_state_hooks() -> FlowStateHooks:
     """Keyword arguments for `@flow` that send a notice when a run starts, completes or fails.
 
     No on_crashed hook: a crash is posted by the server's crash-notice automation
@@ -231,7 +239,9 @@ def _notifier_for(flow_run: FlowRun) -> SlackNotifier | None:
     if not block_name:
         return None
     try:
-        return SlackNotifier.load(block_name, _sync=True)
+        return SlackNotifier.load(  # type: ignore[call-arg, return-value]  # _sync: async_dispatch
+            block_name, _sync=True
+        )
     except Exception as error:  # a missing block or an unreachable API: notifying must never fail the run
         stage_logger(__name__).warning(
             "Slack block %r could not be loaded (%s); create it with `python -m blocks.register`", block_name, error
@@ -261,7 +271,9 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
 def _state_result(state: State) -> Any:
     """The run's return value or exception; None when it cannot be read (the notice goes without it)."""
     try:
-        return state.result(raise_on_failure=False, retry_result_failure=False, _sync=True)
+        return state.result(  # type: ignore[call-overload]  # _sync: async_dispatch
+            raise_on_failure=False, retry_result_failure=False, _sync=True
+        )
     except MissingResult:
         return None
     except Exception as error:  # result storage may be gone after a crash; a plainer notice beats none

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
@@ -134,7 +135,9 @@ class StepProgress:
 
     def __init__(self, total_steps: int, description: str) -> None:
         self._done, self._total = 0, max(total_steps, 1)
-        self._artifact_id = create_progress_artifact(0.0, key="scene-progress", description=description)
+        self._artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]  # async_dispatch, sync here
+            0.0, key="scene-progress", description=description
+        )
 
     def advance(self) -> None:
         self._done += 1
@@ -257,7 +260,7 @@ def run_summary_markdown(report: RunReport) -> str:
 
 def load_bucket(block_name: str | None) -> S3Bucket | None:
     """The named prefect-aws `S3Bucket` block, or None for local output."""
-    return S3Bucket.load(block_name) if block_name else None
+    return S3Bucket.load(block_name) if block_name else None  # type: ignore[return-value]  # async_dispatch, sync here
 
 
 def check_valid_share(valid_share: float, min_valid_share: float, month: Month) -> None:
@@ -313,7 +316,8 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
         inputs.workspace.write_bytes(items_name, items_json)
         plan = month_plan(settings, inputs, bucket, month, items_name, items_digest)
-        build = build_tiles.with_options(task_runner=tile_task_runner(settings.runner))
+        tile_runner = tile_task_runner(settings.runner)
+        build = build_tiles.with_options(task_runner=tile_runner)  # type: ignore[arg-type]  # stub rejects all runners
         records = build(month.label, items_name, items_digest, settings)
         month_tiles = merge_tiles(records, items)
         try:

@@ -119,8 +119,9 @@ def _cog_creation(grid: GeoBox, band_count: int, dtype: str, nodata: int | None,
     }
 
 
-def write_cog(source: Path, destination: Path, profile: CogProfile) -> None:
-    """Copy the GeoTIFF `source` to a Cloud Optimized GeoTIFF at `destination` with `profile`.
+def write_cog(source: Path | str, destination: Path, profile: CogProfile) -> None:
+    """Copy the GeoTIFF `source` (a file, or a GDAL path such as /vsis3/...) to a Cloud Optimized GeoTIFF
+    at `destination` with `profile`.
 
     Band descriptions, nodata, scales and offsets are carried over. `destination` is overwritten;
     callers make it a temporary name that is renamed once validated (see `tasks.products`).

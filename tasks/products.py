@@ -220,8 +220,7 @@ def single_cog(index: tuple[str, dict[str, str]], destination: Path, profile: Co
 
 
 write_month_products_task = task(
-    portable_errors(write_month_products),
     name="write-month-products",
     **io_task_retries(),
     cache_policy=NO_CACHE,
-)
+)(portable_errors(write_month_products))

@@ -39,7 +39,7 @@ def overview_level_for(shape: tuple[int, int], overview_factors: list[int], max_
     return len(overview_factors) - 1 if overview_factors else None
 
 
-def read_rgb_overview(mosaic_path: Path, max_side: int = QUICKLOOK_MAX_SIDE) -> np.ndarray:
+def read_rgb_overview(mosaic_path: Path | str, max_side: int = QUICKLOOK_MAX_SIDE) -> np.ndarray:
     """The mosaic's red, green, blue as a (3, y, x) uint16 array no larger than `max_side`, from an overview."""
     with rasterio.open(mosaic_path) as dataset:
         level = overview_level_for(dataset.shape, dataset.overviews(1), max_side)
@@ -64,8 +64,9 @@ def stretch_to_rgba(rgb: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def write_quicklook(mosaic_path: Path, destination: Path, max_side: int = QUICKLOOK_MAX_SIDE) -> tuple[int, int]:
-    """Write the RGBA PNG quicklook of the mosaic COG at `mosaic_path`; return its (height, width)."""
+def write_quicklook(mosaic_path: Path | str, destination: Path, max_side: int = QUICKLOOK_MAX_SIDE) -> tuple[int, int]:
+    """Write the RGBA PNG quicklook of the mosaic COG at `mosaic_path` (a file, or a GDAL path such as
+    /vsis3/...); return its (height, width)."""
     rgba = stretch_to_rgba(read_rgb_overview(mosaic_path, max_side))
     Image.fromarray(rgba, mode="RGBA").save(destination, format="PNG", optimize=True)
     return rgba.shape[0], rgba.shape[1]
