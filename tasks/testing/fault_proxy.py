@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.testing import PROJECT_ROOT
-from tasks.testing.servers import LOOPBACK, TrafficMiddleware
+from tasks.testing.servers import LOOPBACK, TrafficMiddleware, child_pipes
 
 RELAY_CHUNK_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_S = 60.0
@@ -92,11 +92,11 @@ error status answers every method (a STAC API's POST /search too)."""
 
 @dataclass
 class Fault:
-    """Requests whose path contains `path_part` get `kind` with `amount` (status, size or bytes)."""
+    """Requests whose path contains `path_part` get `kind` with `amount` (status, size or bytes; 0 for GARBAGE)."""
 
     kind: FaultKind
     path_part: str
-    amount: int | None
+    amount: int
     remaining: int | None
 
 
@@ -475,7 +475,8 @@ class FaultProxy:
             text=True,
         )
         self._lock = threading.Lock()
-        port_line = self._process.stdout.readline().strip()
+        self._stdin, self._stdout = child_pipes(self._process)
+        port_line = self._stdout.readline().strip()
         if not port_line.isdigit():
             self.stop()
             raise RuntimeError(f"fault proxy did not start (printed {port_line!r}); see the test's stderr")
@@ -486,7 +487,7 @@ class FaultProxy:
         return f"{self.endpoint_url}/{bucket}/{key}"
 
     def stop(self) -> None:
-        self._process.stdin.close()
+        self._stdin.close()
         try:
             self._process.wait(timeout=CONTROL_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -495,10 +496,10 @@ class FaultProxy:
 
     def _command(self, action: str, **arguments: Any) -> dict[str, Any]:
         with self._lock:
-            self._process.stdin.write(json.dumps({"action": action, **arguments}) + "\n")
-            self._process.stdin.flush()
-            ready, _, _ = select.select([self._process.stdout], [], [], CONTROL_TIMEOUT_S)
-            reply_line = self._process.stdout.readline() if ready else ""
+            self._stdin.write(json.dumps({"action": action, **arguments}) + "\n")
+            self._stdin.flush()
+            ready, _, _ = select.select([self._stdout], [], [], CONTROL_TIMEOUT_S)
+            reply_line = self._stdout.readline() if ready else ""
         if not reply_line:
             raise RuntimeError(f"fault proxy did not answer {action!r} (exit status {self._process.poll()})")
         reply = json.loads(reply_line)
@@ -510,7 +511,7 @@ class FaultProxy:
         """Refuse connections (ECONNREFUSED) and shut open ones now; listen again after `seconds` (0: now)."""
         self._command("refuse", seconds=seconds)
 
-    def _fault(self, kind: FaultKind, path_part: str, amount: int | None, times: int | None) -> None:
+    def _fault(self, kind: FaultKind, path_part: str, amount: int, times: int | None) -> None:
         self._command("fault", kind=kind, path_part=path_part, amount=amount, times=times)
 
     def status(self, path_part: str, code: int, times: int | None = None) -> None:
@@ -531,7 +532,7 @@ class FaultProxy:
 
     def garbage(self, path_part: str, times: int | None = None) -> None:
         """Successful GET answers carry deterministic random bytes instead of their body."""
-        self._fault(FaultKind.GARBAGE, path_part, None, times)
+        self._fault(FaultKind.GARBAGE, path_part, 0, times)
 
     def clear(self) -> None:
         """Remove every fault."""

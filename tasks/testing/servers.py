@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 
@@ -156,6 +156,13 @@ def _is_signed(environ: dict[str, Any]) -> bool:
     return "HTTP_AUTHORIZATION" in environ or "X-Amz-Signature" in environ.get("QUERY_STRING", "")
 
 
+def child_pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
+    """(stdin, stdout) of a child process started with both piped."""
+    if process.stdin is None or process.stdout is None:
+        raise ValueError("start the child process with stdin=subprocess.PIPE and stdout=subprocess.PIPE")
+    return process.stdin, process.stdout
+
+
 def serve_s3() -> None:
     """Child-process entry: moto behind `TrafficMiddleware`; prints its port, serves until stdin closes."""
     from moto.server import ThreadedMotoServer
@@ -165,7 +172,10 @@ def serve_s3() -> None:
     moto = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
     moto.start()
     # moto has no hook for middleware; the werkzeug server looks its app up on every request.
-    moto._server.app = TrafficMiddleware(moto._server.app)
+    server = moto._server
+    if server is None:
+        raise RuntimeError("moto's server did not start")
+    server.app = TrafficMiddleware(server.app)
     print(moto.get_host_and_port()[1], flush=True)
     sys.stdin.read()
     moto.stop()
@@ -188,7 +198,8 @@ class S3Server:
             stdout=subprocess.PIPE,
             text=True,
         )
-        port_line = self._process.stdout.readline().strip()
+        self._stdin, self._stdout = child_pipes(self._process)
+        port_line = self._stdout.readline().strip()
         if not port_line.isdigit():
             self.stop()
             raise RuntimeError(f"moto S3 server did not start (printed {port_line!r}); see the test's stderr")
@@ -196,7 +207,7 @@ class S3Server:
         self._client = boto3.client("s3", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
 
     def stop(self) -> None:
-        self._process.stdin.close()
+        self._stdin.close()
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
