@@ -21,6 +21,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.to
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
 
 demo: install
