@@ -1,4 +1,4 @@
-"""The CRS of an odc-geo grid or geometry, which odc-geo types as optional.
+"""The CRS of an odc-geo grid or geometry (which odc-geo types as optional), and its name in products.
 
 Every grid (`tasks.grid`) and AOI (`tasks.aoi`) of this project has a CRS; `crs_of` says so once.
 """
@@ -13,3 +13,8 @@ def crs_of(located: GeoBoxBase | Geometry) -> CRS:
     if located.crs is None:
         raise ValueError(f"this {type(located).__name__} has no CRS; build grids and geometries with one")
     return located.crs
+
+
+def crs_code(crs: CRS) -> str | None:
+    """'EPSG:<code>' when the CRS has an EPSG code, else None (name it by its WKT then)."""
+    return f"EPSG:{crs.epsg}" if crs.epsg else None

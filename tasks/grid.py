@@ -17,7 +17,7 @@ from pyproj import CRS as ProjCRS
 from rasterio.windows import Window
 
 from tasks.aoi import aoi_centre_lonlat, aoi_in_crs
-from tasks.crs import crs_of
+from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidSettings
 
 METRES_PER_DEGREE_LATITUDE = 111_320.0
@@ -93,11 +93,6 @@ def grid_key(grid: GeoBox) -> str:
     affine = grid.affine
     coefficients = ",".join(f"{value:.12g}" for value in affine[:6])
     return f"{crs_of(grid).to_wkt()}|{coefficients}|{grid.shape.y}x{grid.shape.x}"
-
-
-def crs_code(crs: CRS) -> str | None:
-    """'EPSG:<code>' when the CRS has an EPSG code, else None (name it by its WKT then)."""
-    return f"EPSG:{crs.epsg}" if crs.epsg else None
 
 
 def grid_metadata(grid: GeoBox) -> dict[str, object]:

@@ -22,9 +22,9 @@ from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
-from tasks.crs import crs_of
+from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidProduct
-from tasks.grid import crs_code, pixel_size_m
+from tasks.grid import pixel_size_m
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
 from tasks.scene import NODATA
 
