@@ -11,6 +11,12 @@ What the flow uses:
 The STAC Item is put last, and an Item left by an earlier run is removed first, so an Item's
 presence means every product beside it is complete. Publishing again overwrites: re-runs are
 idempotent. Local copies are atomic (temporary name, then rename).
+
+Credentials, one source per role: products reach S3 only through the `S3Bucket` block (its
+`AwsCredentials` and endpoint; uploads and copies through the block's own methods, deletes and
+lookups through its credentials' client, GDAL reads of products with its credentials); the
+workspace (`tasks.workspace`) and scene reads use the process's AWS chain. No block is created by
+a run; `python -m blocks.register` saves them once.
 """
 
 import json
@@ -84,12 +90,11 @@ def publish_files(
         for name, path in files.items():
             destination.copy_from(path, f"{folder}/{name}")
     else:
-        client = bucket_block.credentials.get_s3_client()
-        bucket = bucket_block.bucket_name
         prefix = _bucket_prefix(bucket_block, folder)
-        with _permanent_s3_errors_named(bucket, prefix):
+        with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
             for name, path in files.items():
-                client.upload_file(str(path), bucket, f"{prefix}/{name}", ExtraArgs={"ContentType": content_type(path)})
+                # upload_from_path always puts the block's bucket_folder in front of the key it is given
+                bucket_block.upload_from_path(path, f"{folder}/{name}", ExtraArgs={"ContentType": content_type(path)})
     return {name: product_url(bucket_block, aoi, month, name, output_dir) for name in files}
 
 
@@ -103,12 +108,10 @@ def copy_published(
         for source, target in copies.items():
             destination.copy_from(Path(destination.uri(f"{folder}/{source}")), f"{folder}/{target}")
         return
-    client = bucket_block.credentials.get_s3_client()
-    bucket = bucket_block.bucket_name
     prefix = _bucket_prefix(bucket_block, folder)
-    with _permanent_s3_errors_named(bucket, prefix):
+    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
         for source, target in copies.items():
-            client.copy_object(Bucket=bucket, Key=f"{prefix}/{target}", CopySource={"Bucket": bucket, "Key": f"{prefix}/{source}"})
+            bucket_block.copy_object(f"{prefix}/{source}", f"{prefix}/{target}")
 
 
 def remove_published(
@@ -241,6 +244,10 @@ def _local_month_folder(output_dir: Path | None, folder: str) -> Path:
 
 
 def _bucket_prefix(bucket_block: S3Bucket, folder: str) -> str:
+    """The key prefix of `folder` in the block's bucket: below its `bucket_folder`.
+
+    `copy_object` is handed whole keys, which its path resolution leaves as they are (a key relative to
+    `bucket_folder` whose first part equals it, an AOI named like the folder, would not be prefixed)."""
     return "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
 
 

@@ -11,7 +11,16 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
 
-from blocks.publish import COG_CONTENT_TYPE, ITEM_CONTENT_TYPE, ITEM_PRODUCT, month_folder, publish_products
+from blocks.publish import (
+    COG_CONTENT_TYPE,
+    ITEM_CONTENT_TYPE,
+    ITEM_PRODUCT,
+    copy_published,
+    is_published,
+    month_folder,
+    publish_files,
+    publish_products,
+)
 from tasks.errors import InvalidSettings
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tasks.workspace import Workspace
@@ -205,3 +214,20 @@ def test_missing_file_publishes_nothing(tmp_path: Path, products: dict[str, Path
     with pytest.raises(FileNotFoundError, match=products["mosaic"].name):
         publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
     assert not output_dir.exists()
+
+
+def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bucket_block: S3Bucket, tmp_path: Path) -> None:
+    mosaic = tmp_path / "tile_mosaic.tif"
+    mosaic.write_bytes(b"tile pixels")
+    month_prefix = f"{BUCKET_FOLDER}/{BUCKET_FOLDER}/2024/06"
+
+    urls = publish_files({"tiles/tile_mosaic.tif": mosaic}, bucket_block, BUCKET_FOLDER, MONTH)
+    copy_published(bucket_block, BUCKET_FOLDER, MONTH, {"tiles/tile_mosaic.tif": "month_mosaic.tif"})
+
+    assert urls == {"tiles/tile_mosaic.tif": f"s3://{BUCKET}/{month_prefix}/tiles/tile_mosaic.tif"}
+    for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):
+        assert _object(bucket_block, key)["Body"].read() == b"tile pixels"
+        assert is_published(bucket_block, BUCKET_FOLDER, MONTH, key.removeprefix(f"{month_prefix}/"))
+    client = bucket_block.credentials.get_s3_client()
+    for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):
+        client.delete_object(Bucket=BUCKET, Key=key)
