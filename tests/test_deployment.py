@@ -29,9 +29,10 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.month import Month
-from tasks.testing.prefect_server import REPO_ROOT, PrefectServer, flow_run_id_in
+from tasks.testing.prefect_server import PrefectServer, flow_run_id_in
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
+from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
