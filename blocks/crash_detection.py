@@ -25,6 +25,17 @@ from prefect.client.schemas.objects import StateType
 from prefect.events import CallWebhook, ChangeFlowRunState, EventTrigger, Posture, ResourceSpecification
 from prefect.events.schemas.automations import AutomationCore
 
+__all__ = [
+    "CRASHED_EVENT",
+    "CRASH_DETECTOR_NAME",
+    "CRASH_NOTICE_NAME",
+    "HEARTBEAT_EVENT",
+    "SLACK_CRASH_PAYLOAD",
+    "crash_detector",
+    "crash_notice",
+    "save_automation",
+]
+
 CRASH_DETECTOR_NAME = "basemap: mark flow runs without heartbeat crashed"
 CRASH_NOTICE_NAME = "basemap: post crashed flow runs to Slack"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"

@@ -40,6 +40,15 @@ from blocks.crash_detection import (
 )
 from blocks.slack import SlackNotifier
 
+__all__ = [
+    "BLOCK_CLASSES",
+    "CRASH_AFTER_VARIABLE",
+    "DEFAULT_S3_BLOCK_NAME",
+    "DEFAULT_SLACK_BLOCK_NAME",
+    "main",
+    "register_all",
+]
+
 DEFAULT_SLACK_BLOCK_NAME = "basemap-slack"
 DEFAULT_S3_BLOCK_NAME = "basemap-s3"
 CREDENTIALS_SUFFIX = "-credentials"

@@ -37,6 +37,17 @@ from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.scene import FailedScene
 
+__all__ = [
+    "HEADER_MAX_CHARS",
+    "LISTED_SCENES_MAX",
+    "RunReport",
+    "SlackNotifier",
+    "failed_message",
+    "slack_state_hooks",
+    "started_message",
+    "succeeded_message",
+]
+
 SETTINGS_PARAMETER = "settings"
 SLACK_OK_BODY = "ok"
 HEADER_MAX_CHARS = 150

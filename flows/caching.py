@@ -20,6 +20,8 @@ from tasks.aoi import WGS84
 from tasks.grid import grid_key
 from tasks.settings import MaskSettings, ReadSettings
 
+__all__ = ["content_digest", "scene_folder_digest", "tiles_digest"]
+
 TASKS_PACKAGE = Path(__file__).resolve().parents[1] / "tasks"
 DIGEST_CHARS = 12
 SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir"}

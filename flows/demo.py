@@ -24,6 +24,8 @@ from tasks.ocm_weights import (
 from tasks.settings import GridSettings, MaskSettings, SearchSettings
 from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid, write_aoi
 
+__all__ = ["main"]
+
 DEMO_ROOT = Path("workspace")
 DEMO_DATA = DEMO_ROOT / "demo-month"
 OUTPUT_DIR = Path("output")

@@ -26,6 +26,8 @@ from prefect.settings import PREFECT_API_URL
 from tasks.logs import stage_logger
 from tasks.month import Month
 
+__all__ = ["LEASE_S", "month_lock", "month_lock_name"]
+
 LEASE_S = 120.0
 """Seconds a killed run keeps the AOI and month locked on a Prefect server, at most."""
 

@@ -45,6 +45,16 @@ from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record
 from tasks.tiles import tile_layout, tiles_over_aoi
 from tasks.workspace import Workspace, remove_abandoned_partials
 
+__all__ = [
+    "SEARCH_FOLDER",
+    "RunInputs",
+    "check_failed_share",
+    "checked_inputs",
+    "monthly_mosaic",
+    "run_inputs",
+    "staging_root",
+]
+
 T = TypeVar("T")
 DASK_WORKER_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 SEARCH_FOLDER = "search"

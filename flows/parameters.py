@@ -21,6 +21,8 @@ from tasks.settings import (
     TileSettings,
 )
 
+__all__ = ["MosaicSettings", "RunnerSettings", "tile_concurrency"]
+
 
 class RunnerSettings(FrozenSettings):
     """Where scene work runs."""

@@ -23,6 +23,8 @@ from flows.parameters import MosaicSettings
 from tasks.errors import MosaicError
 from tasks.maskers import masker_names
 
+__all__ = ["main", "print_report"]
+
 INPUT_ERROR_STATUS = 2
 RUN_FAILED_STATUS = 1
 

@@ -26,6 +26,24 @@ from tasks.errors import InvalidProduct
 from tasks.grid import raster_profile
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
 
+__all__ = [
+    "COG_BLOCK_SIZE",
+    "COUNT_DESCRIPTION",
+    "COUNT_DTYPE",
+    "COUNT_PROFILE",
+    "HIGH_PERCENTILE",
+    "LOW_PERCENTILE",
+    "MOSAIC_BANDS",
+    "MOSAIC_DTYPE",
+    "MOSAIC_PROFILE",
+    "REFLECTANCE_SCALE_FACTOR",
+    "CogProfile",
+    "validate_cog",
+    "write_cog",
+    "write_count_cog",
+    "write_mosaic_cog",
+]
+
 COG_BLOCK_SIZE = 512
 """Edge of the internal tiles of the products, in pixels."""
 REFLECTANCE_SCALE_FACTOR = 1.0 / REFLECTANCE_SCALE

@@ -25,6 +25,8 @@ from tasks.percentile import percentile_composite, percentile_value
 from tasks.scene import NODATA, REFLECTANCE_BANDS, MaskClass, SceneWindow
 from tasks.settings import CompositeSettings
 
+__all__ = ["MaskedWindow", "TileComposite", "block_observations", "composite_tile"]
+
 
 @dataclass(frozen=True)
 class MaskedWindow:

@@ -7,6 +7,8 @@ from odc.geo import CRS
 from odc.geo.geobox import GeoBoxBase
 from odc.geo.geom import Geometry
 
+__all__ = ["crs_code", "crs_of"]
+
 
 def crs_of(located: GeoBoxBase | Geometry) -> CRS:
     """The CRS of a grid or geometry; ValueError for one without (a programming error, never user input)."""

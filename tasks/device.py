@@ -5,6 +5,8 @@ import torch
 from tasks.errors import InvalidSettings
 from tasks.settings import Device
 
+__all__ = ["compute_device"]
+
 
 def compute_device(device: Device) -> torch.device:
     """The torch device of a `Device` setting: 'auto' is CUDA when present, else CPU."""

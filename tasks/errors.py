@@ -14,6 +14,33 @@ import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
 
+__all__ = [
+    "ErrorCause",
+    "InferenceOutOfMemory",
+    "InvalidAOI",
+    "InvalidProduct",
+    "InvalidSettings",
+    "MissingModelWeights",
+    "MosaicError",
+    "NoScenesFound",
+    "OutputCollision",
+    "PartsFailed",
+    "PublishError",
+    "SceneOutsideAOI",
+    "SceneReadError",
+    "StacApiError",
+    "TilesFailed",
+    "TooFewClearPixels",
+    "TooManyFailedScenes",
+    "TransientReadError",
+    "error_chain",
+    "first_line",
+    "portable",
+    "portable_errors",
+    "root_cause",
+    "scene_reason",
+]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import rasterio
 
+__all__ = ["INGESTED_BYTES_AT_OPEN", "REMOTE_COG_OPTIONS", "gdal_env", "gdal_path", "s3_endpoint_options"]
+
 INGESTED_BYTES_AT_OPEN = 32 * 1024
 """Bytes of a COG read by the first request at open: its header, and the first tile of a small file.
 GDAL's default (16 KB) makes it read again just past it before the first tile (measured: a one-tile

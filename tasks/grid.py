@@ -20,6 +20,19 @@ from tasks.aoi import aoi_centre_lonlat, aoi_in_crs
 from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidSettings
 
+__all__ = [
+    "METRES_PER_DEGREE_LATITUDE",
+    "check_grid_size",
+    "grid_blocks",
+    "grid_for_aoi",
+    "grid_key",
+    "grid_metadata",
+    "pixel_size_m",
+    "raster_profile",
+    "roi_slices",
+    "utm_crs_for",
+]
+
 METRES_PER_DEGREE_LATITUDE = 111_320.0
 """Length of one degree of latitude in metres (spherical approximation, good to 0.5 %)."""
 

@@ -6,6 +6,8 @@ import logging
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
+__all__ = ["stage_logger"]
+
 
 def stage_logger(module_name: str) -> logging.Logger | logging.LoggerAdapter:
     """The current run's logger, or `logging.getLogger(module_name)` outside a run."""

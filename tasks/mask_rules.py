@@ -24,6 +24,20 @@ import numpy as np
 
 from tasks.scene import NODATA, MaskClass
 
+__all__ = [
+    "SclClass",
+    "average_down",
+    "buffer_cloud_and_shadow",
+    "buffer_radius_px",
+    "classes_from_scl",
+    "combine_classes",
+    "dilate_disk",
+    "downsample_factor",
+    "has_data",
+    "scl_invalid",
+    "upsample_nearest",
+]
+
 
 class SclClass(IntEnum):
     """Sentinel-2 L2A scene classification values."""

@@ -12,6 +12,8 @@ import ctypes.util
 import functools
 from collections.abc import Callable
 
+__all__ = ["release_freed_memory"]
+
 
 @functools.cache
 def _glibc_malloc_trim() -> Callable[[int], int] | None:

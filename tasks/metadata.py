@@ -31,6 +31,19 @@ from tasks.month import Month
 from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
+__all__ = [
+    "TILES_FOLDER",
+    "BandStatistics",
+    "Month",
+    "ProductNames",
+    "ProductRun",
+    "TileFiles",
+    "aoi_area_km2",
+    "attribution",
+    "metadata_json",
+    "statistics_from_histogram",
+]
+
 PROJECT_DISTRIBUTION = "s2-monthly-basemap"
 PYPROJECT_PATH = Path(__file__).resolve().parents[1] / "pyproject.toml"
 SOFTWARE_DISTRIBUTIONS = ("prefect", "rasterio", "torch", "omnicloudmask", "odc-geo", "pystac", "rio-cogeo")

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from tasks.errors import InvalidSettings
 
+__all__ = ["Month"]
+
 MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 

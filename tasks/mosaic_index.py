@@ -16,6 +16,8 @@ from odc.geo.geobox import GeoBox
 from tasks.cog import COG_BLOCK_SIZE
 from tasks.crs import crs_of
 
+__all__ = ["IndexBand", "IndexTile", "mosaic_index_xml"]
+
 GDAL_DATA_TYPES = {"uint8": "Byte", "uint16": "UInt16"}
 
 

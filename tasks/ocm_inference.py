@@ -41,6 +41,18 @@ from tasks.errors import InferenceOutOfMemory
 from tasks.logs import stage_logger
 from tasks.torch_compat import ensure_torchvision_importable
 
+__all__ = [
+    "GPU_CONCURRENCY_LIMIT",
+    "IDLE_SLOT_RELEASE_S",
+    "MODEL_SOURCE",
+    "Patch",
+    "PatchBatcher",
+    "device_slot",
+    "load_omnicloudmask",
+    "patch_batcher",
+    "predict_with_fallback",
+]
+
 GPU_CONCURRENCY_LIMIT = "gpu"
 OCM_CLASSES = 4
 """Classes OmniCloudMask predicts: 0 clear, 1 thick cloud, 2 thin cloud, 3 shadow."""

@@ -20,6 +20,15 @@ import torch
 
 from tasks.errors import InvalidSettings
 
+__all__ = [
+    "CHUNK_KEYS",
+    "COUNT_SATURATION",
+    "percentile_composite",
+    "percentile_value",
+    "sort_observations",
+    "sorting_network",
+]
+
 MEDIAN_PERCENTILE = 50.0
 COUNT_SATURATION = 255
 """The largest observation count stored: counts are uint8, so 255 means 255 or more."""

@@ -58,6 +58,15 @@ from tasks.stac_item import build_item, item_json
 from tasks.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder
 from tasks.tiles import tile_layout
 
+__all__ = [
+    "NO_CLEAR_PIXEL",
+    "MonthTiles",
+    "merge_tiles",
+    "month_histograms",
+    "write_month_products",
+    "write_month_products_task",
+]
+
 NO_CLEAR_PIXEL = "no clear pixel in the AOI (cloud, shadow or nodata everywhere it covers)"
 COUNT_BAND_NAME = "count"
 MONTH_SCRATCH_LABEL = "month"

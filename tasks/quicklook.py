@@ -17,6 +17,8 @@ from rasterio.enums import Resampling
 from tasks.cog import HIGH_PERCENTILE, LOW_PERCENTILE, MOSAIC_BANDS
 from tasks.scene import NODATA
 
+__all__ = ["QUICKLOOK_MAX_SIDE", "overview_level_for", "read_rgb_overview", "stretch_to_rgba", "write_quicklook"]
+
 QUICKLOOK_MAX_SIDE = 1024
 """Longest side of the quicklook, in pixels."""
 RGB_BAND_INDEXES: tuple[int, ...] = tuple(

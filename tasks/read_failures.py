@@ -34,6 +34,15 @@ from tasks.errors import error_chain, first_line
 from tasks.gdal_env import INGESTED_BYTES_AT_OPEN
 from tasks.retry import Failure
 
+__all__ = [
+    "ProbeAnswer",
+    "classify_read_failure",
+    "failure_of_probe",
+    "probe_object",
+    "tiff_extent",
+    "without_url_queries",
+]
+
 PROBE_TIMEOUT_S = 15
 PROBE_BYTES = 4
 """The probe asks for the first bytes of the object: enough for the TIFF signature."""

@@ -22,6 +22,17 @@ from prefect.tasks import exponential_backoff
 from tasks.errors import TransientReadError, error_chain
 from tasks.logs import stage_logger
 
+__all__ = [
+    "NOT_FOUND_CODES",
+    "Failure",
+    "RetriesEnded",
+    "RetryPolicy",
+    "io_task_retries",
+    "retried",
+    "retry_io_failure",
+    "s3_error_code",
+]
+
 T = TypeVar("T")
 
 

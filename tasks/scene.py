@@ -17,6 +17,23 @@ from typing import Any, NamedTuple
 import numpy as np
 from odc.geo.geobox import GeoBox
 
+__all__ = [
+    "NODATA",
+    "REFLECTANCE_BANDS",
+    "REFLECTANCE_SCALE",
+    "SCENE_BANDS",
+    "SCL_BAND",
+    "FailedScene",
+    "MaskClass",
+    "SceneAsset",
+    "SceneItem",
+    "SceneWindow",
+    "SkippedScene",
+    "UsedScene",
+    "scene_items_from_json",
+    "scene_items_json",
+]
+
 REFLECTANCE_BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 SCL_BAND = "scl"
 SCENE_BANDS: tuple[str, ...] = (*REFLECTANCE_BANDS, SCL_BAND)

@@ -35,6 +35,19 @@ from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
 from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
 from tasks.settings import EARTH_SEARCH_COLLECTION, SearchSettings
 
+__all__ = [
+    "API_RETRY",
+    "BOA_OFFSET",
+    "DN_SCALE",
+    "item_in_window",
+    "newest_processing",
+    "query_stac_api",
+    "scene_from_item",
+    "search_scenes",
+    "search_scenes_task",
+    "tile_id",
+]
+
 API_TIMEOUT_S = 60
 """Seconds to wait for one STAC API response."""
 API_RETRY = RetryPolicy(attempts=6, first_delay_s=2.0, max_delay_s=30.0)

@@ -9,6 +9,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+__all__ = [
+    "EARTH_SEARCH_COLLECTION",
+    "CompositeSettings",
+    "Device",
+    "FrozenSettings",
+    "GridSettings",
+    "MaskSettings",
+    "ReadSettings",
+    "SearchSettings",
+    "TileSettings",
+]
+
 EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
 EARTH_SEARCH_COLLECTION = "sentinel-2-c1-l2a"
 

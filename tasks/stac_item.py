@@ -28,6 +28,8 @@ from tasks.grid import pixel_size_m
 from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
 from tasks.scene import NODATA
 
+__all__ = ["VRT_MEDIA_TYPE", "OfflineSTACValidator", "build_item", "item_document", "item_json", "validate_item"]
+
 VRT_MEDIA_TYPE = "application/xml"
 """GDAL VRT files are XML; no registered media type names them more precisely."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"

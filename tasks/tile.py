@@ -56,6 +56,19 @@ from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
 from tasks.tiles import OutputTile, read_grid, tile_grid
 from tasks.workspace import Workspace, partial_prefix
 
+__all__ = [
+    "COUNT_VALUES",
+    "RECORD_SUFFIX",
+    "REFLECTANCE_VALUES",
+    "MonthPlan",
+    "TileHistograms",
+    "TileRecord",
+    "build_tile",
+    "build_tile_task",
+    "committed_record",
+    "scratch_folder",
+]
+
 REFLECTANCE_VALUES = int(np.iinfo(np.uint16).max) + 1
 COUNT_VALUES = int(np.iinfo(np.uint8).max) + 1
 RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"

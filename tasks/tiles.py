@@ -15,6 +15,8 @@ from odc.geo.geom import Geometry
 
 from tasks.aoi import aoi_in_crs
 
+__all__ = ["OutputTile", "read_grid", "tile_grid", "tile_layout", "tiles_over_aoi"]
+
 
 @dataclass(frozen=True, order=True)
 class OutputTile:

@@ -17,6 +17,8 @@ from importlib import import_module
 
 import torch
 
+__all__ = ["ensure_torchvision_importable", "placeholder_operators"]
+
 TORCHVISION_NAMESPACE = "torchvision"
 
 MISSING_OPERATOR = re.compile(r"operator torchvision::(\w+) does not exist")

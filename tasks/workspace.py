@@ -18,6 +18,8 @@ from typing import Any
 
 from tasks.gdal_env import gdal_path
 
+__all__ = ["PARTIAL_PREFIX", "Workspace", "partial_prefix", "remove_abandoned_partials"]
+
 S3_SCHEME = "s3://"
 PARTIAL_PREFIX = ".partial-"
 """Files being written are named `.partial-<host>-<pid>-<random>`: a later run can tell whose they were."""

@@ -8,5 +8,7 @@ behind them; `fault_proxy` and `fault_scenarios` break its traffic on purpose.
 
 from pathlib import Path
 
+__all__ = ["PROJECT_ROOT"]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 """The checkout: the working directory of the child processes, so they import the project's modules."""

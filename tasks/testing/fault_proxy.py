@@ -54,6 +54,8 @@ from urllib.parse import urlsplit
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.servers import LOOPBACK, TrafficMiddleware, child_pipes
 
+__all__ = ["FaultProxy"]
+
 RELAY_CHUNK_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0

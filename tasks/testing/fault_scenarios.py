@@ -26,6 +26,23 @@ from tasks.testing.served_month import ServedMonth
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES
 
+__all__ = [
+    "OUTAGE_DATES",
+    "PERMANENT_FAULTS",
+    "RUNNERS",
+    "OutageTrigger",
+    "PermanentFault",
+    "asset_file",
+    "asset_path",
+    "failure_requests",
+    "metadata_of",
+    "reads_through",
+    "reprojected",
+    "upload_over",
+    "with_wrong_crs_label",
+    "without_georeferencing",
+]
+
 RUNNERS = {
     "threads": {"task_runner": "threads", "max_concurrent_scenes": 2},
     "dask": {"task_runner": "dask", "dask_workers": 2},

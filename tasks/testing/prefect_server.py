@@ -27,6 +27,8 @@ from prefect.client.schemas.objects import FlowRun
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.servers import LOOPBACK, free_port
 
+__all__ = ["PrefectServer", "flow_run_id_in"]
+
 PREFECT_COMMAND = (sys.executable, "-m", "prefect")
 SERVER_START_TIMEOUT_S = 90.0
 CLI_TIMEOUT_S = 120.0

@@ -25,6 +25,15 @@ from tasks.testing.synthetic import (
     write_aoi,
 )
 
+__all__ = [
+    "SERVED_GRID",
+    "ServedMonth",
+    "assert_every_scene_accounted",
+    "flow_settings",
+    "save_products_block",
+    "serve_synthetic_month",
+]
+
 SERVED_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
 """5.12 km of 20 m pixels in EPSG:32633: a whole month reads, masks and composites in seconds."""
 

@@ -25,6 +25,8 @@ import boto3
 
 from tasks.testing import PROJECT_ROOT
 
+__all__ = ["LOOPBACK", "TEST_CREDENTIALS", "S3Server", "StacApi", "TrafficMiddleware", "child_pipes", "free_port"]
+
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 COUNTED_CHUNK_BYTES = 64 * 1024

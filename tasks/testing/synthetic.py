@@ -37,6 +37,35 @@ from odc.geo.geom import Geometry, polygon
 from tasks.crs import crs_of
 from tasks.grid import pixel_size_m
 
+__all__ = [
+    "BOA_OFFSET_DN",
+    "COLLECTION_ID",
+    "DEFAULT_DATES",
+    "JITTER_GAIN",
+    "JITTER_OFFSET_DN",
+    "NEW_BASELINE",
+    "REFLECTANCE_ASSETS",
+    "SCL_FILE",
+    "SHADOW_DARKENING",
+    "THIN_ALPHA_RANGE",
+    "THIN_CLOUD_DN",
+    "TILE_GRID",
+    "RadiometricJitter",
+    "SyntheticMonth",
+    "footprint_4326",
+    "full_resolution",
+    "make_sky",
+    "make_surface",
+    "make_synthetic_month",
+    "observed_scene",
+    "shadow_offset_px",
+    "shifted",
+    "stac_collection",
+    "stac_item",
+    "synthetic_grid",
+    "write_aoi",
+]
+
 # --- Product conventions (Earth Search v1, collection sentinel-2-l2a) ---------------------------
 COLLECTION_ID = "sentinel-2-l2a"
 STAC_VERSION = "1.0.0"
