@@ -34,7 +34,6 @@ from tasks.settings import CompositeSettings, MaskSettings
 __all__ = [
     "TILES_FOLDER",
     "BandStatistics",
-    "Month",
     "ProductNames",
     "ProductRun",
     "TileFiles",

@@ -22,6 +22,7 @@ __all__ = [
     "download_command",
     "download_model_weights",
     "expected_weight_files",
+    "main",
     "model_dir_for",
     "model_version_for",
 ]

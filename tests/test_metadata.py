@@ -12,7 +12,6 @@ from tasks.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.errors import InvalidSettings
 from tasks.grid import grid_metadata
 from tasks.metadata import (
-    Month,
     ProductNames,
     ProductRun,
     TileFiles,
@@ -20,6 +19,7 @@ from tasks.metadata import (
     metadata_json,
     statistics_from_histogram,
 )
+from tasks.month import Month
 from tasks.tile import REFLECTANCE_VALUES
 from tests.product_arrays import (
     FAILED_SCENE,
