@@ -304,8 +304,8 @@ def read_scene_window(item: SceneItem, read_grid: GeoBox, aoi: Geometry, setting
     """
     subgrid = scene_subgrid(item, read_grid, aoi)
     bands = np.zeros((len(SCENE_BANDS), *subgrid.shape.yx), dtype=np.uint16)
-    inside_aoi = aoi_pixel_mask(aoi, subgrid)
     with gdal_env(), ExitStack() as stack:
+        inside_aoi = aoi_pixel_mask(aoi, subgrid)  # in the environment: rasterio would build one of its own
         readers = _asset_readers(item, subgrid, settings, stack)
         for window, _ in grid_blocks(subgrid, settings.block_size):
             roi = window.toslices()
