@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.testing import PROJECT_ROOT
-from tasks.testing.servers import LOOPBACK, TrafficMiddleware, child_pipes
+from tasks.testing.servers import LOOPBACK, TrafficMiddleware, announced_port, child_pipes, wait_or_kill
 
 __all__ = ["FaultProxy"]
 
@@ -478,11 +478,12 @@ class FaultProxy:
         )
         self._lock = threading.Lock()
         self._stdin, self._stdout = child_pipes(self._process)
-        port_line = self._stdout.readline().strip()
-        if not port_line.isdigit():
+        try:
+            port = announced_port(self._stdout, "fault proxy")
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"fault proxy did not start (printed {port_line!r}); see the test's stderr")
-        self.endpoint_url = f"http://{LOOPBACK}:{port_line}"
+            raise
+        self.endpoint_url = f"http://{LOOPBACK}:{port}"
 
     def http_url(self, bucket: str, key: str) -> str:
         """The anonymous http URL of an object, through the proxy."""
@@ -490,11 +491,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stdin.close()
-        try:
-            self._process.wait(timeout=CONTROL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        wait_or_kill(self._process, CONTROL_TIMEOUT_S)
 
     def _command(self, action: str, **arguments: Any) -> dict[str, Any]:
         with self._lock:

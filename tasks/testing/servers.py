@@ -25,7 +25,17 @@ import boto3
 
 from tasks.testing import PROJECT_ROOT
 
-__all__ = ["LOOPBACK", "TEST_CREDENTIALS", "S3Server", "StacApi", "TrafficMiddleware", "child_pipes", "free_port"]
+__all__ = [
+    "LOOPBACK",
+    "TEST_CREDENTIALS",
+    "S3Server",
+    "StacApi",
+    "TrafficMiddleware",
+    "announced_port",
+    "child_pipes",
+    "free_port",
+    "wait_or_kill",
+]
 
 LOOPBACK = "127.0.0.1"
 TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
@@ -165,6 +175,23 @@ def child_pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
     return process.stdin, process.stdout
 
 
+def announced_port(stdout: IO[str], server: str) -> int:
+    """The port a child server printed as its first line; RuntimeError naming `server` if it printed none."""
+    port_line = stdout.readline().strip()
+    if not port_line.isdigit():
+        raise RuntimeError(f"{server} did not start (printed {port_line!r}); see the test's stderr")
+    return int(port_line)
+
+
+def wait_or_kill(process: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for a child asked to exit (stdin closed, or terminated); kill it after `timeout_s` seconds."""
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def serve_s3() -> None:
     """Child-process entry: moto behind `TrafficMiddleware`; prints its port, serves until stdin closes."""
     from moto.server import ThreadedMotoServer
@@ -201,20 +228,17 @@ class S3Server:
             text=True,
         )
         self._stdin, self._stdout = child_pipes(self._process)
-        port_line = self._stdout.readline().strip()
-        if not port_line.isdigit():
+        try:
+            port = announced_port(self._stdout, "moto S3 server")
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"moto S3 server did not start (printed {port_line!r}); see the test's stderr")
-        self.endpoint_url = f"http://{LOOPBACK}:{port_line}"
+            raise
+        self.endpoint_url = f"http://{LOOPBACK}:{port}"
         self._client = boto3.client("s3", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
 
     def stop(self) -> None:
         self._stdin.close()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        wait_or_kill(self._process, 10)
 
     def _control(self, action: str, **request: Any) -> dict[str, Any]:
         with urllib.request.urlopen(
@@ -330,11 +354,7 @@ class StacApi:
 
     def stop(self) -> None:
         self._process.terminate()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        wait_or_kill(self._process, 5)
 
 
 
