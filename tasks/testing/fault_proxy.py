@@ -39,7 +39,6 @@ import select
 import socket
 import socketserver
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -51,8 +50,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from tasks.testing import PROJECT_ROOT
-from tasks.testing.servers import LOOPBACK, TrafficMiddleware, announced_port, child_pipes, wait_or_kill
+from tasks.testing.servers import LOOPBACK, ChildServer, TrafficMiddleware
 
 __all__ = ["FaultProxy"]
 
@@ -469,38 +467,25 @@ class FaultProxy:
     """The proxy in a child process, as seen from the tests: its URL, its faults and its counters."""
 
     def __init__(self, upstream_url: str) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.testing.fault_proxy", upstream_url],
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self._child = ChildServer.start(["tasks.testing.fault_proxy", upstream_url], "fault proxy", CONTROL_TIMEOUT_S)
         self._lock = threading.Lock()
-        self._stdin, self._stdout = child_pipes(self._process)
-        try:
-            port = announced_port(self._stdout, "fault proxy")
-        except RuntimeError:
-            self.stop()
-            raise
-        self.endpoint_url = f"http://{LOOPBACK}:{port}"
+        self.endpoint_url = self._child.endpoint_url
 
     def http_url(self, bucket: str, key: str) -> str:
         """The anonymous http URL of an object, through the proxy."""
         return f"{self.endpoint_url}/{bucket}/{key}"
 
     def stop(self) -> None:
-        self._stdin.close()
-        wait_or_kill(self._process, CONTROL_TIMEOUT_S)
+        self._child.stop(CONTROL_TIMEOUT_S)
 
     def _command(self, action: str, **arguments: Any) -> dict[str, Any]:
         with self._lock:
-            self._stdin.write(json.dumps({"action": action, **arguments}) + "\n")
-            self._stdin.flush()
-            ready, _, _ = select.select([self._stdout], [], [], CONTROL_TIMEOUT_S)
-            reply_line = self._stdout.readline() if ready else ""
+            self._child.stdin.write(json.dumps({"action": action, **arguments}) + "\n")
+            self._child.stdin.flush()
+            ready, _, _ = select.select([self._child.stdout], [], [], CONTROL_TIMEOUT_S)
+            reply_line = self._child.stdout.readline() if ready else ""
         if not reply_line:
-            raise RuntimeError(f"fault proxy did not answer {action!r} (exit status {self._process.poll()})")
+            raise RuntimeError(f"fault proxy did not answer {action!r} (exit status {self._child.process.poll()})")
         reply = json.loads(reply_line)
         if not reply.pop("ok"):
             raise RuntimeError(f"fault proxy refused {action!r}: {reply['error']}")

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -31,7 +31,7 @@ __all__ = [
     "S3Server",
     "StacApi",
     "TrafficMiddleware",
-    "announced_port",
+    "ChildServer",
     "child_pipes",
     "free_port",
     "wait_or_kill",
@@ -175,14 +175,6 @@ def child_pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
     return process.stdin, process.stdout
 
 
-def announced_port(stdout: IO[str], server: str) -> int:
-    """The port a child server printed as its first line; RuntimeError naming `server` if it printed none."""
-    port_line = stdout.readline().strip()
-    if not port_line.isdigit():
-        raise RuntimeError(f"{server} did not start (printed {port_line!r}); see the test's stderr")
-    return int(port_line)
-
-
 def wait_or_kill(process: subprocess.Popen, timeout_s: float) -> None:
     """Wait for a child asked to exit (stdin closed, or terminated); kill it after `timeout_s` seconds."""
     try:
@@ -190,6 +182,36 @@ def wait_or_kill(process: subprocess.Popen, timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@dataclass
+class ChildServer:
+    """A server in a child process of this interpreter (`python -m <arguments>`) that prints its port
+    on its first line, then serves until its stdin closes."""
+
+    process: subprocess.Popen[str]
+    stdin: IO[str]
+    stdout: IO[str]
+    endpoint_url: str
+
+    @classmethod
+    def start(cls, arguments: Sequence[str], server: str, stop_timeout_s: float = 10.0) -> "ChildServer":
+        """Start it and read its port; RuntimeError naming `server` when it printed none."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", *arguments], cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        stdin, stdout = child_pipes(process)
+        port_line = stdout.readline().strip()
+        if not port_line.isdigit():
+            stdin.close()
+            wait_or_kill(process, stop_timeout_s)
+            raise RuntimeError(f"{server} did not start (printed {port_line!r}); see the test's stderr")
+        return cls(process, stdin, stdout, f"http://{LOOPBACK}:{port_line}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Close its stdin (it exits), killing it after `timeout_s` seconds."""
+        self.stdin.close()
+        wait_or_kill(self.process, timeout_s)
 
 
 def serve_s3() -> None:
@@ -220,25 +242,12 @@ class S3Server:
     """
 
     def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tasks.testing.servers", "s3"],
-            cwd=PROJECT_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self._stdin, self._stdout = child_pipes(self._process)
-        try:
-            port = announced_port(self._stdout, "moto S3 server")
-        except RuntimeError:
-            self.stop()
-            raise
-        self.endpoint_url = f"http://{LOOPBACK}:{port}"
+        self._child = ChildServer.start(["tasks.testing.servers", "s3"], "moto S3 server")
+        self.endpoint_url = self._child.endpoint_url
         self._client = boto3.client("s3", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
 
     def stop(self) -> None:
-        self._stdin.close()
-        wait_or_kill(self._process, 10)
+        self._child.stop()
 
     def _control(self, action: str, **request: Any) -> dict[str, Any]:
         with urllib.request.urlopen(
