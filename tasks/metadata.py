@@ -60,9 +60,6 @@ class ProductNames:
 
     mosaic: str
     count: str
-    mosaic_index: str
-    """The GDAL VRT that opens a tiled month's mosaic tiles as one raster."""
-    count_index: str
     quicklook: str
     metadata: str
     item: str
@@ -71,6 +68,15 @@ class ProductNames:
     def stem(self) -> str:
         """'<aoi>_<YYYY-MM>', the start of every product's name."""
         return self.mosaic.removesuffix(MOSAIC_SUFFIX)
+
+    @property
+    def mosaic_index(self) -> str:
+        """The GDAL VRT that opens a tiled month's mosaic tiles as one raster."""
+        return f"{self.stem}_mosaic.vrt"
+
+    @property
+    def count_index(self) -> str:
+        return f"{self.stem}_count.vrt"
 
     def tile_mosaic(self, tile_label: str, tiles_digest: str) -> str:
         """The mosaic COG of one tile built from inputs of `tiles_digest`, relative to the month folder.
@@ -88,8 +94,6 @@ class ProductNames:
         return cls(
             mosaic=f"{stem}{MOSAIC_SUFFIX}",
             count=f"{stem}_count.tif",
-            mosaic_index=f"{stem}_mosaic.vrt",
-            count_index=f"{stem}_count.vrt",
             quicklook=f"{stem}_quicklook.png",
             metadata=f"{stem}_metadata.json",
             item=f"{stem}_item.json",
