@@ -1,16 +1,13 @@
 """Publishing a month's products: to S3 through a prefect-aws `S3Bucket` block, or to a local
 output directory when no block is named, with the same layout either way.
 
-What the flow uses:
-- `publish_products(local_files, bucket_block, aoi, month, item_file, output_dir=None)` puts the
-  files under `{aoi}/{YYYY}/{MM}/` (below the block's `bucket_folder`, or below `output_dir`) and
-  returns {product name: URL}: `s3://bucket/key` URLs, or absolute local paths; the STAC Item is
-  under `ITEM_PRODUCT`.
-- `publish_products_task`: the same as a Prefect task that retries I/O failures.
-
-The STAC Item is put last, and an Item left by an earlier run is removed first, so an Item's
-presence means every product beside it is complete. Publishing again overwrites: re-runs are
-idempotent. Local copies are atomic (temporary name, then rename).
+A `MonthDestination` is the folder `{aoi}/{YYYY}/{MM}/` of one AOI's month, below the block's
+`bucket_folder` (`BucketMonth`) or below `output_dir` (`LocalMonth`); `month_destination` picks one.
+Every file is named by its path relative to that folder ('tiles/x.tif'), and every operation the
+flow needs (put, copy, remove, look up, read, open with GDAL) is a method of it, so the stages never
+ask which kind they have. `publish_products` puts a set of products, the STAC Item last, after
+removing an earlier Item: an Item's presence means every product beside it is complete. Publishing
+again overwrites: re-runs are idempotent. Local copies are atomic (temporary name, then rename).
 
 Credentials, one source per role: products reach S3 only through the `S3Bucket` block (its
 `AwsCredentials` and endpoint; uploads and copies through the block's own methods, deletes and
@@ -22,6 +19,7 @@ a run; `python -m blocks.register` saves them once.
 import json
 import mimetypes
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,17 +27,30 @@ from typing import Any
 
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError
-from prefect import task
 from prefect_aws import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 
 from tasks.aoi import AOI_NAME_PATTERN
-from tasks.errors import InvalidSettings, OutputCollision, PublishError, portable_errors
+from tasks.errors import InvalidSettings, OutputCollision, PublishError
 from tasks.gdal_env import s3_endpoint_options
 from tasks.metadata import ProductNames
 from tasks.month import Month
-from tasks.retry import NOT_FOUND_CODES, io_task_retries, s3_error_code
+from tasks.retry import NOT_FOUND_CODES, s3_error_code
 from tasks.workspace import Workspace
+
+__all__ = [
+    "COG_CONTENT_TYPE",
+    "ITEM_CONTENT_TYPE",
+    "ITEM_PRODUCT",
+    "BucketMonth",
+    "LocalMonth",
+    "MonthDestination",
+    "check_month_folder_owner",
+    "content_type",
+    "month_destination",
+    "month_folder",
+    "publish_products",
+]
 
 ITEM_PRODUCT = "item"
 ITEM_CONTENT_TYPE = "application/geo+json"
@@ -56,153 +67,193 @@ PERMANENT_S3_ERRORS: Mapping[str, str] = {
 """S3 error codes no retry fixes, with what to do about each."""
 
 
-def publish_products(
-    local_files: Mapping[str, Path] | Sequence[Path],
-    bucket_block: S3Bucket | None,
-    aoi: str,
-    month: str,
-    item_file: Path,
-    output_dir: Path | None = None,
-) -> dict[str, str]:
-    """Publish the products and then the STAC Item of one AOI and month ('YYYY-MM').
+class MonthDestination(ABC):
+    """The published folder of one AOI's month; files are named relative to it ('tiles/x.tif')."""
 
-    `local_files` is {product name: path} or a list of paths (named by file name); each keeps its
-    file name at the destination. Without `bucket_block`, the files go under `output_dir`.
-    """
-    products = _named_products(local_files, item_file)
-    withdraw_item(bucket_block, aoi, month, item_file.name, output_dir)
-    urls = publish_files({path.name: path for path in products.values()}, bucket_block, aoi, month, output_dir)
-    (item_url,) = publish_files({item_file.name: item_file}, bucket_block, aoi, month, output_dir).values()
-    return {**{name: urls[path.name] for name, path in products.items()}, ITEM_PRODUCT: item_url}
+    def __init__(self, aoi: str, month: str) -> None:
+        self.aoi = aoi
+        self.month = month
+        self.folder = month_folder(aoi, month)
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """The folder as a URL (`s3://bucket/key`) or an absolute local path."""
+
+    def url(self, name: str) -> str:
+        """Where a published file is: `s3://bucket/key`, or its absolute local path."""
+        return f"{self.location}/{name}"
+
+    @abstractmethod
+    def put(self, files: Mapping[str, Path]) -> None:
+        """Publish local files {name: path}, in order."""
+
+    @abstractmethod
+    def copy(self, copies: Mapping[str, str]) -> None:
+        """Copy published files {source name: target name} (server-side on S3)."""
+
+    @abstractmethod
+    def remove_below(self, subfolder: str, keep: str | None = None) -> None:
+        """Delete everything published below `subfolder`, but what lies below `keep` (a folder in it)."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether a file is published."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove a published file; nothing when there is none."""
+
+    @abstractmethod
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A published JSON file, or None when there is none."""
+
+    @abstractmethod
+    def gdal_location(self, name: str) -> tuple[str, dict[str, str]]:
+        """The path GDAL opens for a published file, and the GDAL options that reach it."""
 
 
-def publish_files(
-    files: Mapping[str, Path], bucket_block: S3Bucket | None, aoi: str, month: str, output_dir: Path | None = None
-) -> dict[str, str]:
-    """Put local files under the AOI's month folder, in order; returns {name: URL or absolute path}.
+class LocalMonth(MonthDestination):
+    """The month folder below a local output directory."""
 
-    The names of `files` are paths relative to the month folder ('tiles/x.tif'). Local copies are
-    atomic (temporary name, then rename).
-    """
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        destination = Workspace(str(_local_destination(output_dir).resolve()))
+    def __init__(self, output_dir: Path, aoi: str, month: str) -> None:
+        super().__init__(aoi, month)
+        self.root = Path(output_dir).resolve() / self.folder
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def put(self, files: Mapping[str, Path]) -> None:
+        destination = Workspace(str(self.root))
         for name, path in files.items():
-            destination.copy_from(path, f"{folder}/{name}")
-    else:
-        prefix = _bucket_prefix(bucket_block, folder)
-        with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
-            for name, path in files.items():
-                # upload_from_path always puts the block's bucket_folder in front of the key it is given
-                bucket_block.upload_from_path(path, f"{folder}/{name}", ExtraArgs={"ContentType": content_type(path)})
-    return {name: product_url(bucket_block, aoi, month, name, output_dir) for name in files}
+            destination.copy_from(path, name)
 
+    def copy(self, copies: Mapping[str, str]) -> None:
+        self.put({target: self.root / source for source, target in copies.items()})
 
-def copy_published(
-    bucket_block: S3Bucket | None, aoi: str, month: str, copies: Mapping[str, str], output_dir: Path | None = None
-) -> None:
-    """Copy published files {source name: destination name} within the month folder (server-side on S3)."""
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        destination = Workspace(str(_local_destination(output_dir).resolve()))
-        for source, target in copies.items():
-            destination.copy_from(Path(destination.uri(f"{folder}/{source}")), f"{folder}/{target}")
-        return
-    prefix = _bucket_prefix(bucket_block, folder)
-    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
-        for source, target in copies.items():
-            bucket_block.copy_object(f"{prefix}/{source}", f"{prefix}/{target}")
-
-
-def remove_published(
-    bucket_block: S3Bucket | None, aoi: str, month: str, subfolder: str, output_dir: Path | None = None, keep: str | None = None
-) -> None:
-    """Delete everything published below `subfolder` of the month folder, but what lies below `keep` (a
-    folder inside it)."""
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        root = _local_month_folder(output_dir, folder)
-        kept = root / subfolder / keep if keep else None
-        for path in sorted((root / subfolder).glob("*")) if (root / subfolder).is_dir() else []:
+    def remove_below(self, subfolder: str, keep: str | None = None) -> None:
+        below = self.root / subfolder
+        kept = below / keep if keep else None
+        for path in sorted(below.glob("*")) if below.is_dir() else []:
             if path != kept:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        return
-    client = bucket_block.credentials.get_s3_client()
-    bucket = bucket_block.bucket_name
-    prefix = _bucket_prefix(bucket_block, folder)
-    kept_prefix = f"{prefix}/{subfolder}/{keep}/" if keep else None
-    with _permanent_s3_errors_named(bucket, prefix):
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{subfolder}/"):
-            doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]
-            if doomed:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": doomed})
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def delete(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def gdal_location(self, name: str) -> tuple[str, dict[str, str]]:
+        return str(self.root / name), {}
 
 
-def is_published(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> bool:
-    """Whether a file of the month folder is published."""
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        return (_local_month_folder(output_dir, folder) / name).is_file()
-    prefix = _bucket_prefix(bucket_block, folder)
-    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
-        try:
-            bucket_block.credentials.get_s3_client().head_object(Bucket=bucket_block.bucket_name, Key=f"{prefix}/{name}")
-        except ClientError as error:
-            if s3_error_code(error) in NOT_FOUND_CODES:
-                return False
-            raise
-    return True
+class BucketMonth(MonthDestination):
+    """The month folder below an `S3Bucket` block's `bucket_folder`, reached with the block's credentials.
 
-
-def product_url(bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None) -> str:
-    """Where a published product is: `s3://bucket/key`, or its absolute local path."""
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        return str(_local_month_folder(output_dir, folder) / name)
-    return f"s3://{bucket_block.bucket_name}/{_bucket_prefix(bucket_block, folder)}/{name}"
-
-
-def withdraw_item(
-    bucket_block: S3Bucket | None, aoi: str, month: str, item_name: str, output_dir: Path | None = None
-) -> None:
-    """Remove the month's STAC Item, if any, before anything beside it is replaced: an Item's presence
-    means every product beside it is complete."""
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        (_local_month_folder(output_dir, folder) / item_name).unlink(missing_ok=True)
-        return
-    prefix = _bucket_prefix(bucket_block, folder)
-    with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
-        bucket_block.credentials.get_s3_client().delete_object(Bucket=bucket_block.bucket_name, Key=f"{prefix}/{item_name}")
-
-
-def product_gdal_location(
-    bucket_block: S3Bucket | None, aoi: str, month: str, name: str, output_dir: Path | None = None
-) -> tuple[str, dict[str, str]]:
-    """The path GDAL opens for a published product, and the GDAL options that reach it.
-
-    A bucket product is read with the block's own credentials and endpoint, not the process's.
+    An S3 error no retry fixes (no bucket, no access, bad keys) becomes a one-line `PublishError`;
+    others pass on, to be retried by the calling task.
     """
-    folder = month_folder(aoi, month)
-    if bucket_block is None:
-        return str(_local_month_folder(output_dir, folder) / name), {}
-    credentials: AwsCredentials = bucket_block.credentials  # type: ignore[assignment]  # blocks.register saves these
-    secret = credentials.aws_secret_access_key
-    # rasterio takes credentials as these lower-case keys (it builds an AWS session of them).
-    credential_options = {
-        "aws_access_key_id": credentials.aws_access_key_id,
-        "aws_secret_access_key": secret.get_secret_value() if secret else None,
-        "aws_session_token": credentials.aws_session_token,
-        "region_name": credentials.region_name,
-    }
-    options = {key: value for key, value in credential_options.items() if value}
-    endpoint_url = credentials.aws_client_parameters.endpoint_url
-    if endpoint_url:
-        options |= s3_endpoint_options({"AWS_ENDPOINT_URL": str(endpoint_url)})
-    folder_path = f"/vsis3/{bucket_block.bucket_name}/{_bucket_prefix(bucket_block, folder)}"
-    # Products are replaced by re-runs: never serve what this process cached of an earlier version.
-    options["CPL_VSIL_CURL_NON_CACHED"] = folder_path
-    return f"{folder_path}/{name}", options
+
+    def __init__(self, bucket_block: S3Bucket, aoi: str, month: str) -> None:
+        super().__init__(aoi, month)
+        self.block = bucket_block
+        self.bucket = bucket_block.bucket_name
+        # Whole keys: the block's `copy_object` leaves them as they are, where a key relative to
+        # `bucket_folder` whose first part equals it (an AOI named like the folder) is not prefixed.
+        self.prefix = "/".join(part.strip("/") for part in (bucket_block.bucket_folder, self.folder) if part.strip("/"))
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def put(self, files: Mapping[str, Path]) -> None:
+        with self._permanent_errors_named():
+            for name, path in files.items():
+                # upload_from_path always puts the block's bucket_folder in front of the key it is given
+                self.block.upload_from_path(path, f"{self.folder}/{name}", ExtraArgs={"ContentType": content_type(path)})
+
+    def copy(self, copies: Mapping[str, str]) -> None:
+        with self._permanent_errors_named():
+            for source, target in copies.items():
+                self.block.copy_object(f"{self.prefix}/{source}", f"{self.prefix}/{target}")
+
+    def remove_below(self, subfolder: str, keep: str | None = None) -> None:
+        client = self.block.credentials.get_s3_client()
+        kept_prefix = f"{self.prefix}/{subfolder}/{keep}/" if keep else None
+        with self._permanent_errors_named():
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{subfolder}/"):
+                doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]
+                if doomed:
+                    client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed})
+
+    def exists(self, name: str) -> bool:
+        with self._permanent_errors_named():
+            try:
+                self.block.credentials.get_s3_client().head_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
+            except ClientError as error:
+                if s3_error_code(error) in NOT_FOUND_CODES:
+                    return False
+                raise
+        return True
+
+    def delete(self, name: str) -> None:
+        with self._permanent_errors_named():
+            self.block.credentials.get_s3_client().delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        with self._permanent_errors_named():
+            try:
+                response = self.block.credentials.get_s3_client().get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
+            except ClientError as error:
+                if s3_error_code(error) in NOT_FOUND_CODES:
+                    return None
+                raise
+        return json.loads(response["Body"].read())
+
+    def gdal_location(self, name: str) -> tuple[str, dict[str, str]]:
+        """A bucket product is read with the block's own credentials and endpoint, not the process's."""
+        credentials: AwsCredentials = self.block.credentials  # type: ignore[assignment]  # blocks.register saves these
+        secret = credentials.aws_secret_access_key
+        # rasterio takes credentials as these lower-case keys (it builds an AWS session of them).
+        credential_options = {
+            "aws_access_key_id": credentials.aws_access_key_id,
+            "aws_secret_access_key": secret.get_secret_value() if secret else None,
+            "aws_session_token": credentials.aws_session_token,
+            "region_name": credentials.region_name,
+        }
+        options = {key: value for key, value in credential_options.items() if value}
+        endpoint_url = credentials.aws_client_parameters.endpoint_url
+        if endpoint_url:
+            options |= s3_endpoint_options({"AWS_ENDPOINT_URL": str(endpoint_url)})
+        folder_path = f"/vsis3/{self.bucket}/{self.prefix}"
+        # Products are replaced by re-runs: never serve what this process cached of an earlier version.
+        options["CPL_VSIL_CURL_NON_CACHED"] = folder_path
+        return f"{folder_path}/{name}", options
+
+    @contextmanager
+    def _permanent_errors_named(self) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, S3UploadFailedError) as error:
+            code = s3_error_code(error)
+            if code not in PERMANENT_S3_ERRORS:
+                raise
+            raise PublishError(f"cannot publish to {self.location}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
+
+
+def month_destination(bucket_block: S3Bucket | None, aoi: str, month: str, output_dir: Path | None = None) -> MonthDestination:
+    """The month folder of `aoi` and `month` ('YYYY-MM') in the block's bucket, else below `output_dir`."""
+    if bucket_block is not None:
+        return BucketMonth(bucket_block, aoi, month)
+    if output_dir is None:
+        raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
+    return LocalMonth(output_dir, aoi, month)
 
 
 def month_folder(aoi: str, month: str) -> str:
@@ -211,6 +262,35 @@ def month_folder(aoi: str, month: str) -> str:
         raise InvalidSettings(f"AOI name {aoi!r} is not usable in a path; use letters, digits, '_' and '-'")
     period = Month.parse(month)
     return f"{aoi}/{period.year:04d}/{period.month:02d}"
+
+
+def publish_products(local_files: Mapping[str, Path] | Sequence[Path], destination: MonthDestination, item_file: Path) -> dict[str, str]:
+    """Publish the products, then the STAC Item, after removing an earlier Item; returns
+    {product name: URL}, the Item under `ITEM_PRODUCT`.
+
+    `local_files` is {product name: path} or a list of paths (named by file name); each keeps its
+    file name at the destination.
+    """
+    products = _named_products(local_files, item_file)
+    destination.delete(item_file.name)
+    destination.put({path.name: path for path in products.values()})
+    destination.put({item_file.name: item_file})
+    return {**{name: destination.url(path.name) for name, path in products.items()}, ITEM_PRODUCT: destination.url(item_file.name)}
+
+
+def check_month_folder_owner(destination: MonthDestination, aoi_digest: str) -> None:
+    """Raise `OutputCollision` when the month folder holds the metadata.json of another AOI.
+
+    `aoi_digest` is this run's AOI identity (`tasks.aoi.aoi_digest`). A permanent S3 error (no
+    bucket, no access) raises `PublishError` here, before any work is done.
+    """
+    document = destination.read_json(ProductNames.for_run(destination.aoi, Month.parse(destination.month)).metadata)
+    owner = (document or {}).get("aoi", {})
+    if document is not None and owner.get("digest") != aoi_digest:
+        raise OutputCollision(
+            f"{destination.location} holds the products of another AOI ({owner.get('source')}); give this AOI its own "
+            "aoi_name, or delete that folder to replace its products"
+        )
 
 
 def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file: Path) -> dict[str, Path]:
@@ -231,77 +311,6 @@ def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file:
     return products
 
 
-def _local_destination(output_dir: Path | None) -> Path:
-    """The output directory of products that go to no bucket; `InvalidSettings` when there is none."""
-    if output_dir is None:
-        raise InvalidSettings("products have nowhere to go: name an S3 block (s3_block) or set output_dir")
-    return Path(output_dir)
-
-
-def _local_month_folder(output_dir: Path | None, folder: str) -> Path:
-    """The month folder `folder` below the output directory, as an absolute path."""
-    return _local_destination(output_dir).resolve() / folder
-
-
-def _bucket_prefix(bucket_block: S3Bucket, folder: str) -> str:
-    """The key prefix of `folder` in the block's bucket: below its `bucket_folder`.
-
-    `copy_object` is handed whole keys, which its path resolution leaves as they are (a key relative to
-    `bucket_folder` whose first part equals it, an AOI named like the folder, would not be prefixed)."""
-    return "/".join(part.strip("/") for part in (bucket_block.bucket_folder, folder) if part.strip("/"))
-
-
-@contextmanager
-def _permanent_s3_errors_named(bucket: str, prefix: str) -> Iterator[None]:
-    """Turn an S3 error no retry fixes into a one-line `PublishError`; others pass on (and are retried)."""
-    try:
-        yield
-    except (ClientError, S3UploadFailedError) as error:
-        code = s3_error_code(error)
-        if code not in PERMANENT_S3_ERRORS:
-            raise
-        raise PublishError(f"cannot publish to s3://{bucket}/{prefix}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
-
-
-def check_month_folder_owner(
-    bucket_block: S3Bucket | None, output_dir: Path | None, aoi: str, month: str, aoi_digest: str
-) -> None:
-    """Raise `OutputCollision` when the AOI's month folder holds the metadata.json of another AOI.
-
-    `aoi_digest` is this run's AOI identity (`tasks.aoi.aoi_digest`). A permanent S3 error (no
-    bucket, no access) raises `PublishError` here, before any work is done.
-    """
-    folder = month_folder(aoi, month)
-    metadata_name = ProductNames.for_run(aoi, Month.parse(month)).metadata
-    if bucket_block is not None:
-        prefix = _bucket_prefix(bucket_block, folder)
-        location = f"s3://{bucket_block.bucket_name}/{prefix}"
-        with _permanent_s3_errors_named(bucket_block.bucket_name, prefix):
-            document = _s3_json(bucket_block, f"{prefix}/{metadata_name}")
-    else:
-        path = _local_destination(output_dir) / folder / metadata_name
-        location = str(path.parent)
-        document = json.loads(path.read_text()) if path.is_file() else None
-    owner = (document or {}).get("aoi", {})
-    if document is not None and owner.get("digest") != aoi_digest:
-        raise OutputCollision(
-            f"{location} holds the products of another AOI ({owner.get('source')}); give this AOI its own "
-            "aoi_name, or delete that folder to replace its products"
-        )
-
-
-def _s3_json(bucket_block: S3Bucket, key: str) -> dict[str, Any] | None:
-    """The JSON object at `key` in the block's bucket, or None when there is no such object."""
-    client = bucket_block.credentials.get_s3_client()
-    try:
-        body = client.get_object(Bucket=bucket_block.bucket_name, Key=key)["Body"].read()
-    except ClientError as error:
-        if s3_error_code(error) in NOT_FOUND_CODES:
-            return None
-        raise
-    return json.loads(body)
-
-
 def content_type(path: Path) -> str:
     """The Content-Type an object gets: COG for GeoTIFFs, GeoJSON for the STAC Item."""
     suffix = path.suffix.lower()
@@ -310,9 +319,3 @@ def content_type(path: Path) -> str:
     if suffix in (".json", ".geojson"):
         return ITEM_CONTENT_TYPE
     return mimetypes.guess_type(path.name)[0] or DEFAULT_CONTENT_TYPE
-
-
-publish_products_task = task(
-    name="publish-products",
-    **io_task_retries(),
-)(portable_errors(publish_products))

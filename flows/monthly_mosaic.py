@@ -27,7 +27,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_aws import S3Bucket
 
-from blocks.publish import check_month_folder_owner, remove_published
+from blocks.publish import MonthDestination, check_month_folder_owner, month_destination
 from blocks.slack import RunReport, slack_state_hooks
 from flows.caching import content_digest, scene_folder_digest, tiles_digest
 from flows.locking import month_lock
@@ -163,10 +163,16 @@ def finished(futures: Mapping[PrefectFuture, T]) -> Iterator[tuple[T, Any]]:
         yield futures[future], future.result(raise_on_failure=False)
 
 
+def products_destination(settings: MosaicSettings, aoi: str, month: Month) -> MonthDestination:
+    """The month folder the products go to: in the `s3_block`'s bucket, else below `output_dir`."""
+    bucket = load_bucket(settings.s3_block)
+    return month_destination(bucket, aoi, month.label, None if bucket else Path(settings.output_dir).resolve())
+
+
 def month_plan(
-    settings: MosaicSettings, inputs: RunInputs, bucket: S3Bucket | None, month: Month, items_name: str, items_digest: str
+    settings: MosaicSettings, inputs: RunInputs, destination: MonthDestination, month: Month, items_name: str, items_digest: str
 ) -> MonthPlan:
-    """What every tile of the month shares, from the settings, the run's inputs and the products block."""
+    """What every tile of the month shares, from the settings, the run's inputs and the products' destination."""
     tile_size_px = settings.tiles.tile_size_px
     return MonthPlan(
         aoi=inputs.aoi,
@@ -184,8 +190,7 @@ def month_plan(
         composite=settings.composite,
         max_concurrent_scenes=settings.runner.max_concurrent_scenes,
         scratch_dir=staging_root(settings) / inputs.name / month.label,
-        bucket=bucket,
-        output_dir=None if bucket else Path(settings.output_dir).resolve(),
+        destination=destination,
     )
 
 
@@ -200,8 +205,8 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed.
     """
     logger = get_run_logger()
-    bucket = load_bucket(settings.s3_block)
-    plan = month_plan(settings, run_inputs(settings), bucket, Month.parse(month_label), items_name, items_digest)
+    inputs, month = run_inputs(settings), Month.parse(month_label)
+    plan = month_plan(settings, inputs, products_destination(settings, inputs.name, month), month, items_name, items_digest)
     tiles = tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)
     records: list[TileRecord] = []
     pending = []
@@ -313,19 +318,18 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     inputs = checked_inputs(settings)
     grid = inputs.grid
     logger.info("%s %s: grid %s, %d x %d px", inputs.name, month.label, grid.crs, grid.shape.x, grid.shape.y)
-    bucket = load_bucket(settings.s3_block)
-    output_dir = None if bucket else Path(settings.output_dir).resolve()
+    destination = products_destination(settings, inputs.name, month)
     staging = staging_root(settings)
 
     with month_lock(inputs.name, month, staging):
         remove_abandoned_files(inputs, staging)
-        check_month_folder_owner(bucket, output_dir, inputs.name, month.label, inputs.digest)
+        check_month_folder_owner(destination, inputs.digest)
         items = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
         items_json = scene_items_json(items)
         items_digest = content_digest(items_json.decode())
         items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
         inputs.workspace.write_bytes(items_name, items_json)
-        plan = month_plan(settings, inputs, bucket, month, items_name, items_digest)
+        plan = month_plan(settings, inputs, destination, month, items_name, items_digest)
         tile_runner = tile_task_runner(settings.runner)
         build = build_tiles.with_options(task_runner=tile_runner)  # type: ignore[arg-type]  # stub rejects all runners
         records = build(month.label, items_name, items_digest, settings)
@@ -334,7 +338,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
             check_failed_share(month_tiles, len(items), settings.max_failed_fraction)
             check_valid_share(month_tiles.valid_share, settings.min_valid_share, month)
         except (TooManyFailedScenes, TooFewClearPixels):
-            remove_published(bucket, inputs.name, month.label, plan.tiles_folder, output_dir)  # no Item will list them
+            destination.remove_below(plan.tiles_folder)  # no Item will list them
             raise
         run = product_run(settings, inputs, month, month_tiles, plan, records)
         urls = write_month_products_task(plan, run, records, month_histograms(plan, records))

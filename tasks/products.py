@@ -13,7 +13,7 @@ with `<aoi>_<YYYY-MM>` as the stem:
 
 Statistics come from the tiles' histograms, the quicklook from overviews: nothing here reads the
 mosaic at full resolution. Products are read back where they were published, with the products
-block's own credentials (`blocks.publish.product_gdal_location`). The Item is withdrawn before any
+block's own credentials (`MonthDestination.gdal_location`). The Item is withdrawn before any
 month-level file is replaced and put last, so an Item in the month folder means every file beside it
 is complete; tiles live in `tiles/<inputs digest>/`, so a re-run with other inputs never touches the
 tiles a published index points at, and once its Item is out the other inputs' tiles are removed.
@@ -26,15 +26,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.publish import (
-    ITEM_PRODUCT,
-    copy_published,
-    product_gdal_location,
-    product_url,
-    publish_files,
-    remove_published,
-    withdraw_item,
-)
+from blocks.publish import ITEM_PRODUCT
 from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
@@ -162,23 +154,13 @@ def write_month_products(
 ) -> dict[str, str]:
     """Write and publish the month's own files (Item last) beside its published tiles; returns
     {product: URL or local path} for mosaic, count, quicklook, metadata and item."""
-    names = plan.names
-
-    def publish(files: dict[str, Path]) -> None:
-        publish_files(files, plan.bucket, plan.aoi_name, plan.month_label, plan.output_dir)
-
-    def url(name: str) -> str:
-        return product_url(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
-
-    def readable(name: str) -> tuple[str, dict[str, str]]:
-        return product_gdal_location(plan.bucket, plan.aoi_name, plan.month_label, name, plan.output_dir)
-
-    withdraw_item(plan.bucket, plan.aoi_name, plan.month_label, names.item, plan.output_dir)
+    names, destination = plan.names, plan.destination
+    destination.delete(names.item)  # before anything beside it is replaced
     with scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
         if not run.tiles:
             (record,) = records
             copies = {record.files["mosaic"]: names.mosaic, record.files["count"]: names.count}
-            copy_published(plan.bucket, plan.aoi_name, plan.month_label, copies, plan.output_dir)
+            destination.copy(copies)
         else:
             indexes = {
                 names.mosaic_index: mosaic_index_xml(plan.grid, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, index_tiles(plan, records, "mosaic")),
@@ -186,14 +168,14 @@ def write_month_products(
             }
             for name, xml in indexes.items():
                 (scratch / name).write_text(xml)
-            publish({name: scratch / name for name in indexes})
+            destination.put({name: scratch / name for name in indexes})
             if run.single_cogs:
                 for index_name, cog_name, profile in (
                     (names.mosaic_index, names.mosaic, MOSAIC_PROFILE),
                     (names.count_index, names.count, COUNT_PROFILE),
                 ):
-                    publish({cog_name: single_cog(readable(index_name), scratch / cog_name, profile)})
-        mosaic_path, mosaic_options = readable(run.mosaic_file)
+                    destination.put({cog_name: single_cog(destination.gdal_location(index_name), scratch / cog_name, profile)})
+        mosaic_path, mosaic_options = destination.gdal_location(run.mosaic_file)
         with gdal_env(**mosaic_options):
             write_quicklook(mosaic_path, scratch / names.quicklook)
         grid_pixels = plan.grid.shape.x * plan.grid.shape.y
@@ -206,16 +188,16 @@ def write_month_products(
         count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
         (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics))
         (scratch / names.item).write_bytes(item_json(build_item(run, names, mosaic_statistics, count_statistics)))
-        publish({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
-        publish({names.item: scratch / names.item})
+        destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
+        destination.put({names.item: scratch / names.item})
     # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.
-    remove_published(plan.bucket, plan.aoi_name, plan.month_label, TILES_FOLDER, plan.output_dir, keep=plan.tiles_digest)
+    destination.remove_below(TILES_FOLDER, keep=plan.tiles_digest)
     return {
-        "mosaic": url(run.mosaic_file),
-        "count": url(run.count_file),
-        "quicklook": url(names.quicklook),
-        "metadata": url(names.metadata),
-        ITEM_PRODUCT: url(names.item),
+        "mosaic": destination.url(run.mosaic_file),
+        "count": destination.url(run.count_file),
+        "quicklook": destination.url(names.quicklook),
+        "metadata": destination.url(names.metadata),
+        ITEM_PRODUCT: destination.url(names.item),
     }
 
 

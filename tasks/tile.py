@@ -36,9 +36,8 @@ from odc.geo.geom import Geometry
 from odc.geo.roi import roi_is_empty
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect_aws import S3Bucket
 
-from blocks.publish import is_published, publish_files
+from blocks.publish import MonthDestination
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
 from tasks.composite import MaskedWindow, TileComposite, composite_tile
@@ -80,8 +79,8 @@ class MonthPlan:
 
     `aoi` may be in any CRS; `grid` is the target grid. `items_name` names the found items in
     `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
-    folders of the tile records and tile COGs. Products go to `bucket`, else below
-    `output_dir`, in the month folder of `aoi_name`; `scratch_dir` is local and holds tiles in flight.
+    folders of the tile records and tile COGs. Products go to `destination`, the month folder of
+    `aoi_name`; `scratch_dir` is local and holds tiles in flight.
     """
 
     aoi: Geometry
@@ -99,8 +98,7 @@ class MonthPlan:
     composite: CompositeSettings
     max_concurrent_scenes: int
     scratch_dir: Path
-    bucket: S3Bucket | None = None
-    output_dir: Path | None = None
+    destination: MonthDestination
 
     @property
     def records_folder(self) -> str:
@@ -295,13 +293,7 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         write_count_cog(local["count"], composite.count, tile_box, COUNT_PROFILE)
         for path in local.values():
             validate_cog(path)
-        publish_files(
-            {files[name]: path for name, path in local.items()},
-            plan.bucket,
-            plan.aoi_name,
-            plan.month_label,
-            plan.output_dir,
-        )
+        plan.destination.put({files[name]: path for name, path in local.items()})
     record = TileRecord(
         row=tile.row,
         col=tile.col,
@@ -327,10 +319,7 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     record = TileRecord.from_json(plan.workspace.read_bytes(name))
     if record.failed:
         return None
-    published = all(
-        is_published(plan.bucket, plan.aoi_name, plan.month_label, file_name, plan.output_dir)
-        for file_name in record.files.values()
-    )
+    published = all(plan.destination.exists(file_name) for file_name in record.files.values())
     return record if published else None
 
 

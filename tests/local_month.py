@@ -13,6 +13,7 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
+from blocks.publish import month_destination
 from tasks.aoi import aoi_digest, aoi_pixel_mask, load_aoi
 from tasks.grid import grid_for_aoi
 from tasks.metadata import ProductNames, ProductRun, TileFiles
@@ -108,7 +109,7 @@ def month_plan(month: LocalMonth, tile_size_px: int, tiles_digest: str = INPUTS_
         composite=COMPOSITE,
         max_concurrent_scenes=2,
         scratch_dir=month.work_dir / "scratch",
-        output_dir=month.output_dir,
+        destination=month_destination(None, AOI_NAME, month.month.label, month.output_dir),
     )
 
 

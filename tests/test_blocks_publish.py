@@ -15,10 +15,8 @@ from blocks.publish import (
     COG_CONTENT_TYPE,
     ITEM_CONTENT_TYPE,
     ITEM_PRODUCT,
-    copy_published,
-    is_published,
+    month_destination,
     month_folder,
-    publish_files,
     publish_products,
 )
 from tasks.errors import InvalidSettings
@@ -95,7 +93,7 @@ def _object(bucket_block: S3Bucket, key: str) -> dict[str, Any]:
 def test_bucket_layout_urls_and_content_types(
     bucket_block: S3Bucket, products: dict[str, Path], item_file: Path
 ) -> None:
-    urls = publish_products(products, bucket_block, AOI, MONTH, item_file)
+    urls = publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
 
     published = [*products.items(), (ITEM_PRODUCT, item_file)]
     expected_keys = {name: f"{MONTH_PREFIX}/{path.name}" for name, path in published}
@@ -111,7 +109,7 @@ def test_bucket_layout_urls_and_content_types(
 def test_item_is_removed_first_and_put_last(
     bucket_block: S3Bucket, products: dict[str, Path], item_file: Path, s3_calls: list[tuple[str, str]]
 ) -> None:
-    publish_products(list(products.values()), bucket_block, AOI, MONTH, item_file)
+    publish_products(list(products.values()), month_destination(bucket_block, AOI, MONTH), item_file)
 
     item_key = f"{MONTH_PREFIX}/{item_file.name}"
     assert s3_calls[0] == ("DeleteObject", item_key)
@@ -120,17 +118,17 @@ def test_item_is_removed_first_and_put_last(
 
 
 def test_republishing_overwrites(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
-    publish_products(products, bucket_block, AOI, MONTH, item_file)
+    publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
     products["mosaic"].write_bytes(b"second run pixels")
 
-    urls = publish_products(products, bucket_block, AOI, MONTH, item_file)
+    urls = publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
 
     assert len(_object_keys(bucket_block)) == len(urls)
     assert _object(bucket_block, f"{MONTH_PREFIX}/{products['mosaic'].name}")["Body"].read() == b"second run pixels"
 
 
 def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
-    publish_products(products, bucket_block, AOI, MONTH, item_file)
+    publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
     refused_key = f"{MONTH_PREFIX}/{products['valid_count'].name}"
 
     def refuse(params: dict[str, Any], **_: Any) -> None:
@@ -141,7 +139,7 @@ def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str
     events.register("before-parameter-build.s3.PutObject", refuse)
     try:
         with pytest.raises(UploadRefused):
-            publish_products(products, bucket_block, AOI, MONTH, item_file)
+            publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
     finally:
         events.unregister("before-parameter-build.s3.PutObject", refuse)
 
@@ -162,12 +160,12 @@ def test_local_layout_and_item_last(
 
     monkeypatch.setattr(Workspace, "copy_from", recording_copy)
 
-    paths = publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+    paths = publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
 
     folder = output_dir.resolve() / month_folder(AOI, MONTH)
     assert paths == {name: str(folder / path.name) for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]}
     assert all(Path(paths[name]).read_bytes() == path.read_bytes() for name, path in products.items())
-    assert copied[-1] == f"{month_folder(AOI, MONTH)}/{item_file.name}"
+    assert copied[-1] == item_file.name
     assert sorted(entry.name for entry in folder.iterdir()) == sorted(Path(path).name for path in paths.values())
 
 
@@ -175,14 +173,14 @@ def test_local_failure_removes_the_previous_item(
     tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output_dir = tmp_path / "output"
-    paths = publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+    paths = publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
 
     def refuse(workspace: Workspace, local_path: Path, name: str) -> None:
         raise OSError(f"disk full writing {name}")
 
     monkeypatch.setattr(Workspace, "copy_from", refuse)
     with pytest.raises(OSError):
-        publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+        publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
 
     assert not Path(paths[ITEM_PRODUCT]).exists()
     assert Path(paths["mosaic"]).exists()
@@ -196,23 +194,23 @@ def test_bad_aoi_or_month_is_refused(
     tmp_path: Path, products: dict[str, Path], item_file: Path, aoi: str, month: str, message: str
 ) -> None:
     with pytest.raises(InvalidSettings, match=message):
-        publish_products(products, None, aoi, month, item_file, output_dir=tmp_path)
+        publish_products(products, month_destination(None, aoi, month, tmp_path), item_file)
 
 
 def test_nowhere_to_publish_or_clashing_names_are_refused(
     tmp_path: Path, products: dict[str, Path], item_file: Path
 ) -> None:
     with pytest.raises(InvalidSettings, match="nowhere"):
-        publish_products(products, None, AOI, MONTH, item_file)
+        publish_products(products, month_destination(None, AOI, MONTH), item_file)
     with pytest.raises(InvalidSettings, match="overwrite each other"):
-        publish_products([*products.values(), item_file], None, AOI, MONTH, item_file, output_dir=tmp_path)
+        publish_products([*products.values(), item_file], month_destination(None, AOI, MONTH, tmp_path), item_file)
 
 
 def test_missing_file_publishes_nothing(tmp_path: Path, products: dict[str, Path], item_file: Path) -> None:
     products["mosaic"].unlink()
     output_dir = tmp_path / "output"
     with pytest.raises(FileNotFoundError, match=products["mosaic"].name):
-        publish_products(products, None, AOI, MONTH, item_file, output_dir=output_dir)
+        publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
     assert not output_dir.exists()
 
 
@@ -221,13 +219,14 @@ def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bu
     mosaic.write_bytes(b"tile pixels")
     month_prefix = f"{BUCKET_FOLDER}/{BUCKET_FOLDER}/2024/06"
 
-    urls = publish_files({"tiles/tile_mosaic.tif": mosaic}, bucket_block, BUCKET_FOLDER, MONTH)
-    copy_published(bucket_block, BUCKET_FOLDER, MONTH, {"tiles/tile_mosaic.tif": "month_mosaic.tif"})
+    destination = month_destination(bucket_block, BUCKET_FOLDER, MONTH)
+    destination.put({"tiles/tile_mosaic.tif": mosaic})
+    destination.copy({"tiles/tile_mosaic.tif": "month_mosaic.tif"})
 
-    assert urls == {"tiles/tile_mosaic.tif": f"s3://{BUCKET}/{month_prefix}/tiles/tile_mosaic.tif"}
+    assert destination.url("tiles/tile_mosaic.tif") == f"s3://{BUCKET}/{month_prefix}/tiles/tile_mosaic.tif"
     for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):
         assert _object(bucket_block, key)["Body"].read() == b"tile pixels"
-        assert is_published(bucket_block, BUCKET_FOLDER, MONTH, key.removeprefix(f"{month_prefix}/"))
+        assert destination.exists(key.removeprefix(f"{month_prefix}/"))
     client = bucket_block.credentials.get_s3_client()
     for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):
         client.delete_object(Bucket=BUCKET, Key=key)

@@ -13,7 +13,7 @@ from odc.geo.geom import Geometry
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from blocks.publish import ITEM_PRODUCT, product_gdal_location
+from blocks.publish import ITEM_PRODUCT, month_destination
 from flows.monthly_mosaic import check_failed_share
 from tasks.aoi import aoi_pixel_mask
 from tasks.cog import MOSAIC_BANDS, validate_cog
@@ -340,7 +340,7 @@ def test_a_tiled_month_lands_in_a_bucket_and_its_index_opens_there(month: LocalM
         aws_client_parameters=AwsClientParameters(endpoint_url=s3_server.endpoint_url),
     )
     block = S3Bucket(bucket_name=bucket, bucket_folder="monthly", credentials=credentials)
-    plan = replace(month_plan(month, FOUR_TILES_PX), bucket=block, output_dir=None)
+    plan = replace(month_plan(month, FOUR_TILES_PX), destination=month_destination(block, AOI_NAME, month.month.label))
     records = [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)]
     run = product_run(month, plan, merge_tiles(records, month.items), records)
     names = month.names
@@ -354,8 +354,8 @@ def test_a_tiled_month_lands_in_a_bucket_and_its_index_opens_there(month: LocalM
     listed = {asset["href"].removeprefix("./") for asset in item["assets"].values()}
     assert {key.removeprefix(f"{folder}/") for key in s3_server.keys(bucket, folder)} == listed | {names.item}
     assert {name for record in records for name in record.files.values()} <= listed
-    index_path, options = product_gdal_location(block, AOI_NAME, month.month.label, names.mosaic_index)
-    cog_path, _ = product_gdal_location(block, AOI_NAME, month.month.label, names.mosaic)
+    index_path, options = plan.destination.gdal_location(names.mosaic_index)
+    cog_path, _ = plan.destination.gdal_location(names.mosaic)
     with gdal_env(**options):
         validate_cog(cog_path)
         with rasterio.open(index_path) as index, rasterio.open(cog_path) as cog:

@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Failed
 from rasterio.enums import Resampling
 
+from blocks.publish import month_destination
 from tasks import read as read_module
 from tasks.aoi import aoi_pixel_mask
 from tasks.errors import SceneOutsideAOI, SceneReadError
@@ -240,7 +241,7 @@ def one_tile_plan(month: SyntheticMonth, aoi: Geometry, root: Path) -> MonthPlan
         composite=CompositeSettings(device="cpu"),
         max_concurrent_scenes=2,
         scratch_dir=root / "scratch",
-        output_dir=root / "products",
+        destination=month_destination(None, "read-test", "2020-03", root / "products"),
     )
 
 

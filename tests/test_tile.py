@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from blocks.publish import month_destination
 from tasks.scene import NODATA
 from tasks.testing.synthetic import DEFAULT_DATES
 from tasks.tile import (
@@ -176,7 +177,9 @@ def test_a_tile_with_a_failed_scene_records_it_and_is_not_committed(tmp_path: Pa
 def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp_path: Path) -> None:
     plan = month_plan(month, FOUR_TILES_PX, tiles_digest="unpublished")
     tile = OutputTile(1, 1)
-    unpublishable = replace(plan, output_dir=tmp_path / "not-a-folder", scratch_dir=tmp_path / "scratch")
+    unpublishable = replace(
+        plan, destination=month_destination(None, plan.aoi_name, plan.month_label, tmp_path / "not-a-folder"), scratch_dir=tmp_path / "scratch"
+    )
     (tmp_path / "not-a-folder").write_text("a file where the output folder should be")
 
     with pytest.raises(OSError):
