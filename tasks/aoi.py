@@ -29,6 +29,21 @@ from shapely.validation import explain_validity
 from tasks.crs import crs_of
 from tasks.errors import InvalidAOI, first_line
 
+__all__ = [
+    "AOI_NAME_PATTERN",
+    "WGS84",
+    "aoi_centre_lonlat",
+    "aoi_digest",
+    "aoi_in_crs",
+    "aoi_label",
+    "aoi_name",
+    "aoi_pixel_mask",
+    "footprint_in_crs",
+    "load_aoi",
+    "lonlat_search_hull",
+    "lonlat_unwrapped",
+]
+
 WGS84 = "EPSG:4326"
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
 BBOX_PATTERN = re.compile(rf"^\s*(?:{NUMBER}\s*,\s*){{3}}{NUMBER}\s*$", re.IGNORECASE)

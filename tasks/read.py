@@ -52,6 +52,15 @@ from tasks.scene import (
 )
 from tasks.settings import ReadSettings
 
+__all__ = [
+    "Lattice",
+    "harmonised_reflectance",
+    "item_footprint_in",
+    "read_scene_window",
+    "scene_subgrid",
+    "source_lattice",
+]
+
 FOOTPRINT_SEGMENT_DEG = 0.001
 """Footprint edges are split into pieces this long (about 100 m) before reprojection to the grid CRS."""
 FOOTPRINTS_CACHED = 8192
