@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.maskers import masker_names
+
 __all__ = [
     "EARTH_SEARCH_COLLECTION",
     "CompositeSettings",
@@ -99,6 +101,7 @@ class MaskSettings(FrozenSettings):
         "ocm+scl",
         description="A registered masker (tasks.maskers): 'ocm+scl' OmniCloudMask combined with SCL, 'ocm' "
         "OmniCloudMask alone, 'scl' SCL alone (no model), or one of your own.",
+        json_schema_extra=lambda schema: schema.update(enum=list(masker_names())),  # a choice in the Prefect UI
     )
     resolution_m: Literal[10, 20] = Field(
         10, description="Resolution OmniCloudMask runs at; 20 averages the input down and brings the mask back by nearest."
@@ -121,8 +124,6 @@ class MaskSettings(FrozenSettings):
     @field_validator("masker")
     @classmethod
     def _registered_masker(cls, name: str) -> str:
-        from tasks.maskers import masker_names  # the maskers' modules import these settings
-
         if name not in masker_names():
             raise ValueError(f"unknown masker {name!r}; use one of {', '.join(masker_names())}")
         return name

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from prefect.utilities.callables import parameter_schema
 
 from flows.monthly_mosaic import monthly_mosaic
 from tasks import maskers
@@ -79,3 +80,9 @@ def test_the_flow_runs_with_a_masker_added_by_registration_alone(
     assert with_toy.scenes_used == len(served.item_ids) and not with_toy.failed_scenes
     assert (toy_count >= scl_count).all() and (toy_count > scl_count).any(), "clouds SCL masks count here"
     assert with_toy.valid_share >= with_scl.valid_share
+
+
+def test_the_prefect_form_offers_every_registered_masker(toy_masker: Masker) -> None:
+    schema = parameter_schema(monthly_mosaic.fn).model_dump()
+    masker = schema["definitions"]["MaskSettings"]["properties"]["masker"]
+    assert masker["enum"] == list(masker_names()) and {"ocm+scl", "ocm", "scl", "all-clear"} <= set(masker["enum"])
