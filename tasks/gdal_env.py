@@ -78,6 +78,7 @@ ENVIRONMENT_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SE
 
 @functools.lru_cache(maxsize=8)
 def _session_for(credentials: tuple[str | None, ...]) -> Session:
+    """rasterio's session from the environment; `credentials` (their values) only key the cache."""
     return Session.from_environ()
 
 
