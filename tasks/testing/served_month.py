@@ -1,12 +1,14 @@
 """A synthetic month as a production run sees it: COGs in S3 (moto) and items in a STAC API (rustac).
 
-Flow and deployment tests build one with `serve_synthetic_month` and point `MosaicSettings` at it
-with `flow_settings`; nothing in the flow knows it is a test.
+Flow and deployment tests build one with `serve_synthetic_month` (or several consecutive months of
+one AOI with `serve_synthetic_series`) and point `MosaicSettings` at it with `flow_settings`;
+nothing in the flow knows it is a test.
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tasks.testing.synthetic import (
     DEFAULT_DATES,
     SyntheticMonth,
     make_synthetic_month,
+    stac_collection,
     synthetic_grid,
     write_aoi,
 )
@@ -28,10 +31,13 @@ from tasks.testing.synthetic import (
 __all__ = [
     "SERVED_GRID",
     "ServedMonth",
+    "ServedSeries",
     "assert_every_scene_accounted",
     "flow_settings",
+    "month_dates",
     "save_products_block",
     "serve_synthetic_month",
+    "serve_synthetic_series",
 ]
 
 SERVED_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
@@ -57,6 +63,62 @@ class ServedMonth:
         return [item["id"] for item in self.month.items]
 
 
+@dataclass(frozen=True)
+class ServedSeries:
+    """Consecutive synthetic months of one AOI on `SERVED_GRID`, all served by one STAC API and bucket."""
+
+    months: tuple[SyntheticMonth, ...]
+    api_url: str
+    bucket: str
+    aoi_path: Path
+
+    @property
+    def labels(self) -> list[str]:
+        """The months as 'YYYY-MM', in date order."""
+        return [f"{month.dates[0]:%Y-%m}" for month in self.months]
+
+    def served_month(self, label: str) -> ServedMonth:
+        """One month of the series, as `serve_synthetic_month` would have served it."""
+        return ServedMonth(self.months[self.labels.index(label)], self.api_url, self.bucket, self.aoi_path)
+
+
+def month_dates(first_day: date) -> list[date]:
+    """`DEFAULT_DATES` moved to the month of `first_day`, days of the month kept: a series' scene dates."""
+    return [first_day.replace(day=day.day) for day in DEFAULT_DATES]
+
+
+def serve_synthetic_series(
+    s3_server: S3Server,
+    stac_api_factory: Callable[[dict[str, Any], list[dict[str, Any]]], str],
+    work_dir: Path,
+    dates_of_months: Sequence[Sequence[date]],
+    **month_options: Any,
+) -> ServedSeries:
+    """Make one synthetic month on `SERVED_GRID` per entry of `dates_of_months` (its scene dates, e.g.
+    `month_dates(date(2020, 4, 1))`), upload their COGs to a fresh moto bucket, serve all their items
+    from one STAC API.
+
+    Month k is seeded `seed + k`, so each has its own sky; the second date of each month is published
+    twice; `month_options` go to `make_synthetic_month` (duplicated_dates, cloud_cover, seed, ...).
+    Asset hrefs are `s3://` URIs, read by the flow through GDAL `/vsis3/`.
+    """
+    bucket = s3_server.make_bucket(f"scenes-{uuid.uuid4().hex[:12]}")
+    data_dir = work_dir / "month"  # item ids differ between months, so their files never meet
+
+    def upload(local_path: Path) -> str:
+        return s3_server.upload(local_path, bucket, local_path.relative_to(data_dir).as_posix())
+
+    seed = month_options.pop("seed", 0)
+    months = []
+    for index, dates in enumerate(dates_of_months):
+        options = {"grid": SERVED_GRID, "duplicated_dates": dates[1:2], **month_options}
+        months.append(make_synthetic_month(data_dir, dates, href_for=upload, seed=seed + index, **options))
+    items = [item for month in months for item in month.items]
+    api_url = stac_api_factory(stac_collection(items), items)
+    aoi_path = write_aoi(SERVED_GRID, work_dir / "served_aoi.geojson", inset_px=20)
+    return ServedSeries(tuple(months), api_url, bucket, aoi_path)
+
+
 def serve_synthetic_month(
     s3_server: S3Server,
     stac_api_factory: Callable[[dict[str, Any], list[dict[str, Any]]], str],
@@ -68,16 +130,9 @@ def serve_synthetic_month(
     `month_options` go to `make_synthetic_month` (dates, duplicated_dates, cloud_cover, seed, ...).
     Asset hrefs are `s3://` URIs, read by the flow through GDAL `/vsis3/`.
     """
-    bucket = s3_server.make_bucket(f"scenes-{uuid.uuid4().hex[:12]}")
-    data_dir = work_dir / "month"
-
-    def upload(local_path: Path) -> str:
-        return s3_server.upload(local_path, bucket, local_path.relative_to(data_dir).as_posix())
-
-    options = {"grid": SERVED_GRID, "duplicated_dates": DEFAULT_DATES[1:2], **month_options}
-    month = make_synthetic_month(data_dir, href_for=upload, **options)
-    api_url = stac_api_factory(month.collection, list(month.items))
-    return ServedMonth(month, api_url, bucket, write_aoi(SERVED_GRID, work_dir / "served_aoi.geojson", inset_px=20))
+    dates = month_options.pop("dates", DEFAULT_DATES)
+    series = serve_synthetic_series(s3_server, stac_api_factory, work_dir, [dates], **month_options)
+    return series.served_month(series.labels[0])
 
 
 def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) -> MosaicSettings:
