@@ -55,7 +55,12 @@ class Month:
     @property
     def following(self) -> "Month":
         """The next calendar month."""
-        return Month(self.year + self.month // 12, self.month % 12 + 1)
+        return self.shifted(1)
+
+    def shifted(self, months: int) -> "Month":
+        """The month `months` calendar months later (earlier when negative)."""
+        index = 12 * self.year + self.month - 1 + months
+        return Month(index // 12, index % 12 + 1)
 
     def months_since(self, earlier: "Month") -> int:
         """Whole months from `earlier` to this month (negative when `earlier` is later)."""

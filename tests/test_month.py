@@ -47,3 +47,8 @@ def test_a_range_holds_every_month_from_first_to_last_across_a_new_year() -> Non
 def test_a_reversed_or_too_long_range_is_refused_in_one_line(first: str, last: str, problem: str) -> None:
     with pytest.raises(InvalidSettings, match=problem):
         Month.range(first, last, max_months=240)
+
+
+def test_shifting_a_month_crosses_years_both_ways() -> None:
+    assert Month(2020, 1).shifted(-1) == Month(2019, 12) and Month(2019, 12).shifted(1) == Month(2020, 1)
+    assert Month(2020, 5).shifted(-17) == Month(2018, 12) and Month(2020, 5).shifted(0) == Month(2020, 5)
