@@ -1,19 +1,47 @@
-"""Spectral indices: NDVI per observation composited with the exact percentile kernel, against numpy."""
+"""Spectral indices: NDVI per observation composited with the exact percentile kernel, against numpy; and
+the month's NDVI products (tile COGs, mosaic index, single COG, metadata.json, Item) from a local synthetic month."""
 
+import json
 import warnings
+from dataclasses import replace
 from typing import get_args
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 
+from tasks.cog import validate_cog
 from tasks.composite import composite_tile
-from tasks.indices import INDEX_NODATA, INDEX_SCALE, NDVI, SPECTRAL_INDICES, index_composite, index_observations
+from tasks.grid import roi_slices
+from tasks.indices import (
+    INDEX_NODATA,
+    INDEX_SCALE,
+    INDEX_SCALE_FACTOR,
+    NDVI,
+    SPECTRAL_INDICES,
+    index_composite,
+    index_observations,
+)
 from tasks.percentile import percentile_value
+from tasks.products import merge_tiles, month_histograms, write_month_products
 from tasks.scene import REFLECTANCE_BANDS, MaskClass
 from tasks.settings import CompositeSettings, IndexName
-from tasks.testing.synthetic import synthetic_grid
+from tasks.stac_item import validate_item
+from tasks.testing.synthetic import DEFAULT_DATES, synthetic_grid
+from tasks.tile import build_tile
+from tasks.tiles import tiles_over_aoi
+from tests.local_month import (
+    FOUR_TILES_PX,
+    ONE_TILE_PX,
+    SCENE_GRID,
+    LocalMonth,
+    make_local_month,
+    month_plan,
+    product_run,
+)
 from tests.test_composite import masked_window
+from tests.test_products import MONTH_PLANS, assert_statistics_of
 
 STACK_SHAPE = (11, len(REFLECTANCE_BANDS), 150, 140)
 BLOCK_SIZE = 64
@@ -108,3 +136,75 @@ def test_tile_composite_ndvi_is_blockwise_the_same_as_whole(test_stack):
     assert np.array_equal(small_blocks.indices["ndvi"], whole)
     assert (small_blocks.indices["ndvi"][~inside] == INDEX_NODATA).all()
     assert composite_tile(observations, grid, inside, CompositeSettings()).indices == {}
+
+
+# --- The month's NDVI products from a local synthetic month (SCL masker: the generator's clear masks) ----
+
+MONTH_INDEX_PERCENTILE = 30.0
+
+
+@pytest.fixture(scope="module")
+def local_month(tmp_path_factory: pytest.TempPathFactory) -> LocalMonth:
+    return make_local_month(tmp_path_factory.mktemp("ndvi"), partial_dates=DEFAULT_DATES[1:2])
+
+
+def expected_month_ndvi(month: LocalMonth, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """The NDVI composite (int16, nodata outside the AOI and where no clear observation) and the clear count
+    of the month, from the generator's truth: each item's clear values where its sky is clear."""
+    rows, cols = roi_slices(SCENE_GRID.overlap_roi(month.grid))
+    synthetic = month.synthetic
+    stack = np.stack([synthetic.clear_value(item.item_id)[:, rows, cols] for item in month.items])
+    usable = np.stack([synthetic.clear_mask[item.item_id][rows, cols] for item in month.items]) & month.inside_aoi
+    assert stack.shape[2:] == month.grid.shape.yx
+    expected = nanpercentile(numpy_ndvi(stack, usable)[1], percentile)
+    return np.where(np.isnan(expected), INDEX_NODATA, np.round(np.nan_to_num(expected))).astype(np.int16), usable.sum(0)
+
+
+@pytest.mark.parametrize(("tile_size_px", "single_cogs"), MONTH_PLANS)
+def test_the_month_publishes_its_ndvi_as_the_composite_of_the_clear_observations(
+    local_month: LocalMonth, tile_size_px: int, single_cogs: bool
+) -> None:
+    month = local_month
+    composite = CompositeSettings(indices=("ndvi",), index_percentile=MONTH_INDEX_PERCENTILE)
+    plan = replace(month_plan(month, tile_size_px, tiles_digest=f"ndvi-{tile_size_px}-{single_cogs}"), composite=composite)
+    records = [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)]
+    run = replace(product_run(month, plan, merge_tiles(records, month.items), records, single_cogs), composite=composite)
+
+    urls = write_month_products(plan, run, records, month_histograms(plan, records))
+
+    expected, clear_count = expected_month_ndvi(month, MONTH_INDEX_PERCENTILE)
+    ndvi_file = run.layer_file("ndvi")
+    assert urls["ndvi"] == str(month.month_folder / ndvi_file)
+    assert ndvi_file == (month.names.single_cog("ndvi") if single_cogs or tile_size_px == ONE_TILE_PX else month.names.layer_index("ndvi"))
+    with rasterio.open(month.month_folder / ndvi_file) as dataset:
+        assert dataset.dtypes == ("int16",) and dataset.nodata == INDEX_NODATA and dataset.scales == (INDEX_SCALE_FACTOR,)
+        ndvi = dataset.read(1)
+    with rasterio.open(month.month_folder / run.count_file) as dataset:
+        assert np.array_equal(dataset.read(1), clear_count), "the observations are the generator's clear ones"
+    assert np.array_equal(ndvi, expected)
+    assert (ndvi[~month.inside_aoi] == INDEX_NODATA).all() and 0.9 < (ndvi[month.inside_aoi] != INDEX_NODATA).mean() < 1
+    tile_cogs = [record.files["ndvi"] for record in records]
+    assert len(tile_cogs) == (4 if tile_size_px == FOUR_TILES_PX else 1)
+    for name in [*tile_cogs, *([ndvi_file] if ndvi_file.endswith(".tif") else [])]:
+        validate_cog(month.month_folder / name)
+
+    metadata = json.loads((month.month_folder / month.names.metadata).read_text())
+    section = metadata["ndvi"]
+    assert metadata["files"]["ndvi"] == section["file"] == ndvi_file
+    assert (section["dtype"], section["nodata"], section["scale"], section["percentile"]) == (
+        "int16", INDEX_NODATA, INDEX_SCALE_FACTOR, MONTH_INDEX_PERCENTILE,
+    )  # fmt: skip
+    assert_statistics_of(ndvi[ndvi != INDEX_NODATA], section["statistics"], month.inside_aoi.sum())
+    item = json.loads((month.month_folder / month.names.item).read_text())
+    validate_item(item)
+    (band,) = item["assets"]["ndvi"]["raster:bands"]
+    assert item["assets"]["ndvi"]["href"] == f"./{ndvi_file}"
+    assert (band["data_type"], band["nodata"], band["scale"]) == ("int16", INDEX_NODATA, INDEX_SCALE_FACTOR)
+    assert band["statistics"]["minimum"] == section["statistics"]["min"] == ndvi[ndvi != INDEX_NODATA].min()
+    tiled = tile_size_px == FOUR_TILES_PX
+    assert {f"tile-{record.tile.label}-ndvi" for record in records} <= set(item["assets"]) or not tiled
+    assert ("ndvi-index" in item["assets"]) == tiled == ("ndvi_index" in metadata["files"])
+    if tiled:
+        assert [tile["ndvi"] for tile in metadata["files"]["tiles"]] == tile_cogs
+    for asset in item["assets"].values():
+        assert (month.month_folder / asset["href"].removeprefix("./")).is_file(), asset["href"]
