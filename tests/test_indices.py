@@ -4,13 +4,19 @@ the month's NDVI products (tile COGs, mosaic index, single COG, metadata.json, I
 import json
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from odc.geo.geobox import GeoBox
 
+from flows.caching import tiles_digest
+from flows.monthly_mosaic import monthly_mosaic
+from flows.parameters import MosaicSettings
+from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.cog import validate_cog
 from tasks.composite import composite_tile
 from tasks.grid import roi_slices
@@ -28,6 +34,8 @@ from tasks.products import merge_tiles, month_histograms, write_month_products
 from tasks.scene import REFLECTANCE_BANDS, MaskClass
 from tasks.settings import CompositeSettings, IndexName
 from tasks.stac_item import validate_item
+from tasks.testing.served_month import SERVED_GRID, flow_settings, serve_synthetic_month
+from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, synthetic_grid
 from tasks.tile import build_tile
 from tasks.tiles import tiles_over_aoi
@@ -208,3 +216,47 @@ def test_the_month_publishes_its_ndvi_as_the_composite_of_the_clear_observations
         assert [tile["ndvi"] for tile in metadata["files"]["tiles"]] == tile_cogs
     for asset in item["assets"].values():
         assert (month.month_folder / asset["href"].removeprefix("./")).is_file(), asset["href"]
+
+
+# --- The flow with `composite.indices: [ndvi]` on a served synthetic month (moto S3, rustac STAC API) ------
+
+
+def test_ndvi_changes_the_tiles_digest():
+    """Committed tiles without an index are never reused by a run that asks for one (nor for another percentile)."""
+    base = {"aoi": "9.1,47.5,9.2,47.6", "month": "2024-06"}
+    digests = {
+        tiles_digest(MosaicSettings.model_validate({**base, "composite": composite}), "2024-06", "items")
+        for composite in ({}, {"indices": ["ndvi"]}, {"indices": ["ndvi"], "index_percentile": 40})
+    }
+    assert len(digests) == 3
+
+
+def test_the_flow_publishes_ndvi_tiled_and_listed(
+    s3_server: S3Server, stac_api_factory, prefect_harness: None, tmp_path: Path
+) -> None:
+    served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path)
+    settings = flow_settings(served, tmp_path / "ws", composite={"indices": ["ndvi"]}, tiles={"tile_size_px": 128})
+
+    report = monthly_mosaic(settings)
+
+    with rasterio.open(report.product_urls["ndvi"]) as dataset:
+        assert dataset.dtypes == ("int16",) and dataset.nodata == INDEX_NODATA
+        ndvi, grid = dataset.read(1), GeoBox(dataset.shape, dataset.transform, dataset.crs)
+    with rasterio.open(report.product_urls["count"]) as dataset:
+        count = dataset.read(1)
+    metadata = json.loads(Path(report.product_urls["metadata"]).read_text())
+    used = [scene["id"] for scene in metadata["scenes_used"]]
+    rows, cols = roi_slices(SERVED_GRID.overlap_roi(grid))
+    month = served.month
+    stack = np.stack([month.clear_value(item_id)[:, rows, cols] for item_id in used])
+    inside_aoi = aoi_pixel_mask(load_aoi(str(served.aoi_path)), grid)
+    usable = np.stack([month.clear_mask[item_id][rows, cols] for item_id in used]) & inside_aoi
+    assert np.array_equal(count, usable.sum(axis=0)), "the flow's observations are the generator's clear ones"
+    expected = nanpercentile(numpy_ndvi(stack, usable)[1], "median")
+    observed = count > 0
+    assert np.array_equal(ndvi[observed], np.round(expected[observed]).astype(np.int16))
+    assert (ndvi[~observed] == INDEX_NODATA).all() and observed[inside_aoi].mean() > 0.9
+    assert len(metadata["files"]["tiles"]) == 4 and all("ndvi" in tile for tile in metadata["files"]["tiles"])
+    item = json.loads(Path(report.product_urls["item"]).read_text())
+    validate_item(item)
+    assert {"ndvi", "ndvi-index"} <= set(item["assets"]) and metadata["ndvi"]["percentile"] == "median"
