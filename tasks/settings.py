@@ -5,7 +5,7 @@ composes them, so the Prefect UI renders one validated form. Models are frozen a
 fields, so a typo in a deployment's parameters fails before any work starts.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -162,6 +162,7 @@ class CompositeSettings(FrozenSettings):
         (),
         description="Spectral indices to add as products, e.g. ['ndvi']: each composited from its per-observation "
         "values, written as an int16 COG (index x 10000, nodata -32768).",
+        json_schema_extra=lambda schema: schema.update(items={"enum": list(get_args(IndexName)), "type": "string"}),
     )
     index_percentile: Percentile = Field(
         "median", description="Percentile of each index's per-observation values, 0..100; 'median' = 50."

@@ -93,6 +93,8 @@ def nanpercentile(values: np.ndarray, percentile: float | str) -> np.ndarray:
 def test_every_setting_name_is_a_defined_index():
     assert set(get_args(IndexName)) == set(SPECTRAL_INDICES)
     assert CompositeSettings(indices=("ndvi", "ndvi")).indices == ("ndvi",)
+    schema = CompositeSettings.model_json_schema()["properties"]["indices"]
+    assert schema["items"]["enum"] == list(SPECTRAL_INDICES), "the Prefect UI form offers them as a choice"
 
 
 def test_per_observation_ndvi_is_numpys_rounded_ndvi(test_stack):
