@@ -85,9 +85,9 @@ def index_observations(stack: torch.Tensor, usable: torch.Tensor, index: Spectra
         positive = stack[observation, positive_at].to(torch.float64)
         negative = stack[observation, negative_at].to(torch.float64)
         total = positive + negative
-        valid[observation] = usable[observation] & (total > 0)
-        scaled = (positive - negative).mul_(INDEX_SCALE).div_(total.clamp_(min=1)).round_()
-        values[observation, 0] = torch.where(valid[observation], scaled, 0.0).to(torch.int16)
+        torch.logical_and(usable[observation], total > 0, out=valid[observation])
+        scaled = positive.sub_(negative).mul_(INDEX_SCALE).div_(total.clamp_(min=1)).round_()
+        values[observation, 0].copy_(scaled).mul_(valid[observation])  # cast and zero the invalid in place
     return values, valid
 
 
