@@ -40,6 +40,11 @@ from tasks.month import Month
 from tasks.scene import FailedScene
 
 __all__ = [
+    "BUILT",
+    "FAILED",
+    "MONTH_STATES",
+    "REFILLED",
+    "SKIPPED",
     "BackfillReport",
     "HEADER_MAX_CHARS",
     "LISTED_SCENES_MAX",
@@ -95,21 +100,31 @@ class RunReport:
     failed_scenes: Sequence[tuple[str, str]] = ()
     """(item id, reason) of each skipped scene; `FailedScene` records or plain pairs."""
     valid_share: float | None = None
-    """Share of the AOI's pixels that have a value in the mosaic, 0..1."""
+    """Share of the AOI's pixels that have a clear observation this month, 0..1."""
+    filled_share: float | None = None
+    """Share of the AOI's pixels that took a value from another month (gap fill), 0..1; None: no fill."""
     product_urls: dict[str, str] = field(default_factory=dict)
     """Product name -> URL (s3:// or https://) or local path."""
     flow_run_name: str | None = None
     flow_run_url: str | None = None
 
 
+BUILT, REFILLED, SKIPPED, FAILED = "built", "refilled", "skipped", "failed"
+"""A backfill month's states: built now; published before and filled again now from months built now;
+published before and left as it was; failed."""
+MONTH_STATES = (BUILT, REFILLED, SKIPPED, FAILED)
+
+
 @dataclass(frozen=True)
 class MonthOutcome:
-    """How one month of a backfill ended: 'built', 'skipped' (its Item was already published) or 'failed'."""
+    """How one month of a backfill ended: one of `MONTH_STATES`."""
 
     month: str
     state: str
     valid_share: float | None = None
     """Share of the AOI's pixels with a clear observation, 0..1; None when unknown (failed)."""
+    filled_share: float | None = None
+    """Share of the AOI's pixels filled from other months, 0..1; None when unknown or not filled."""
     reason: str | None = None
     """Why a failed month failed, one line."""
     item_url: str | None = None
@@ -155,6 +170,7 @@ def succeeded_message(report: RunReport) -> SlackMessage:
         "Scenes used": _count(report.scenes_used),
         "Scenes failed": str(len(report.failed_scenes)),
         "Valid pixels": "?" if report.valid_share is None else f"{report.valid_share:.1%}",
+        **({"Filled pixels": f"{report.filled_share:.1%}"} if report.filled_share is not None else {}),
     }
     blocks = [
         _header(f":white_check_mark: {title}"),
@@ -166,7 +182,8 @@ def succeeded_message(report: RunReport) -> SlackMessage:
     blocks += _failed_scenes_section(report.failed_scenes)
     blocks += _run_context(report)
     used, found, valid = numbers["Scenes used"], numbers["Scenes found"], numbers["Valid pixels"]
-    text = f"{title}, {used} of {found} scenes used, {valid} valid"
+    filled = f", {report.filled_share:.1%} filled" if report.filled_share is not None else ""
+    text = f"{title}, {used} of {found} scenes used, {valid} valid{filled}"
     return SlackMessage(text=_with_run_name(text, report), blocks=blocks)
 
 
@@ -187,12 +204,12 @@ def failed_message(
 
 
 def backfill_message(report: BackfillReport) -> SlackMessage:
-    """The notice of a finished backfill: a line per month with its state, valid share and why it failed."""
-    failed = report.count("failed")
+    """The notice of a finished backfill: a line per month with its state, valid and filled shares, and why it failed."""
+    failed = report.count(FAILED)
     title = f"Basemap backfill {report.aoi} {report.first_month}..{report.last_month}: " + (
         f"{failed} of {len(report.months)} months failed" if failed else "done"
     )
-    summary = ", ".join(f"{report.count(state)} {state}" for state in ("built", "skipped", "failed"))
+    summary = ", ".join(f"{report.count(state)} {state}" for state in MONTH_STATES)
     lines = [_month_line(outcome) for outcome in report.months[:LISTED_MONTHS_MAX]]
     if len(report.months) > LISTED_MONTHS_MAX:
         lines.append(f"… and {len(report.months) - LISTED_MONTHS_MAX} more")
@@ -206,6 +223,7 @@ def backfill_message(report: BackfillReport) -> SlackMessage:
 
 def _month_line(outcome: MonthOutcome) -> str:
     valid = "" if outcome.valid_share is None else f", {outcome.valid_share:.1%} valid"
+    valid += "" if outcome.filled_share is None else f", {outcome.filled_share:.1%} filled"
     reason = f": {_escape(_truncated(outcome.reason, 200))}" if outcome.reason else ""
     return f"• `{outcome.month}` {outcome.state}{valid}{reason}"
 

@@ -4,13 +4,17 @@
 flow (`flows.monthly_mosaic.monthly_mosaic`) as a subflow for each month of the range, up to
 `max_concurrent_months` at once (each also holds its own AOI-and-month lock, so a cron run of the
 same month waits for it). A month whose STAC Item is already published is skipped unless
-`overwrite`; a re-run therefore builds only the months that failed. The months send no Slack notice
-of their own: the backfill posts one notice at the end, and one summary artifact, listing every
-month with its state and valid share. It fails, naming them, when any month failed.
+`overwrite`; a re-run therefore builds only the months that failed. Months built concurrently
+cannot fill their gaps from each other, so once all are out, each published month of the range with
+a month built now within `fill_max_months` runs again: its tiles are committed, so it only refills
+them and republishes (`refilled`). The months send no Slack notice of their own: the backfill posts
+one notice at the end, and one summary artifact, listing every month with its state and valid and
+filled shares. It fails, naming them, when any month failed.
 """
 
 import contextvars
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from typing import Annotated
 
 from prefect import flow, get_run_logger, runtime
@@ -18,16 +22,25 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from blocks.publish import ITEM_PRODUCT
-from blocks.slack import BackfillReport, MonthOutcome, RunReport, load_notifier
+from blocks.slack import (
+    BUILT,
+    FAILED,
+    MONTH_STATES,
+    REFILLED,
+    SKIPPED,
+    BackfillReport,
+    MonthOutcome,
+    RunReport,
+    load_notifier,
+)
 from flows.monthly_mosaic import StepProgress, checked_inputs, monthly_mosaic, products_destination
 from flows.parameters import MosaicSettings
 from tasks.errors import InvalidSettings, MonthsFailed, first_line
-from tasks.metadata import ProductNames
+from tasks.metadata import FILL_LAYER, ProductNames
 from tasks.month import MONTH_PATTERN, Month
 
-__all__ = ["BUILT", "FAILED", "MAX_BACKFILL_MONTHS", "SKIPPED", "backfill", "backfill_summary_markdown", "published_outcome"]
+__all__ = ["MAX_BACKFILL_MONTHS", "backfill", "backfill_summary_markdown", "published_outcome"]
 
-BUILT, SKIPPED, FAILED = "built", "skipped", "failed"
 MAX_BACKFILL_MONTHS = 240
 """Longest range one backfill takes: 20 years of months."""
 MonthLabel = Annotated[str, Field(pattern=MONTH_PATTERN.pattern, description="A month 'YYYY-MM'.")]
@@ -41,7 +54,8 @@ def published_outcome(settings: MosaicSettings, aoi_name: str, month: Month) -> 
         return None
     metadata = destination.read_json(names.metadata) or {}
     valid_share = metadata.get("count", {}).get("statistics", {}).get("valid_share_of_aoi")
-    return MonthOutcome(month.label, SKIPPED, valid_share, item_url=destination.url(names.item))
+    filled_share = metadata.get(FILL_LAYER, {}).get("filled_share_of_aoi")
+    return MonthOutcome(month.label, SKIPPED, valid_share, filled_share, item_url=destination.url(names.item))
 
 
 def build_month(settings: MosaicSettings, month: Month) -> MonthOutcome:
@@ -52,7 +66,49 @@ def build_month(settings: MosaicSettings, month: Month) -> MonthOutcome:
     if not state.is_completed() or not isinstance(result, RunReport):
         reason = first_line(result) if isinstance(result, BaseException) else state.message or f"ended {state.name}"
         return MonthOutcome(month.label, FAILED, reason=reason)
-    return MonthOutcome(month.label, BUILT, result.valid_share, item_url=result.product_urls.get(ITEM_PRODUCT))
+    return MonthOutcome(month.label, BUILT, result.valid_share, result.filled_share, item_url=result.product_urls.get(ITEM_PRODUCT))
+
+
+def run_months(months: list[Month], settings: MosaicSettings, max_concurrent: int, progress: StepProgress) -> dict[str, MonthOutcome]:
+    """Run the monthly flow for each month, `max_concurrent` at once, as subflows of this run; their outcomes."""
+    logger = get_run_logger()
+    outcomes = {}
+    with ThreadPoolExecutor(max_concurrent, thread_name_prefix="backfill-month") as pool:
+        # Each month runs in its own copy of this flow's context, so it is a subflow of this run.
+        futures: dict[Future[MonthOutcome], Month] = {
+            pool.submit(contextvars.copy_context().run, build_month, settings, month): month for month in months
+        }
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes[outcome.month] = outcome
+            progress.advance()
+            logger.info("%s: %s%s", outcome.month, outcome.state, f" ({outcome.reason})" if outcome.reason else "")
+    return outcomes
+
+
+def months_to_refill(months: list[Month], outcomes: dict[str, MonthOutcome], settings: MosaicSettings) -> list[Month]:
+    """The published months of the range whose gap fill may gain from a month built in this run: one
+    within `fill_max_months` on a side the fill uses (earlier for `previous`, either for `interpolate`).
+    Months built concurrently could not see each other, so each is filled again once all are out."""
+    if settings.fill == "none":
+        return []
+    built = [Month.parse(label) for label, outcome in outcomes.items() if outcome.state == BUILT]
+
+    def gains(month: Month) -> bool:
+        for other in built:
+            distance = month.months_since(other)  # > 0: `other` is earlier
+            if other != month and abs(distance) <= settings.fill_max_months and (distance > 0 or settings.fill == "interpolate"):
+                return True
+        return False
+
+    return [month for month in months if outcomes[month.label].state != FAILED and gains(month)]
+
+
+def refilled_outcome(before: MonthOutcome, refill: MonthOutcome) -> MonthOutcome:
+    """A month's outcome after its refill: the refill's shares, a failed refill's reason; built stays built."""
+    if refill.state == FAILED:
+        return refill
+    return replace(refill, state=before.state if before.state == BUILT else REFILLED)
 
 
 def backfill_summary_markdown(report: BackfillReport) -> str:
@@ -60,12 +116,13 @@ def backfill_summary_markdown(report: BackfillReport) -> str:
     rows = []
     for outcome in report.months:
         valid = f"{outcome.valid_share:.1%}" if outcome.valid_share is not None else "n/a"
+        filled = f"{outcome.filled_share:.1%}" if outcome.filled_share is not None else "n/a"
         detail = outcome.reason or (f"`{outcome.item_url}`" if outcome.item_url else "")
-        rows.append(f"| {outcome.month} | {outcome.state} | {valid} | {detail} |")
-    counts = ", ".join(f"{report.count(state)} {state}" for state in (BUILT, SKIPPED, FAILED))
+        rows.append(f"| {outcome.month} | {outcome.state} | {valid} | {filled} | {detail} |")
+    counts = ", ".join(f"{report.count(state)} {state}" for state in MONTH_STATES)
     return (
         f"# Backfill {report.aoi} {report.first_month}..{report.last_month}\n\n{counts}\n\n"
-        "| month | state | valid share | item or reason |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "| month | state | valid share | filled share | item or reason |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -98,16 +155,12 @@ def backfill(
     logger.info("%s %s..%s: %d months, %d published already, %d to build", aoi_name, start_month, end_month,
                 len(months), len(outcomes), len(to_build))
     progress = StepProgress(len(to_build), "Months built")
-    with ThreadPoolExecutor(max_concurrent_months, thread_name_prefix="backfill-month") as pool:
-        # Each month runs in its own copy of this flow's context, so it is a subflow of this run.
-        futures: dict[Future[MonthOutcome], Month] = {
-            pool.submit(contextvars.copy_context().run, build_month, settings, month): month for month in to_build
-        }
-        for future in as_completed(futures):
-            outcome = future.result()
-            outcomes[outcome.month] = outcome
-            progress.advance()
-            logger.info("%s %s: %s%s", aoi_name, outcome.month, outcome.state, f" ({outcome.reason})" if outcome.reason else "")
+    outcomes |= run_months(to_build, settings, max_concurrent_months, progress)
+    to_refill = months_to_refill(months, outcomes, settings)
+    if to_refill:
+        logger.info("%s: refilling %d months from the months built since they were", aoi_name, len(to_refill))
+        refilled = run_months(to_refill, settings, max_concurrent_months, StepProgress(len(to_refill), "Months refilled"))
+        outcomes |= {label: refilled_outcome(outcomes[label], outcome) for label, outcome in refilled.items()}
     report = BackfillReport(
         aoi=aoi_name,
         first_month=start_month,

@@ -24,9 +24,10 @@ __all__ = ["content_digest", "scene_folder_digest", "tiles_digest"]
 
 TASKS_PACKAGE = Path(__file__).resolve().parents[1] / "tasks"
 DIGEST_CHARS = 12
-SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir"}
-"""Settings a re-run may change and still reuse committed tiles: where work runs and who hears of it. (How
-the month is judged is part of the digest: a month judged unpublishable removes its tiles.)"""
+SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir", "fill", "fill_max_months"}
+"""Settings a re-run may change and still reuse committed tiles: where work runs, who hears of it, and how
+gaps are filled (a committed tile is refilled from its observations, `tasks.tile.refill_tile`). (How the
+month is judged is part of the digest: a month judged unpublishable removes its tiles.)"""
 
 
 @cache

@@ -34,6 +34,7 @@ from flows.locking import month_lock
 from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
 from tasks.errors import TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
+from tasks.fill_sources import MonthFill, neighbour_months
 from tasks.grid import check_grid_size, grid_for_aoi
 from tasks.maskers import masker_named
 from tasks.metadata import ProductNames, ProductRun, TileFiles
@@ -41,8 +42,8 @@ from tasks.month import Month
 from tasks.products import MonthTiles, merge_tiles, month_histograms, write_month_products_task
 from tasks.scene import scene_items_json
 from tasks.search import search_scenes_task
-from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record
-from tasks.tiles import tile_layout, tiles_over_aoi
+from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task
+from tasks.tiles import OutputTile, tile_layout, tiles_over_aoi
 from tasks.workspace import Workspace, remove_abandoned_partials
 
 __all__ = [
@@ -172,8 +173,17 @@ def products_destination(settings: MosaicSettings, aoi: str, month: Month) -> Mo
 def month_plan(
     settings: MosaicSettings, inputs: RunInputs, destination: MonthDestination, month: Month, items_name: str, items_digest: str
 ) -> MonthPlan:
-    """What every tile of the month shares, from the settings, the run's inputs and the products' destination."""
+    """What every tile of the month shares, from the settings, the run's inputs and the products' destination,
+    with the published neighbouring months that can fill its gaps as they are now."""
     tile_size_px = settings.tiles.tile_size_px
+    neighbours = neighbour_months(
+        lambda other: products_destination(settings, inputs.name, other),
+        inputs.name,
+        month,
+        inputs.grid,
+        settings.fill,
+        settings.fill_max_months,
+    )
     return MonthPlan(
         aoi=inputs.aoi,
         grid=inputs.grid,
@@ -191,12 +201,14 @@ def month_plan(
         max_concurrent_scenes=settings.runner.max_concurrent_scenes,
         scratch_dir=staging_root(settings) / inputs.name / month.label,
         destination=destination,
+        fill=MonthFill(settings.fill, settings.fill_max_months, neighbours),
     )
 
 
 @flow(name="build-tiles")
 def build_tiles(month_label: str, items_name: str, items_digest: str, settings: MosaicSettings) -> list[TileRecord]:
-    """Build every output tile over the AOI that is not committed yet; returns all tiles' records.
+    """Build every output tile over the AOI that is not committed yet, refill committed tiles whose fill
+    inputs changed (a neighbouring month was published since); returns all tiles' records.
 
     The found items are read from `items_name` in the run's workspace by each tile, never passed
     as parameters: Prefect records a subflow's parameters in its API, and a month of items can
@@ -209,17 +221,25 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     plan = month_plan(settings, inputs, products_destination(settings, inputs.name, month), month, items_name, items_digest)
     tiles = tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)
     records: list[TileRecord] = []
-    pending = []
+    pending: list[OutputTile] = []
+    to_refill: list[TileRecord] = []
     for tile in tiles:
         record = committed_record(plan, tile)
         if record is None:
             pending.append(tile)
+        elif record.fill_digest != plan.fill.digest:
+            to_refill.append(record)
         else:
             records.append(record)
-    logger.info("%d tiles over the AOI: %d committed by an earlier attempt, %d to build", len(tiles), len(records), len(pending))
-    progress = StepProgress(len(pending), "Tiles built")
+    logger.info(
+        "%d tiles over the AOI: %d committed by an earlier attempt, %d to refill, %d to build",
+        len(tiles), len(records), len(to_refill), len(pending),
+    )
+    progress = StepProgress(len(pending) + len(to_refill), "Tiles built")
     failed_tiles: list[tuple[str, str]] = []
-    for tile, record_or_error in finished({build_tile_task.submit(plan, tile): tile for tile in pending}):
+    submitted = {build_tile_task.submit(plan, tile): tile for tile in pending}
+    submitted |= {refill_tile_task.submit(plan, record.tile, record): record.tile for record in to_refill}
+    for tile, record_or_error in finished(submitted):
         progress.advance()
         if isinstance(record_or_error, BaseException):
             failed_tiles.append((tile.label, first_line(record_or_error)))
@@ -263,6 +283,7 @@ def run_summary_markdown(report: RunReport) -> str:
         ("Scenes used", str(report.scenes_used)),
         ("Scenes failed", str(len(report.failed_scenes))),
         ("Valid-pixel share", f"{report.valid_share:.1%}" if report.valid_share is not None else "n/a"),
+        ("Filled share", f"{report.filled_share:.1%}" if report.filled_share is not None else "n/a (fill: none)"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     products = "\n".join(f"| {name} | `{url}` |" for name, url in report.product_urls.items())
@@ -307,6 +328,14 @@ def product_run(
         scenes_skipped=month_tiles.skipped,
         tiles=tuple(TileFiles.of(r.tile.label, r.files) for r in records) if tiled else (),
         single_cogs=not tiled or inputs.grid.shape.x * inputs.grid.shape.y <= settings.tiles.single_cog_max_pixels,
+        fill_method=plan.fill.method,
+        fill_max_months=plan.fill.max_months,
+        filled_pixels=month_tiles.filled_pixels,
+        fill_sources=tuple(
+            (neighbour.month, neighbour.item_url)
+            for neighbour in sorted(plan.fill.neighbours, key=lambda neighbour: neighbour.month)
+            if neighbour.month in month_tiles.fill_months
+        ),
     )
 
 
@@ -351,6 +380,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         scenes_used=len(month_tiles.used),
         failed_scenes=list(month_tiles.failed),
         valid_share=month_tiles.valid_share,
+        filled_share=month_tiles.filled_share if plan.fill.enabled else None,
         product_urls=urls,
         flow_run_name=runtime.flow_run.name,
         flow_run_url=runtime.flow_run.ui_url,

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings
+from tasks.gap_fill import FillMethod
 from tasks.month import Month
 from tasks.settings import (
     CompositeSettings,
@@ -92,6 +93,17 @@ class MosaicSettings(FrozenSettings):
         le=1,
         description="Smallest share of the AOI with a clear observation for the month to be published; "
         "below it the run fails and publishes nothing.",
+    )
+    fill: FillMethod = Field(
+        "interpolate",
+        description="Gap fill of pixels with no clear observation this month, from the same AOI's published months "
+        "on the same grid: 'previous' copies the nearest earlier month that observed the pixel; 'interpolate' "
+        "interpolates linearly in time between the nearest earlier and later ones (the nearest one where only one "
+        "side observed it); 'none' leaves gaps as nodata. Observed pixels and the count never change; a fill layer "
+        "tells filled pixels apart.",
+    )
+    fill_max_months: int = Field(
+        3, ge=1, le=24, description="Months away a gap may take its value from, at most (each side)."
     )
     max_grid_pixels: float = Field(
         2e10, gt=0, description="Largest output grid, in pixels; a bigger grid (a bbox typo?) is refused before any read."

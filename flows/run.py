@@ -54,8 +54,9 @@ def first_validation_problem(error: ValidationError) -> str:
 def print_report(report: RunReport) -> None:
     """The run's figures and where each product is."""
     valid = f"{report.valid_share:.1%}" if report.valid_share is not None else "n/a"
+    filled = f", {report.filled_share:.1%} filled from other months" if report.filled_share is not None else ""
     print(f"\nBasemap {report.aoi} {report.month}: {report.scenes_used} of {report.scenes_found} scenes used, "
-          f"{valid} of the AOI has a clear value.")
+          f"{valid} of the AOI has a clear value{filled}.")
     for scene_id, reason in report.failed_scenes:
         print(f"  skipped    {scene_id}: {reason}")
     for product, location in report.product_urls.items():

@@ -25,6 +25,7 @@ from odc.geo.geobox import GeoBox
 from rio_cogeo.cogeo import cog_validate
 
 from tasks.errors import InvalidProduct
+from tasks.gap_fill import NO_VALUE
 from tasks.grid import raster_profile
 from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SpectralIndex
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
@@ -34,6 +35,10 @@ __all__ = [
     "COUNT_DESCRIPTION",
     "COUNT_DTYPE",
     "COUNT_PROFILE",
+    "FILL_DESCRIPTION",
+    "FILL_DTYPE",
+    "FILL_NODATA",
+    "FILL_PROFILE",
     "HIGH_PERCENTILE",
     "INDEX_PROFILE",
     "LOW_PERCENTILE",
@@ -45,6 +50,7 @@ __all__ = [
     "validate_cog",
     "write_cog",
     "write_count_cog",
+    "write_fill_cog",
     "write_index_cog",
     "write_mosaic_cog",
 ]
@@ -56,6 +62,12 @@ REFLECTANCE_SCALE_FACTOR = 1.0 / REFLECTANCE_SCALE
 MOSAIC_DTYPE = "uint16"
 COUNT_DTYPE = "uint8"
 COUNT_DESCRIPTION = "clear observation count (0 = no valid observation)"
+FILL_DTYPE = "uint8"
+FILL_NODATA = NO_VALUE
+FILL_DESCRIPTION = (
+    f"gap fill: 0 = observed this month, 1..{NO_VALUE - 1} = months to the nearest month that gave the value, "
+    f"{NO_VALUE} = no value"
+)
 LOW_PERCENTILE = 2.0
 HIGH_PERCENTILE = 98.0
 """The display stretch of a mosaic band: its 2nd to 98th percentile (the Item's statistics, the quicklook)."""
@@ -113,6 +125,8 @@ COUNT_PROFILE = CogProfile(overview_resampling="nearest")
 """Counts are whole numbers: overviews pick one pixel rather than inventing fractions."""
 INDEX_PROFILE = CogProfile(overview_resampling="average")
 """Index overviews average the valid pixels beneath them, as the reflectance does (GDAL skips nodata)."""
+FILL_PROFILE = CogProfile(overview_resampling="nearest")
+"""Fill distances are whole months: overviews pick one pixel."""
 
 
 def write_mosaic_cog(path: Path, mosaic: np.ndarray, grid: GeoBox, profile: CogProfile) -> None:
@@ -130,6 +144,13 @@ def write_count_cog(path: Path, count: np.ndarray, grid: GeoBox, profile: CogPro
     with rasterio.open(path, "w", **_cog_creation(grid, 1, COUNT_DTYPE, None, profile)) as dataset:
         dataset.write(count, 1)
         dataset.set_band_description(1, COUNT_DESCRIPTION)
+
+
+def write_fill_cog(path: Path, distance: np.ndarray, grid: GeoBox, profile: CogProfile) -> None:
+    """Write a (y, x) uint8 gap-fill distance layer on `grid` as a COG, nodata `FILL_NODATA` (no value)."""
+    with rasterio.open(path, "w", **_cog_creation(grid, 1, FILL_DTYPE, FILL_NODATA, profile)) as dataset:
+        dataset.write(distance, 1)
+        dataset.set_band_description(1, FILL_DESCRIPTION)
 
 
 def write_index_cog(path: Path, values: np.ndarray, grid: GeoBox, index: SpectralIndex, profile: CogProfile) -> None:

@@ -22,6 +22,9 @@ from pyproj import Geod
 from tasks.aoi import WGS84, aoi_in_crs
 from tasks.cog import (
     COUNT_DESCRIPTION,
+    FILL_DESCRIPTION,
+    FILL_DTYPE,
+    FILL_NODATA,
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
     MOSAIC_BANDS,
@@ -35,6 +38,7 @@ from tasks.settings import CompositeSettings, MaskSettings
 
 __all__ = [
     "COUNT_LAYER",
+    "FILL_LAYER",
     "MOSAIC_LAYER",
     "TILES_FOLDER",
     "BandStatistics",
@@ -54,6 +58,8 @@ ATTRIBUTION_TEMPLATE = "Contains modified Copernicus Sentinel data {years}"
 SQUARE_METRES_PER_KM2 = 1_000_000.0
 MOSAIC_LAYER, COUNT_LAYER = "mosaic", "count"
 """The layers every month has; an index's layer is its name (`tasks.indices`)."""
+FILL_LAYER = "fill"
+"""The gap-fill distance layer of a month filled from its neighbours (`tasks.gap_fill`)."""
 MOSAIC_SUFFIX = f"_{MOSAIC_LAYER}.tif"
 TILES_FOLDER = "tiles"
 """Where a tiled month's tile COGs lie inside its month folder."""
@@ -124,19 +130,19 @@ class TileFiles:
     label: str
     mosaic: str
     count: str
-    indices: dict[str, str] = field(default_factory=dict)
-    """{index name: its COG} for `CompositeSettings.indices`."""
+    further_layers: dict[str, str] = field(default_factory=dict)
+    """{layer: its COG} of each further layer: the spectral indices, the fill layer."""
 
     @classmethod
     def of(cls, label: str, files: Mapping[str, str]) -> "TileFiles":
-        """From a tile record's {layer: file}: mosaic, count and every other layer as an index."""
-        indices = {layer: name for layer, name in files.items() if layer not in (MOSAIC_LAYER, COUNT_LAYER)}
-        return cls(label, files[MOSAIC_LAYER], files[COUNT_LAYER], indices)
+        """From a tile record's {layer: file}: mosaic, count and every further layer."""
+        further = {layer: name for layer, name in files.items() if layer not in (MOSAIC_LAYER, COUNT_LAYER)}
+        return cls(label, files[MOSAIC_LAYER], files[COUNT_LAYER], further)
 
     @property
     def files(self) -> dict[str, str]:
-        """{layer: COG} of the tile: mosaic, count, then each index."""
-        return {MOSAIC_LAYER: self.mosaic, COUNT_LAYER: self.count, **self.indices}
+        """{layer: COG} of the tile: mosaic, count, then each further layer."""
+        return {MOSAIC_LAYER: self.mosaic, COUNT_LAYER: self.count, **self.further_layers}
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,13 @@ class ProductRun:
     """A tiled month's tile COGs, in row-major order; empty when the AOI is one tile."""
     single_cogs: bool = True
     """Whether the mosaic and count are also (for one tile: only) single COGs."""
+    fill_method: str = "none"
+    """`MosaicSettings.fill`; 'none' means the month has no fill layer."""
+    fill_max_months: int = 0
+    filled_pixels: int = 0
+    """AOI pixels with no observation that took a value from another month."""
+    fill_sources: tuple[tuple[str, str], ...] = ()
+    """('YYYY-MM', STAC Item URL) of each month that gave a filled pixel its value, in month order."""
 
     @property
     def names(self) -> ProductNames:
@@ -186,6 +199,20 @@ class ProductRun:
     def indices(self) -> tuple[SpectralIndex, ...]:
         """The spectral indices the month has, in `CompositeSettings.indices` order."""
         return tuple(SPECTRAL_INDICES[name] for name in self.composite.indices)
+
+    @property
+    def further_layers(self) -> tuple[str, ...]:
+        """The month's raster layers besides mosaic and count: each index, then the fill layer when filled."""
+        return (*(index.name for index in self.indices), *((FILL_LAYER,) if self.filled else ()))
+
+    @property
+    def filled(self) -> bool:
+        """Whether the month has a fill layer."""
+        return self.fill_method != "none"
+
+    def filled_share(self, aoi_pixels: int) -> float:
+        """Share of the AOI's `aoi_pixels` that took a value from another month, 0..1."""
+        return self.filled_pixels / aoi_pixels if aoi_pixels else 0.0
 
     @property
     def product_id(self) -> str:
@@ -316,22 +343,24 @@ def metadata_document(
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
     index_statistics: tuple[BandStatistics, ...] = (),
+    fill_statistics: BandStatistics | None = None,
 ) -> dict[str, Any]:
     """The content of metadata.json: plain JSON values only. `index_statistics` are those of
-    `run.indices`, in that order."""
+    `run.indices`, in that order; `fill_statistics` those of the fill layer, when the month is filled."""
     return {
         "id": run.product_id,
         "files": {
             "mosaic": run.mosaic_file,
             "count": run.count_file,
             **{index.name: run.layer_file(index.name) for index in run.indices},
+            **({FILL_LAYER: run.layer_file(FILL_LAYER)} if run.filled else {}),
             "quicklook": names.quicklook,
             "stac_item": names.item,
             **(
                 {
                     "mosaic_index": names.mosaic_index,
                     "count_index": names.count_index,
-                    **{f"{index.name}_index": names.layer_index(index.name) for index in run.indices},
+                    **{f"{layer}_index": names.layer_index(layer) for layer in run.further_layers},
                     "tiles": [{"tile": tile.label, **tile.files} for tile in run.tiles],
                 }
                 if run.tiles
@@ -386,6 +415,7 @@ def metadata_document(
             index.name: index_metadata(index, run, statistics)
             for index, statistics in zip(run.indices, index_statistics, strict=True)
         },
+        **({FILL_LAYER: fill_metadata(run, fill_statistics)} if run.filled and fill_statistics else {}),
         "software": software_versions(),
         "attribution": attribution(run.scene_years),
     }
@@ -407,13 +437,30 @@ def index_metadata(index: SpectralIndex, run: ProductRun, statistics: BandStatis
     }
 
 
+def fill_metadata(run: ProductRun, statistics: BandStatistics) -> dict[str, Any]:
+    """metadata.json's section on the gap fill: how, how much, from which months, and its layer."""
+    return {
+        "file": run.layer_file(FILL_LAYER),
+        "method": run.fill_method,
+        "max_months": run.fill_max_months,
+        "filled_pixels": run.filled_pixels,
+        "filled_share_of_aoi": run.filled_share(statistics.aoi_pixels),
+        "months_used": [{"month": month, "item": item_url} for month, item_url in run.fill_sources],
+        "dtype": FILL_DTYPE,
+        "nodata": FILL_NODATA,
+        "description": FILL_DESCRIPTION,
+        "statistics": statistics.as_json(),
+    }
+
+
 def metadata_json(
     run: ProductRun,
     names: ProductNames,
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
     index_statistics: tuple[BandStatistics, ...] = (),
+    fill_statistics: BandStatistics | None = None,
 ) -> bytes:
     """metadata.json as UTF-8 bytes, indented for people."""
-    document = metadata_document(run, names, mosaic_statistics, count_statistics, index_statistics)
+    document = metadata_document(run, names, mosaic_statistics, count_statistics, index_statistics, fill_statistics)
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()

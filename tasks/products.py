@@ -32,6 +32,10 @@ from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
     COUNT_PROFILE,
+    FILL_DESCRIPTION,
+    FILL_DTYPE,
+    FILL_NODATA,
+    FILL_PROFILE,
     INDEX_PROFILE,
     MOSAIC_BANDS,
     MOSAIC_DTYPE,
@@ -46,6 +50,7 @@ from tasks.gdal_env import gdal_env
 from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR
 from tasks.metadata import (
     COUNT_LAYER,
+    FILL_LAYER,
     MOSAIC_LAYER,
     TILES_FOLDER,
     ProductRun,
@@ -87,6 +92,14 @@ class MonthTiles:
     skipped: tuple[SkippedScene, ...]
     aoi_pixels: int
     valid_pixels: int
+    filled_pixels: int = 0
+    fill_months: tuple[str, ...] = ()
+    """Months ('YYYY-MM') that gave a filled pixel its value in any tile, in month order."""
+
+    @property
+    def filled_share(self) -> float:
+        """Share of AOI pixels with no observation that took a value from another month, 0..1."""
+        return self.filled_pixels / self.aoi_pixels if self.aoi_pixels else 0.0
 
     @property
     def unclear_scenes(self) -> int:
@@ -129,6 +142,8 @@ def merge_tiles(records: Sequence[TileRecord], items: Sequence[SceneItem]) -> Mo
         skipped=tuple(skipped),
         aoi_pixels=sum(record.aoi_pixels for record in records),
         valid_pixels=sum(record.valid_pixels for record in records),
+        filled_pixels=sum(record.filled_pixels for record in records),
+        fill_months=tuple(sorted({month for record in records for month in record.fill_months})),
     )
 
 
@@ -147,6 +162,7 @@ MOSAIC_INDEX_BANDS = tuple(
     IndexBand(band.description, nodata=NODATA, scale=REFLECTANCE_SCALE_FACTOR, offset=0.0) for band in MOSAIC_BANDS
 )
 COUNT_INDEX_BANDS = (IndexBand(COUNT_DESCRIPTION),)
+FILL_INDEX_BANDS = (IndexBand(FILL_DESCRIPTION, nodata=FILL_NODATA),)
 
 
 @dataclass(frozen=True)
@@ -161,7 +177,7 @@ class MonthLayer:
 
 
 def month_layers(run: ProductRun) -> tuple[MonthLayer, ...]:
-    """The mosaic, the count, then each spectral index of the run."""
+    """The mosaic, the count, each spectral index of the run, then the fill layer when the month is filled."""
     indices = tuple(
         MonthLayer(
             index.name,
@@ -171,10 +187,12 @@ def month_layers(run: ProductRun) -> tuple[MonthLayer, ...]:
         )
         for index in run.indices
     )
+    fill = (MonthLayer(FILL_LAYER, FILL_DTYPE, FILL_INDEX_BANDS, FILL_PROFILE),) if run.filled else ()
     return (
         MonthLayer(MOSAIC_LAYER, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, MOSAIC_PROFILE),
         MonthLayer(COUNT_LAYER, COUNT_DTYPE, COUNT_INDEX_BANDS, COUNT_PROFILE),
         *indices,
+        *fill,
     )
 
 
@@ -192,7 +210,7 @@ def write_month_products(
     plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
 ) -> dict[str, str]:
     """Write and publish the month's own files (Item last) beside its published tiles; returns
-    {product: URL or local path} for mosaic, count, each index, quicklook, metadata and item."""
+    {product: URL or local path} for mosaic, count, each index, the fill layer, quicklook, metadata and item."""
     names, destination = plan.names, plan.destination
     layers = month_layers(run)
     destination.delete(names.item)  # before anything beside it is replaced
@@ -229,8 +247,17 @@ def write_month_products(
             statistics_from_histogram(index.name, histograms.indices[index.name], aoi_pixels, grid_pixels, INDEX_NODATA)
             for index in run.indices
         )
-        (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics, index_statistics))
-        item = build_item(run, names, mosaic_statistics, count_statistics, index_statistics=index_statistics)
+        fill_statistics = (
+            statistics_from_histogram(FILL_LAYER, histograms.fill, aoi_pixels, grid_pixels)
+            if run.filled and histograms.fill is not None
+            else None
+        )
+        (scratch / names.metadata).write_bytes(
+            metadata_json(run, names, mosaic_statistics, count_statistics, index_statistics, fill_statistics)
+        )
+        item = build_item(
+            run, names, mosaic_statistics, count_statistics, index_statistics=index_statistics, fill_statistics=fill_statistics
+        )
         (scratch / names.item).write_bytes(item_json(item))
         destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         destination.put({names.item: scratch / names.item})
@@ -239,7 +266,7 @@ def write_month_products(
     return {
         "mosaic": destination.url(run.mosaic_file),
         "count": destination.url(run.count_file),
-        **{index.name: destination.url(run.layer_file(index.name)) for index in run.indices},
+        **{layer: destination.url(run.layer_file(layer)) for layer in run.further_layers},
         "quicklook": destination.url(names.quicklook),
         "metadata": destination.url(names.metadata),
         ITEM_PRODUCT: destination.url(names.item),

@@ -21,16 +21,38 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Stat
 from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
-from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.cog import COUNT_DESCRIPTION, FILL_DESCRIPTION, FILL_NODATA, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidProduct
 from tasks.grid import pixel_size_m
 from tasks.indices import INDEX_NODATA, INDEX_SCALE, INDEX_SCALE_FACTOR, SpectralIndex
-from tasks.metadata import COUNT_LAYER, MOSAIC_LAYER, BandStatistics, ProductNames, ProductRun, TileFiles, attribution
+from tasks.metadata import (
+    COUNT_LAYER,
+    FILL_LAYER,
+    MOSAIC_LAYER,
+    BandStatistics,
+    ProductNames,
+    ProductRun,
+    TileFiles,
+    attribution,
+)
 from tasks.scene import NODATA
 
-__all__ = ["VRT_MEDIA_TYPE", "OfflineSTACValidator", "build_item", "item_document", "item_json", "validate_item"]
+__all__ = [
+    "FILLED_SHARE_PROPERTY",
+    "FILL_SOURCE_REL",
+    "VRT_MEDIA_TYPE",
+    "OfflineSTACValidator", "build_item",
+    "item_document",
+    "item_json",
+    "validate_item",
+]
 
+FILL_SOURCE_REL = "related"
+"""Link relation from a filled month's Item to each month that gave a filled pixel its value (not
+`derived_from`, which names the month's own source scenes)."""
+FILLED_SHARE_PROPERTY = "basemap:filled_share"
+"""Item property: share of the AOI's pixels, 0..1, that took their value from another month."""
 VRT_MEDIA_TYPE = "application/xml"
 """GDAL VRT files are XML; no registered media type names them more precisely."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"
@@ -145,6 +167,27 @@ def _index_asset(run: ProductRun, index: SpectralIndex, statistics: BandStatisti
     return asset
 
 
+def _fill_asset(run: ProductRun, statistics: BandStatistics) -> pystac.Asset:
+    file_name = run.layer_file(FILL_LAYER)
+    asset = pystac.Asset(
+        href=f"./{file_name}",
+        media_type=_media_type(file_name),
+        roles=["data", "quality"],
+        title=f"Gap fill ({run.fill_method}, up to {run.fill_max_months} months away)",
+        description=f"{FILL_DESCRIPTION[0].upper()}{FILL_DESCRIPTION[1:]}. Filled pixels of the mosaic took their "
+        f"value from the months linked as '{FILL_SOURCE_REL}'.",
+    )
+    RasterExtension.ext(asset).bands = [
+        RasterBand.create(
+            nodata=FILL_NODATA,
+            data_type=DataType.UINT8,
+            spatial_resolution=pixel_size_m(run.grid),
+            statistics=_statistics(statistics),
+        )
+    ]
+    return asset
+
+
 def build_item(
     run: ProductRun,
     names: ProductNames,
@@ -152,9 +195,12 @@ def build_item(
     count_statistics: BandStatistics,
     self_href: str | None = None,
     index_statistics: tuple[BandStatistics, ...] = (),
+    fill_statistics: BandStatistics | None = None,
 ) -> pystac.Item:
     """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published.
-    `index_statistics` are those of `run.indices`, in that order."""
+    `index_statistics` are those of `run.indices`, in that order; `fill_statistics` those of the fill
+    layer of a filled month, which then gets its filled share (`FILLED_SHARE_PROPERTY`) and a
+    `FILL_SOURCE_REL` link to each month that gave a filled pixel its value."""
     aoi = run.aoi_wgs84
     item = pystac.Item(
         id=run.product_id,
@@ -181,6 +227,11 @@ def build_item(
     item.add_asset("count", _count_asset(run, names, count_statistics))
     for index, statistics in zip(run.indices, index_statistics, strict=True):
         item.add_asset(index.name, _index_asset(run, index, statistics))
+    if run.filled and fill_statistics is not None:
+        item.add_asset(FILL_LAYER, _fill_asset(run, fill_statistics))
+        item.properties[FILLED_SHARE_PROPERTY] = run.filled_share(count_statistics.aoi_pixels)
+        for month, item_url in run.fill_sources:
+            item.add_link(pystac.Link(FILL_SOURCE_REL, item_url, pystac.MediaType.JSON, f"Gap-fill source month {month}"))
     item.add_asset(
         "quicklook",
         pystac.Asset(href=f"./{names.quicklook}", media_type=pystac.MediaType.PNG, roles=["overview", "visual"],
@@ -194,7 +245,7 @@ def build_item(
     for tile in run.tiles:
         _add_tile_assets(item, tile)
     if run.tiles:
-        for layer in (MOSAIC_LAYER, COUNT_LAYER, *(index.name for index in run.indices)):
+        for layer in (MOSAIC_LAYER, COUNT_LAYER, *run.further_layers):
             item.add_asset(
                 f"{layer}-index",
                 pystac.Asset(href=f"./{names.layer_index(layer)}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],

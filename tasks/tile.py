@@ -4,14 +4,18 @@ A tile task gets the month's `MonthPlan` (small: AOI, grid, names, where things 
 reads the found items from the run's workspace (never from its parameters), reads the window of
 each scene over the tile and its masker's halo (`tasks.mask.mask_halo_px`) with up to
 `max_concurrent_scenes` reads at once, masks each window as its read finishes, crops the windows to
-the tile, composites, and writes the tile's mosaic and count COGs (and one per spectral index of
-`CompositeSettings.indices`) to a local scratch folder. The COGs are published into the month's
-product folder, then the tile's record is written to the workspace: the record is the tile's commit. The scratch folder is removed whatever happens, so a
-tile's scratch disk lasts only while the tile is in flight.
+the tile, composites, fills its gaps from neighbouring months (`tasks.tile_fill`), and writes the
+tile's mosaic and count COGs (and one per spectral index of `CompositeSettings.indices`, and the fill
+distance layer unless `fill` is none) to a local scratch folder. The COGs are published into the
+month's product folder, then the tile's record is written to the workspace: the record is the
+tile's commit. The scratch folder is removed whatever happens, so a tile's scratch disk lasts only
+while the tile is in flight.
 
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
 and left out of the tile; the month merges the records (`tasks.products`). A tile whose
-record exists and names no failed scene is committed: a re-run of the month skips it.
+record exists and names no failed scene is committed: a re-run of the month skips it, or, when the
+month's fill inputs changed since (`MonthFill.digest`: a neighbour was published), refills it from its
+published layers without reading a scene (`refill_tile`).
 
 The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
 histograms of its mosaic bands and count (for exact month statistics without reading the mosaic
@@ -27,10 +31,11 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from odc.geo.roi import roi_is_empty
@@ -41,26 +46,30 @@ from blocks.publish import MonthDestination
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
 from tasks.cog import (
     COUNT_PROFILE,
+    FILL_PROFILE,
     INDEX_PROFILE,
     MOSAIC_PROFILE,
     validate_cog,
     write_count_cog,
+    write_fill_cog,
     write_index_cog,
     write_mosaic_cog,
 )
-from tasks.composite import MaskedWindow, TileComposite, composite_tile
+from tasks.composite import MaskedWindow, composite_tile
 from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
+from tasks.fill_sources import MonthFill
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
 from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.memory import release_freed_memory
-from tasks.metadata import TILES_FOLDER, ProductNames
+from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, ProductNames
 from tasks.read import item_footprint_in, read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SceneItem, SceneWindow, scene_items_from_json
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.tile_fill import FilledTile, TileLayers, fill_tile
 from tasks.tiles import OutputTile, read_grid, tile_grid
 from tasks.workspace import Workspace, partial_prefix
 
@@ -75,6 +84,8 @@ __all__ = [
     "build_tile",
     "build_tile_task",
     "committed_record",
+    "refill_tile",
+    "refill_tile_task",
     "scratch_folder",
 ]
 
@@ -93,7 +104,8 @@ class MonthPlan:
     `aoi` may be in any CRS; `grid` is the target grid. `items_name` names the found items in
     `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
     folders of the tile records and tile COGs. Products go to `destination`, the month folder of
-    `aoi_name`; `scratch_dir` is local and holds tiles in flight.
+    `aoi_name`; `scratch_dir` is local and holds tiles in flight. `fill` says how gaps are filled
+    and from which published months.
     """
 
     aoi: Geometry
@@ -112,6 +124,7 @@ class MonthPlan:
     max_concurrent_scenes: int
     scratch_dir: Path
     destination: MonthDestination
+    fill: MonthFill = MonthFill("none", 0)
 
     @property
     def records_folder(self) -> str:
@@ -129,6 +142,7 @@ class MonthPlan:
             "mosaic": self.names.tile_mosaic(tile.label, self.tiles_digest),
             "count": self.names.tile_count(tile.label, self.tiles_digest),
             **{name: self.names.tile_layer(name, tile.label, self.tiles_digest) for name in self.composite.indices},
+            **({FILL_LAYER: self.names.tile_layer(FILL_LAYER, tile.label, self.tiles_digest)} if self.fill.enabled else {}),
         }
 
     def record_name(self, tile: OutputTile) -> str:
@@ -155,6 +169,12 @@ class TileRecord:
     contributing_scenes: tuple[str, ...]
     scene_pixels: dict[str, tuple[int, int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    filled_pixels: int = 0
+    """AOI pixels with no observation that took a value from another month."""
+    fill_months: tuple[str, ...] = ()
+    """Months ('YYYY-MM') that gave at least one of them a value."""
+    fill_digest: str = ""
+    """The `MonthFill.digest` the tile was filled with."""
 
     @property
     def tile(self) -> OutputTile:
@@ -170,6 +190,7 @@ class TileRecord:
             **{
                 **fields,
                 "contributing_scenes": tuple(fields["contributing_scenes"]),
+                "fill_months": tuple(fields.get("fill_months", ())),
                 "scene_pixels": {item_id: tuple(pixels) for item_id, pixels in fields["scene_pixels"].items()},
             }
         )
@@ -178,31 +199,37 @@ class TileRecord:
 @dataclass(frozen=True)
 class TileHistograms:
     """Exact value histograms of a tile's AOI pixels: mosaic (band, 65536) over valid pixels, count (256),
-    and each index (65536, bin i counts the value `INDEX_NODATA + i`) over its pixels other than nodata."""
+    each index (65536, bin i counts the value `INDEX_NODATA + i`) over its pixels other than nodata,
+    and the fill distance layer (256) when the month is filled."""
 
     mosaic: np.ndarray
     count: np.ndarray
     indices: dict[str, np.ndarray] = field(default_factory=dict)
+    fill: np.ndarray | None = None
 
     @classmethod
-    def of(cls, composite: TileComposite, inside_aoi: np.ndarray) -> "TileHistograms":
-        valid = inside_aoi & (composite.mosaic != NODATA).all(axis=0)
-        mosaic = np.stack([np.bincount(band[valid], minlength=REFLECTANCE_VALUES) for band in composite.mosaic])
+    def of(cls, layers: TileLayers, inside_aoi: np.ndarray, fill_distance: np.ndarray | None = None) -> "TileHistograms":
+        valid = inside_aoi & (layers.mosaic != NODATA).all(axis=0)
+        mosaic = np.stack([np.bincount(band[valid], minlength=REFLECTANCE_VALUES) for band in layers.mosaic])
         indices = {
             name: np.bincount(values[inside_aoi & (values != INDEX_NODATA)].astype(np.int32) - INDEX_NODATA, minlength=INDEX_VALUES)
-            for name, values in composite.indices.items()
+            for name, values in layers.indices.items()
         }
-        return cls(mosaic, np.bincount(composite.count[inside_aoi], minlength=COUNT_VALUES), indices)
+        fill = None if fill_distance is None else np.bincount(fill_distance[inside_aoi], minlength=COUNT_VALUES)
+        return cls(mosaic, np.bincount(layers.count[inside_aoi], minlength=COUNT_VALUES), indices, fill)
 
     def __add__(self, other: "TileHistograms") -> "TileHistograms":
-        """The histograms of two tiles' pixels together (tiles of one month have the same indices)."""
+        """The histograms of two tiles' pixels together (tiles of one month have the same layers)."""
         indices = {name: histogram + other.indices[name] for name, histogram in self.indices.items()}
-        return TileHistograms(self.mosaic + other.mosaic, self.count + other.count, indices)
+        fill = None if self.fill is None or other.fill is None else self.fill + other.fill
+        return TileHistograms(self.mosaic + other.mosaic, self.count + other.count, indices, fill)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         arrays = {"mosaic": self.mosaic, "count": self.count}
         arrays.update({f"{INDEX_KEY_PREFIX}{name}": histogram for name, histogram in self.indices.items()})
+        if self.fill is not None:
+            arrays[FILL_LAYER] = self.fill
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # the stub takes ** as allow_pickle
         return buffer.getvalue()
 
@@ -210,7 +237,8 @@ class TileHistograms:
     def from_bytes(cls, payload: bytes) -> "TileHistograms":
         with np.load(io.BytesIO(payload)) as arrays:
             indices = {key.removeprefix(INDEX_KEY_PREFIX): arrays[key] for key in arrays.files if key.startswith(INDEX_KEY_PREFIX)}
-            return cls(arrays["mosaic"], arrays["count"], indices)
+            fill = arrays[FILL_LAYER] if FILL_LAYER in arrays.files else None
+            return cls(arrays["mosaic"], arrays["count"], indices, fill)
 
 
 @functools.lru_cache(maxsize=4)
@@ -303,8 +331,28 @@ def scratch_folder(plan: MonthPlan, label: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def publish_tile_layers(plan: MonthPlan, tile: OutputTile, tile_box: GeoBox, inside_aoi: np.ndarray, filled: FilledTile) -> dict[str, str]:
+    """Write, validate and publish the tile's layer COGs and write its histograms; returns {layer: file}."""
+    files = plan.tile_files(tile)
+    layers = filled.layers
+    with scratch_folder(plan, tile.label) as scratch:
+        local = {name: scratch / Path(file_name).name for name, file_name in files.items()}
+        write_mosaic_cog(local[MOSAIC_LAYER], layers.mosaic, tile_box, MOSAIC_PROFILE)
+        write_count_cog(local[COUNT_LAYER], layers.count, tile_box, COUNT_PROFILE)
+        for name, values in layers.indices.items():
+            write_index_cog(local[name], values, tile_box, SPECTRAL_INDICES[name], INDEX_PROFILE)
+        if FILL_LAYER in local:
+            write_fill_cog(local[FILL_LAYER], filled.distance, tile_box, FILL_PROFILE)
+        for path in local.values():
+            validate_cog(path)
+        plan.destination.put({files[name]: path for name, path in local.items()})
+    fill_distance = filled.distance if plan.fill.enabled else None
+    plan.workspace.write_bytes(plan.histograms_name(tile), TileHistograms.of(layers, inside_aoi, fill_distance).to_bytes())
+    return files
+
+
 def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
-    """Read, mask, composite and publish one tile; write and return its record (the commit)."""
+    """Read, mask, composite, fill and publish one tile; write and return its record (the commit)."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     # One GDAL environment for the tile's own rasterio calls (each would otherwise build its own
     # AWS session: 14 ms a call).
@@ -314,30 +362,53 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         inside_aoi = aoi_pixel_mask(aoi_on_grid, tile_box)
         observations, scene_pixels, failed = observe_tile(plan, tile_box, aoi_on_grid, inside_aoi)
     composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
-    files = plan.tile_files(tile)
-    with scratch_folder(plan, tile.label) as scratch:
-        local = {name: scratch / Path(file_name).name for name, file_name in files.items()}
-        write_mosaic_cog(local["mosaic"], composite.mosaic, tile_box, MOSAIC_PROFILE)
-        write_count_cog(local["count"], composite.count, tile_box, COUNT_PROFILE)
-        for name, values in composite.indices.items():
-            write_index_cog(local[name], values, tile_box, SPECTRAL_INDICES[name], INDEX_PROFILE)
-        for path in local.values():
-            validate_cog(path)
-        plan.destination.put({files[name]: path for name, path in local.items()})
+    filled = fill_tile(plan.fill, tile_box, inside_aoi, TileLayers(composite.mosaic, composite.count, composite.indices))
     record = TileRecord(
         row=tile.row,
         col=tile.col,
-        files=files,
+        files=publish_tile_layers(plan, tile, tile_box, inside_aoi, filled),
         aoi_pixels=composite.aoi_pixels,
         valid_pixels=composite.valid_pixels,
         max_count=int(composite.count.max(initial=0)),
         contributing_scenes=composite.contributing_scenes,
         scene_pixels=scene_pixels,
         failed=failed,
+        filled_pixels=filled.filled_pixels,
+        fill_months=filled.months_used,
+        fill_digest=plan.fill.digest,
     )
-    plan.workspace.write_bytes(plan.histograms_name(tile), TileHistograms.of(composite, inside_aoi).to_bytes())
     plan.workspace.write_bytes(plan.record_name(tile), record.to_json())
     return record
+
+
+def published_layers(plan: MonthPlan, record: TileRecord) -> TileLayers:
+    """A committed tile's mosaic, count and indices, read back from where they were published."""
+    arrays = {}
+    for layer in (MOSAIC_LAYER, COUNT_LAYER, *plan.composite.indices):
+        path, options = plan.destination.gdal_location(record.files[layer])
+        with gdal_env(**options), rasterio.open(path) as raster:
+            arrays[layer] = raster.read()
+    return TileLayers(
+        arrays.pop(MOSAIC_LAYER), arrays.pop(COUNT_LAYER)[0], {name: values[0] for name, values in arrays.items()}
+    )
+
+
+def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
+    """Fill a committed tile again from its published layers and the month's current neighbours,
+    without reading a scene; republish its layers and return its updated record (the commit)."""
+    tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
+    with gdal_env():
+        inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
+    filled = fill_tile(plan.fill, tile_box, inside_aoi, published_layers(plan, record))
+    refilled = replace(
+        record,
+        files=publish_tile_layers(plan, tile, tile_box, inside_aoi, filled),
+        filled_pixels=filled.filled_pixels,
+        fill_months=filled.months_used,
+        fill_digest=plan.fill.digest,
+    )
+    plan.workspace.write_bytes(plan.record_name(tile), refilled.to_json())
+    return refilled
 
 
 def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
@@ -368,3 +439,10 @@ build_tile_task = task(
     **io_task_retries(),
     cache_policy=NO_CACHE,
 )(portable_errors(build_tile_releasing_memory))
+
+refill_tile_task = task(
+    name="refill-tile",
+    task_run_name="refill-{tile.label}",
+    **io_task_retries(),
+    cache_policy=NO_CACHE,
+)(portable_errors(refill_tile))

@@ -13,8 +13,8 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-from blocks.slack import SlackNotifier
-from flows.backfill import BUILT, FAILED, SKIPPED, backfill
+from blocks.slack import BUILT, FAILED, SKIPPED, SlackNotifier
+from flows.backfill import backfill
 from tasks.errors import MonthsFailed
 from tasks.metadata import ProductNames
 from tasks.month import Month

@@ -258,7 +258,7 @@ def test_a_backfill_notice_lists_every_month_with_its_state_valid_share_and_reas
 
     listing = json.dumps(message.blocks)
     assert message.text.startswith("Basemap backfill lake 2020-01..2020-03: 1 of 3 months failed")
-    assert "2 built, 0 skipped, 1 failed" in message.text and "brave-fox" in message.text
+    assert "2 built, 0 refilled, 0 skipped, 1 failed" in message.text and "brave-fox" in message.text
     assert "`2020-01` built, 50.0% valid" in listing and "`2020-03` built, 52.0% valid" in listing
     assert "`2020-02` failed: no scene &lt;found&gt;" in listing
 

@@ -1,0 +1,117 @@
+"""The published months of an AOI that can fill a month's gaps, and their rasters over one tile.
+
+A neighbour is a month of the same AOI within `fill_max_months` (earlier only for `previous`)
+whose STAC Item is published and whose grid equals this month's (a month built on another grid is
+left out, with a warning). Its layers are read from where it was published (single COG or mosaic
+index) through its own `MonthDestination`, so an S3 month is read with the products block's
+credentials. Each neighbour offers its observed pixels only: where its count is > 0.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
+from rasterio.windows import Window
+
+from blocks.publish import MonthDestination
+from tasks.gap_fill import FillMethod
+from tasks.gdal_env import gdal_env
+from tasks.grid import grid_metadata
+from tasks.logs import stage_logger
+from tasks.metadata import COUNT_LAYER, ProductNames
+from tasks.month import Month
+
+__all__ = ["MonthFill", "NeighbourMonth", "NeighbourTile", "neighbour_months", "read_neighbour_tile"]
+
+
+@dataclass(frozen=True)
+class NeighbourMonth:
+    """A published month that may fill gaps: `offset` months from the filled one (negative: earlier).
+
+    `files` maps each raster layer the month published ('mosaic', 'count', indices) to its file in
+    `destination`; `item_url` is where its STAC Item is; `version` identifies what was published
+    (a digest of its metadata.json), so a republished neighbour changes the fill's inputs.
+    """
+
+    offset: int
+    month: str
+    destination: MonthDestination
+    files: dict[str, str]
+    item_url: str
+    version: str
+
+
+@dataclass(frozen=True)
+class NeighbourTile:
+    """A neighbour's layers over one tile: {layer: (band, y, x) array}, and its observed pixels (y, x) bool."""
+
+    offset: int
+    layers: dict[str, np.ndarray]
+    observed: np.ndarray
+
+
+def neighbour_months(
+    destination_of: Callable[[Month], MonthDestination],
+    aoi_name: str,
+    month: Month,
+    grid: GeoBox,
+    method: FillMethod,
+    max_months: int,
+) -> tuple[NeighbourMonth, ...]:
+    """The published months of `aoi_name` on `grid` that may fill `month`'s gaps, nearest first."""
+    if method == "none":
+        return ()
+    sides = (-1, 1) if method == "interpolate" else (-1,)
+    offsets = sorted((side * distance for distance in range(1, max_months + 1) for side in sides), key=abs)
+    expected_grid = json.loads(json.dumps(grid_metadata(grid)))
+    found = []
+    for offset in offsets:
+        other = month.shifted(offset)
+        destination = destination_of(other)
+        names = ProductNames.for_run(aoi_name, other)
+        if not destination.exists(names.item):
+            continue
+        metadata = destination.read_json(names.metadata) or {}
+        if metadata.get("grid") != expected_grid:
+            stage_logger(__name__).warning("%s %s is on another grid; it fills no gap of %s", aoi_name, other.label, month.label)
+            continue
+        files = {layer: name for layer, name in metadata.get("files", {}).items() if isinstance(name, str)}
+        version = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
+        found.append(NeighbourMonth(offset, other.label, destination, files, destination.url(names.item), version))
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class MonthFill:
+    """How a month's gaps are filled: the method, the reach in months and the neighbours found."""
+
+    method: FillMethod
+    max_months: int
+    neighbours: tuple[NeighbourMonth, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the month is filled at all (and so has a fill layer)."""
+        return self.method != "none"
+
+    @property
+    def digest(self) -> str:
+        """What the fill depends on: the method, the reach and each neighbour's published version."""
+        inputs = [self.method, self.max_months, *((neighbour.offset, neighbour.version) for neighbour in self.neighbours)]
+        return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+
+
+def read_neighbour_tile(neighbour: NeighbourMonth, tile_box: GeoBox, layers: tuple[str, ...]) -> NeighbourTile:
+    """`layers` of a neighbour over `tile_box` (a part of the shared grid), and where it observed."""
+    arrays = {}
+    for layer in (*layers, COUNT_LAYER):
+        path, options = neighbour.destination.gdal_location(neighbour.files[layer])
+        with gdal_env(**options), rasterio.open(path) as raster:
+            window = raster.window(*tile_box.boundingbox).round_offsets().round_lengths()
+            arrays[layer] = raster.read(window=Window(window.col_off, window.row_off, *tile_box.shape.xy))
+    count = arrays.pop(COUNT_LAYER)[0]
+    return NeighbourTile(neighbour.offset, arrays, count > 0)
