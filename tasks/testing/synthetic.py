@@ -47,6 +47,7 @@ __all__ = [
     "NEW_BASELINE",
     "REFLECTANCE_ASSETS",
     "SCL_FILE",
+    "SCL_THIN_CIRRUS",
     "SHADOW_DARKENING",
     "THIN_ALPHA_RANGE",
     "THIN_CLOUD_DN",
