@@ -32,6 +32,8 @@ TEMPORAL_SUFFIX = "+temporal"
 TEMPORAL_BASES: tuple[str, ...] = ("scl", "ocm+scl", "ocm")
 """Built-in maskers that get a `<name>+temporal` variant."""
 VISIBLE_BANDS: tuple[str, ...] = ("red", "green", "blue")
+CHUNK_OBSERVATIONS = 1 << 22
+"""Pixel-observations checked at once: int32 working arrays of 16 MiB each."""
 
 
 def band(stack: torch.Tensor, name: str) -> torch.Tensor:
@@ -66,11 +68,21 @@ def temporal_flags(
 
 
 def temporal_check(settings: MaskSettings, stack: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """`Masker.stack_check`: `usable` less the observations `temporal_flags` finds cloudy or shadowed."""
+    """`Masker.stack_check`: `usable` less the observations `temporal_flags` finds cloudy or shadowed.
+
+    Runs on strips of rows of at most `CHUNK_OBSERVATIONS` pixel-observations, so its working memory
+    (a few int32 arrays of a strip's observations) stays small beside the block's stack.
+    """
     device = compute_device(settings.device)
-    usable_on_device = torch.from_numpy(usable).to(device)
-    cloud, shadow = temporal_flags(torch.from_numpy(stack).to(device), usable_on_device, settings.temporal)
-    return (usable_on_device & ~cloud & ~shadow).cpu().numpy()
+    observations, _, height, width = stack.shape
+    kept = usable.copy()
+    rows_per_chunk = max(1, CHUNK_OBSERVATIONS // max(1, observations * width))
+    for start in range(0, height, rows_per_chunk):
+        rows = slice(start, start + rows_per_chunk)
+        strip_usable = torch.from_numpy(usable[:, rows]).to(device)
+        cloud, shadow = temporal_flags(torch.from_numpy(stack[:, :, rows]).to(device), strip_usable, settings.temporal)
+        kept[:, rows] = (strip_usable & ~cloud & ~shadow).cpu().numpy()
+    return kept
 
 
 def with_temporal_check(base: Masker) -> Masker:

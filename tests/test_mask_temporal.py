@@ -8,6 +8,7 @@ import rasterio
 import torch
 
 from flows.monthly_mosaic import monthly_mosaic
+from tasks import mask_temporal
 from tasks.mask_temporal import TEMPORAL_BASES, temporal_check, temporal_flags
 from tasks.maskers import masker_named
 from tasks.settings import MaskSettings, TemporalSettings
@@ -74,6 +75,21 @@ def test_pixels_with_too_few_usable_observations_and_unusable_ones_are_left_alon
     np.testing.assert_array_equal(kept[:, 0, 2], usable[:, 0, 2])
     assert not kept[0, 0, 0], "the check never makes an observation usable"
     assert temporal_check(MaskSettings(), stack, usable)[:, 0, 2].tolist() == [True] + [False] * (DATES - 1)
+
+
+def test_the_check_in_strips_of_rows_equals_the_check_of_the_whole_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    stack = stable_stack(pixels=7).repeat(5, axis=2)
+    bright = rng.random((DATES, 5, 7)) < 0.2
+    stack[:, :3] += (bright * rng.integers(0, 1500, (DATES, 5, 7))).astype(np.uint16)[:, None]
+    usable = rng.random((DATES, 5, 7)) < 0.8
+    cloud, shadow = temporal_flags(torch.from_numpy(stack), torch.from_numpy(usable), TemporalSettings())
+    monkeypatch.setattr(mask_temporal, "CHUNK_OBSERVATIONS", 2 * DATES * 7)  # strips of 2 rows
+
+    kept = temporal_check(MaskSettings(), stack, usable)
+
+    assert cloud.any() and (usable & ~cloud.numpy()).any()
+    np.testing.assert_array_equal(kept, usable & ~cloud.numpy() & ~shadow.numpy())
 
 
 def test_each_temporal_masker_is_its_base_with_the_stack_check() -> None:
