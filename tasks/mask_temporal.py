@@ -7,9 +7,9 @@ against the others. `temporal_check` runs on one composite block's stack (`Maske
 
 - background: per pixel and band, the `TemporalSettings.background_percentile` of the pixel's usable
   observations (`tasks.percentile.percentile_composite`, exact);
-- cloud: an usable observation whose blue exceeds the background's by more than `cloud_blue_excess` and
+- cloud: a usable observation whose blue exceeds the background's by more than `cloud_blue_excess` and
   whose mean of red, green and blue exceeds the background's mean by more than `cloud_visible_excess`;
-- shadow: an usable observation whose NIR is below `shadow_nir_ratio` x the background's NIR;
+- shadow: a usable observation whose NIR is below `shadow_nir_ratio` x the background's NIR;
 - pixels with fewer than `min_observations` usable observations are left as they are.
 
 Reflectance thresholds are in surface reflectance; the stack holds DN = reflectance x 10000
