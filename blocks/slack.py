@@ -14,6 +14,8 @@ What the flow uses:
   carries a `failed_scenes` attribute (a sequence of (item id, reason)).
 - `started_message`, `succeeded_message`, `failed_message`: pure builders of the Block Kit
   `blocks` and fallback `text` of each notice.
+- `BackfillReport` (with `MonthOutcome`) and `backfill_message`: the one notice a backfill
+  (`flows.backfill`) sends when it ends, listing every month with its state and valid share.
 """
 
 import logging
@@ -38,11 +40,16 @@ from tasks.month import Month
 from tasks.scene import FailedScene
 
 __all__ = [
+    "BackfillReport",
     "HEADER_MAX_CHARS",
     "LISTED_SCENES_MAX",
+    "LISTED_MONTHS_MAX",
+    "MonthOutcome",
     "RunReport",
     "SlackNotifier",
+    "backfill_message",
     "failed_message",
+    "load_notifier",
     "slack_state_hooks",
     "started_message",
     "succeeded_message",
@@ -53,6 +60,8 @@ SLACK_OK_BODY = "ok"
 HEADER_MAX_CHARS = 150
 SECTION_MAX_CHARS = 3000
 LISTED_SCENES_MAX = 10
+LISTED_MONTHS_MAX = 40
+"""Months listed in a backfill notice (a section holds at most 3000 characters); the rest are counted."""
 REASON_MAX_CHARS = 2000
 
 
@@ -91,6 +100,35 @@ class RunReport:
     """Product name -> URL (s3:// or https://) or local path."""
     flow_run_name: str | None = None
     flow_run_url: str | None = None
+
+
+@dataclass(frozen=True)
+class MonthOutcome:
+    """How one month of a backfill ended: 'built', 'skipped' (its Item was already published) or 'failed'."""
+
+    month: str
+    state: str
+    valid_share: float | None = None
+    """Share of the AOI's pixels with a clear observation, 0..1; None when unknown (failed)."""
+    reason: str | None = None
+    """Why a failed month failed, one line."""
+    item_url: str | None = None
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    """What a backfill of one AOI reports: every month of its range, in order."""
+
+    aoi: str
+    first_month: str
+    last_month: str
+    months: tuple[MonthOutcome, ...]
+    flow_run_name: str | None = None
+    flow_run_url: str | None = None
+
+    def count(self, state: str) -> int:
+        """Months that ended in `state`."""
+        return sum(outcome.state == state for outcome in self.months)
 
 
 @dataclass(frozen=True)
@@ -148,6 +186,30 @@ def failed_message(
     return SlackMessage(text=_with_run_name(text, report) if report else text, blocks=blocks)
 
 
+def backfill_message(report: BackfillReport) -> SlackMessage:
+    """The notice of a finished backfill: a line per month with its state, valid share and why it failed."""
+    failed = report.count("failed")
+    title = f"Basemap backfill {report.aoi} {report.first_month}..{report.last_month}: " + (
+        f"{failed} of {len(report.months)} months failed" if failed else "done"
+    )
+    summary = ", ".join(f"{report.count(state)} {state}" for state in ("built", "skipped", "failed"))
+    lines = [_month_line(outcome) for outcome in report.months[:LISTED_MONTHS_MAX]]
+    if len(report.months) > LISTED_MONTHS_MAX:
+        lines.append(f"… and {len(report.months) - LISTED_MONTHS_MAX} more")
+    blocks = [
+        _header(f"{':x:' if failed else ':white_check_mark:'} {title}"),
+        _section(f"*Months* ({summary})", lines),
+    ]
+    blocks += _run_context(report)
+    return SlackMessage(text=_with_run_name(f"{title} ({summary})", report), blocks=blocks)
+
+
+def _month_line(outcome: MonthOutcome) -> str:
+    valid = "" if outcome.valid_share is None else f", {outcome.valid_share:.1%} valid"
+    reason = f": {_escape(_truncated(outcome.reason, 200))}" if outcome.reason else ""
+    return f"• `{outcome.month}` {outcome.state}{valid}{reason}"
+
+
 class SlackNotifier(Block):
     """Posts the start, success and failure of basemap runs to a Slack channel through an Incoming
     Webhook. The webhook URL is stored encrypted and never logged."""
@@ -175,6 +237,9 @@ class SlackNotifier(Block):
         self, reason: str, failed_scenes: Sequence[tuple[str, str]] = (), report: RunReport | None = None
     ) -> bool:
         return self.send(failed_message(reason, failed_scenes, report))
+
+    def notify_backfill(self, report: BackfillReport) -> bool:
+        return self.send(backfill_message(report))
 
     def send(self, message: SlackMessage) -> bool:
         """Post `message`; True when Slack accepted it. Failures are logged, not raised."""
@@ -246,7 +311,11 @@ def announce_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
 
 
 def _notifier_for(flow_run: FlowRun) -> SlackNotifier | None:
-    block_name = _settings_of(flow_run).get("slack_block")
+    return load_notifier(_settings_of(flow_run).get("slack_block"))
+
+
+def load_notifier(block_name: str | None) -> SlackNotifier | None:
+    """The Slack notifier block named `block_name`; None when no name is given or it cannot be loaded (logged)."""
     if not block_name:
         return None
     try:
@@ -300,7 +369,7 @@ def _title(report: RunReport) -> str:
     return f"Basemap {report.aoi} {report.month}"
 
 
-def _with_run_name(text: str, report: RunReport) -> str:
+def _with_run_name(text: str, report: RunReport | BackfillReport) -> str:
     return f"{text} (flow run {report.flow_run_name})" if report.flow_run_name else text
 
 
@@ -345,7 +414,7 @@ def _failed_scenes_section(failed_scenes: Sequence[tuple[str, str]]) -> list[dic
     return [_section(f"*Failed scenes ({len(failed_scenes)})*", lines)]
 
 
-def _run_context(report: RunReport) -> list[dict[str, Any]]:
+def _run_context(report: RunReport | BackfillReport) -> list[dict[str, Any]]:
     if not report.flow_run_name:
         return []
     name = _escape(report.flow_run_name)

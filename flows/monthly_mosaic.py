@@ -305,7 +305,7 @@ def product_run(
         scenes_used=month_tiles.used,
         scenes_failed=month_tiles.failed,
         scenes_skipped=month_tiles.skipped,
-        tiles=tuple(TileFiles(r.tile.label, r.files["mosaic"], r.files["count"]) for r in records) if tiled else (),
+        tiles=tuple(TileFiles.of(r.tile.label, r.files) for r in records) if tiled else (),
         single_cogs=not tiled or inputs.grid.shape.x * inputs.grid.shape.y <= settings.tiles.single_cog_max_pixels,
     )
 

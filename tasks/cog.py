@@ -5,10 +5,12 @@ Two rasters leave a run, both on the target grid (`odc.geo.geobox.GeoBox`, its C
 - the mosaic: 4 uint16 bands red (B04), green (B03), blue (B02), nir (B08), surface reflectance
   x 10000 (scale 0.0001 is stored in the file), nodata 0;
 - the count: 1 uint8 band, the number of clear observations behind each mosaic pixel. It has no
-  nodata value: 0 means no valid observation (and is the value outside the AOI).
+  nodata value: 0 means no valid observation (and is the value outside the AOI);
+- a spectral index when asked for (`tasks.indices`, e.g. NDVI): 1 int16 band, the index x 10000
+  (scale 0.0001 is stored in the file), nodata -32768.
 
-Each output tile's arrays are written as COGs (`write_mosaic_cog`, `write_count_cog`) with the
-product metadata; a tiled month's single COGs are copied from its mosaic index (`write_cog`). All use
+Each output tile's arrays are written as COGs (`write_mosaic_cog`, `write_count_cog`,
+`write_index_cog`) with the product metadata; a tiled month's single COGs are copied from its mosaic index (`write_cog`). All use
 GDAL's COG driver (512-pixel blocks, DEFLATE with horizontal predictor, internal overviews);
 `validate_cog` checks the result with rio-cogeo.
 """
@@ -24,6 +26,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from tasks.errors import InvalidProduct
 from tasks.grid import raster_profile
+from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SpectralIndex
 from tasks.scene import NODATA, REFLECTANCE_BANDS, REFLECTANCE_SCALE
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "COUNT_DTYPE",
     "COUNT_PROFILE",
     "HIGH_PERCENTILE",
+    "INDEX_PROFILE",
     "LOW_PERCENTILE",
     "MOSAIC_BANDS",
     "MOSAIC_DTYPE",
@@ -41,6 +45,7 @@ __all__ = [
     "validate_cog",
     "write_cog",
     "write_count_cog",
+    "write_index_cog",
     "write_mosaic_cog",
 ]
 
@@ -106,6 +111,8 @@ MOSAIC_PROFILE = CogProfile(overview_resampling="average")
 """Reflectance overviews average the valid pixels beneath them (GDAL skips nodata)."""
 COUNT_PROFILE = CogProfile(overview_resampling="nearest")
 """Counts are whole numbers: overviews pick one pixel rather than inventing fractions."""
+INDEX_PROFILE = CogProfile(overview_resampling="average")
+"""Index overviews average the valid pixels beneath them, as the reflectance does (GDAL skips nodata)."""
 
 
 def write_mosaic_cog(path: Path, mosaic: np.ndarray, grid: GeoBox, profile: CogProfile) -> None:
@@ -123,6 +130,16 @@ def write_count_cog(path: Path, count: np.ndarray, grid: GeoBox, profile: CogPro
     with rasterio.open(path, "w", **_cog_creation(grid, 1, COUNT_DTYPE, None, profile)) as dataset:
         dataset.write(count, 1)
         dataset.set_band_description(1, COUNT_DESCRIPTION)
+
+
+def write_index_cog(path: Path, values: np.ndarray, grid: GeoBox, index: SpectralIndex, profile: CogProfile) -> None:
+    """Write a (y, x) int16 spectral index on `grid` as a COG with its description, nodata -32768 and
+    scale 0.0001."""
+    with rasterio.open(path, "w", **_cog_creation(grid, 1, INDEX_DTYPE, INDEX_NODATA, profile)) as dataset:
+        dataset.write(values, 1)
+        dataset.set_band_description(1, index.description)
+        dataset.scales = (INDEX_SCALE_FACTOR,)
+        dataset.offsets = (0.0,)
 
 
 def _cog_creation(grid: GeoBox, band_count: int, dtype: str, nodata: int | None, profile: CogProfile) -> dict[str, object]:

@@ -9,11 +9,12 @@ Scene windows may reach beyond the tile (the masker's halo); only their part ove
 
 The mosaic is (4, y, x) uint16, bands red, green, blue, nir (reflectance x 10000, nodata 0); the
 count is (y, x) uint8, usable observations per pixel (0 where there is none and outside the AOI;
-saturates at 255). Pure: arrays in, arrays out, no I/O and no Prefect.
+saturates at 255). Each index of `CompositeSettings.indices` is (y, x) int16, composited from the
+same block's usable observations (`tasks.indices`). Pure: arrays in, arrays out, no I/O and no Prefect.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from odc.geo.roi import roi_is_empty
 
 from tasks.device import compute_device
 from tasks.grid import grid_blocks, roi_slices
-from tasks.percentile import percentile_composite, percentile_value
+from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES, index_composite
+from tasks.percentile import percentile_composite
 from tasks.scene import NODATA, REFLECTANCE_BANDS, MaskClass, SceneWindow
 from tasks.settings import CompositeSettings
 
@@ -50,6 +52,8 @@ class TileComposite:
     """AOI pixels with at least one usable observation."""
     contributing_scenes: tuple[str, ...]
     """Item ids of the windows that gave at least one usable observation, in input order."""
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+    """{index name: (y, x) int16 index x 10000, `INDEX_NODATA` where none} for `CompositeSettings.indices`."""
 
 
 def block_observations(observations: list[MaskedWindow], block_grid: GeoBox) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -77,12 +81,18 @@ def block_observations(observations: list[MaskedWindow], block_grid: GeoBox) -> 
 
 
 def composite_block(
-    stack: np.ndarray, usable: np.ndarray, inside_aoi: np.ndarray, percentile: float, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mosaic (band, y, x) uint16 and count (y, x) uint8 of one block's observations, 0 outside the AOI."""
-    usable_in_aoi = torch.from_numpy(usable & inside_aoi)
-    mosaic, count = percentile_composite(torch.from_numpy(stack).to(device), usable_in_aoi.to(device), percentile)
-    return mosaic.cpu().numpy(), count.cpu().numpy()
+    stack: np.ndarray, usable: np.ndarray, inside_aoi: np.ndarray, settings: CompositeSettings, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Mosaic (band, y, x) uint16 and count (y, x) uint8 of one block's observations, 0 outside the AOI,
+    and each of `settings.indices` (y, x) int16, `INDEX_NODATA` outside the AOI."""
+    stack_on_device = torch.from_numpy(stack).to(device)
+    usable_in_aoi = torch.from_numpy(usable & inside_aoi).to(device)
+    mosaic, count = percentile_composite(stack_on_device, usable_in_aoi, settings.percentile)
+    indices: dict[str, np.ndarray] = {
+        name: index_composite(stack_on_device, usable_in_aoi, SPECTRAL_INDICES[name], settings.index_percentile).cpu().numpy()
+        for name in settings.indices
+    }
+    return mosaic.cpu().numpy(), count.cpu().numpy(), indices
 
 
 def composite_tile(
@@ -99,10 +109,10 @@ def composite_tile(
     when given, returns each block's usable observations after a check of all of a pixel's
     observations together (a masker's `stack_check`), before they are counted and composited.
     """
-    percentile = percentile_value(settings.percentile)
     device = compute_device(settings.device)
     mosaic = np.zeros((len(REFLECTANCE_BANDS), *tile_grid.shape.yx), dtype=np.uint16)
     count = np.zeros(tile_grid.shape.yx, dtype=np.uint8)
+    indices: dict[str, np.ndarray] = {name: np.full(tile_grid.shape.yx, INDEX_NODATA, dtype=np.int16) for name in settings.indices}
     contributing: set[str] = set()
     for window, block_grid in grid_blocks(tile_grid, settings.block_size):
         roi = window.toslices()
@@ -111,7 +121,9 @@ def composite_tile(
         stack, usable, item_ids = block_observations(observations if block_inside.any() else [], block_grid)
         if refine_usable is not None:
             usable = refine_usable(stack, usable)
-        mosaic[(slice(None), *roi)], count[roi] = composite_block(stack, usable, block_inside, percentile, device)
+        mosaic[(slice(None), *roi)], count[roi], block_indices = composite_block(stack, usable, block_inside, settings, device)
+        for name, values in block_indices.items():
+            indices[name][roi] = values
         used = (usable & block_inside).any(axis=(1, 2))
         contributing.update(item_id for item_id, is_used in zip(item_ids, used, strict=True) if is_used)
     return TileComposite(
@@ -120,4 +132,5 @@ def composite_tile(
         aoi_pixels=int(inside_aoi.sum()),
         valid_pixels=int(np.count_nonzero(count)),
         contributing_scenes=tuple(o.window.item_id for o in observations if o.window.item_id in contributing),
+        indices=indices,
     )

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidProduct",
     "InvalidSettings",
     "MissingModelWeights",
+    "MonthsFailed",
     "MosaicError",
     "NoScenesFound",
     "OutputCollision",
@@ -151,6 +152,15 @@ class TooManyFailedScenes(PartsFailed):
     @property
     def failed_scenes(self) -> list[tuple[str, str]]:
         """(item id, reason) of each failed scene (Slack's failure notice lists them)."""
+        return self.failures
+
+
+class MonthsFailed(PartsFailed):
+    """Months of a backfill that could not be built; the others are published."""
+
+    @property
+    def failed_months(self) -> list[tuple[str, str]]:
+        """('YYYY-MM', reason) of each failed month."""
         return self.failures
 
 

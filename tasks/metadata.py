@@ -8,7 +8,8 @@ Statistics are in stored values (digital numbers); multiply reflectance bands by
 import importlib.metadata
 import json
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,14 @@ from tasks.cog import (
     REFLECTANCE_SCALE_FACTOR,
 )
 from tasks.grid import grid_metadata
+from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SPECTRAL_INDICES, SpectralIndex
 from tasks.month import Month
 from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 __all__ = [
+    "COUNT_LAYER",
+    "MOSAIC_LAYER",
     "TILES_FOLDER",
     "BandStatistics",
     "ProductNames",
@@ -48,7 +52,9 @@ PYPROJECT_PATH = Path(__file__).resolve().parents[1] / "pyproject.toml"
 SOFTWARE_DISTRIBUTIONS = ("prefect", "rasterio", "torch", "omnicloudmask", "odc-geo", "pystac", "rio-cogeo")
 ATTRIBUTION_TEMPLATE = "Contains modified Copernicus Sentinel data {years}"
 SQUARE_METRES_PER_KM2 = 1_000_000.0
-MOSAIC_SUFFIX = "_mosaic.tif"
+MOSAIC_LAYER, COUNT_LAYER = "mosaic", "count"
+"""The layers every month has; an index's layer is its name (`tasks.indices`)."""
+MOSAIC_SUFFIX = f"_{MOSAIC_LAYER}.tif"
 TILES_FOLDER = "tiles"
 """Where a tiled month's tile COGs lie inside its month folder."""
 WGS84_ELLIPSOID = Geod(ellps="WGS84")
@@ -72,28 +78,39 @@ class ProductNames:
     @property
     def mosaic_index(self) -> str:
         """The GDAL VRT that opens a tiled month's mosaic tiles as one raster."""
-        return f"{self.stem}_mosaic.vrt"
+        return self.layer_index(MOSAIC_LAYER)
 
     @property
     def count_index(self) -> str:
-        return f"{self.stem}_count.vrt"
+        return self.layer_index(COUNT_LAYER)
 
-    def tile_mosaic(self, tile_label: str, tiles_digest: str) -> str:
-        """The mosaic COG of one tile built from inputs of `tiles_digest`, relative to the month folder.
+    def single_cog(self, layer: str) -> str:
+        """The single COG of a raster layer ('mosaic', 'count' or an index such as 'ndvi')."""
+        return f"{self.stem}_{layer}.tif"
+
+    def layer_index(self, layer: str) -> str:
+        """The GDAL VRT that opens a tiled month's `layer` tiles as one raster."""
+        return f"{self.stem}_{layer}.vrt"
+
+    def tile_layer(self, layer: str, tile_label: str, tiles_digest: str) -> str:
+        """The `layer` COG of one tile built from inputs of `tiles_digest`, relative to the month folder.
 
         Each set of inputs publishes its tiles in its own folder, so a re-run never overwrites the
         tiles a published month's index points at."""
-        return f"{TILES_FOLDER}/{tiles_digest}/{self.stem}_{tile_label}_mosaic.tif"
+        return f"{TILES_FOLDER}/{tiles_digest}/{self.stem}_{tile_label}_{layer}.tif"
+
+    def tile_mosaic(self, tile_label: str, tiles_digest: str) -> str:
+        return self.tile_layer(MOSAIC_LAYER, tile_label, tiles_digest)
 
     def tile_count(self, tile_label: str, tiles_digest: str) -> str:
-        return f"{TILES_FOLDER}/{tiles_digest}/{self.stem}_{tile_label}_count.tif"
+        return self.tile_layer(COUNT_LAYER, tile_label, tiles_digest)
 
     @classmethod
     def for_run(cls, aoi_name: str, month: Month) -> "ProductNames":
         stem = f"{aoi_name}_{month.label}"
         return cls(
             mosaic=f"{stem}{MOSAIC_SUFFIX}",
-            count=f"{stem}_count.tif",
+            count=f"{stem}_{COUNT_LAYER}.tif",
             quicklook=f"{stem}_quicklook.png",
             metadata=f"{stem}_metadata.json",
             item=f"{stem}_item.json",
@@ -107,6 +124,19 @@ class TileFiles:
     label: str
     mosaic: str
     count: str
+    indices: dict[str, str] = field(default_factory=dict)
+    """{index name: its COG} for `CompositeSettings.indices`."""
+
+    @classmethod
+    def of(cls, label: str, files: Mapping[str, str]) -> "TileFiles":
+        """From a tile record's {layer: file}: mosaic, count and every other layer as an index."""
+        indices = {layer: name for layer, name in files.items() if layer not in (MOSAIC_LAYER, COUNT_LAYER)}
+        return cls(label, files[MOSAIC_LAYER], files[COUNT_LAYER], indices)
+
+    @property
+    def files(self) -> dict[str, str]:
+        """{layer: COG} of the tile: mosaic, count, then each index."""
+        return {MOSAIC_LAYER: self.mosaic, COUNT_LAYER: self.count, **self.indices}
 
 
 @dataclass(frozen=True)
@@ -139,14 +169,23 @@ class ProductRun:
     def names(self) -> ProductNames:
         return ProductNames.for_run(self.aoi_name, self.month)
 
+    def layer_file(self, layer: str) -> str:
+        """A layer ('mosaic', 'count', an index) as one raster: its single COG, else its mosaic index."""
+        return self.names.single_cog(layer) if self.single_cogs else self.names.layer_index(layer)
+
     @property
     def mosaic_file(self) -> str:
         """The mosaic as one raster: its single COG, else its mosaic index."""
-        return self.names.mosaic if self.single_cogs else self.names.mosaic_index
+        return self.layer_file(MOSAIC_LAYER)
 
     @property
     def count_file(self) -> str:
-        return self.names.count if self.single_cogs else self.names.count_index
+        return self.layer_file(COUNT_LAYER)
+
+    @property
+    def indices(self) -> tuple[SpectralIndex, ...]:
+        """The spectral indices the month has, in `CompositeSettings.indices` order."""
+        return tuple(SPECTRAL_INDICES[name] for name in self.composite.indices)
 
     @property
     def product_id(self) -> str:
@@ -209,13 +248,17 @@ class BandStatistics:
         }
 
 
-def statistics_from_histogram(name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int) -> BandStatistics:
-    """Exact statistics of a band from the histogram of its valid AOI pixels over its whole integer range."""
+def statistics_from_histogram(
+    name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int, lowest_value: int = 0
+) -> BandStatistics:
+    """Exact statistics of a band from the histogram of its valid AOI pixels over its whole integer range;
+    bin i counts the value `lowest_value + i` (e.g. -32768 for int16)."""
     valid_pixels = int(histogram.sum())
     if valid_pixels == 0:
         return BandStatistics(name, None, None, None, None, None, None, 0, aoi_pixels, grid_pixels)
-    values = np.flatnonzero(histogram)
-    weights = histogram[values]
+    bins = np.flatnonzero(histogram)
+    weights = histogram[bins]
+    values = bins + lowest_value
     mean = float(np.average(values, weights=weights))
     stddev = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
     cumulative = np.cumsum(weights)
@@ -272,20 +315,24 @@ def metadata_document(
     names: ProductNames,
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
+    index_statistics: tuple[BandStatistics, ...] = (),
 ) -> dict[str, Any]:
-    """The content of metadata.json: plain JSON values only."""
+    """The content of metadata.json: plain JSON values only. `index_statistics` are those of
+    `run.indices`, in that order."""
     return {
         "id": run.product_id,
         "files": {
             "mosaic": run.mosaic_file,
             "count": run.count_file,
+            **{index.name: run.layer_file(index.name) for index in run.indices},
             "quicklook": names.quicklook,
             "stac_item": names.item,
             **(
                 {
                     "mosaic_index": names.mosaic_index,
                     "count_index": names.count_index,
-                    "tiles": [{"tile": tile.label, "mosaic": tile.mosaic, "count": tile.count} for tile in run.tiles],
+                    **{f"{index.name}_index": names.layer_index(index.name) for index in run.indices},
+                    "tiles": [{"tile": tile.label, **tile.files} for tile in run.tiles],
                 }
                 if run.tiles
                 else {}
@@ -335,8 +382,28 @@ def metadata_document(
             "description": COUNT_DESCRIPTION,
             "statistics": count_statistics.as_json(),
         },
+        **{
+            index.name: index_metadata(index, run, statistics)
+            for index, statistics in zip(run.indices, index_statistics, strict=True)
+        },
         "software": software_versions(),
         "attribution": attribution(run.scene_years),
+    }
+
+
+def index_metadata(index: SpectralIndex, run: ProductRun, statistics: BandStatistics) -> dict[str, Any]:
+    """metadata.json's section on one spectral index (`tasks.indices`)."""
+    return {
+        "file": run.layer_file(index.name),
+        "title": index.title,
+        "formula": index.formula,
+        "bands": [index.positive_band, index.negative_band],
+        "percentile": run.composite.index_percentile,
+        "dtype": INDEX_DTYPE,
+        "nodata": INDEX_NODATA,
+        "scale": INDEX_SCALE_FACTOR,
+        "offset": 0.0,
+        "statistics": statistics.as_json(),
     }
 
 
@@ -345,7 +412,8 @@ def metadata_json(
     names: ProductNames,
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
+    index_statistics: tuple[BandStatistics, ...] = (),
 ) -> bytes:
     """metadata.json as UTF-8 bytes, indented for people."""
-    document = metadata_document(run, names, mosaic_statistics, count_statistics)
+    document = metadata_document(run, names, mosaic_statistics, count_statistics, index_statistics)
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from tasks.errors import InvalidSettings
 
-__all__ = ["Month"]
+__all__ = ["MONTH_PATTERN", "Month"]
 
 MONTH_PATTERN = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -41,7 +41,7 @@ class Month:
     @property
     def following_start(self) -> datetime:
         """The first instant of the next month: the exclusive end of this one."""
-        return datetime(self.year + self.month // 12, self.month % 12 + 1, 1, tzinfo=UTC)
+        return self.following.start
 
     @property
     def end(self) -> datetime:
@@ -51,6 +51,38 @@ class Month:
     def for_run(cls, month: str | None, scheduled_start: datetime) -> "Month":
         """The month a run builds: `month` ('YYYY-MM') when given, else the one before its scheduled start."""
         return cls.parse(month) if month else cls.before(scheduled_start)
+
+    @property
+    def following(self) -> "Month":
+        """The next calendar month."""
+        return self.shifted(1)
+
+    def shifted(self, months: int) -> "Month":
+        """The month `months` calendar months later (earlier when negative)."""
+        index = 12 * self.year + self.month - 1 + months
+        return Month(index // 12, index % 12 + 1)
+
+    def months_since(self, earlier: "Month") -> int:
+        """Whole months from `earlier` to this month (negative when `earlier` is later)."""
+        return 12 * (self.year - earlier.year) + self.month - earlier.month
+
+    @classmethod
+    def range(cls, first: str, last: str, max_months: int) -> list["Month"]:
+        """The months from `first` to `last` ('YYYY-MM'), both included, in order.
+
+        Raises a one-line `InvalidSettings` when `last` is before `first` or the range holds more than
+        `max_months` months.
+        """
+        start, end = cls.parse(first), cls.parse(last)
+        months = end.months_since(start) + 1
+        if months < 1:
+            raise InvalidSettings(f"end month {last} is before start month {first}; swap them")
+        if months > max_months:
+            raise InvalidSettings(f"{first}..{last} holds {months} months, more than {max_months}; split the range")
+        result = [start]
+        while len(result) < months:
+            result.append(result[-1].following)
+        return result
 
     @classmethod
     def before(cls, moment: datetime) -> "Month":

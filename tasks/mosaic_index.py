@@ -18,7 +18,7 @@ from tasks.crs import crs_of
 
 __all__ = ["IndexBand", "IndexTile", "mosaic_index_xml"]
 
-GDAL_DATA_TYPES = {"uint8": "Byte", "uint16": "UInt16"}
+GDAL_DATA_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16"}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The result equals `np.round(np.nanpercentile(stack_with_nan, q, axis=0, method="linear"))` computed
 in float64, pixel for pixel: the valid observations of each pixel and band are sorted, the rank
 `(count - 1) * q / 100` falls between two order statistics, and the value is interpolated between
-them with numpy's own formula, then rounded half to even (as `np.round`) back to uint16.
+them with numpy's own formula, then rounded half to even (as `np.round`) back to the stack's integer
+dtype (uint16, or int16 as for spectral indices, `tasks.indices`).
 
 Sorting is a Batcher odd-even merge sorting network applied along the observation axis: each
 comparator is an elementwise min/max of two observation slices, so the same code runs on CUDA and
@@ -38,6 +39,9 @@ on CPU (the fastest of 2**16..2**24 measured on 2 cores), 128 MiB on CUDA. Bound
 working memory to a few times that."""
 UINT16_SIGN_FLIP = -(1 << 15)
 """XOR with this int16 maps uint16 bit patterns to int16 values of the same order."""
+INTEGER_KEY_OFFSETS = {torch.uint16: 1 << 15, torch.int16: 0}
+"""Integer stacks sorted as int16 keys: key = value - offset (for uint16, XOR with `UINT16_SIGN_FLIP`;
+int16 values are their own keys)."""
 
 
 def percentile_value(percentile: float | Literal["median"]) -> float:
@@ -83,26 +87,27 @@ def sort_observations(keys: torch.Tensor) -> torch.Tensor:
 def _sort_keys(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Contiguous keys (obs, band, pixel) in the values' order, invalid ones at the dtype's maximum.
 
-    uint16 values become int16 keys (sign bit flipped: same order, half the bytes of float32);
-    float values keep their dtype with +inf for invalid. A valid value equal to the maximum ties with
-    the invalid keys, which does not change the first `count` sorted keys.
+    uint16 values become int16 keys (sign bit flipped: same order, half the bytes of float32), int16
+    values are their own keys; float values keep their dtype with +inf for invalid. A valid value
+    equal to the maximum ties with the invalid keys, which does not change the first `count` sorted keys.
     """
-    if values.dtype == torch.uint16:
+    if values.dtype in INTEGER_KEY_OFFSETS:
         keys = torch.empty(values.shape, dtype=torch.int16, device=values.device)
-        torch.bitwise_xor(values.view(torch.int16), UINT16_SIGN_FLIP, out=keys)
+        torch.bitwise_xor(values.view(torch.int16), -INTEGER_KEY_OFFSETS[values.dtype], out=keys)
         # Valid: the int16 minimum, invalid: the maximum; one broadcast max (masked_fill_ is ~10x slower).
         key_floor = valid.to(torch.int16).sub_(1).bitwise_xor_(UINT16_SIGN_FLIP)
         return torch.maximum(keys, key_floor[:, None], out=keys)
     if values.is_floating_point():
         keys = torch.empty(values.shape, dtype=values.dtype, device=values.device)
         return keys.copy_(values).masked_fill_(~valid[:, None], float("inf"))
-    raise TypeError(f"stack dtype {values.dtype} is not supported; give uint16 or floating point values")
+    raise TypeError(f"stack dtype {values.dtype} is not supported; give uint16, int16 or floating point values")
 
 
 def _key_values(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The values of sort keys made by `_sort_keys` from a stack of `dtype`: int32 for uint16, else float64."""
-    if dtype == torch.uint16:
-        return keys.to(torch.int32).add_(1 << 15)
+    """The values of sort keys made by `_sort_keys` from a stack of `dtype`: int32 for uint16 and
+    int16, else float64."""
+    if dtype in INTEGER_KEY_OFFSETS:
+        return keys.to(torch.int32).add_(INTEGER_KEY_OFFSETS[dtype])
     return keys.to(torch.float64)
 
 
@@ -132,7 +137,7 @@ def _percentile_of_chunk(
     difference = upper - lower
     base = torch.where(from_upper, upper, lower)
     result = base.to(torch.float64).add_(difference.to(torch.float64).mul_(weight))
-    if out_dtype == torch.uint16:
+    if out_dtype in INTEGER_KEY_OFFSETS:
         result = result.round_().to(torch.int32)
     result = torch.where(count > 0, result, torch.zeros((), dtype=result.dtype, device=result.device))
     return result.to(out_dtype), count
@@ -143,9 +148,9 @@ def percentile_composite(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per band the `percentile` of the valid observations of each pixel, and their count.
 
-    `stack` is (obs, band, y, x), uint16 or floating point; `valid` is (obs, y, x) bool, shared by
-    the bands. Returns `(composite, count)` on the stack's device: composite (band, y, x) has the
-    stack's dtype (uint16 results are rounded half to even; floats are not rounded), count (y, x)
+    `stack` is (obs, band, y, x), uint16, int16 or floating point; `valid` is (obs, y, x) bool, shared
+    by the bands. Returns `(composite, count)` on the stack's device: composite (band, y, x) has the
+    stack's dtype (integer results are rounded half to even; floats are not rounded), count (y, x)
     is uint8 and saturates at `COUNT_SATURATION`. Pixels without a valid observation are 0 in
     both. Work is done in chunks of pixels, so extra memory is bounded by `CHUNK_KEYS`.
     """

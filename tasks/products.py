@@ -7,6 +7,7 @@ with `<aoi>_<YYYY-MM>` as the stem:
     _mosaic.vrt, _count.vrt   a tiled month's mosaic index over its tile COGs (`tasks.mosaic_index`)
     _mosaic.tif, _count.tif   single COGs: an AOI of one tile (a server-side copy of its tile), or
                               a tiled AOI of at most `single_cog_max_pixels`, copied from the index
+    _ndvi.vrt, _ndvi.tif      the same for each spectral index of `CompositeSettings.indices`
     _quicklook.png            RGBA quicklook from the mosaic's overviews
     _metadata.json            scenes, settings, statistics, software, attribution, files
     _item.json                STAC Item listing every file, validated offline
@@ -31,6 +32,7 @@ from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
     COUNT_PROFILE,
+    INDEX_PROFILE,
     MOSAIC_BANDS,
     MOSAIC_DTYPE,
     MOSAIC_PROFILE,
@@ -41,7 +43,15 @@ from tasks.cog import (
 )
 from tasks.errors import SceneOutsideAOI, portable_errors
 from tasks.gdal_env import gdal_env
-from tasks.metadata import TILES_FOLDER, ProductRun, metadata_json, statistics_from_histogram
+from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR
+from tasks.metadata import (
+    COUNT_LAYER,
+    MOSAIC_LAYER,
+    TILES_FOLDER,
+    ProductRun,
+    metadata_json,
+    statistics_from_histogram,
+)
 from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
@@ -127,7 +137,7 @@ def month_histograms(plan: MonthPlan, records: Sequence[TileRecord]) -> TileHist
     total = None
     for record in records:
         histograms = TileHistograms.from_bytes(plan.workspace.read_bytes(plan.histograms_name(record.tile)))
-        total = histograms if total is None else TileHistograms(total.mosaic + histograms.mosaic, total.count + histograms.count)
+        total = histograms if total is None else total + histograms
     if total is None:
         raise ValueError("a month has at least one tile")
     return total
@@ -139,8 +149,37 @@ MOSAIC_INDEX_BANDS = tuple(
 COUNT_INDEX_BANDS = (IndexBand(COUNT_DESCRIPTION),)
 
 
+@dataclass(frozen=True)
+class MonthLayer:
+    """One raster layer of the month, tiled like the others: its name (as in `TileRecord.files` and
+    `ProductNames`), its tiles' dtype and bands (for the mosaic index) and its single COG's profile."""
+
+    name: str
+    dtype: str
+    bands: tuple[IndexBand, ...]
+    profile: CogProfile
+
+
+def month_layers(run: ProductRun) -> tuple[MonthLayer, ...]:
+    """The mosaic, the count, then each spectral index of the run."""
+    indices = tuple(
+        MonthLayer(
+            index.name,
+            INDEX_DTYPE,
+            (IndexBand(index.description, nodata=INDEX_NODATA, scale=INDEX_SCALE_FACTOR, offset=0.0),),
+            INDEX_PROFILE,
+        )
+        for index in run.indices
+    )
+    return (
+        MonthLayer(MOSAIC_LAYER, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, MOSAIC_PROFILE),
+        MonthLayer(COUNT_LAYER, COUNT_DTYPE, COUNT_INDEX_BANDS, COUNT_PROFILE),
+        *indices,
+    )
+
+
 def index_tiles(plan: MonthPlan, records: Sequence[TileRecord], kind: str) -> list[IndexTile]:
-    """The tiles' `kind` ('mosaic' or 'count') COGs placed on the grid, for the mosaic index."""
+    """The tiles' `kind` (a `MonthLayer` name) COGs placed on the grid, for the mosaic index."""
     layout = tile_layout(plan.grid, plan.tile_size_px)
     placed = []
     for record in sorted(records, key=lambda record: record.tile):
@@ -153,28 +192,28 @@ def write_month_products(
     plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
 ) -> dict[str, str]:
     """Write and publish the month's own files (Item last) beside its published tiles; returns
-    {product: URL or local path} for mosaic, count, quicklook, metadata and item."""
+    {product: URL or local path} for mosaic, count, each index, quicklook, metadata and item."""
     names, destination = plan.names, plan.destination
+    layers = month_layers(run)
     destination.delete(names.item)  # before anything beside it is replaced
     with scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
         if not run.tiles:
             (record,) = records
-            copies = {record.files["mosaic"]: names.mosaic, record.files["count"]: names.count}
-            destination.copy(copies)
+            destination.copy({record.files[layer.name]: names.single_cog(layer.name) for layer in layers})
         else:
             indexes = {
-                names.mosaic_index: mosaic_index_xml(plan.grid, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, index_tiles(plan, records, "mosaic")),
-                names.count_index: mosaic_index_xml(plan.grid, COUNT_DTYPE, COUNT_INDEX_BANDS, index_tiles(plan, records, "count")),
+                names.layer_index(layer.name): mosaic_index_xml(
+                    plan.grid, layer.dtype, layer.bands, index_tiles(plan, records, layer.name)
+                )
+                for layer in layers
             }
             for name, xml in indexes.items():
                 (scratch / name).write_text(xml)
             destination.put({name: scratch / name for name in indexes})
             if run.single_cogs:
-                for index_name, cog_name, profile in (
-                    (names.mosaic_index, names.mosaic, MOSAIC_PROFILE),
-                    (names.count_index, names.count, COUNT_PROFILE),
-                ):
-                    destination.put({cog_name: single_cog(destination.gdal_location(index_name), scratch / cog_name, profile)})
+                for layer in layers:
+                    index, cog_name = destination.gdal_location(names.layer_index(layer.name)), names.single_cog(layer.name)
+                    destination.put({cog_name: single_cog(index, scratch / cog_name, layer.profile)})
         mosaic_path, mosaic_options = destination.gdal_location(run.mosaic_file)
         with gdal_env(**mosaic_options):
             write_quicklook(mosaic_path, scratch / names.quicklook)
@@ -186,8 +225,13 @@ def write_month_products(
             for name, histogram in zip(band_names, histograms.mosaic, strict=True)
         )
         count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
-        (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics))
-        (scratch / names.item).write_bytes(item_json(build_item(run, names, mosaic_statistics, count_statistics)))
+        index_statistics = tuple(
+            statistics_from_histogram(index.name, histograms.indices[index.name], aoi_pixels, grid_pixels, INDEX_NODATA)
+            for index in run.indices
+        )
+        (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics, index_statistics))
+        item = build_item(run, names, mosaic_statistics, count_statistics, index_statistics=index_statistics)
+        (scratch / names.item).write_bytes(item_json(item))
         destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         destination.put({names.item: scratch / names.item})
     # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.
@@ -195,6 +239,7 @@ def write_month_products(
     return {
         "mosaic": destination.url(run.mosaic_file),
         "count": destination.url(run.count_file),
+        **{index.name: destination.url(run.layer_file(index.name)) for index in run.indices},
         "quicklook": destination.url(names.quicklook),
         "metadata": destination.url(names.metadata),
         ITEM_PRODUCT: destination.url(names.item),

@@ -5,7 +5,7 @@ composes them, so the Prefect UI renders one validated form. Models are frozen a
 fields, so a typo in a deployment's parameters fails before any work starts.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +17,7 @@ __all__ = [
     "Device",
     "FrozenSettings",
     "GridSettings",
+    "IndexName",
     "MaskSettings",
     "ReadSettings",
     "SearchSettings",
@@ -28,6 +29,9 @@ EARTH_SEARCH_URL = "https://earth-search.aws.element84.com/v1"
 EARTH_SEARCH_COLLECTION = "sentinel-2-c1-l2a"
 
 Device = Literal["auto", "cuda", "cpu"]
+IndexName = Literal["ndvi"]
+"""The spectral indices a run can add (`tasks.indices.SPECTRAL_INDICES` defines them)."""
+Percentile = Annotated[float, Field(ge=0, le=100)] | Literal["median"]
 Resampling = Literal["nearest", "bilinear", "cubic"]
 
 
@@ -204,8 +208,21 @@ class TileSettings(FrozenSettings):
 class CompositeSettings(FrozenSettings):
     """How the clear observations become one value per pixel."""
 
-    percentile: Annotated[float, Field(ge=0, le=100)] | Literal["median"] = Field(
-        25.0, description="Per-band percentile of valid observations, 0..100; 'median' = 50."
-    )
+    percentile: Percentile = Field(25.0, description="Per-band percentile of valid observations, 0..100; 'median' = 50.")
     block_size: int = Field(1024, ge=64, le=8192, description="Output block edge in pixels; bounds memory.")
     device: Device = Field("auto", description="Compute device; auto = CUDA when present, else CPU.")
+    indices: tuple[IndexName, ...] = Field(
+        (),
+        description="Spectral indices to add as products, e.g. ['ndvi']: each composited from its per-observation "
+        "values, written as an int16 COG (index x 10000, nodata -32768).",
+        json_schema_extra=lambda schema: schema.update(items={"enum": list(get_args(IndexName)), "type": "string"}),
+    )
+    index_percentile: Percentile = Field(
+        "median", description="Percentile of each index's per-observation values, 0..100; 'median' = 50."
+    )
+
+    @field_validator("indices")
+    @classmethod
+    def _once_each(cls, indices: tuple[IndexName, ...]) -> tuple[IndexName, ...]:
+        """Each index once, in the order given."""
+        return tuple(dict.fromkeys(indices))

@@ -2,7 +2,7 @@
 
 The Item's id is `<aoi>-<YYYY-MM>`, its geometry the AOI polygon in EPSG:4326, its datetime null with
 `start_datetime`/`end_datetime` spanning the month. The projection fields in `properties` describe
-the target grid shared by the mosaic and count assets. Asset hrefs are relative (`./<file>`): the
+the target grid shared by the mosaic, count and index (e.g. `ndvi`) assets. Asset hrefs are relative (`./<file>`): the
 Item lies beside its files wherever they are copied (a local folder, `s3://.../{aoi}/{YYYY}/{MM}/`),
 so it carries no self link unless one is given.
 """
@@ -25,7 +25,8 @@ from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidProduct
 from tasks.grid import pixel_size_m
-from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
+from tasks.indices import INDEX_NODATA, INDEX_SCALE, INDEX_SCALE_FACTOR, SpectralIndex
+from tasks.metadata import COUNT_LAYER, MOSAIC_LAYER, BandStatistics, ProductNames, ProductRun, TileFiles, attribution
 from tasks.scene import NODATA
 
 __all__ = ["VRT_MEDIA_TYPE", "OfflineSTACValidator", "build_item", "item_document", "item_json", "validate_item"]
@@ -119,14 +120,41 @@ def _count_asset(run: ProductRun, names: ProductNames, statistics: BandStatistic
     return asset
 
 
+def _index_asset(run: ProductRun, index: SpectralIndex, statistics: BandStatistics) -> pystac.Asset:
+    file_name = run.layer_file(index.name)
+    asset = pystac.Asset(
+        href=f"./{file_name}",
+        media_type=_media_type(file_name),
+        roles=["data"],
+        title=f"{index.title} ({index.name.upper()}), composited per pixel",
+        description=(
+            f"{index.formula} of each clear observation, x {INDEX_SCALE} (scale {INDEX_SCALE_FACTOR}), nodata "
+            f"{INDEX_NODATA}; per pixel the percentile {run.composite.index_percentile} of those values."
+        ),
+    )
+    RasterExtension.ext(asset).bands = [
+        RasterBand.create(
+            nodata=INDEX_NODATA,
+            data_type=DataType.INT16,
+            scale=INDEX_SCALE_FACTOR,
+            offset=0.0,
+            spatial_resolution=pixel_size_m(run.grid),
+            statistics=_statistics(statistics),
+        )
+    ]
+    return asset
+
+
 def build_item(
     run: ProductRun,
     names: ProductNames,
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
     self_href: str | None = None,
+    index_statistics: tuple[BandStatistics, ...] = (),
 ) -> pystac.Item:
-    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published."""
+    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published.
+    `index_statistics` are those of `run.indices`, in that order."""
     aoi = run.aoi_wgs84
     item = pystac.Item(
         id=run.product_id,
@@ -151,6 +179,8 @@ def build_item(
     EOExtension.add_to(item)
     item.add_asset("mosaic", _mosaic_asset(run, names, mosaic_statistics))
     item.add_asset("count", _count_asset(run, names, count_statistics))
+    for index, statistics in zip(run.indices, index_statistics, strict=True):
+        item.add_asset(index.name, _index_asset(run, index, statistics))
     item.add_asset(
         "quicklook",
         pystac.Asset(href=f"./{names.quicklook}", media_type=pystac.MediaType.PNG, roles=["overview", "visual"],
@@ -164,10 +194,10 @@ def build_item(
     for tile in run.tiles:
         _add_tile_assets(item, tile)
     if run.tiles:
-        for key, href in (("mosaic-index", names.mosaic_index), ("count-index", names.count_index)):
+        for layer in (MOSAIC_LAYER, COUNT_LAYER, *(index.name for index in run.indices)):
             item.add_asset(
-                key,
-                pystac.Asset(href=f"./{href}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],
+                f"{layer}-index",
+                pystac.Asset(href=f"./{names.layer_index(layer)}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],
                              title="GDAL VRT opening the tile COGs as one raster"),
             )
     if self_href is not None:
@@ -181,8 +211,8 @@ def _media_type(file_name: str) -> str:
 
 
 def _add_tile_assets(item: pystac.Item, tile: TileFiles) -> None:
-    """The COGs of one output tile, keyed `tile-<label>-mosaic` and `tile-<label>-count`."""
-    for kind, href in (("mosaic", tile.mosaic), ("count", tile.count)):
+    """The COGs of one output tile, keyed `tile-<label>-mosaic`, `tile-<label>-count` and `tile-<label>-<index>`."""
+    for kind, href in tile.files.items():
         item.add_asset(
             f"tile-{tile.label}-{kind}",
             pystac.Asset(href=f"./{href}", media_type=pystac.MediaType.COG, roles=["data"], title=f"{kind} of tile {tile.label}"),

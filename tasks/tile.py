@@ -4,9 +4,9 @@ A tile task gets the month's `MonthPlan` (small: AOI, grid, names, where things 
 reads the found items from the run's workspace (never from its parameters), reads the window of
 each scene over the tile and its masker's halo (`tasks.mask.mask_halo_px`) with up to
 `max_concurrent_scenes` reads at once, masks each window as its read finishes, crops the windows to
-the tile, composites, and writes the tile's mosaic and count COGs to a local scratch folder. The
-COGs are published into the month's product folder, then the tile's record is written to the
-workspace: the record is the tile's commit. The scratch folder is removed whatever happens, so a
+the tile, composites, and writes the tile's mosaic and count COGs (and one per spectral index of
+`CompositeSettings.indices`) to a local scratch folder. The COGs are published into the month's
+product folder, then the tile's record is written to the workspace: the record is the tile's commit. The scratch folder is removed whatever happens, so a
 tile's scratch disk lasts only while the tile is in flight.
 
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
@@ -39,12 +39,21 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.publish import MonthDestination
 from tasks.aoi import aoi_in_crs, aoi_pixel_mask
-from tasks.cog import COUNT_PROFILE, MOSAIC_PROFILE, validate_cog, write_count_cog, write_mosaic_cog
+from tasks.cog import (
+    COUNT_PROFILE,
+    INDEX_PROFILE,
+    MOSAIC_PROFILE,
+    validate_cog,
+    write_count_cog,
+    write_index_cog,
+    write_mosaic_cog,
+)
 from tasks.composite import MaskedWindow, TileComposite, composite_tile
 from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
+from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.maskers import masker_named
 from tasks.memory import release_freed_memory
@@ -58,6 +67,7 @@ from tasks.workspace import Workspace, partial_prefix
 
 __all__ = [
     "COUNT_VALUES",
+    "INDEX_VALUES",
     "RECORD_SUFFIX",
     "REFLECTANCE_VALUES",
     "MonthPlan",
@@ -71,6 +81,9 @@ __all__ = [
 
 REFLECTANCE_VALUES = int(np.iinfo(np.uint16).max) + 1
 COUNT_VALUES = int(np.iinfo(np.uint8).max) + 1
+INDEX_VALUES = int(np.iinfo(np.int16).max) - INDEX_NODATA + 1
+INDEX_KEY_PREFIX = "index_"
+"""Names an index's histogram in a tile's histograms file."""
 RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"
 
 
@@ -112,10 +125,11 @@ class MonthPlan:
         return f"{TILES_FOLDER}/{self.tiles_digest}"
 
     def tile_files(self, tile: OutputTile) -> dict[str, str]:
-        """{'mosaic': name, 'count': name} of a tile's COGs, relative to the month folder."""
+        """{'mosaic': name, 'count': name, index name: name...} of a tile's COGs, relative to the month folder."""
         return {
             "mosaic": self.names.tile_mosaic(tile.label, self.tiles_digest),
             "count": self.names.tile_count(tile.label, self.tiles_digest),
+            **{name: self.names.tile_layer(name, tile.label, self.tiles_digest) for name in self.composite.indices},
         }
 
     def record_name(self, tile: OutputTile) -> str:
@@ -164,26 +178,40 @@ class TileRecord:
 
 @dataclass(frozen=True)
 class TileHistograms:
-    """Exact value histograms of a tile's AOI pixels: mosaic (band, 65536) over valid pixels, count (256)."""
+    """Exact value histograms of a tile's AOI pixels: mosaic (band, 65536) over valid pixels, count (256),
+    and each index (65536, bin i counts the value `INDEX_NODATA + i`) over its pixels other than nodata."""
 
     mosaic: np.ndarray
     count: np.ndarray
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, composite: TileComposite, inside_aoi: np.ndarray) -> "TileHistograms":
         valid = inside_aoi & (composite.mosaic != NODATA).all(axis=0)
         mosaic = np.stack([np.bincount(band[valid], minlength=REFLECTANCE_VALUES) for band in composite.mosaic])
-        return cls(mosaic, np.bincount(composite.count[inside_aoi], minlength=COUNT_VALUES))
+        indices = {
+            name: np.bincount(values[inside_aoi & (values != INDEX_NODATA)].astype(np.int32) - INDEX_NODATA, minlength=INDEX_VALUES)
+            for name, values in composite.indices.items()
+        }
+        return cls(mosaic, np.bincount(composite.count[inside_aoi], minlength=COUNT_VALUES), indices)
+
+    def __add__(self, other: "TileHistograms") -> "TileHistograms":
+        """The histograms of two tiles' pixels together (tiles of one month have the same indices)."""
+        indices = {name: histogram + other.indices[name] for name, histogram in self.indices.items()}
+        return TileHistograms(self.mosaic + other.mosaic, self.count + other.count, indices)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, mosaic=self.mosaic, count=self.count)
+        arrays = {"mosaic": self.mosaic, "count": self.count}
+        arrays.update({f"{INDEX_KEY_PREFIX}{name}": histogram for name, histogram in self.indices.items()})
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # the stub takes ** as allow_pickle
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> "TileHistograms":
         with np.load(io.BytesIO(payload)) as arrays:
-            return cls(arrays["mosaic"], arrays["count"])
+            indices = {key.removeprefix(INDEX_KEY_PREFIX): arrays[key] for key in arrays.files if key.startswith(INDEX_KEY_PREFIX)}
+            return cls(arrays["mosaic"], arrays["count"], indices)
 
 
 @functools.lru_cache(maxsize=4)
@@ -294,6 +322,8 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         local = {name: scratch / Path(file_name).name for name, file_name in files.items()}
         write_mosaic_cog(local["mosaic"], composite.mosaic, tile_box, MOSAIC_PROFILE)
         write_count_cog(local["count"], composite.count, tile_box, COUNT_PROFILE)
+        for name, values in composite.indices.items():
+            write_index_cog(local[name], values, tile_box, SPECTRAL_INDICES[name], INDEX_PROFILE)
         for path in local.values():
             validate_cog(path)
         plan.destination.put({files[name]: path for name, path in local.items()})

@@ -118,7 +118,7 @@ def product_run(
 ) -> ProductRun:
     """What the flow hands the month stage: the merged scenes and, for a tiled plan, the tiles' files."""
     tiles = (
-        () if plan.single_tile else tuple(TileFiles(r.tile.label, r.files["mosaic"], r.files["count"]) for r in records)
+        () if plan.single_tile else tuple(TileFiles.of(r.tile.label, r.files) for r in records)
     )
     return ProductRun(
         aoi_name=AOI_NAME,

@@ -16,9 +16,13 @@ from prefect.client.schemas.objects import StateType
 
 from blocks.slack import (
     HEADER_MAX_CHARS,
+    LISTED_MONTHS_MAX,
     LISTED_SCENES_MAX,
+    BackfillReport,
+    MonthOutcome,
     RunReport,
     SlackNotifier,
+    backfill_message,
     failed_message,
     slack_state_hooks,
     started_message,
@@ -237,3 +241,31 @@ def test_crash_is_left_to_the_crash_notice_automation(slack_receiver: SlackRecei
     (started,) = slack_receiver.bodies
     assert "started" in started["text"]
     assert "on_crashed" not in slack_state_hooks()
+
+
+def backfill_report(months: int, failed: set[int]) -> BackfillReport:
+    outcomes = tuple(
+        MonthOutcome(f"2020-{index + 1:02d}", "failed", reason="no scene <found>")
+        if index in failed
+        else MonthOutcome(f"2020-{index + 1:02d}", "built", 0.5 + index / 100, item_url=f"s3://b/a/{index}.json")
+        for index in range(months)
+    )
+    return BackfillReport("lake", outcomes[0].month, outcomes[-1].month, outcomes, "brave-fox", "http://127.0.0.1/runs/1")
+
+
+def test_a_backfill_notice_lists_every_month_with_its_state_valid_share_and_reason() -> None:
+    message = backfill_message(backfill_report(3, failed={1}))
+
+    listing = json.dumps(message.blocks)
+    assert message.text.startswith("Basemap backfill lake 2020-01..2020-03: 1 of 3 months failed")
+    assert "2 built, 0 skipped, 1 failed" in message.text and "brave-fox" in message.text
+    assert "`2020-01` built, 50.0% valid" in listing and "`2020-03` built, 52.0% valid" in listing
+    assert "`2020-02` failed: no scene &lt;found&gt;" in listing
+
+
+def test_a_long_backfill_notice_stays_within_slack_limits() -> None:
+    message = backfill_message(backfill_report(12 * 20, failed=set()))
+
+    assert ": done" in message.text
+    assert f"and {12 * 20 - LISTED_MONTHS_MAX} more" in json.dumps(message.blocks)
+    assert all(len(element["text"]) <= 3000 for block in message.blocks for element in [block.get("text", {"text": ""})])

@@ -11,7 +11,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,15 @@ from prefect.client.schemas.objects import FlowRun, StateType
 
 from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
 from tasks.metadata import TILES_FOLDER, ProductNames
-from tasks.month import Month
+from tasks.month import MONTH_PATTERN, Month
 from tasks.testing.prefect_server import PrefectServer, flow_run_id_in
-from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from tasks.testing.served_month import (
+    ServedMonth,
+    flow_settings,
+    month_dates,
+    serve_synthetic_month,
+    serve_synthetic_series,
+)
 from tasks.testing.servers import S3Server
 from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
@@ -39,8 +45,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
 DEPLOYMENTS = PREFECT_YAML["deployments"]
+SCHEDULED_DEPLOYMENTS = [deployment for deployment in DEPLOYMENTS if deployment.get("schedules")]
 FLOW_NAME = "monthly-mosaic"
 RUN_DEPLOYMENT = "lake-constance"
+BACKFILL_DEPLOYMENT = "basemap-backfill/lake-constance-backfill"
+BACKFILL_FIRST_DAYS = (date(2020, 3, 1), date(2020, 4, 1), date(2020, 5, 1))
 BUCKET_FOLDER = "basemaps"
 FLOW_RUN_TIMEOUT_S = 150.0
 SCHEDULER_TIMEOUT_S = 30.0
@@ -93,7 +102,9 @@ def scheduled_runs(server: PrefectServer, deployment_name: str) -> list[FlowRun]
         )
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[deployment["name"] for deployment in DEPLOYMENTS])
+@pytest.mark.parametrize(
+    "deployment", SCHEDULED_DEPLOYMENTS, ids=[deployment["name"] for deployment in SCHEDULED_DEPLOYMENTS]
+)
 def test_cron_schedule_creates_scheduled_runs_in_pool(deployed: PrefectServer, deployment: dict[str, Any]) -> None:
     with deployed.logs_on_failure():
         runs = scheduled_runs(deployed, deployment["name"])
@@ -143,3 +154,46 @@ def test_deployment_run_publishes_products_and_notifies_slack(
         message = json.dumps(success["blocks"])
         assert all(f"s3://{bucket}/{key}" in message for key in products)
         assert slack_receiver.texts()[0].startswith(f"Basemap {name} {month.label}: started")
+
+
+def test_backfill_deployment_builds_three_months_and_a_rerun_skips_them(
+    deployed: PrefectServer, s3_server: S3Server, stac_api_factory, slack_receiver: SlackReceiver, tmp_path: Path
+) -> None:
+    series = serve_synthetic_series(s3_server, stac_api_factory, tmp_path, [month_dates(day) for day in BACKFILL_FIRST_DAYS])
+    bucket = s3_server.make_bucket(f"backfill-{uuid.uuid4().hex[:12]}")
+    name = "served-series"
+    settings = flow_settings(
+        series.served_month(series.labels[0]), tmp_path / "workspace", month=None, aoi_name=name,
+        s3_block=DEFAULT_S3_BLOCK_NAME, slack_block=DEFAULT_SLACK_BLOCK_NAME,
+    )
+    parameters = json.dumps(
+        {"start_month": series.labels[0], "end_month": series.labels[-1], "settings": settings.model_dump(mode="json")}
+    )
+    items = {
+        f"{BUCKET_FOLDER}/{name}/{label[:4]}/{label[5:]}/{ProductNames.for_run(name, Month.parse(label)).item}"
+        for label in series.labels
+    }
+
+    with deployed.logs_on_failure():
+        deployed.run(
+            [sys.executable, "-m", "blocks.register"],
+            {"SLACK_WEBHOOK_URL": slack_receiver.url, "BASEMAP_S3_BUCKET": bucket, "BASEMAP_S3_PREFIX": BUCKET_FOLDER},
+        )
+        for expected_state in ("3 built", "3 skipped"):
+            started = deployed.cli("deployment", "run", BACKFILL_DEPLOYMENT, "--params", parameters)
+            flow_run = deployed.wait_for_final_state(flow_run_id_in(started), FLOW_RUN_TIMEOUT_S)
+            assert flow_run.state.is_completed(), f"{flow_run.state.name}: {flow_run.state.message}"
+            assert items <= s3_server.keys(bucket, f"{BUCKET_FOLDER}/{name}/")
+            notice = deployed.wait_for(
+                lambda run_name=flow_run.name: next(
+                    (text for text in slack_receiver.texts() if run_name in text), None
+                ),
+                SLACK_TIMEOUT_S,
+                "the backfill's Slack notice",
+            )
+            assert f"{name} {series.labels[0]}..{series.labels[-1]}: done" in notice and expected_state in notice, notice
+        assert len(slack_receiver.texts()) == 2, "the months posted notices of their own"
+        with deployed.client() as client:
+            form = client.read_deployment_by_name(BACKFILL_DEPLOYMENT).parameter_openapi_schema
+    assert {"start_month", "end_month"} <= set(form["required"]), form  # the UI form asks for the range
+    assert form["properties"]["start_month"]["pattern"] == MONTH_PATTERN.pattern
