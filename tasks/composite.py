@@ -13,6 +13,7 @@ saturates at 255). Each index of `CompositeSettings.indices` is (y, x) int16, co
 same block's usable observations (`tasks.indices`). Pure: arrays in, arrays out, no I/O and no Prefect.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,12 +96,18 @@ def composite_block(
 
 
 def composite_tile(
-    observations: list[MaskedWindow], tile_grid: GeoBox, inside_aoi: np.ndarray, settings: CompositeSettings
+    observations: list[MaskedWindow],
+    tile_grid: GeoBox,
+    inside_aoi: np.ndarray,
+    settings: CompositeSettings,
+    refine_usable: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> TileComposite:
     """Composite the masked windows onto `tile_grid`, block by block.
 
     `inside_aoi` is the (y, x) bool mask of the tile's pixels whose centre lies inside the AOI;
-    pixels outside it are nodata (0) in the mosaic and 0 in the count.
+    pixels outside it are nodata (0) in the mosaic and 0 in the count. `refine_usable(stack, usable)`,
+    when given, returns each block's usable observations after a check of all of a pixel's
+    observations together (a masker's `stack_check`), before they are counted and composited.
     """
     device = compute_device(settings.device)
     mosaic = np.zeros((len(REFLECTANCE_BANDS), *tile_grid.shape.yx), dtype=np.uint16)
@@ -112,6 +119,8 @@ def composite_tile(
         block_inside = inside_aoi[roi]
         # A block the AOI misses reads nothing: no observation gives an empty block.
         stack, usable, item_ids = block_observations(observations if block_inside.any() else [], block_grid)
+        if refine_usable is not None:
+            usable = refine_usable(stack, usable)
         mosaic[(slice(None), *roi)], count[roi], block_indices = composite_block(stack, usable, block_inside, settings, device)
         for name, values in block_indices.items():
             indices[name][roi] = values

@@ -3,7 +3,8 @@
 A masker turns a scene window's bands into cloud and shadow classes (`tasks.mask_rules`: 0 clear,
 1 thick cloud, 2 thin cloud, 3 shadow) on the window's pixels. `tasks.mask` does the rest for every
 masker alike: the nodata edge, the buffer in metres, and SCL's invalid classes when the masker asks
-for them. Adding one is a module that builds a `Masker` and calls `register_masker` on import, plus its
+for them. A masker may also check each pixel's observations of the month together (`stack_check`),
+which the composite applies block by block (`tasks.composite.composite_tile`'s `refine_usable`). Adding one is a module that builds a `Masker` and calls `register_masker` on import, plus its
 module name in `MASKER_MODULES` (built-in) or an import of it before the run (your own code).
 """
 
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MASKER_MODULES", "Masker", "masker_named", "masker_names", "register_masker"]
 
-MASKER_MODULES: tuple[str, ...] = ("tasks.mask_scl", "tasks.mask_ocm")
-"""Modules of the built-in maskers, imported (so registered) on the first lookup."""
+MASKER_MODULES: tuple[str, ...] = ("tasks.mask_scl", "tasks.mask_ocm", "tasks.mask_temporal")
+"""Modules of the built-in maskers, imported (so registered) on the first lookup; `tasks.mask_temporal`
+wraps the ones before it."""
 
 
 def no_context_px(settings: "MaskSettings", grid_pixel_m: float) -> int:
@@ -44,6 +46,12 @@ class Masker:
     tile's classes not to depend on where tiles are cut (the buffer is added by `tasks.mask`).
     `check_ready(settings)`: raises a one-line `MosaicError` before any scene is read when the masker
     cannot run (missing weights, say).
+    `stack_check(settings, stack, usable)`: None, or a check of a block's observations of the month
+    together: stack (obs, band, y, x) uint16 (`tasks.scene.REFLECTANCE_BANDS`, DN; 0 nodata) and
+    usable (obs, y, x) bool (clear in the windows' masks) give usable with the observations it finds
+    cloudy or shadowed set False; it never makes an observation usable. Per pixel, so blocks may cut
+    the tile anywhere. Settings first: `functools.partial(stack_check, settings)` is the composite's
+    `refine_usable`.
     """
 
     name: str
@@ -52,6 +60,7 @@ class Masker:
     uses_scl_invalid: bool = True
     context_px: Callable[["MaskSettings", float], int] = no_context_px
     check_ready: Callable[["MaskSettings"], None] = always_ready
+    stack_check: Callable[["MaskSettings", np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 _registered: dict[str, Masker] = {}

@@ -21,6 +21,7 @@ __all__ = [
     "MaskSettings",
     "ReadSettings",
     "SearchSettings",
+    "TemporalSettings",
     "TileSettings",
 ]
 
@@ -98,13 +99,61 @@ class ReadSettings(FrozenSettings):
     )
 
 
+class TemporalSettings(FrozenSettings):
+    """The temporal check of the `...+temporal` maskers (`tasks.mask_temporal`): each observation of a pixel
+    against the pixel's clear background over the month. Reflectance is surface reflectance (DN / 10000)."""
+
+    background_percentile: float = Field(
+        25.0,
+        ge=0,
+        le=50,
+        description="Per-band percentile (0..50) of a pixel's usable observations taken as its clear background. "
+        "25: with the 5 to 7 dates of a month, one or two missed clouds (bright) or shadows (dark) leave it on a "
+        "clear observation.",
+    )
+    min_observations: int = Field(
+        2,
+        ge=2,
+        le=255,
+        description="Usable observations a pixel needs for the check; pixels with fewer are left as they are. "
+        "2: of two observations, a missed cloud still stands 3/4 of its excess above the 25th percentile, so it "
+        "is found (a shadow needs 3: with 2 the background lies too close to it). On synthetic months 3 left "
+        "5 to 7 times as many cloudy observations in the composite (pixels seen clear twice are common).",
+    )
+    cloud_blue_excess: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Blue reflectance above the background beyond which an observation may be cloud (with "
+        "`cloud_visible_excess`). 0.02: about twice a clear date's usual blue variation, while the faintest "
+        "thin cloud SCL misses (opacity 0.15) adds about 0.045 over bright soil and more over darker ground.",
+    )
+    cloud_visible_excess: float = Field(
+        0.015,
+        gt=0,
+        le=1,
+        description="Mean red, green and blue reflectance above the background beyond which an observation is "
+        "cloud (with `cloud_blue_excess`). 0.015: clouds brighten every visible band; a change of the ground "
+        "(harvest, flooding) seldom brightens all three at once.",
+    )
+    shadow_nir_ratio: float = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="An observation whose NIR is below this fraction of the background's NIR is shadow (relative, "
+        "so dark water's noise does not trip it as an absolute drop would elsewhere). 0.6: a cloud shadow keeps "
+        "roughly 0.2-0.5 of the NIR, a month of crop growth or senescence seldom loses 40 %.",
+    )
+
+
 class MaskSettings(FrozenSettings):
     """How clouds and shadows are found."""
 
     masker: str = Field(
         "ocm+scl",
         description="A registered masker (tasks.maskers): 'ocm+scl' OmniCloudMask combined with SCL, 'ocm' "
-        "OmniCloudMask alone, 'scl' SCL alone (no model), or one of your own.",
+        "OmniCloudMask alone, 'scl' SCL alone (no model), each of them with '+temporal' (e.g. 'scl+temporal': also "
+        "drops observations much brighter or darker than the pixel's month, tasks.mask_temporal), or one of your own.",
         json_schema_extra=lambda schema: schema.update(enum=list(masker_names())),  # a choice in the Prefect UI
     )
     resolution_m: Literal[10, 20] = Field(
@@ -124,6 +173,10 @@ class MaskSettings(FrozenSettings):
         description="SCL classes treated as unusable: no data, saturated, shadow, cloud medium/high, cirrus, snow.",
     )
     buffer_m: float = Field(0.0, ge=0, le=5000, description="Dilation of cloud and shadow, in metres.")
+    temporal: TemporalSettings = Field(
+        default_factory=TemporalSettings,
+        description="Thresholds of the temporal cloud and shadow check of the '...+temporal' maskers.",
+    )
 
     @field_validator("masker")
     @classmethod

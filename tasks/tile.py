@@ -63,6 +63,7 @@ from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
 from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
 from tasks.mask import mask_from_bands, mask_halo_px
+from tasks.maskers import masker_named
 from tasks.memory import release_freed_memory
 from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, ProductNames
 from tasks.read import item_footprint_in, read_scene_window, scene_subgrid
@@ -361,7 +362,9 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_on_grid, tile_box)
         observations, scene_pixels, failed = observe_tile(plan, tile_box, aoi_on_grid, inside_aoi)
-    composite = composite_tile(observations, tile_box, inside_aoi, plan.composite)
+    stack_check = masker_named(plan.mask.masker).stack_check
+    refine_usable = None if stack_check is None else functools.partial(stack_check, plan.mask)
+    composite = composite_tile(observations, tile_box, inside_aoi, plan.composite, refine_usable)
     filled = fill_tile(plan.fill, tile_box, inside_aoi, TileLayers(composite.mosaic, composite.count, composite.indices))
     record = TileRecord(
         row=tile.row,

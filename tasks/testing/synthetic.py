@@ -3,7 +3,8 @@
 Each date is written as Earth Search v1 style Cloud Optimized GeoTIFFs (B04 B03 B02 B08 on the tile
 grid, SCL on the grid at half resolution) plus a STAC item dict, and comes with boolean masks of
 what was put on it: thick clouds, thin (semi-transparent) clouds, and cloud shadows displaced from
-the thick clouds by a fixed sun-geometry offset. The ground under them is either the real L2A tile
+the thick clouds by a fixed sun-geometry offset. The SCL classes every cloud and shadow as such,
+unless told to miss the faintest share of the thin clouds as the real SCL does (`scl_missed_thin_share`). The ground under them is either the real L2A tile
 29RKH of 2020-02-19 (`tile_dir`) or a fully synthetic surface (soil, vegetation, water) on any grid.
 
 Reflectance conventions (every array here is "harmonised": surface reflectance x 10000, BOA offset
@@ -46,6 +47,7 @@ __all__ = [
     "NEW_BASELINE",
     "REFLECTANCE_ASSETS",
     "SCL_FILE",
+    "SCL_THIN_CIRRUS",
     "SHADOW_DARKENING",
     "THIN_ALPHA_RANGE",
     "THIN_CLOUD_DN",
@@ -168,12 +170,13 @@ class SyntheticMonth:
 
 @dataclass(frozen=True)
 class _Sky:
-    """One date's sky: class masks on the half-resolution grid, thin-cloud opacity and thick-cloud
-    brightness (0..1 factors) at full resolution."""
+    """One date's sky: class masks on the half-resolution grid (`scl_thin`: the thin cloud the SCL
+    classes as cirrus), thin-cloud opacity and thick-cloud brightness (0..1 factors) at full resolution."""
 
     thick: np.ndarray
     high: np.ndarray
     thin: np.ndarray
+    scl_thin: np.ndarray
     shadow: np.ndarray
     thin_alpha: np.ndarray
     texture: np.ndarray
@@ -283,10 +286,14 @@ def make_surface(grid: GeoBox, rng: np.random.Generator) -> SyntheticSurface:
     return reflectance, np.where(half_water, SCL_WATER, scl).astype(np.uint8)
 
 
-def make_sky(grid: GeoBox, rng: np.random.Generator, cloud_cover: float, thin_cover: float) -> _Sky:
+def make_sky(
+    grid: GeoBox, rng: np.random.Generator, cloud_cover: float, thin_cover: float, scl_missed_thin_share: float = 0.0
+) -> _Sky:
     """Thick clouds covering `cloud_cover` of the tile, thin clouds `thin_cover` more, and their shadows.
 
-    Drawn on the half-resolution (SCL) grid, so the masks at full resolution agree with the SCL exactly.
+    Drawn on the half-resolution (SCL) grid, so the masks at full resolution agree with the SCL exactly,
+    except that the SCL misses the faintest `scl_missed_thin_share` (0..1) of the thin-cloud pixels: those
+    of lowest opacity, the outer rim of each thin cloud.
     """
     half_grid = grid.zoom_out(2)
     field = fractal_field(rng, half_grid.shape.yx, CLOUD_FEATURE_M / pixel_size_m(half_grid))
@@ -296,12 +303,16 @@ def make_sky(grid: GeoBox, rng: np.random.Generator, cloud_cover: float, thin_co
     thin = (field > thin_level) & ~thick if thin_cover > 0 else np.zeros_like(thick)
     shadow = shifted(thick, *shadow_offset_px(half_grid)) & ~thick & ~thin
     opacity = np.clip((field - thin_level) / max(thick_level - thin_level, 1e-6), 0.0, 1.0)
+    missed = np.zeros_like(thin)
+    if scl_missed_thin_share > 0 and thin.any():
+        missed = thin & (opacity <= np.quantile(opacity[thin], scl_missed_thin_share))
     low_alpha, high_alpha = THIN_ALPHA_RANGE
     full_shape = grid.shape.yx
     return _Sky(
         thick=thick,
         high=thick & (field > high_level),
         thin=thin,
+        scl_thin=thin & ~missed,
         shadow=shadow,
         thin_alpha=full_resolution(low_alpha + (high_alpha - low_alpha) * opacity, full_shape).astype(np.float32),
         texture=full_resolution(0.9 + 0.05 * np.clip(field - thick_level, -2, 2), full_shape).astype(np.float32),
@@ -330,7 +341,7 @@ def observed_scene(
     np.clip(np.round(observed, out=observed), 1, 65535, out=observed)
     observed[:, ~full_resolution(data, shape)] = NODATA
     classes = np.select(
-        [~data, sky.high, sky.thick, sky.thin, sky.shadow],
+        [~data, sky.high, sky.thick, sky.scl_thin, sky.shadow],
         [SCL_NO_DATA, SCL_CLOUD_HIGH, SCL_CLOUD_MEDIUM, SCL_THIN_CIRRUS, SCL_CLOUD_SHADOW],
         scl.astype(np.int64),
     )
@@ -490,6 +501,7 @@ def make_synthetic_month(
     partial_dates: Collection[date] = (),
     cloud_cover: Sequence[float] = DEFAULT_CLOUD_COVER,
     thin_cover: float = DEFAULT_THIN_COVER,
+    scl_missed_thin_share: float = 0.0,
     seed: int = 0,
     href_for: Callable[[Path], str] = str,
     block_size: int = 512,
@@ -501,7 +513,9 @@ def make_synthetic_month(
     `new_baseline_dates` get baseline 05.00 (DN offset +1000), others 02.14; dates in
     `duplicated_dates` are published twice like Earth Search, `_0_` (02.14) and `_1_` (05.00), with
     the same sky. Dates in `partial_dates` have data only east of a swath edge. `cloud_cover` gives
-    each date's thick-cloud fraction (repeated as needed). `href_for(local_path)` is called once each
+    each date's thick-cloud fraction (repeated as needed); the SCL classes the faintest
+    `scl_missed_thin_share` of each date's thin-cloud pixels as their ground (`make_sky`), while
+    `thin_mask` and `clear_mask` keep the truth. `href_for(local_path)` is called once each
     file is written and gives the asset href (e.g. after uploading it). Same seed, same month.
     """
     rng = np.random.default_rng(seed)
@@ -515,7 +529,7 @@ def make_synthetic_month(
     jitters: dict[str, RadiometricJitter] = {}
     shape = grid.shape.yx
     for index, day in enumerate(sorted(dates)):
-        sky = make_sky(grid, rng, cloud_cover[index % len(cloud_cover)], thin_cover)
+        sky = make_sky(grid, rng, cloud_cover[index % len(cloud_cover)], thin_cover, scl_missed_thin_share)
         jitter = RadiometricJitter(1.0 + rng.uniform(-JITTER_GAIN, JITTER_GAIN), rng.uniform(-JITTER_OFFSET_DN, JITTER_OFFSET_DN))
         data = swath_data_mask(base_scl.shape) if day in partial_dates else np.ones(base_scl.shape, bool)
         reflectance, scl = observed_scene(truth, base_scl, sky, jitter, data)
