@@ -32,6 +32,7 @@ from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
 from tasks.settings import CompositeSettings, MaskSettings
 
 __all__ = [
+    "PROJECT_DISTRIBUTION",
     "TILES_FOLDER",
     "BandStatistics",
     "ProductNames",

@@ -46,6 +46,7 @@ from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, FailedScene, SceneItem, SkippedScene, UsedScene
+from tasks.stac_collection import collection_id
 from tasks.stac_item import build_item, item_json
 from tasks.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder
 from tasks.tiles import tile_layout
@@ -108,7 +109,7 @@ def merge_tiles(records: Sequence[TileRecord], items: Sequence[SceneItem]) -> Mo
             continue
         if item.item_id in contributing:
             valid, aoi = pixels[item.item_id]
-            used.append(UsedScene(item.item_id, item.acquired, item.processing_baseline, valid / aoi if aoi else 0.0))
+            used.append(UsedScene(item.item_id, item.acquired, item.processing_baseline, valid / aoi if aoi else 0.0, item.href))
         elif item.item_id in pixels:
             skipped.append(SkippedScene(item.item_id, NO_CLEAR_PIXEL))
         else:
@@ -187,7 +188,10 @@ def write_month_products(
         )
         count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
         (scratch / names.metadata).write_bytes(metadata_json(run, names, mosaic_statistics, count_statistics))
-        (scratch / names.item).write_bytes(item_json(build_item(run, names, mosaic_statistics, count_statistics)))
+        item = build_item(
+            run, names, mosaic_statistics, count_statistics, destination.url(names.item), collection_id(run.aoi_name)
+        )
+        (scratch / names.item).write_bytes(item_json(item))
         destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         destination.put({names.item: scratch / names.item})
     # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.

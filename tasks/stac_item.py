@@ -4,7 +4,11 @@ The Item's id is `<aoi>-<YYYY-MM>`, its geometry the AOI polygon in EPSG:4326, i
 `start_datetime`/`end_datetime` spanning the month. The projection fields in `properties` describe
 the target grid shared by the mosaic and count assets. Asset hrefs are relative (`./<file>`): the
 Item lies beside its files wherever they are copied (a local folder, `s3://.../{aoi}/{YYYY}/{MM}/`),
-so it carries no self link unless one is given.
+so it carries no self link unless one is given. Published into its AOI's STAC Collection
+(`tasks.stac_collection`, `{aoi}/collection.json`), it names the collection and links it as parent,
+collection and root (`../../collection.json`). Each used scene with a STAC API URL is a
+`derived_from` link. The processing extension records the software and level, the render extension
+a true-colour rendering of the mosaic; both are shared with the Collection.
 """
 
 import json
@@ -25,15 +29,41 @@ from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidProduct
 from tasks.grid import pixel_size_m
-from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution
+from tasks.metadata import BandStatistics, ProductNames, ProductRun, TileFiles, attribution, software_versions
 from tasks.scene import NODATA
 
-__all__ = ["VRT_MEDIA_TYPE", "OfflineSTACValidator", "build_item", "item_document", "item_json", "validate_item"]
+__all__ = [
+    "COLLECTION_FILE",
+    "COLLECTION_HREF",
+    "PROCESSING_EXTENSION",
+    "RENDER_EXTENSION",
+    "VRT_MEDIA_TYPE",
+    "OfflineSTACValidator",
+    "build_item",
+    "item_document",
+    "item_json",
+    "processing_fields",
+    "renders",
+    "validate_item",
+    "validate_stac",
+]
 
 VRT_MEDIA_TYPE = "application/xml"
 """GDAL VRT files are XML; no registered media type names them more precisely."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"
 """Extension schemas for offline validation (see its README.md)."""
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+RENDER_EXTENSION = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
+COLLECTION_FILE = "collection.json"
+"""The AOI's STAC Collection, in the AOI's folder above its months (`tasks.stac_collection`)."""
+COLLECTION_HREF = f"../../{COLLECTION_FILE}"
+"""Where an Item in its month folder `{aoi}/{YYYY}/{MM}/` finds its AOI's collection."""
+PROCESSING_LEVEL = "L3"
+"""A composite of many L2A acquisitions on one grid (the extension's level names, L3: gridded over time)."""
+TRUE_COLOR_RENDER = "true-color"
+TRUE_COLOR_BANDS = ("red", "green", "blue")
+TRUE_COLOR_RESCALE_DN = (0, 3000)
+"""Stored values (reflectance x 10000) stretched to the display range: reflectance 0 to 0.3."""
 
 
 class OfflineSTACValidator(JsonSchemaSTACValidator):
@@ -125,8 +155,10 @@ def build_item(
     mosaic_statistics: tuple[BandStatistics, ...],
     count_statistics: BandStatistics,
     self_href: str | None = None,
+    collection_id: str | None = None,
 ) -> pystac.Item:
-    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published."""
+    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published;
+    `collection_id` names the AOI's collection, linked at `COLLECTION_HREF` as parent, collection and root."""
     aoi = run.aoi_wgs84
     item = pystac.Item(
         id=run.product_id,
@@ -138,7 +170,10 @@ def build_item(
         properties={
             "title": f"Sentinel-2 monthly mosaic {run.aoi_name} {run.month.label}",
             "description": f"Per-pixel composite of clear Sentinel-2 L2A observations. {attribution(run.scene_years)}",
+            **processing_fields(),
+            "renders": renders(),
         },
+        stac_extensions=[PROCESSING_EXTENSION, RENDER_EXTENSION],
     )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
     crs = crs_of(run.grid)
@@ -170,9 +205,37 @@ def build_item(
                 pystac.Asset(href=f"./{href}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],
                              title="GDAL VRT opening the tile COGs as one raster"),
             )
+    if collection_id is not None:
+        item.collection_id = collection_id
+        for relation in (pystac.RelType.ROOT, pystac.RelType.PARENT, pystac.RelType.COLLECTION):
+            item.add_link(pystac.Link(relation, COLLECTION_HREF, media_type=pystac.MediaType.JSON))
+    for scene in run.scenes_used:
+        if scene.href is not None:
+            item.add_link(
+                pystac.Link(pystac.RelType.DERIVED_FROM, scene.href, media_type=pystac.MediaType.GEOJSON, title=scene.item_id)
+            )
     if self_href is not None:
         item.set_self_href(self_href)
     return item
+
+
+def processing_fields() -> dict[str, Any]:
+    """The processing extension's fields of a product: its level and the software that made it."""
+    return {"processing:level": PROCESSING_LEVEL, "processing:software": software_versions()}
+
+
+def renders() -> dict[str, Any]:
+    """The render extension's `renders`: the mosaic's red, green and blue bands as true colour."""
+    band_numbers = [[band.common_name for band in MOSAIC_BANDS].index(name) + 1 for name in TRUE_COLOR_BANDS]
+    return {
+        TRUE_COLOR_RENDER: {
+            "title": "True colour (red, green, blue; reflectance 0 to 0.3)",
+            "assets": ["mosaic"],
+            "bidx": band_numbers,
+            "rescale": [list(TRUE_COLOR_RESCALE_DN) for _ in band_numbers],
+            "nodata": NODATA,
+        }
+    }
 
 
 def _media_type(file_name: str) -> str:
@@ -195,8 +258,9 @@ def item_document(item: pystac.Item) -> dict[str, Any]:
     return json.loads(json.dumps(document))
 
 
-def validate_item(document: dict[str, Any]) -> None:
-    """Validate an Item dict against STAC core and its extensions, offline; raise `InvalidProduct`."""
+def validate_stac(document: dict[str, Any], kind: str) -> None:
+    """Validate a STAC `kind` ('Item', 'Collection') dict against STAC core and its extensions,
+    offline; raise `InvalidProduct`."""
     try:
         validate_dict(document, validator=OfflineSTACValidator())
     except STACValidationError as error:
@@ -204,8 +268,13 @@ def validate_item(document: dict[str, Any]) -> None:
         best = jsonschema.exceptions.best_match(error.source or [])
         problem = f"{best.json_path}: {best.message}" if best else str(error).splitlines()[0]
         raise InvalidProduct(
-            f"STAC Item {document.get('id')} does not validate against {schema} ({problem}); fix that field"
+            f"STAC {kind} {document.get('id')} does not validate against {schema} ({problem}); fix that field"
         ) from None
+
+
+def validate_item(document: dict[str, Any]) -> None:
+    """Validate an Item dict against STAC core and its extensions, offline; raise `InvalidProduct`."""
+    validate_stac(document, "Item")
 
 
 def item_json(item: pystac.Item) -> bytes:
