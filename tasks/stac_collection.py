@@ -57,10 +57,16 @@ def collection_months(document: Mapping[str, Any]) -> dict[Month, dict[str, Any]
     """{month: its Item link} of a collection document; links of other shapes are not months of it."""
     months = {}
     for link in document.get("links", []):
-        match = ITEM_HREF_PATTERN.match(link.get("href", "")) if link.get("rel") == pystac.RelType.ITEM else None
-        if match:
-            months[Month(int(match.group(1)), int(match.group(2)))] = dict(link)
+        month = _month_of(link.get("href", "")) if link.get("rel") == pystac.RelType.ITEM else None
+        if month is not None:
+            months[month] = dict(link)
     return months
+
+
+def _month_of(item_href: str) -> Month | None:
+    """The month of an Item link `./<YYYY>/<MM>/<file>`; None for another href."""
+    match = ITEM_HREF_PATTERN.match(item_href)
+    return Month(int(match.group(1)), int(match.group(2))) if match else None
 
 
 def updated_collection(
@@ -72,11 +78,11 @@ def updated_collection(
     relative to the collection (`./<YYYY>/<MM>/<file>`), `self_href` the collection's absolute URL
     (`s3://bucket/key` or a local path). Every other month of `existing` is kept.
     """
-    match = ITEM_HREF_PATTERN.match(item_href)
-    if match is None:
+    month = _month_of(item_href)
+    if month is None:
         raise ValueError(f"item href {item_href!r} is not ./<YYYY>/<MM>/<file>")
     months = collection_months(existing) if existing else {}
-    months[Month(int(match.group(1)), int(match.group(2)))] = {
+    months[month] = {
         "rel": pystac.RelType.ITEM,
         "href": item_href,
         "type": pystac.MediaType.GEOJSON,
