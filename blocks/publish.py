@@ -5,7 +5,8 @@ A `MonthDestination` is the folder `{aoi}/{YYYY}/{MM}/` of one AOI's month, belo
 `bucket_folder` (`BucketMonth`) or below `output_dir` (`LocalMonth`); `month_destination` picks one.
 Every file is named by its path relative to that folder ('tiles/x.tif'), and every operation the
 flow needs (put, copy, remove, look up, read, open with GDAL) is a method of it, so the stages never
-ask which kind they have. `publish_products` puts a set of products, the STAC Item last, after
+ask which kind they have; `aoi_root()` is the same kind of destination at the AOI's folder `{aoi}`
+(its STAC Collection lies there). `publish_products` puts a set of products, the STAC Item last, after
 removing an earlier Item: an Item's presence means every product beside it is complete. Publishing
 again overwrites: re-runs are idempotent. Local copies are atomic (temporary name, then rename).
 
@@ -16,6 +17,7 @@ workspace (`tasks.workspace`) and scene reads use the process's AWS chain. No bl
 a run; `python -m blocks.register` saves them once.
 """
 
+import copy
 import json
 import mimetypes
 import shutil
@@ -84,6 +86,13 @@ class MonthDestination(ABC):
         """Where a published file is: `s3://bucket/key`, or its absolute local path."""
         return f"{self.location}/{name}"
 
+    def aoi_root(self) -> "MonthDestination":
+        """This destination moved to the AOI's folder `{aoi}` (above every month; `month` still names
+        the month it came from): the same methods, files named relative to that folder."""
+        root = copy.copy(self)
+        root.folder = self.aoi
+        return root
+
     @abstractmethod
     def put(self, files: Mapping[str, Path]) -> None:
         """Publish local files {name: path}, in order."""
@@ -118,7 +127,12 @@ class LocalMonth(MonthDestination):
 
     def __init__(self, output_dir: Path, aoi: str, month: str) -> None:
         super().__init__(aoi, month)
-        self.root = Path(output_dir).resolve() / self.folder
+        self.output_dir = Path(output_dir).resolve()
+
+    @property
+    def root(self) -> Path:
+        """The folder's absolute local path."""
+        return self.output_dir / self.folder
 
     @property
     def location(self) -> str:
@@ -164,9 +178,15 @@ class BucketMonth(MonthDestination):
         super().__init__(aoi, month)
         self.block = bucket_block
         self.bucket = bucket_block.bucket_name
-        # Whole keys: the block's `copy_object` leaves them as they are, where a key relative to
-        # `bucket_folder` whose first part equals it (an AOI named like the folder) is not prefixed.
-        self.prefix = "/".join(part.strip("/") for part in (bucket_block.bucket_folder, self.folder) if part.strip("/"))
+
+    @property
+    def prefix(self) -> str:
+        """The folder's whole key, `bucket_folder` included.
+
+        Whole keys: the block's `copy_object` leaves them as they are, where a key relative to
+        `bucket_folder` whose first part equals it (an AOI named like the folder) is not prefixed.
+        """
+        return "/".join(part.strip("/") for part in (self.block.bucket_folder, self.folder) if part.strip("/"))
 
     @property
     def location(self) -> str:

@@ -8,7 +8,8 @@ re-run skips committed tiles. The tiles' records are merged (`tasks.products`): 
 is recorded and skipped while the failed share stays within `max_failed_fraction`; above it the run
 fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
 Item. Otherwise the mosaic index, single COGs, quicklook, metadata and the Item (last) are
-published. Slack hooks report start, success (with the returned `RunReport`) and failure.
+published, then the month joins the AOI's STAC Collection (`flows.collection`). Slack hooks report
+start, success (with the returned `RunReport`) and failure.
 """
 
 import shutil
@@ -30,6 +31,7 @@ from prefect_aws import S3Bucket
 from blocks.publish import MonthDestination, check_month_folder_owner, month_destination
 from blocks.slack import RunReport, slack_state_hooks
 from flows.caching import content_digest, scene_folder_digest, tiles_digest
+from flows.collection import publish_collection_task
 from flows.locking import month_lock
 from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
@@ -371,6 +373,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
             raise
         run = product_run(settings, inputs, month, month_tiles, plan, records)
         urls = write_month_products_task(plan, run, records, month_histograms(plan, records))
+        collection_url = publish_collection_task(destination, staging)
         shutil.rmtree(plan.scratch_dir, ignore_errors=True)
 
     report = RunReport(
@@ -386,5 +389,5 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         flow_run_url=runtime.flow_run.ui_url,
     )
     create_markdown_artifact(run_summary_markdown(report), key="basemap-summary", description="Run summary")
-    logger.info("published %s %s: %s", inputs.name, month.label, ", ".join(urls.values()))
+    logger.info("published %s %s: %s; collection %s", inputs.name, month.label, ", ".join(urls.values()), collection_url)
     return report

@@ -40,8 +40,10 @@ __all__ = [
     "COUNT_LAYER",
     "FILL_LAYER",
     "MOSAIC_LAYER",
+    "PROJECT_DISTRIBUTION",
     "TILES_FOLDER",
     "BandStatistics",
+    "MonthStatistics",
     "ProductNames",
     "ProductRun",
     "TileFiles",
@@ -275,6 +277,17 @@ class BandStatistics:
         }
 
 
+@dataclass(frozen=True)
+class MonthStatistics:
+    """Statistics of a month's layers over the AOI: each mosaic band (`MOSAIC_BANDS` order), the count,
+    each spectral index (`ProductRun.indices` order) and, for a filled month, the fill layer."""
+
+    mosaic: tuple[BandStatistics, ...]
+    count: BandStatistics
+    indices: tuple[BandStatistics, ...] = ()
+    fill: BandStatistics | None = None
+
+
 def statistics_from_histogram(
     name: str, histogram: np.ndarray, aoi_pixels: int, grid_pixels: int, lowest_value: int = 0
 ) -> BandStatistics:
@@ -340,13 +353,9 @@ def aoi_area_km2(aoi: Geometry) -> float:
 def metadata_document(
     run: ProductRun,
     names: ProductNames,
-    mosaic_statistics: tuple[BandStatistics, ...],
-    count_statistics: BandStatistics,
-    index_statistics: tuple[BandStatistics, ...] = (),
-    fill_statistics: BandStatistics | None = None,
+    statistics: "MonthStatistics",
 ) -> dict[str, Any]:
-    """The content of metadata.json: plain JSON values only. `index_statistics` are those of
-    `run.indices`, in that order; `fill_statistics` those of the fill layer, when the month is filled."""
+    """The content of metadata.json: plain JSON values only."""
     return {
         "id": run.product_id,
         "files": {
@@ -400,22 +409,22 @@ def metadata_document(
                     "center_wavelength_um": band.center_wavelength_um,
                     "scale": REFLECTANCE_SCALE_FACTOR,
                     "offset": 0.0,
-                    "statistics": statistics.as_json(),
+                    "statistics": band_statistics.as_json(),
                 }
-                for band, statistics in zip(MOSAIC_BANDS, mosaic_statistics, strict=True)
+                for band, band_statistics in zip(MOSAIC_BANDS, statistics.mosaic, strict=True)
             ],
         },
         "count": {
             "dtype": "uint8",
             "nodata": None,
             "description": COUNT_DESCRIPTION,
-            "statistics": count_statistics.as_json(),
+            "statistics": statistics.count.as_json(),
         },
         **{
-            index.name: index_metadata(index, run, statistics)
-            for index, statistics in zip(run.indices, index_statistics, strict=True)
+            index.name: index_metadata(index, run, index_statistics)
+            for index, index_statistics in zip(run.indices, statistics.indices, strict=True)
         },
-        **({FILL_LAYER: fill_metadata(run, fill_statistics)} if run.filled and fill_statistics else {}),
+        **({FILL_LAYER: fill_metadata(run, statistics.fill)} if run.filled and statistics.fill else {}),
         "software": software_versions(),
         "attribution": attribution(run.scene_years),
     }
@@ -456,11 +465,8 @@ def fill_metadata(run: ProductRun, statistics: BandStatistics) -> dict[str, Any]
 def metadata_json(
     run: ProductRun,
     names: ProductNames,
-    mosaic_statistics: tuple[BandStatistics, ...],
-    count_statistics: BandStatistics,
-    index_statistics: tuple[BandStatistics, ...] = (),
-    fill_statistics: BandStatistics | None = None,
+    statistics: "MonthStatistics",
 ) -> bytes:
     """metadata.json as UTF-8 bytes, indented for people."""
-    document = metadata_document(run, names, mosaic_statistics, count_statistics, index_statistics, fill_statistics)
+    document = metadata_document(run, names, statistics)
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()

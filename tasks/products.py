@@ -53,6 +53,7 @@ from tasks.metadata import (
     FILL_LAYER,
     MOSAIC_LAYER,
     TILES_FOLDER,
+    MonthStatistics,
     ProductRun,
     metadata_json,
     statistics_from_histogram,
@@ -61,6 +62,7 @@ from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.quicklook import write_quicklook
 from tasks.retry import io_task_retries
 from tasks.scene import NODATA, FailedScene, SceneItem, SkippedScene, UsedScene
+from tasks.stac_collection import collection_id
 from tasks.stac_item import build_item, item_json
 from tasks.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder
 from tasks.tiles import tile_layout
@@ -131,7 +133,7 @@ def merge_tiles(records: Sequence[TileRecord], items: Sequence[SceneItem]) -> Mo
             continue
         if item.item_id in contributing:
             valid, aoi = pixels[item.item_id]
-            used.append(UsedScene(item.item_id, item.acquired, item.processing_baseline, valid / aoi if aoi else 0.0))
+            used.append(UsedScene(item.item_id, item.acquired, item.processing_baseline, valid / aoi if aoi else 0.0, item.href))
         elif item.item_id in pixels:
             skipped.append(SkippedScene(item.item_id, NO_CLEAR_PIXEL))
         else:
@@ -252,12 +254,9 @@ def write_month_products(
             if run.filled and histograms.fill is not None
             else None
         )
-        (scratch / names.metadata).write_bytes(
-            metadata_json(run, names, mosaic_statistics, count_statistics, index_statistics, fill_statistics)
-        )
-        item = build_item(
-            run, names, mosaic_statistics, count_statistics, index_statistics=index_statistics, fill_statistics=fill_statistics
-        )
+        statistics = MonthStatistics(mosaic_statistics, count_statistics, index_statistics, fill_statistics)
+        (scratch / names.metadata).write_bytes(metadata_json(run, names, statistics))
+        item = build_item(run, names, statistics, destination.url(names.item), collection_id(run.aoi_name))
         (scratch / names.item).write_bytes(item_json(item))
         destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
         destination.put({names.item: scratch / names.item})

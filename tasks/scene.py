@@ -82,7 +82,8 @@ class SceneItem:
     """A Sentinel-2 L2A acquisition as found in a STAC catalogue.
 
     `assets` maps the canonical band names of `SCENE_BANDS` to their files; `footprint` is the item's
-    GeoJSON geometry in EPSG:4326.
+    GeoJSON geometry in EPSG:4326; `href` the item's own URL in its STAC API (None when it has none,
+    e.g. an item of a local file).
     """
 
     item_id: str
@@ -92,6 +93,7 @@ class SceneItem:
     cloud_cover: float | None
     assets: dict[str, SceneAsset]
     footprint: dict[str, Any] = field(repr=False)
+    href: str | None = None
 
 
 def scene_items_json(items: Sequence[SceneItem]) -> bytes:
@@ -130,10 +132,12 @@ class SceneWindow:
 class UsedScene:
     """A scene that gave the mosaic at least one clear pixel, as metadata.json and the STAC Item list it.
 
-    `valid_fraction` is the share of the AOI pixels under the scene's footprint that hold its data.
+    `valid_fraction` is the share of the AOI pixels under the scene's footprint that hold its data;
+    `href` the scene item's STAC API URL (`SceneItem.href`), which the product Item links as derived_from.
     """
 
     item_id: str
     acquired: datetime
     processing_baseline: str | None
     valid_fraction: float
+    href: str | None = None

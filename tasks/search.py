@@ -2,8 +2,9 @@
 
 Steps, each a pure function: raw STAC item dicts (API search, or a local FeatureCollection) -> kept
 when they intersect the AOI and were acquired in the month -> `SceneItem` with the canonical bands of
-`SCENE_BANDS` (items lacking one are skipped with a warning) -> one scene per acquisition (newest
-processing baseline) -> scene-level cloud-cover limit -> sorted by acquisition time.
+`SCENE_BANDS` (items lacking one are skipped with a warning) and the item's STAC API URL -> one scene
+per acquisition (newest processing baseline) -> scene-level cloud-cover limit -> sorted by
+acquisition time.
 
 De-duplication runs before the cloud-cover limit: a reprocessed twin whose (newer) cloud estimate
 exceeds the limit must not let its stale older twin through.
@@ -39,6 +40,7 @@ __all__ = [
     "API_RETRY",
     "BOA_OFFSET",
     "DN_SCALE",
+    "api_href",
     "item_in_window",
     "newest_processing",
     "query_stac_api",
@@ -63,6 +65,8 @@ BOA_OFFSET_START = datetime(2022, 1, 25, tzinfo=UTC)
 DN_SCALE = 1 / REFLECTANCE_SCALE
 MGRS_TILE_PATTERN = re.compile(r"(?:^|[_-])T?(\d{1,2})([C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
 SEQUENCE_PATTERN = re.compile(r"_(\d+)_L2A$")
+API_URL_SCHEMES = ("http://", "https://")
+"""A self link with one of these schemes is an item's URL in a STAC API (a local file's is not)."""
 SOCKET_ERROR_PATTERN = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -259,7 +263,19 @@ def scene_from_item(item: Mapping[str, Any]) -> SceneItem | None:
             band: scene_asset(assets[names.asset_key_of[band]], band, reflectance_offset) for band in SCENE_BANDS
         },
         footprint=item["geometry"],
+        href=api_href(item),
     )
+
+
+def api_href(item: Mapping[str, Any]) -> str | None:
+    """The item's own URL in its STAC API: its self link when that is an absolute HTTP(S) URL.
+
+    None for an item without one, or whose self link is a file path or relative (an item of a local
+    ItemCollection): no published product should point at a file of the machine that made it.
+    """
+    self_links = [link.get("href") for link in item.get("links", []) if link.get("rel") == "self"]
+    href = self_links[0] if self_links else None
+    return href if isinstance(href, str) and href.startswith(API_URL_SCHEMES) else None
 
 
 def boa_offset(processing_baseline: str | None, acquired: datetime) -> float:

@@ -4,7 +4,11 @@ The Item's id is `<aoi>-<YYYY-MM>`, its geometry the AOI polygon in EPSG:4326, i
 `start_datetime`/`end_datetime` spanning the month. The projection fields in `properties` describe
 the target grid shared by the mosaic, count and index (e.g. `ndvi`) assets. Asset hrefs are relative (`./<file>`): the
 Item lies beside its files wherever they are copied (a local folder, `s3://.../{aoi}/{YYYY}/{MM}/`),
-so it carries no self link unless one is given.
+so it carries no self link unless one is given. Published into its AOI's STAC Collection
+(`tasks.stac_collection`, `{aoi}/collection.json`), it names the collection and links it as parent,
+collection and root (`../../collection.json`). Each used scene with a STAC API URL is a
+`derived_from` link. The processing extension records the software and level, the render extension
+a true-colour rendering of the mosaic; both are shared with the Collection.
 """
 
 import json
@@ -31,21 +35,31 @@ from tasks.metadata import (
     FILL_LAYER,
     MOSAIC_LAYER,
     BandStatistics,
+    MonthStatistics,
     ProductNames,
     ProductRun,
     TileFiles,
     attribution,
+    software_versions,
 )
 from tasks.scene import NODATA
 
 __all__ = [
+    "COLLECTION_FILE",
+    "COLLECTION_HREF",
     "FILLED_SHARE_PROPERTY",
     "FILL_SOURCE_REL",
+    "PROCESSING_EXTENSION",
+    "RENDER_EXTENSION",
     "VRT_MEDIA_TYPE",
-    "OfflineSTACValidator", "build_item",
+    "OfflineSTACValidator",
+    "build_item",
     "item_document",
     "item_json",
+    "processing_fields",
+    "renders",
     "validate_item",
+    "validate_stac",
 ]
 
 FILL_SOURCE_REL = "related"
@@ -57,6 +71,18 @@ VRT_MEDIA_TYPE = "application/xml"
 """GDAL VRT files are XML; no registered media type names them more precisely."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "stac_schemas"
 """Extension schemas for offline validation (see its README.md)."""
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+RENDER_EXTENSION = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
+COLLECTION_FILE = "collection.json"
+"""The AOI's STAC Collection, in the AOI's folder above its months (`tasks.stac_collection`)."""
+COLLECTION_HREF = f"../../{COLLECTION_FILE}"
+"""Where an Item in its month folder `{aoi}/{YYYY}/{MM}/` finds its AOI's collection."""
+PROCESSING_LEVEL = "L3"
+"""A composite of many L2A acquisitions on one grid (the extension's level names, L3: gridded over time)."""
+TRUE_COLOR_RENDER = "true-color"
+TRUE_COLOR_BANDS = ("red", "green", "blue")
+TRUE_COLOR_RESCALE_DN = (0, 3000)
+"""Stored values (reflectance x 10000) stretched to the display range: reflectance 0 to 0.3."""
 
 
 class OfflineSTACValidator(JsonSchemaSTACValidator):
@@ -191,16 +217,14 @@ def _fill_asset(run: ProductRun, statistics: BandStatistics) -> pystac.Asset:
 def build_item(
     run: ProductRun,
     names: ProductNames,
-    mosaic_statistics: tuple[BandStatistics, ...],
-    count_statistics: BandStatistics,
+    statistics: MonthStatistics,
     self_href: str | None = None,
-    index_statistics: tuple[BandStatistics, ...] = (),
-    fill_statistics: BandStatistics | None = None,
+    collection_id: str | None = None,
 ) -> pystac.Item:
-    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published.
-    `index_statistics` are those of `run.indices`, in that order; `fill_statistics` those of the fill
-    layer of a filled month, which then gets its filled share (`FILLED_SHARE_PROPERTY`) and a
-    `FILL_SOURCE_REL` link to each month that gave a filled pixel its value."""
+    """The product's STAC Item; `self_href` (absolute) adds a self link, e.g. once it is published;
+    `collection_id` names the AOI's collection, linked at `COLLECTION_HREF` as parent, collection and root.
+    A filled month gets its filled share (`FILLED_SHARE_PROPERTY`) and a `FILL_SOURCE_REL` link to
+    each month that gave a filled pixel its value."""
     aoi = run.aoi_wgs84
     item = pystac.Item(
         id=run.product_id,
@@ -212,7 +236,10 @@ def build_item(
         properties={
             "title": f"Sentinel-2 monthly mosaic {run.aoi_name} {run.month.label}",
             "description": f"Per-pixel composite of clear Sentinel-2 L2A observations. {attribution(run.scene_years)}",
+            **processing_fields(),
+            "renders": renders(),
         },
+        stac_extensions=[PROCESSING_EXTENSION, RENDER_EXTENSION],
     )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
     crs = crs_of(run.grid)
@@ -223,13 +250,13 @@ def build_item(
     projection.bbox = list(run.grid.extent.boundingbox)
     RasterExtension.add_to(item)
     EOExtension.add_to(item)
-    item.add_asset("mosaic", _mosaic_asset(run, names, mosaic_statistics))
-    item.add_asset("count", _count_asset(run, names, count_statistics))
-    for index, statistics in zip(run.indices, index_statistics, strict=True):
-        item.add_asset(index.name, _index_asset(run, index, statistics))
-    if run.filled and fill_statistics is not None:
-        item.add_asset(FILL_LAYER, _fill_asset(run, fill_statistics))
-        item.properties[FILLED_SHARE_PROPERTY] = run.filled_share(count_statistics.aoi_pixels)
+    item.add_asset("mosaic", _mosaic_asset(run, names, statistics.mosaic))
+    item.add_asset("count", _count_asset(run, names, statistics.count))
+    for index, index_statistics in zip(run.indices, statistics.indices, strict=True):
+        item.add_asset(index.name, _index_asset(run, index, index_statistics))
+    if run.filled and statistics.fill is not None:
+        item.add_asset(FILL_LAYER, _fill_asset(run, statistics.fill))
+        item.properties[FILLED_SHARE_PROPERTY] = run.filled_share(statistics.count.aoi_pixels)
         for month, item_url in run.fill_sources:
             item.add_link(pystac.Link(FILL_SOURCE_REL, item_url, pystac.MediaType.JSON, f"Gap-fill source month {month}"))
     item.add_asset(
@@ -251,9 +278,37 @@ def build_item(
                 pystac.Asset(href=f"./{names.layer_index(layer)}", media_type=VRT_MEDIA_TYPE, roles=["data", "index"],
                              title="GDAL VRT opening the tile COGs as one raster"),
             )
+    if collection_id is not None:
+        item.collection_id = collection_id
+        for relation in (pystac.RelType.ROOT, pystac.RelType.PARENT, pystac.RelType.COLLECTION):
+            item.add_link(pystac.Link(relation, COLLECTION_HREF, media_type=pystac.MediaType.JSON))
+    for scene in run.scenes_used:
+        if scene.href is not None:
+            item.add_link(
+                pystac.Link(pystac.RelType.DERIVED_FROM, scene.href, media_type=pystac.MediaType.GEOJSON, title=scene.item_id)
+            )
     if self_href is not None:
         item.set_self_href(self_href)
     return item
+
+
+def processing_fields() -> dict[str, Any]:
+    """The processing extension's fields of a product: its level and the software that made it."""
+    return {"processing:level": PROCESSING_LEVEL, "processing:software": software_versions()}
+
+
+def renders() -> dict[str, Any]:
+    """The render extension's `renders`: the mosaic's red, green and blue bands as true colour."""
+    band_numbers = [[band.common_name for band in MOSAIC_BANDS].index(name) + 1 for name in TRUE_COLOR_BANDS]
+    return {
+        TRUE_COLOR_RENDER: {
+            "title": "True colour (red, green, blue; reflectance 0 to 0.3)",
+            "assets": ["mosaic"],
+            "bidx": band_numbers,
+            "rescale": [list(TRUE_COLOR_RESCALE_DN) for _ in band_numbers],
+            "nodata": NODATA,
+        }
+    }
 
 
 def _media_type(file_name: str) -> str:
@@ -276,8 +331,9 @@ def item_document(item: pystac.Item) -> dict[str, Any]:
     return json.loads(json.dumps(document))
 
 
-def validate_item(document: dict[str, Any]) -> None:
-    """Validate an Item dict against STAC core and its extensions, offline; raise `InvalidProduct`."""
+def validate_stac(document: dict[str, Any], kind: str) -> None:
+    """Validate a STAC `kind` ('Item', 'Collection') dict against STAC core and its extensions,
+    offline; raise `InvalidProduct`."""
     try:
         validate_dict(document, validator=OfflineSTACValidator())
     except STACValidationError as error:
@@ -285,8 +341,13 @@ def validate_item(document: dict[str, Any]) -> None:
         best = jsonschema.exceptions.best_match(error.source or [])
         problem = f"{best.json_path}: {best.message}" if best else str(error).splitlines()[0]
         raise InvalidProduct(
-            f"STAC Item {document.get('id')} does not validate against {schema} ({problem}); fix that field"
+            f"STAC {kind} {document.get('id')} does not validate against {schema} ({problem}); fix that field"
         ) from None
+
+
+def validate_item(document: dict[str, Any]) -> None:
+    """Validate an Item dict against STAC core and its extensions, offline; raise `InvalidProduct`."""
+    validate_stac(document, "Item")
 
 
 def item_json(item: pystac.Item) -> bytes:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
@@ -52,6 +53,16 @@ def _s3_server_reset_after_test(request: pytest.FixtureRequest) -> Iterator[None
         server = request.getfixturevalue("s3_server")
         server.clear_faults()
         server.reset_counters()
+
+
+@pytest.fixture
+def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL (another test's
+    harness may have set it in the environment and in the settings)."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert not PREFECT_API_URL.value()
+        yield
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tasks.cog import (
     write_mosaic_cog,
 )
 from tasks.grid import grid_for_aoi
-from tasks.metadata import BandStatistics, ProductRun, statistics_from_histogram
+from tasks.metadata import MonthStatistics, ProductRun, statistics_from_histogram
 from tasks.month import Month
 from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
 from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
@@ -87,7 +87,7 @@ def make_product_arrays(seed: int = 0) -> ProductArrays:
     return ProductArrays(aoi, grid, inside_aoi, mosaic, count)
 
 
-def product_statistics(arrays: ProductArrays) -> tuple[tuple[BandStatistics, ...], BandStatistics]:
+def product_statistics(arrays: ProductArrays) -> MonthStatistics:
     """The mosaic's and count's statistics as the month stage makes them: from histograms of the AOI pixels."""
     aoi_pixels, grid_pixels = int(arrays.inside_aoi.sum()), arrays.inside_aoi.size
     mosaic = tuple(
@@ -97,7 +97,7 @@ def product_statistics(arrays: ProductArrays) -> tuple[tuple[BandStatistics, ...
         for band, values in zip(MOSAIC_BANDS, arrays.mosaic, strict=True)
     )
     count_histogram = np.bincount(arrays.count[arrays.inside_aoi], minlength=COUNT_VALUES)
-    return mosaic, statistics_from_histogram("count", count_histogram, aoi_pixels, grid_pixels)
+    return MonthStatistics(mosaic, statistics_from_histogram("count", count_histogram, aoi_pixels, grid_pixels))
 
 
 def write_indexed_tiles(arrays: ProductArrays, folder: Path) -> tuple[Path, Path, list[IndexTile]]:

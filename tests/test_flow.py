@@ -28,6 +28,7 @@ from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
 from tasks.ocm_inference import Patch, PatchBatcher
+from tasks.stac_item import COLLECTION_FILE
 from tasks.testing.served_month import (
     ServedMonth,
     assert_every_scene_accounted,
@@ -83,7 +84,9 @@ def test_month_completes_with_products_in_s3_and_a_slack_success(
     assert name.startswith("served_aoi-")
     folder = f"basemaps/{name}/{served.label[:4]}/{served.label[5:]}"
     month_keys = {key for key in s3_server.keys(blocks["bucket"]) if f"/{TILES_FOLDER}/" not in key}
-    assert month_keys == {f"{folder}/{name}_{served.label}_{suffix}" for suffix in PRODUCT_SUFFIXES}
+    assert month_keys == {f"{folder}/{name}_{served.label}_{suffix}" for suffix in PRODUCT_SUFFIXES} | {
+        f"basemaps/{name}/{COLLECTION_FILE}"
+    }
     assert report.scenes_found == len(served.item_ids) - 1  # the duplicated date keeps its newer processing
     assert report.scenes_used == report.scenes_found and not report.failed_scenes
     assert report.valid_share > 0.99

@@ -49,6 +49,7 @@ from tasks.aoi import aoi_digest, load_aoi
 from tasks.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
 from tasks.metadata import TILES_FOLDER, ProductNames
 from tasks.month import Month
+from tasks.stac_item import COLLECTION_FILE
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.served_month import (
     SERVED_GRID,
@@ -121,6 +122,11 @@ def product_keys(aoi_name: str, month_label: str) -> dict[str, str]:
         product: f"{folder}/{name}"
         for product, name in asdict(ProductNames.for_run(aoi_name, Month.parse(month_label))).items()
     }
+
+
+def collection_key(aoi_name: str) -> str:
+    """The object key of the AOI's STAC Collection in the products bucket."""
+    return f"{BUCKET_FOLDER}/{aoi_name}/{COLLECTION_FILE}"
 
 
 def bucket_products(s3_server: S3Server, bucket: str, aoi_name: str, month_label: str) -> dict[str, bytes]:
@@ -409,7 +415,9 @@ def test_a_refused_upload_fails_at_once_and_a_rerun_publishes_what_was_committed
     assert rerun.is_completed(), rerun.message
     rerun_tiles = named(settled_task_runs([run.id for run in subflow_runs(flow_run_id(rerun))]), TILE_TASK)
     assert not rerun_tiles, "the committed tile was built again"
-    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("refused", served.label).values())
+    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("refused", served.label).values()) | {
+        collection_key("refused")
+    }
 
 
 def test_a_refused_tile_upload_fails_the_tile_at_once(
@@ -443,7 +451,9 @@ def test_an_upload_failing_past_botocores_retries_is_saved_by_the_task_retry(
     assert fault_proxy.requests("_count.tif") > attempts, "the fault was not used up"
     tile_runs = named(settled_task_runs([run.id for run in subflow_runs(flow_run_id(state))]), TILE_TASK)
     assert len(tile_runs) == 1 and tile_runs[0].run_count > 1, [run.run_count for run in tile_runs]
-    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("transient", served.label).values())
+    assert month_level(s3_server.keys(proxied_products_bucket)) == set(product_keys("transient", served.label).values()) | {
+        collection_key("transient")
+    }
 
 
 def test_a_missing_products_bucket_fails_before_any_scene_is_read(

@@ -6,13 +6,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
-from flows.locking import month_lock
+from flows.locking import aoi_lock, month_lock
 from tasks.month import Month
 from tests import REPO_ROOT
 
@@ -22,16 +18,6 @@ HOLD_SCRIPT = (
     "with month_lock('farm', Month(2024, 6), Path(sys.argv[1])):\n"
     "    print('held', flush=True); time.sleep(600)\n"
 )
-
-
-@pytest.fixture
-def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL (another test's
-    harness may have set it in the environment and in the settings)."""
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(updates={PREFECT_API_URL: None}):
-        assert not PREFECT_API_URL.value()
-        yield
 
 
 def holder(lock_dir: Path) -> subprocess.Popen:
@@ -73,10 +59,10 @@ def test_a_second_run_waits_and_a_killed_holder_frees_the_lock(no_prefect_server
             process.wait()
 
 
-def test_other_months_do_not_wait(no_prefect_server: None, tmp_path: Path) -> None:
+def test_other_months_and_the_aois_collection_do_not_wait(no_prefect_server: None, tmp_path: Path) -> None:
     process = holder(tmp_path)
     try:
-        with month_lock("farm", Month(2024, 7), tmp_path), month_lock("field", MONTH, tmp_path):
+        with month_lock("farm", Month(2024, 7), tmp_path), month_lock("field", MONTH, tmp_path), aoi_lock("farm", tmp_path):
             pass
     finally:
         process.kill()

@@ -44,12 +44,11 @@ def arrays() -> ProductArrays:
 
 
 def metadata_of(run: ProductRun, arrays: ProductArrays) -> dict:
-    mosaic_statistics, count_statistics = product_statistics(arrays)
-    return json.loads(metadata_json(run, run.names, mosaic_statistics, count_statistics))
+    return json.loads(metadata_json(run, run.names, product_statistics(arrays)))
 
 
 def test_statistics_from_histograms_match_numpy_over_valid_aoi_pixels(arrays: ProductArrays) -> None:
-    mosaic_statistics, _ = product_statistics(arrays)
+    mosaic_statistics = product_statistics(arrays).mosaic
 
     for band, statistics in zip(arrays.mosaic, mosaic_statistics, strict=True):
         valid = band[arrays.inside_aoi & (band != 0)]
@@ -80,7 +79,7 @@ def test_histogram_percentiles_are_numpy_inverted_cdf(values: list[int]) -> None
 
 
 def test_count_statistics_count_zero_as_a_value(arrays: ProductArrays) -> None:
-    _, statistics = product_statistics(arrays)
+    statistics = product_statistics(arrays).count
 
     assert statistics.valid_share == 1.0
     assert statistics.minimum == 0

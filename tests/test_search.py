@@ -3,6 +3,7 @@
 import copy
 import json
 import logging
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -336,3 +337,23 @@ def test_search_across_the_antimeridian_asks_for_its_side_of_the_globe_only(stac
     assert aoi_wgs84.geom.geom_type == "MultiPolygon"
     assert [item["id"] for item in found] == [taveuni["id"]]
     assert [scene.item_id for scene in scenes] == [taveuni["id"]]
+
+
+def test_a_scene_keeps_its_api_url_and_a_local_file_item_has_none(stac_api_factory, tmp_path: Path) -> None:
+    grid = synthetic_grid((96, 96), 60.0, "EPSG:32633", (499_980.0, 5_100_000.0))
+    item = _item_on(grid, "33TWL")
+    api_url = stac_api_factory(stac_collection([item]), [item])
+    aoi = grid.extent
+    month = f"{DEFAULT_DATES[0]:%Y-%m}"
+    local_file = tmp_path / "items.json"
+
+    (from_api,) = search_scenes(aoi, month, SearchSettings(stac_api_url=api_url, collection=COLLECTION_ID))
+    with_file_link = {**item, "links": [{"rel": "self", "href": str(tmp_path / "item.json")}]}
+    for local_item in (item, with_file_link):
+        local_file.write_text(json.dumps({"type": "FeatureCollection", "features": [local_item]}))
+        (from_file,) = search_scenes(aoi, month, SearchSettings(item_collection_path=str(local_file)))
+        assert from_file.href is None, local_item["links"]
+
+    assert from_api.href == f"{api_url}/collections/{COLLECTION_ID}/items/{item['id']}"
+    with urllib.request.urlopen(from_api.href, timeout=10) as response:
+        assert json.loads(response.read())["id"] == item["id"]

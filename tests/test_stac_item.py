@@ -18,6 +18,8 @@ from tests.product_arrays import make_product_arrays, make_product_run, product_
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+PROCESSING = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+RENDER = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TILE_LABELS = ("r000c000", "r000c001", "r001c000", "r001c001")
 TILES_DIGEST = "0123456789ab"
@@ -35,8 +37,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def item_of(run: ProductRun) -> pystac.Item:
-    mosaic_statistics, count_statistics = product_statistics(make_product_arrays())
-    return build_item(run, run.names, mosaic_statistics, count_statistics)
+    return build_item(run, run.names, product_statistics(make_product_arrays()))
 
 
 def tiled(run: ProductRun, single_cogs: bool) -> ProductRun:
@@ -60,8 +61,8 @@ def test_item_validates_offline_against_core_and_extensions(no_network: None, pr
 
     validated = pystac.validation.validate_dict(document, validator=OfflineSTACValidator())
 
-    assert set(document["stac_extensions"]) == {PROJECTION, RASTER, EO}
-    assert {PROJECTION, RASTER, EO} <= set(validated)
+    assert set(document["stac_extensions"]) == {PROJECTION, RASTER, EO, PROCESSING, RENDER}
+    assert {PROJECTION, RASTER, EO, PROCESSING, RENDER} <= set(validated)
     assert any("item-spec/json-schema/item.json" in uri for uri in validated)
     validate_item(document)
 
