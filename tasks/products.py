@@ -47,7 +47,7 @@ from tasks.cog import (
 )
 from tasks.errors import SceneOutsideAOI, portable_errors
 from tasks.gdal_env import gdal_env
-from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR
+from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SPECTRAL_INDICES
 from tasks.metadata import (
     COUNT_LAYER,
     FILL_LAYER,
@@ -165,6 +165,8 @@ MOSAIC_INDEX_BANDS = tuple(
 )
 COUNT_INDEX_BANDS = (IndexBand(COUNT_DESCRIPTION),)
 FILL_INDEX_BANDS = (IndexBand(FILL_DESCRIPTION, nodata=FILL_NODATA),)
+OPTIONAL_LAYERS = (*SPECTRAL_INDICES, FILL_LAYER)
+"""Layers a month has only with some settings: an earlier run's are removed when a run has them no more."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,9 @@ def write_month_products(
     names, destination = plan.names, plan.destination
     layers = month_layers(run)
     destination.delete(names.item)  # before anything beside it is replaced
+    for stale_layer in set(OPTIONAL_LAYERS) - {layer.name for layer in layers}:  # an earlier run's, other settings
+        destination.delete(names.single_cog(stale_layer))
+        destination.delete(names.layer_index(stale_layer))
     with scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
         if not run.tiles:
             (record,) = records

@@ -403,9 +403,12 @@ def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRe
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
     filled = fill_tile(plan.fill, tile_box, inside_aoi, published_layers(plan, record))
+    files = publish_tile_layers(plan, tile, tile_box, inside_aoi, filled)
+    for stale in set(record.files.values()) - set(files.values()):  # the fill layer of a month no longer filled
+        plan.destination.delete(stale)
     refilled = replace(
         record,
-        files=publish_tile_layers(plan, tile, tile_box, inside_aoi, filled),
+        files=files,
         filled_pixels=filled.filled_pixels,
         fill_months=filled.months_used,
         fill_digest=plan.fill.digest,

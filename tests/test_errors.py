@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from tasks import errors
 from tasks.errors import (
     ErrorCause,
+    MonthsFailed,
     MosaicError,
     PartsFailed,
     SceneOutsideAOI,
@@ -34,6 +35,7 @@ CONSTRUCTOR_ARGUMENTS: dict[type[MosaicError], tuple] = {
     SceneOutsideAOI: ("S2B_X",),
     TooManyFailedScenes: ("2 of 6 scenes failed", [("S2B_X", "nir: not found (HTTP 404)")]),
     TilesFailed: ("1 of 4 tiles failed", [("r000c001", "cannot publish to s3://b/p: AccessDenied")]),
+    MonthsFailed: ("1 of 3 months failed", [("2020-02", "no scene of the AOI in 2020-02")]),
     PartsFailed: ("2 parts failed", [("a", "why"), ("b", "why not")]),
 }
 """Arguments of the errors whose constructor is not (message)."""

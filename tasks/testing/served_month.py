@@ -6,7 +6,7 @@ nothing in the flow knows it is a test.
 """
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -92,6 +92,7 @@ def serve_synthetic_series(
     stac_api_factory: Callable[[dict[str, Any], list[dict[str, Any]]], str],
     work_dir: Path,
     dates_of_months: Sequence[Sequence[date]],
+    options_of_months: Sequence[Mapping[str, Any]] = (),
     **month_options: Any,
 ) -> ServedSeries:
     """Make one synthetic month on `SERVED_GRID` per entry of `dates_of_months` (its scene dates, e.g.
@@ -99,7 +100,8 @@ def serve_synthetic_series(
     from one STAC API.
 
     Month k is seeded `seed + k`, so each has its own sky; the second date of each month is published
-    twice; `month_options` go to `make_synthetic_month` (duplicated_dates, cloud_cover, seed, ...).
+    twice; `month_options` go to `make_synthetic_month` for every month (duplicated_dates, cloud_cover,
+    seed, ...), and `options_of_months[k]` to month k only (e.g. its `surface_gain`).
     Asset hrefs are `s3://` URIs, read by the flow through GDAL `/vsis3/`.
     """
     bucket = s3_server.make_bucket(f"scenes-{uuid.uuid4().hex[:12]}")
@@ -111,7 +113,8 @@ def serve_synthetic_series(
     seed = month_options.pop("seed", 0)
     months = []
     for index, dates in enumerate(dates_of_months):
-        options = {"grid": SERVED_GRID, "duplicated_dates": dates[1:2], **month_options}
+        own_options = options_of_months[index] if index < len(options_of_months) else {}
+        options = {"grid": SERVED_GRID, "duplicated_dates": dates[1:2], **month_options, **own_options}
         months.append(make_synthetic_month(data_dir, dates, href_for=upload, seed=seed + index, **options))
     items = [item for month in months for item in month.items]
     api_url = stac_api_factory(stac_collection(items), items)

@@ -24,7 +24,7 @@ Used by the tests of every stage and by the demo, so it imports nothing from pyt
 import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,16 @@ def make_sky(
     )
 
 
+def overcast(sky: _Sky, west_share: float) -> _Sky:
+    """`sky` with thick cloud (and nothing else) over the western `west_share` of its columns."""
+    if west_share <= 0:
+        return sky
+    rows, columns = sky.thick.shape
+    west = np.zeros((rows, columns), bool)
+    west[:, : round(west_share * columns)] = True
+    return replace(sky, thick=sky.thick | west, thin=sky.thin & ~west, scl_thin=sky.scl_thin & ~west, shadow=sky.shadow & ~west)
+
+
 def swath_data_mask(half_shape: tuple[int, int]) -> np.ndarray:
     """The half-resolution data area of a date at the swath edge: east of a slanted line."""
     rows, cols = np.indices(half_shape)
@@ -503,6 +513,9 @@ def make_synthetic_month(
     thin_cover: float = DEFAULT_THIN_COVER,
     scl_missed_thin_share: float = 0.0,
     seed: int = 0,
+    surface_seed: int | None = None,
+    surface_gain: float = 1.0,
+    overcast_share: float = 0.0,
     href_for: Callable[[Path], str] = str,
     block_size: int = 512,
 ) -> SyntheticMonth:
@@ -515,21 +528,27 @@ def make_synthetic_month(
     the same sky. Dates in `partial_dates` have data only east of a swath edge. `cloud_cover` gives
     each date's thick-cloud fraction (repeated as needed); the SCL classes the faintest
     `scl_missed_thin_share` of each date's thin-cloud pixels as their ground (`make_sky`), while
-    `thin_mask` and `clear_mask` keep the truth. `href_for(local_path)` is called once each
-    file is written and gives the asset href (e.g. after uploading it). Same seed, same month.
+    `thin_mask` and `clear_mask` keep the truth. A series of months shares one procedural surface
+    when each gets the same `surface_seed` (else the surface comes from `seed`); `surface_gain`
+    scales its reflectance (a surface changing in time), and the western `overcast_share` of the grid
+    is under thick cloud on every date (a gap no observation of the month fills). `href_for(local_path)`
+    is called once each file is written and gives the asset href (e.g. after uploading it). Same
+    seeds, same month.
     """
     rng = np.random.default_rng(seed)
     if tile_dir is not None:
         grid, (truth, base_scl) = read_tile_surface(Path(tile_dir))
     else:
         grid = grid or TILE_GRID
-        truth, base_scl = make_surface(grid, rng)
+        truth, base_scl = make_surface(grid, rng if surface_seed is None else np.random.default_rng(surface_seed))
+    if surface_gain != 1.0:
+        truth = np.clip(np.rint(truth * surface_gain), 1, 65535).astype(truth.dtype)
     items: list[dict[str, Any]] = []
     masks: dict[str, dict[str, np.ndarray]] = {name: {} for name in ("cloud", "thin", "shadow", "clear", "data")}
     jitters: dict[str, RadiometricJitter] = {}
     shape = grid.shape.yx
     for index, day in enumerate(sorted(dates)):
-        sky = make_sky(grid, rng, cloud_cover[index % len(cloud_cover)], thin_cover, scl_missed_thin_share)
+        sky = overcast(make_sky(grid, rng, cloud_cover[index % len(cloud_cover)], thin_cover, scl_missed_thin_share), overcast_share)
         jitter = RadiometricJitter(1.0 + rng.uniform(-JITTER_GAIN, JITTER_GAIN), rng.uniform(-JITTER_OFFSET_DN, JITTER_OFFSET_DN))
         data = swath_data_mask(base_scl.shape) if day in partial_dates else np.ones(base_scl.shape, bool)
         reflectance, scl = observed_scene(truth, base_scl, sky, jitter, data)
