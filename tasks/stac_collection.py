@@ -21,7 +21,8 @@ from typing import Any
 import pystac
 from pystac.utils import datetime_to_str
 
-from tasks.metadata import PROJECT_DISTRIBUTION, attribution
+from tasks.indices import SPECTRAL_INDICES
+from tasks.metadata import FILL_LAYER, PROJECT_DISTRIBUTION, attribution
 from tasks.month import Month
 from tasks.stac_item import COLLECTION_FILE, PROCESSING_EXTENSION, RENDER_EXTENSION, renders, validate_stac
 
@@ -44,6 +45,9 @@ SENTINEL_PRODUCER = {
 }
 COMMON_ASSETS = ("mosaic", "count", "quicklook", "metadata")
 """Assets every month's Item has, described once in `item_assets`."""
+DESCRIBED_ASSETS = (*COMMON_ASSETS, *SPECTRAL_INDICES, FILL_LAYER)
+"""Assets `item_assets` describes: every month's, and those months have with some settings (an index, the
+fill layer), kept once any month has had them."""
 ITEM_ASSET_FIELDS = ("title", "description", "roles")
 """What `item_assets` repeats of an Item's asset; not its type, which is a COG or a VRT by month."""
 
@@ -113,9 +117,12 @@ def updated_collection(
             "temporal": {"interval": [[datetime_to_str(ordered[0].start), datetime_to_str(ordered[-1].end)]]},
         },
         "item_assets": {
-            key: {field: asset[field] for field in ITEM_ASSET_FIELDS if field in asset}
-            for key, asset in item["assets"].items()
-            if key in COMMON_ASSETS
+            **(existing.get("item_assets", {}) if existing else {}),
+            **{
+                key: {field: asset[field] for field in ITEM_ASSET_FIELDS if field in asset}
+                for key, asset in item["assets"].items()
+                if key in DESCRIBED_ASSETS
+            },
         },
         "renders": renders(),
         "links": [

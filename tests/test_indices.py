@@ -33,7 +33,7 @@ from tasks.percentile import percentile_value
 from tasks.products import merge_tiles, month_histograms, write_month_products
 from tasks.scene import REFLECTANCE_BANDS, MaskClass
 from tasks.settings import CompositeSettings, IndexName
-from tasks.stac_item import validate_item
+from tasks.stac_item import COLLECTION_FILE, validate_item
 from tasks.testing.served_month import SERVED_GRID, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, synthetic_grid
@@ -262,3 +262,5 @@ def test_the_flow_publishes_ndvi_tiled_and_listed(
     item = json.loads(Path(report.product_urls["item"]).read_text())
     validate_item(item)
     assert {"ndvi", "ndvi-index"} <= set(item["assets"]) and metadata["ndvi"]["percentile"] == "median"
+    collection = json.loads((Path(report.product_urls["item"]).parents[2] / COLLECTION_FILE).read_text())
+    assert "ndvi" in collection["item_assets"], "the collection lists the index"

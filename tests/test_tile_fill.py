@@ -21,7 +21,7 @@ from flows.monthly_mosaic import monthly_mosaic
 from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.cog import FILL_NODATA
 from tasks.grid import roi_slices
-from tasks.stac_item import FILL_SOURCE_REL, FILLED_SHARE_PROPERTY
+from tasks.stac_item import COLLECTION_FILE, FILL_SOURCE_REL, FILLED_SHARE_PROPERTY
 from tasks.testing.served_month import SERVED_GRID, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
 
@@ -95,6 +95,9 @@ def test_a_backfilled_month_interpolates_its_cloudy_part_and_refills_with_previo
     april_outcome = next(outcome for outcome in report.months if outcome.month == series.labels[1])
     assert april_outcome.filled_share == pytest.approx(fill["filled_share_of_aoi"])
     assert march["metadata"]["fill"]["filled_pixels"] == 0, "March is clear"
+    collection = json.loads((output / "fill-series" / COLLECTION_FILE).read_text())
+    assert "fill" in collection["item_assets"]
+    assert sum(link["rel"] == "item" for link in collection["links"]) == len(series.labels)
 
     # The same month refilled: its tiles are committed, so no scene is read again.
     april_label, interpolated = series.labels[1], april
