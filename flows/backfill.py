@@ -39,10 +39,12 @@ from tasks.errors import InvalidSettings, MonthsFailed, first_line
 from tasks.metadata import FILL_LAYER, ProductNames
 from tasks.month import MONTH_PATTERN, Month
 
-__all__ = ["MAX_BACKFILL_MONTHS", "backfill", "backfill_summary_markdown", "published_outcome"]
+__all__ = ["MAX_BACKFILL_MONTHS", "MAX_CONCURRENT_MONTHS", "backfill", "backfill_summary_markdown", "published_outcome"]
 
 MAX_BACKFILL_MONTHS = 240
 """Longest range one backfill takes: 20 years of months."""
+MAX_CONCURRENT_MONTHS = 24
+"""Most months a backfill builds at once."""
 MonthLabel = Annotated[str, Field(pattern=MONTH_PATTERN.pattern, description="A month 'YYYY-MM'.")]
 
 
@@ -132,7 +134,7 @@ def backfill(
     end_month: MonthLabel,
     settings: MosaicSettings,
     overwrite: bool = False,
-    max_concurrent_months: Annotated[int, Field(ge=1, le=24)] = 2,
+    max_concurrent_months: Annotated[int, Field(ge=1, le=MAX_CONCURRENT_MONTHS)] = 2,
 ) -> BackfillReport:
     """Build every month from `start_month` to `end_month` (both included) for the AOI of `settings`.
 

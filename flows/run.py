@@ -1,12 +1,13 @@
-"""Run one monthly mosaic from the command line, without a deployment.
+"""Run one monthly mosaic, or a backfill of a range of months, from the command line, without a deployment.
 
     python -m flows.run --aoi field.gpkg --month 2024-06
     python -m flows.run --settings lake.yaml --month 2024-07 --masker scl
+    basemap backfill --settings lake.yaml --start-month 2024-01 --end-month 2024-12
 
 `--settings` takes a YAML or JSON file of `MosaicSettings` fields (the same shape as a deployment's
 `parameters.settings` in prefect.yaml); the other options override it. Bad input ends with one line
 on stderr naming the problem, and exit status 2; a run that fails (no scene, too many failed
-scenes) ends with its reason and status 1.
+scenes, failed months of a backfill) ends with its reason and status 1.
 """
 
 import argparse
@@ -22,8 +23,9 @@ from blocks.slack import RunReport
 from flows.parameters import MosaicSettings
 from tasks.errors import MosaicError
 from tasks.maskers import masker_names
+from tasks.month import Month
 
-__all__ = ["main", "print_report"]
+__all__ = ["backfill_main", "main", "print_report"]
 
 INPUT_ERROR_STATUS = 2
 RUN_FAILED_STATUS = 1
@@ -37,7 +39,12 @@ def settings_from_arguments(arguments: argparse.Namespace) -> MosaicSettings:
         fields = json.loads(text) if arguments.settings.endswith(".json") else yaml.safe_load(text) or {}
         if not isinstance(fields, dict):
             raise ValueError("it holds no mapping of settings")
-    overrides = {"aoi": arguments.aoi, "month": arguments.month, "output_dir": arguments.output_dir, "workspace": arguments.workspace}
+    overrides = {
+        "aoi": arguments.aoi,
+        "month": getattr(arguments, "month", None),  # a backfill has a range instead
+        "output_dir": arguments.output_dir,
+        "workspace": arguments.workspace,
+    }
     fields.update({name: value for name, value in overrides.items() if value is not None})
     if arguments.masker:
         fields["mask"] = {**(fields.get("mask") or {}), "masker": arguments.masker}
@@ -63,43 +70,94 @@ def print_report(report: RunReport) -> None:
         print(f"  {product:10s} {location}")
 
 
-def parse_arguments(argv: list[str] | None, prog: str = "python -m flows.run") -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every command that runs months shares: the settings file and its overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--settings", help="YAML or JSON file of MosaicSettings fields")
     parser.add_argument(
         "--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326 (a negative minx: --aoi=-10,30,-9,31)"
     )
-    parser.add_argument("--month", help="YYYY-MM (default: the previous month)")
     parser.add_argument("--masker", choices=masker_names())
     parser.add_argument("--workspace", help="local directory or s3://bucket/prefix for intermediate files")
     parser.add_argument("--output-dir", help="local directory for the products")
+    return parser
+
+
+def parse_arguments(argv: list[str] | None, prog: str = "python -m flows.run") -> argparse.Namespace:
+    parser = settings_parser(prog, __doc__.splitlines()[0])
+    parser.add_argument("--month", help="YYYY-MM (default: the previous month)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
-    """Run the month the arguments describe; the exit status says how it ended."""
-    arguments = parse_arguments(argv, prog)
+def checked_settings(arguments: argparse.Namespace) -> MosaicSettings | None:
+    """The settings the arguments give, or None after printing the one-line problem."""
     try:
         settings = settings_from_arguments(arguments)
     except ValidationError as error:
         print(f"error: {first_validation_problem(error)}", file=sys.stderr)
-        return INPUT_ERROR_STATUS
+        return None
     except (OSError, ValueError, yaml.YAMLError) as error:
         print(f"error: settings file {arguments.settings} cannot be read ({error})", file=sys.stderr)
-        return INPUT_ERROR_STATUS
-    from flows.monthly_mosaic import checked_inputs, monthly_mosaic
+        return None
+    from flows.monthly_mosaic import checked_inputs
 
     try:
         checked_inputs(settings)  # input problems end here, in one line, before a run starts
     except MosaicError as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+    return settings
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
+    """Run the month the arguments describe; the exit status says how it ended."""
+    settings = checked_settings(parse_arguments(argv, prog))
+    if settings is None:
         return INPUT_ERROR_STATUS
+    from flows.monthly_mosaic import monthly_mosaic
+
     try:
         report = monthly_mosaic(settings)
     except MosaicError as error:
         print(f"run failed: {error}", file=sys.stderr)
         return RUN_FAILED_STATUS
     print_report(report)
+    return 0
+
+
+def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill") -> int:
+    """Run the backfill the arguments describe (`flows.backfill`); the exit status says how it ended."""
+    parser = settings_parser(prog, "build every month of a range for one AOI; published months are skipped")
+    parser.add_argument("--start-month", required=True, help="first month, YYYY-MM")
+    parser.add_argument("--end-month", required=True, help="last month, YYYY-MM (included)")
+    parser.add_argument("--overwrite", action="store_true", help="build published months again")
+    parser.add_argument("--max-concurrent-months", type=int, default=2, help="months built at once (default 2)")
+    arguments = parser.parse_args(argv)
+    from flows.backfill import MAX_BACKFILL_MONTHS, MAX_CONCURRENT_MONTHS, backfill
+
+    try:
+        Month.range(arguments.start_month, arguments.end_month, MAX_BACKFILL_MONTHS)
+    except MosaicError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
+    if not 1 <= arguments.max_concurrent_months <= MAX_CONCURRENT_MONTHS:
+        print(f"error: --max-concurrent-months must be 1..{MAX_CONCURRENT_MONTHS}", file=sys.stderr)
+        return INPUT_ERROR_STATUS
+    settings = checked_settings(arguments)
+    if settings is None:
+        return INPUT_ERROR_STATUS
+    try:
+        report = backfill(
+            arguments.start_month, arguments.end_month, settings, arguments.overwrite, arguments.max_concurrent_months
+        )
+    except MosaicError as error:
+        print(f"backfill failed: {error}", file=sys.stderr)
+        return RUN_FAILED_STATUS
+    print(f"\nBackfill {report.aoi} {report.first_month}..{report.last_month}:")
+    for outcome in report.months:
+        shares = "" if outcome.valid_share is None else f" {outcome.valid_share:.1%} valid"
+        shares += "" if outcome.filled_share is None else f", {outcome.filled_share:.1%} filled"
+        print(f"  {outcome.month} {outcome.state:9s}{shares}  {outcome.item_url or ''}")
     return 0
 
 

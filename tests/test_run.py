@@ -1,15 +1,22 @@
-"""`python -m flows.run`: settings from a file and options, one-line errors for bad input."""
+"""`python -m flows.run` and `basemap backfill`: settings from a file and options, one-line errors for bad input."""
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
 import yaml
 
 from flows.monthly_mosaic import run_inputs
-from flows.run import main
-from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
+from flows.run import backfill_main, main
+from tasks.testing.served_month import (
+    ServedMonth,
+    flow_settings,
+    month_dates,
+    serve_synthetic_month,
+    serve_synthetic_series,
+)
 from tasks.testing.servers import S3Server
 from tests import REPO_ROOT
 
@@ -82,3 +89,44 @@ def test_the_installed_basemap_command_runs_the_subcommands() -> None:
     assert bad_month.returncode == 2 and "month '2024-13' is not YYYY-MM" in bad_month.stderr
     assert weights_help.returncode == 0 and "usage: basemap download-models" in weights_help.stdout
     assert unknown.returncode == 2 and "invalid choice: 'deploy'" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (["--aoi", "9,47,10,48", "--start-month", "2024-05", "--end-month", "2024-02"], "before start month 2024-05"),
+        (["--aoi", "9,47,10,48", "--start-month", "2024-13", "--end-month", "2025-02"], "month '2024-13' is not YYYY-MM"),
+        (["--aoi", "/nowhere/field.gpkg", "--start-month", "2024-01", "--end-month", "2024-02"], "cannot be read"),
+        (
+            ["--aoi", "9,47,10,48", "--start-month", "2024-01", "--end-month", "2024-02", "--max-concurrent-months", "0"],
+            "--max-concurrent-months must be 1..",
+        ),
+    ],
+    ids=["reversed range", "month 13", "missing AOI file", "no month at once"],
+)
+def test_a_bad_backfill_ends_in_one_line_and_status_2(
+    arguments: list[str], problem: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert backfill_main(arguments) == 2
+    stderr = capsys.readouterr().err
+    assert problem in stderr and stderr.strip().count("\n") == 0, stderr
+
+
+def test_a_backfill_from_the_command_line_lists_every_month(
+    prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    series = serve_synthetic_series(
+        s3_server, stac_api_factory, tmp_path, [month_dates(date(2020, 3, 1)), month_dates(date(2020, 4, 1))]
+    )
+    settings = flow_settings(series.served_month(series.labels[0]), tmp_path / "ws", month=None)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+
+    arguments = ["--settings", str(settings_file), "--start-month", series.labels[0], "--end-month", series.labels[-1]]
+    assert backfill_main(arguments) == 0
+    built = capsys.readouterr().out
+    assert backfill_main(arguments) == 0
+    skipped = capsys.readouterr().out
+
+    assert all(f"{label} built" in built for label in series.labels), built
+    assert all(f"{label} skipped" in skipped for label in series.labels), skipped
