@@ -1,6 +1,7 @@
 """Shared fixtures. Servers run on 127.0.0.1 only and are started and stopped here."""
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,14 @@ def slack_receiver() -> Iterator[SlackReceiver]:
     receiver = SlackReceiver()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test (STAC validation must not fetch schemas)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

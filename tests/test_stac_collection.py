@@ -4,7 +4,6 @@ walks, each Item's scenes fetched back from the rustac STAC API."""
 
 import contextvars
 import json
-import socket
 import threading
 import urllib.request
 import uuid
@@ -46,17 +45,6 @@ FLOW_DATES = tuple(date(2020, int(label[5:]), day) for label in FLOW_MONTHS for 
 CONCURRENT_MONTHS = tuple(Month(2023 + index // 12, index % 12 + 1) for index in range(12))
 PUBLISHERS = 2
 """Threads publishing months of one AOI at once, each its share of `CONCURRENT_MONTHS`."""
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test: validation must not fetch schemas."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The product STAC Item: content, extensions, a tiled month's assets, and validation with no network."""
 
 import copy
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,6 @@ RENDER = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 TILE_LABELS = ("r000c000", "r000c001", "r001c000", "r001c001")
 TILES_DIGEST = "0123456789ab"
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to open a connection fails the test: validation must not fetch schemas."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def item_of(run: ProductRun) -> pystac.Item:
