@@ -27,7 +27,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
-from tasks.metadata import TILES_FOLDER, ProductNames
+from tasks.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
 from tasks.month import MONTH_PATTERN, Month
 from tasks.testing.prefect_server import PrefectServer, flow_run_id_in
 from tasks.testing.served_month import (
@@ -140,7 +140,7 @@ def test_deployment_run_publishes_products_and_notifies_slack(
         assert flow_run.state.is_completed(), f"{flow_run.state.name}: {flow_run.state.message}"
 
         names = ProductNames.for_run(name, month)
-        products = {month_prefix + product for product in dataclasses.asdict(names).values()}
+        products = {month_prefix + product for product in (*dataclasses.asdict(names).values(), names.single_cog(FILL_LAYER))}
         month_level = {key for key in s3_server.keys(bucket, month_prefix) if not key.startswith(f"{month_prefix}{TILES_FOLDER}/")}
         assert month_level == products
 

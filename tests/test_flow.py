@@ -42,7 +42,7 @@ from tasks.tiles import tiles_over_aoi
 from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
 
-PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "quicklook.png", "metadata.json", "item.json")
+PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "fill.tif", "quicklook.png", "metadata.json", "item.json")
 KILL_TEST_DATES = tuple(date(2020, 3, day) for day in range(2, 30, 2))
 """Fourteen dates: enough for a kill to land while scenes are still being read."""
 

@@ -21,7 +21,7 @@ import rasterio
 
 from blocks.publish import ITEM_PRODUCT
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
-from tasks.metadata import TILES_FOLDER
+from tasks.metadata import FILL_LAYER, TILES_FOLDER
 from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.tile import RECORD_SUFFIX
@@ -31,7 +31,7 @@ pytest.importorskip("prefect_dask")
 
 DASK_WORKERS = 2
 WORKSPACE_PREFIX = "ws"
-PRODUCTS = ("mosaic", "count", "quicklook", "metadata", ITEM_PRODUCT)
+PRODUCTS = ("mosaic", "count", FILL_LAYER, "quicklook", "metadata", ITEM_PRODUCT)
 TILE_SIZE_PX = 128
 """Four tiles on the served 256 x 256 px grid."""
 

@@ -47,7 +47,7 @@ from flows.locking import month_lock, month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from tasks.aoi import aoi_digest, load_aoi
 from tasks.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
-from tasks.metadata import TILES_FOLDER, ProductNames
+from tasks.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
 from tasks.month import Month
 from tasks.stac_item import COLLECTION_FILE
 from tasks.testing.fault_proxy import FaultProxy
@@ -118,10 +118,8 @@ def proxied_products_bucket(prefect_harness: None, s3_server: S3Server, fault_pr
 def product_keys(aoi_name: str, month_label: str) -> dict[str, str]:
     """{product: object key} of one AOI and month in the products bucket."""
     folder = f"{BUCKET_FOLDER}/{month_folder(aoi_name, month_label)}"
-    return {
-        product: f"{folder}/{name}"
-        for product, name in asdict(ProductNames.for_run(aoi_name, Month.parse(month_label))).items()
-    }
+    names = ProductNames.for_run(aoi_name, Month.parse(month_label))
+    return {product: f"{folder}/{name}" for product, name in {**asdict(names), FILL_LAYER: names.single_cog(FILL_LAYER)}.items()}
 
 
 def collection_key(aoi_name: str) -> str:
