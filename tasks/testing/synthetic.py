@@ -139,6 +139,10 @@ class RadiometricJitter:
     offset_dn: float
 
 
+NO_JITTER = RadiometricJitter(1.0, 0.0)
+"""A date that shows the true surface exactly."""
+
+
 @dataclass(frozen=True)
 class SyntheticMonth:
     """What `make_synthetic_month` wrote and the truth behind it.
@@ -516,6 +520,7 @@ def make_synthetic_month(
     surface_seed: int | None = None,
     surface_gain: float = 1.0,
     overcast_share: float = 0.0,
+    radiometric_jitter: bool = True,
     href_for: Callable[[Path], str] = str,
     block_size: int = 512,
 ) -> SyntheticMonth:
@@ -531,7 +536,8 @@ def make_synthetic_month(
     `thin_mask` and `clear_mask` keep the truth. A series of months shares one procedural surface
     when each gets the same `surface_seed` (else the surface comes from `seed`); `surface_gain`
     scales its reflectance (a surface changing in time), and the western `overcast_share` of the grid
-    is under thick cloud on every date (a gap no observation of the month fills). `href_for(local_path)`
+    is under thick cloud on every date (a gap no observation of the month fills). Without
+    `radiometric_jitter` every date shows the surface exactly where it is clear. `href_for(local_path)`
     is called once each file is written and gives the asset href (e.g. after uploading it). Same
     seeds, same month.
     """
@@ -550,6 +556,8 @@ def make_synthetic_month(
     for index, day in enumerate(sorted(dates)):
         sky = overcast(make_sky(grid, rng, cloud_cover[index % len(cloud_cover)], thin_cover, scl_missed_thin_share), overcast_share)
         jitter = RadiometricJitter(1.0 + rng.uniform(-JITTER_GAIN, JITTER_GAIN), rng.uniform(-JITTER_OFFSET_DN, JITTER_OFFSET_DN))
+        if not radiometric_jitter:  # drawn all the same, so the skies stay those of the same seed
+            jitter = NO_JITTER
         data = swath_data_mask(base_scl.shape) if day in partial_dates else np.ones(base_scl.shape, bool)
         reflectance, scl = observed_scene(truth, base_scl, sky, jitter, data)
         day_masks = {
