@@ -6,9 +6,10 @@ A `MonthDestination` is the folder `{aoi}/{YYYY}/{MM}/` of one AOI's month, belo
 Every file is named by its path relative to that folder ('tiles/x.tif'), and every operation the
 flow needs (put, copy, remove, look up, read, open with GDAL) is a method of it, so the stages never
 ask which kind they have; `aoi_root()` is the same kind of destination at the AOI's folder `{aoi}`
-(its STAC Collection lies there). `publish_products` puts a set of products, the STAC Item last, after
-removing an earlier Item: an Item's presence means every product beside it is complete. Publishing
-again overwrites: re-runs are idempotent. Local copies are atomic (temporary name, then rename).
+(its STAC Collection lies there). `put` publishes files in the order given, so the month stage
+(`tasks.products`) removes an earlier Item first and puts the Item last: an Item's presence means
+every product beside it is complete. Publishing again overwrites: re-runs are idempotent. Local
+copies are atomic (temporary name, then rename).
 
 Credentials, one source per role: products reach S3 only through the `S3Bucket` block (its
 `AwsCredentials` and endpoint; uploads and copies through the block's own methods, deletes and
@@ -22,7 +23,7 @@ import json
 import mimetypes
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,6 @@ __all__ = [
     "content_type",
     "month_destination",
     "month_folder",
-    "publish_products",
 ]
 
 ITEM_PRODUCT = "item"
@@ -284,20 +284,6 @@ def month_folder(aoi: str, month: str) -> str:
     return f"{aoi}/{period.year:04d}/{period.month:02d}"
 
 
-def publish_products(local_files: Mapping[str, Path] | Sequence[Path], destination: MonthDestination, item_file: Path) -> dict[str, str]:
-    """Publish the products, then the STAC Item, after removing an earlier Item; returns
-    {product name: URL}, the Item under `ITEM_PRODUCT`.
-
-    `local_files` is {product name: path} or a list of paths (named by file name); each keeps its
-    file name at the destination.
-    """
-    products = _named_products(local_files, item_file)
-    destination.delete(item_file.name)
-    destination.put({path.name: path for path in products.values()})
-    destination.put({item_file.name: item_file})
-    return {**{name: destination.url(path.name) for name, path in products.items()}, ITEM_PRODUCT: destination.url(item_file.name)}
-
-
 def check_month_folder_owner(destination: MonthDestination, aoi_digest: str) -> None:
     """Raise `OutputCollision` when the month folder holds the metadata.json of another AOI.
 
@@ -311,24 +297,6 @@ def check_month_folder_owner(destination: MonthDestination, aoi_digest: str) -> 
             f"{destination.location} holds the products of another AOI ({owner.get('source')}); give this AOI its own "
             "aoi_name, or delete that folder to replace its products"
         )
-
-
-def _named_products(local_files: Mapping[str, Path] | Sequence[Path], item_file: Path) -> dict[str, Path]:
-    """{product name: path}, checked: every file exists and no two land on the same name."""
-    if isinstance(local_files, Mapping):
-        products = {name: Path(path) for name, path in local_files.items()}
-    else:
-        products = {Path(path).name: Path(path) for path in local_files}
-    missing = [str(path) for path in [*products.values(), Path(item_file)] if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"cannot publish missing files: {', '.join(missing)}")
-    file_names = [path.name for path in products.values()] + [Path(item_file).name]
-    if len(set(file_names)) != len(file_names) or ITEM_PRODUCT in products:
-        raise InvalidSettings(
-            f"products {sorted(file_names)} would overwrite each other; give each file its own name "
-            f"and no product the name {ITEM_PRODUCT!r}"
-        )
-    return products
 
 
 def content_type(path: Path) -> str:

@@ -1,5 +1,5 @@
-"""Publishing products to S3 (moto on loopback, through prefect-aws blocks) and to a local
-directory: layout, returned URLs, the STAC Item put last, re-runs overwriting, bad input."""
+"""A month's destination on S3 (moto on loopback, through prefect-aws blocks) and in a local
+directory: layout, URLs, content types, files put in order, re-runs overwriting, bad input."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +14,8 @@ from prefect_aws.s3 import S3Bucket
 from blocks.publish import (
     COG_CONTENT_TYPE,
     ITEM_CONTENT_TYPE,
-    ITEM_PRODUCT,
     month_destination,
     month_folder,
-    publish_products,
 )
 from tasks.errors import InvalidSettings
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
@@ -90,45 +88,58 @@ def _object(bucket_block: S3Bucket, key: str) -> dict[str, Any]:
     return bucket_block.credentials.get_s3_client().get_object(Bucket=BUCKET, Key=key)
 
 
+def month_files(products: dict[str, Path], item_file: Path) -> dict[str, Path]:
+    """{published name: local path} of the products, then the Item (last, as the month stage puts it)."""
+    return {**{path.name: path for path in products.values()}, item_file.name: item_file}
+
+
 def test_bucket_layout_urls_and_content_types(
     bucket_block: S3Bucket, products: dict[str, Path], item_file: Path
 ) -> None:
-    urls = publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
+    destination = month_destination(bucket_block, AOI, MONTH)
+    destination.put(month_files(products, item_file))
 
-    published = [*products.items(), (ITEM_PRODUCT, item_file)]
-    expected_keys = {name: f"{MONTH_PREFIX}/{path.name}" for name, path in published}
-    assert urls == {name: f"s3://{BUCKET}/{key}" for name, key in expected_keys.items()}
+    expected_keys = {name: f"{MONTH_PREFIX}/{name}" for name in month_files(products, item_file)}
+    assert {name: destination.url(name) for name in expected_keys} == {
+        name: f"s3://{BUCKET}/{key}" for name, key in expected_keys.items()
+    }
     assert _object_keys(bucket_block) == set(expected_keys.values())
-    for name, path in products.items():
-        stored = _object(bucket_block, expected_keys[name])
+    for path in products.values():
+        stored = _object(bucket_block, expected_keys[path.name])
         assert stored["Body"].read() == path.read_bytes()
         assert stored["ContentType"] == COG_CONTENT_TYPE
-    assert _object(bucket_block, expected_keys[ITEM_PRODUCT])["ContentType"] == ITEM_CONTENT_TYPE
+    assert _object(bucket_block, expected_keys[item_file.name])["ContentType"] == ITEM_CONTENT_TYPE
 
 
-def test_item_is_removed_first_and_put_last(
+def test_files_are_put_in_the_order_given_and_deleted_by_name(
     bucket_block: S3Bucket, products: dict[str, Path], item_file: Path, s3_calls: list[tuple[str, str]]
 ) -> None:
-    publish_products(list(products.values()), month_destination(bucket_block, AOI, MONTH), item_file)
+    destination = month_destination(bucket_block, AOI, MONTH)
+    destination.delete(item_file.name)
+    destination.put(month_files(products, item_file))
 
-    item_key = f"{MONTH_PREFIX}/{item_file.name}"
-    assert s3_calls[0] == ("DeleteObject", item_key)
-    assert s3_calls[-1] == ("PutObject", item_key)
-    assert {key for operation, key in s3_calls[1:-1]} == {f"{MONTH_PREFIX}/{path.name}" for path in products.values()}
+    assert s3_calls == [
+        ("DeleteObject", f"{MONTH_PREFIX}/{item_file.name}"),
+        *(("PutObject", f"{MONTH_PREFIX}/{name}") for name in month_files(products, item_file)),
+    ]
+    assert destination.exists(item_file.name) and not destination.exists("nothing.tif")
 
 
 def test_republishing_overwrites(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
-    publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
+    destination = month_destination(bucket_block, AOI, MONTH)
+    destination.put(month_files(products, item_file))
     products["mosaic"].write_bytes(b"second run pixels")
 
-    urls = publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
+    destination.put(month_files(products, item_file))
 
-    assert len(_object_keys(bucket_block)) == len(urls)
+    assert len(_object_keys(bucket_block)) == len(month_files(products, item_file))
     assert _object(bucket_block, f"{MONTH_PREFIX}/{products['mosaic'].name}")["Body"].read() == b"second run pixels"
 
 
-def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str, Path], item_file: Path) -> None:
-    publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
+def test_a_refused_upload_stops_before_the_files_after_it(
+    bucket_block: S3Bucket, products: dict[str, Path], item_file: Path
+) -> None:
+    destination = month_destination(bucket_block, AOI, MONTH)
     refused_key = f"{MONTH_PREFIX}/{products['valid_count'].name}"
 
     def refuse(params: dict[str, Any], **_: Any) -> None:
@@ -139,7 +150,7 @@ def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str
     events.register("before-parameter-build.s3.PutObject", refuse)
     try:
         with pytest.raises(UploadRefused):
-            publish_products(products, month_destination(bucket_block, AOI, MONTH), item_file)
+            destination.put(month_files(products, item_file))
     finally:
         events.unregister("before-parameter-build.s3.PutObject", refuse)
 
@@ -147,7 +158,7 @@ def test_failed_upload_leaves_no_item(bucket_block: S3Bucket, products: dict[str
         _object(bucket_block, f"{MONTH_PREFIX}/{item_file.name}")
 
 
-def test_local_layout_and_item_last(
+def test_local_layout_and_order(
     tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output_dir = tmp_path / "output"
@@ -159,59 +170,47 @@ def test_local_layout_and_item_last(
         copied.append(name)
 
     monkeypatch.setattr(Workspace, "copy_from", recording_copy)
+    destination = month_destination(None, AOI, MONTH, output_dir)
 
-    paths = publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
+    destination.put(month_files(products, item_file))
 
     folder = output_dir.resolve() / month_folder(AOI, MONTH)
-    assert paths == {name: str(folder / path.name) for name, path in [*products.items(), (ITEM_PRODUCT, item_file)]}
-    assert all(Path(paths[name]).read_bytes() == path.read_bytes() for name, path in products.items())
-    assert copied[-1] == item_file.name
-    assert sorted(entry.name for entry in folder.iterdir()) == sorted(Path(path).name for path in paths.values())
+    assert all(destination.url(name) == str(folder / name) for name in month_files(products, item_file))
+    assert all((folder / path.name).read_bytes() == path.read_bytes() for path in products.values())
+    assert copied == list(month_files(products, item_file))
+    assert sorted(entry.name for entry in folder.iterdir()) == sorted(month_files(products, item_file))
 
 
-def test_local_failure_removes_the_previous_item(
+def test_a_failed_local_copy_raises_and_a_deleted_file_is_gone(
     tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    output_dir = tmp_path / "output"
-    paths = publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
+    destination = month_destination(None, AOI, MONTH, tmp_path / "output")
+    destination.put(month_files(products, item_file))
 
     def refuse(workspace: Workspace, local_path: Path, name: str) -> None:
         raise OSError(f"disk full writing {name}")
 
+    destination.delete(item_file.name)
     monkeypatch.setattr(Workspace, "copy_from", refuse)
-    with pytest.raises(OSError):
-        publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
+    with pytest.raises(OSError, match="disk full"):
+        destination.put(month_files(products, item_file))
 
-    assert not Path(paths[ITEM_PRODUCT]).exists()
-    assert Path(paths["mosaic"]).exists()
+    assert not destination.exists(item_file.name)
+    assert destination.exists(products["mosaic"].name)
 
 
 @pytest.mark.parametrize(
     ("aoi", "month", "message"),
     [("lake/constance", MONTH, "AOI name"), (AOI, "2024-13", "YYYY-MM"), (AOI, "June 2024", "YYYY-MM")],
 )
-def test_bad_aoi_or_month_is_refused(
-    tmp_path: Path, products: dict[str, Path], item_file: Path, aoi: str, month: str, message: str
-) -> None:
+def test_bad_aoi_or_month_is_refused(tmp_path: Path, aoi: str, month: str, message: str) -> None:
     with pytest.raises(InvalidSettings, match=message):
-        publish_products(products, month_destination(None, aoi, month, tmp_path), item_file)
+        month_destination(None, aoi, month, tmp_path)
 
 
-def test_nowhere_to_publish_or_clashing_names_are_refused(
-    tmp_path: Path, products: dict[str, Path], item_file: Path
-) -> None:
+def test_nowhere_to_publish_is_refused() -> None:
     with pytest.raises(InvalidSettings, match="nowhere"):
-        publish_products(products, month_destination(None, AOI, MONTH), item_file)
-    with pytest.raises(InvalidSettings, match="overwrite each other"):
-        publish_products([*products.values(), item_file], month_destination(None, AOI, MONTH, tmp_path), item_file)
-
-
-def test_missing_file_publishes_nothing(tmp_path: Path, products: dict[str, Path], item_file: Path) -> None:
-    products["mosaic"].unlink()
-    output_dir = tmp_path / "output"
-    with pytest.raises(FileNotFoundError, match=products["mosaic"].name):
-        publish_products(products, month_destination(None, AOI, MONTH, output_dir), item_file)
-    assert not output_dir.exists()
+        month_destination(None, AOI, MONTH)
 
 
 def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bucket_block: S3Bucket, tmp_path: Path) -> None:

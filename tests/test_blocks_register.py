@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_sett
 from prefect_aws.s3 import S3Bucket
 
 from blocks.crash_detection import CRASH_DETECTOR_NAME, CRASH_NOTICE_NAME, CRASHED_EVENT, HEARTBEAT_EVENT
-from blocks.publish import ITEM_PRODUCT, month_destination, publish_products
+from blocks.publish import month_destination
 from blocks.register import BLOCK_CLASSES, CRASH_AFTER_VARIABLE, register_all
 from blocks.slack import RunReport, SlackNotifier
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
@@ -87,8 +87,9 @@ def test_registered_blocks_send_and_publish(
     mosaic, item = tmp_path / "mosaic.tif", tmp_path / "item.json"
     mosaic.write_bytes(b"pixels")
     item.write_text("{}")
-    urls = publish_products([mosaic], month_destination(bucket_block, "lake_constance", "2024-06"), item)
-    item_key = urls[ITEM_PRODUCT].removeprefix(f"s3://{BUCKET}/")
+    destination = month_destination(bucket_block, "lake_constance", "2024-06")
+    destination.put({mosaic.name: mosaic, item.name: item})
+    item_key = destination.url(item.name).removeprefix(f"s3://{BUCKET}/")
     assert item_key == "monthly/lake_constance/2024/06/item.json"
     assert bucket_block.credentials.get_s3_client().head_object(Bucket=BUCKET, Key=item_key)
 
