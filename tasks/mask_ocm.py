@@ -11,6 +11,7 @@ CUDA, and halves its batch size on CUDA out-of-memory. Weights come from disk on
 (`tasks.ocm_weights`).
 """
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,13 @@ def pad_to_min_side(bands: np.ndarray, min_side_px: int) -> np.ndarray:
     return np.pad(bands, ((0, 0), (0, pad_y), (0, pad_x)))
 
 
+@cache
+def weights_checked(model_dir: Path, model_version: float) -> None:
+    """`check_model_weights`, once per process and configuration that passes it (a failed check is not
+    remembered): the batcher loads the weights once, and a scene window need not stat them again."""
+    check_model_weights(model_dir, model_version)
+
+
 def predict_cloud_classes(
     red_green_nir: np.ndarray, settings: MaskSettings, device: torch.device, model_dir: Path, model_version: float
 ) -> np.ndarray:
@@ -53,7 +61,7 @@ def predict_cloud_classes(
         raise InvalidSettings(
             f"patch_overlap {settings.patch_overlap} must be smaller than patch_size {settings.patch_size}"
         )
-    check_model_weights(model_dir, model_version)
+    weights_checked(model_dir, model_version)
     _, height, width = red_green_nir.shape
     model_input = pad_to_min_side(red_green_nir, OCM_MIN_SIDE_PX)
     dtype = settings.inference_dtype if device.type == "cuda" else CPU_INFERENCE_DTYPE

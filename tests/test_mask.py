@@ -275,6 +275,17 @@ def test_unknown_model_version_is_one_line_error(tmp_path: Path):
         mask_from_bands(random_bands((64, 64)), 10.0, settings_for(tmp_path, model_version=9.0))
 
 
+def test_the_weights_are_checked_once_per_process_not_per_window(monkeypatch: pytest.MonkeyPatch, random_model_dir: Path):
+    checks: list[Path] = []
+    monkeypatch.setattr(mask_ocm, "check_model_weights", lambda model_dir, version: checks.append(model_dir))
+    mask_ocm.weights_checked.cache_clear()
+    for _ in range(3):
+        mask_from_bands(random_bands((64, 64)), 10.0, settings_for(random_model_dir, masker="ocm"))
+    mask_ocm.weights_checked.cache_clear()  # the next test sees the real check again
+
+    assert checks == [random_model_dir]
+
+
 def test_present_weights_pass_the_check(random_model_dir: Path):
     check_model_weights(random_model_dir, MODEL_VERSION)
 
