@@ -1,8 +1,10 @@
 """The published months of an AOI that can fill a month's gaps, and their rasters over one tile.
 
 A neighbour is a month of the same AOI within `fill_max_months` (earlier only for `previous`)
-whose STAC Item is published and whose grid equals this month's (a month built on another grid is
-left out, with a warning). Its layers are read from where it was published (single COG or mosaic
+that was published and whose grid equals this month's (a month built on another grid is left out,
+with a warning). Published means its metadata.json is out: it is put after every layer, and unlike
+the STAC Item it is not withdrawn while the month is re-run or refilled, so months refilled at the
+same time (a backfill) still see each other. Their observed pixels do not change in a refill. Its layers are read from where it was published (single COG or mosaic
 index) through its own `MonthDestination`, so an S3 month is read with the products block's
 credentials. Each neighbour offers its observed pixels only: where its count is > 0.
 """
@@ -25,7 +27,12 @@ from tasks.logs import stage_logger
 from tasks.metadata import COUNT_LAYER, ProductNames
 from tasks.month import Month
 
-__all__ = ["MonthFill", "NeighbourMonth", "NeighbourTile", "neighbour_months", "read_neighbour_tile"]
+__all__ = ["OBSERVATION_KEYS", "MonthFill", "NeighbourMonth", "NeighbourTile", "neighbour_months", "read_neighbour_tile"]
+
+
+OBSERVATION_KEYS = ("files", "grid", "scenes_used", "composite", "masking")
+"""The parts of a neighbour's metadata.json that decide its observed pixels: its version. Its own fill
+(statistics, filled share) is left out, so refilling a neighbour does not make this month's fill stale."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,8 @@ class NeighbourMonth:
     """A published month that may fill gaps: `offset` months from the filled one (negative: earlier).
 
     `files` maps each raster layer the month published ('mosaic', 'count', indices) to its file in
-    `destination`; `item_url` is where its STAC Item is; `version` identifies what was published
-    (a digest of its metadata.json), so a republished neighbour changes the fill's inputs.
+    `destination`; `item_url` is where its STAC Item is; `version` identifies what it observed
+    (a digest of its metadata.json's `OBSERVATION_KEYS`), so a rebuilt neighbour changes the fill's inputs.
     """
 
     offset: int
@@ -73,14 +80,15 @@ def neighbour_months(
         other = month.shifted(offset)
         destination = destination_of(other)
         names = ProductNames.for_run(aoi_name, other)
-        if not destination.exists(names.item):
+        metadata = destination.read_json(names.metadata)  # kept while a re-run withdraws the Item
+        if metadata is None:
             continue
-        metadata = destination.read_json(names.metadata) or {}
         if metadata.get("grid") != expected_grid:
             stage_logger(__name__).warning("%s %s is on another grid; it fills no gap of %s", aoi_name, other.label, month.label)
             continue
         files = {layer: name for layer, name in metadata.get("files", {}).items() if isinstance(name, str)}
-        version = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()[:16]
+        observed = {key: metadata.get(key) for key in OBSERVATION_KEYS}
+        version = hashlib.sha256(json.dumps(observed, sort_keys=True).encode()).hexdigest()[:16]
         found.append(NeighbourMonth(offset, other.label, destination, files, destination.url(names.item), version))
     return tuple(found)
 
