@@ -8,7 +8,6 @@ never describes another version of its tile.
 """
 
 import hashlib
-import json
 from functools import cache
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from flows.parameters import MosaicSettings
 from tasks.aoi import WGS84
 from tasks.grid import grid_key
 from tasks.settings import MaskSettings, ReadSettings
+from tasks.workspace import content_digest
 
-__all__ = ["content_digest", "scene_folder_digest", "tiles_digest"]
+__all__ = ["scene_folder_digest", "tiles_digest"]
 
 TASKS_PACKAGE = Path(__file__).resolve().parents[1] / "tasks"
-DIGEST_CHARS = 12
 SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir", "fill", "fill_max_months"}
 """Settings a re-run may change and still reuse committed tiles: where work runs, who hears of it, and how
 gaps are filled (a committed tile is refilled from its observations, `tasks.tile.refill_tile`). (How the
@@ -37,11 +36,6 @@ def code_version() -> str:
     for source in sorted(TASKS_PACKAGE.rglob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def content_digest(*parts: object) -> str:
-    """A short digest of JSON-encodable `parts`."""
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def scene_folder_digest(aoi: Geometry, grid: GeoBox, read: ReadSettings, mask: MaskSettings) -> str:

@@ -30,7 +30,7 @@ from prefect_aws import S3Bucket
 
 from blocks.publish import MonthDestination, check_month_folder_owner, month_destination
 from blocks.slack import RunReport, slack_state_hooks
-from flows.caching import content_digest, scene_folder_digest, tiles_digest
+from flows.caching import scene_folder_digest, tiles_digest
 from flows.collection import publish_collection_task
 from flows.locking import month_lock
 from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
@@ -46,7 +46,7 @@ from tasks.scene import scene_items_json
 from tasks.search import search_scenes_task
 from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task
 from tasks.tiles import OutputTile, tile_layout, tiles_over_aoi
-from tasks.workspace import Workspace, remove_abandoned_partials
+from tasks.workspace import Workspace, content_digest, remove_abandoned_partials
 
 __all__ = [
     "SEARCH_FOLDER",

@@ -4,12 +4,12 @@ A neighbour is a month of the same AOI within `fill_max_months` (earlier only fo
 that was published and whose grid equals this month's (a month built on another grid is left out,
 with a warning). Published means its metadata.json is out: it is put after every layer, and unlike
 the STAC Item it is not withdrawn while the month is re-run or refilled, so months refilled at the
-same time (a backfill) still see each other. Their observed pixels do not change in a refill. Its layers are read from where it was published (single COG or mosaic
-index) through its own `MonthDestination`, so an S3 month is read with the products block's
-credentials. Each neighbour offers its observed pixels only: where its count is > 0.
+same time (a backfill) still see each other; their observed pixels do not change in a refill. Its
+layers are read from where it was published (single COG or mosaic index) through its own
+`MonthDestination`, so an S3 month is read with the products block's credentials. Each neighbour
+offers its observed pixels only: where its count is > 0.
 """
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +26,17 @@ from tasks.grid import grid_metadata
 from tasks.logs import stage_logger
 from tasks.metadata import COUNT_LAYER, ProductNames
 from tasks.month import Month
+from tasks.workspace import content_digest
 
-__all__ = ["OBSERVATION_KEYS", "MonthFill", "NeighbourMonth", "NeighbourTile", "neighbour_months", "read_neighbour_tile"]
+__all__ = [
+    "OBSERVATION_KEYS",
+    "MonthFill",
+    "NeighbourMonth",
+    "NeighbourTile",
+    "neighbour_months",
+    "read_neighbour_tile",
+    "read_published_window",
+]
 
 
 OBSERVATION_KEYS = ("files", "grid", "scenes_used", "composite", "masking")
@@ -87,8 +96,7 @@ def neighbour_months(
             stage_logger(__name__).warning("%s %s is on another grid; it fills no gap of %s", aoi_name, other.label, month.label)
             continue
         files = {layer: name for layer, name in metadata.get("files", {}).items() if isinstance(name, str)}
-        observed = {key: metadata.get(key) for key in OBSERVATION_KEYS}
-        version = hashlib.sha256(json.dumps(observed, sort_keys=True).encode()).hexdigest()[:16]
+        version = content_digest(*(metadata.get(key) for key in OBSERVATION_KEYS))
         found.append(NeighbourMonth(offset, other.label, destination, files, destination.url(names.item), version))
     return tuple(found)
 
@@ -109,17 +117,20 @@ class MonthFill:
     @property
     def digest(self) -> str:
         """What the fill depends on: the method, the reach and each neighbour's published version."""
-        inputs = [self.method, self.max_months, *((neighbour.offset, neighbour.version) for neighbour in self.neighbours)]
-        return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+        return content_digest(self.method, self.max_months, *((neighbour.offset, neighbour.version) for neighbour in self.neighbours))
+
+
+def read_published_window(destination: MonthDestination, file_name: str, tile_box: GeoBox) -> np.ndarray:
+    """The (band, y, x) pixels over `tile_box` (a part of the month's grid) of a raster published in
+    `destination` (a tile COG, a single COG or a mosaic index), read with the destination's credentials."""
+    path, options = destination.gdal_location(file_name)
+    with gdal_env(**options), rasterio.open(path) as raster:
+        window = raster.window(*tile_box.boundingbox).round_offsets().round_lengths()
+        return raster.read(window=Window(window.col_off, window.row_off, *tile_box.shape.xy))
 
 
 def read_neighbour_tile(neighbour: NeighbourMonth, tile_box: GeoBox, layers: tuple[str, ...]) -> NeighbourTile:
     """`layers` of a neighbour over `tile_box` (a part of the shared grid), and where it observed."""
-    arrays = {}
-    for layer in (*layers, COUNT_LAYER):
-        path, options = neighbour.destination.gdal_location(neighbour.files[layer])
-        with gdal_env(**options), rasterio.open(path) as raster:
-            window = raster.window(*tile_box.boundingbox).round_offsets().round_lengths()
-            arrays[layer] = raster.read(window=Window(window.col_off, window.row_off, *tile_box.shape.xy))
-    count = arrays.pop(COUNT_LAYER)[0]
+    arrays = {layer: read_published_window(neighbour.destination, neighbour.files[layer], tile_box) for layer in layers}
+    count = read_published_window(neighbour.destination, neighbour.files[COUNT_LAYER], tile_box)[0]
     return NeighbourTile(neighbour.offset, arrays, count > 0)

@@ -11,8 +11,12 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-__all__ = ["release_freed_memory"]
+__all__ = ["release_freed_memory", "releasing_memory"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @functools.cache
@@ -28,3 +32,17 @@ def release_freed_memory() -> None:
     malloc_trim = _glibc_malloc_trim()
     if malloc_trim is not None:
         malloc_trim(0)
+
+
+def releasing_memory(function: Callable[P, R]) -> Callable[P, R]:
+    """`function`, then `release_freed_memory` however it ends: for the tasks that build or refill a
+    tile, so a process's memory does not grow with the tiles it has handled."""
+
+    @functools.wraps(function)
+    def released(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            release_freed_memory()
+
+    return released

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from odc.geo.roi import roi_is_empty
@@ -58,13 +57,13 @@ from tasks.cog import (
 from tasks.composite import MaskedWindow, composite_tile
 from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
-from tasks.fill_sources import MonthFill
+from tasks.fill_sources import MonthFill, read_published_window
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
 from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.maskers import masker_named
-from tasks.memory import release_freed_memory
+from tasks.memory import releasing_memory
 from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, ProductNames
 from tasks.read import item_footprint_in, read_scene_window, scene_subgrid
 from tasks.retry import io_task_retries
@@ -384,16 +383,13 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
     return record
 
 
-def published_layers(plan: MonthPlan, record: TileRecord) -> TileLayers:
+def published_layers(plan: MonthPlan, record: TileRecord, tile_box: GeoBox) -> TileLayers:
     """A committed tile's mosaic, count and indices, read back from where they were published."""
-    arrays = {}
-    for layer in (MOSAIC_LAYER, COUNT_LAYER, *plan.composite.indices):
-        path, options = plan.destination.gdal_location(record.files[layer])
-        with gdal_env(**options), rasterio.open(path) as raster:
-            arrays[layer] = raster.read()
-    return TileLayers(
-        arrays.pop(MOSAIC_LAYER), arrays.pop(COUNT_LAYER)[0], {name: values[0] for name, values in arrays.items()}
-    )
+
+    def read(layer: str) -> np.ndarray:
+        return read_published_window(plan.destination, record.files[layer], tile_box)
+
+    return TileLayers(read(MOSAIC_LAYER), read(COUNT_LAYER)[0], {name: read(name)[0] for name in plan.composite.indices})
 
 
 def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
@@ -402,7 +398,7 @@ def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRe
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
-    filled = fill_tile(plan.fill, tile_box, inside_aoi, published_layers(plan, record))
+    filled = fill_tile(plan.fill, tile_box, inside_aoi, published_layers(plan, record, tile_box))
     files = publish_tile_layers(plan, tile, tile_box, inside_aoi, filled)
     for stale in set(record.files.values()) - set(files.values()):  # the fill layer of a month no longer filled
         plan.destination.delete(stale)
@@ -430,25 +426,16 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     return record if published else None
 
 
-def build_tile_releasing_memory(plan: MonthPlan, tile: OutputTile) -> TileRecord:
-    """`build_tile`, then hand the tile's freed memory back (`tasks.memory`), so a process's memory
-    does not grow with the tiles it has built."""
-    try:
-        return build_tile(plan, tile)
-    finally:
-        release_freed_memory()
-
-
 build_tile_task = task(
     name="build-tile",
     task_run_name="tile-{tile.label}",
     **io_task_retries(),
     cache_policy=NO_CACHE,
-)(portable_errors(build_tile_releasing_memory))
+)(portable_errors(releasing_memory(build_tile)))
 
 refill_tile_task = task(
     name="refill-tile",
     task_run_name="refill-{tile.label}",
     **io_task_retries(),
     cache_policy=NO_CACHE,
-)(portable_errors(refill_tile))
+)(portable_errors(releasing_memory(refill_tile)))

@@ -15,7 +15,7 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 
 from tasks.fill_sources import MonthFill, NeighbourTile, read_neighbour_tile
-from tasks.gap_fill import NO_VALUE, GapFill, apply_gap_fill, plan_gap_fill
+from tasks.gap_fill import NO_VALUE, OBSERVED, GapFill, apply_gap_fill, plan_gap_fill
 from tasks.indices import INDEX_NODATA
 from tasks.metadata import MOSAIC_LAYER
 from tasks.scene import NODATA
@@ -60,10 +60,12 @@ def _fill_layer(
 def fill_tile(fill: MonthFill, tile_box: GeoBox, inside_aoi: np.ndarray, layers: TileLayers) -> FilledTile:
     """Fill the tile's gaps from the month's neighbours (`fill.neighbours`), read over `tile_box`."""
     gaps = inside_aoi & (layers.count == 0)
+    distance = np.where(inside_aoi & ~gaps, OBSERVED, NO_VALUE).astype(np.uint8)
+    if not gaps.any():  # nothing to reset or fill: the layers stay as they are, uncopied
+        return FilledTile(layers, distance, 0, ())
     mosaic = np.where(gaps, NODATA, layers.mosaic).astype(layers.mosaic.dtype)
     indices = {name: np.where(gaps, INDEX_NODATA, values).astype(values.dtype) for name, values in layers.indices.items()}
-    distance = np.where(inside_aoi & ~gaps, 0, NO_VALUE).astype(np.uint8)
-    if not gaps.any() or not fill.neighbours or fill.method == "none":
+    if not fill.neighbours or not fill.enabled:
         return FilledTile(TileLayers(mosaic, layers.count, indices), distance, 0, ())
     neighbours = [
         read_neighbour_tile(neighbour, tile_box, tuple(layer for layer in (MOSAIC_LAYER, *indices) if layer in neighbour.files))

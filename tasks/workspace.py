@@ -6,6 +6,8 @@ re-run would take as finished. S3 is reached through boto3's default chain, so `
 selects an S3-compatible store.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -18,7 +20,15 @@ from typing import Any
 
 from tasks.gdal_env import gdal_path
 
-__all__ = ["PARTIAL_PREFIX", "Workspace", "partial_prefix", "remove_abandoned_partials"]
+__all__ = ["DIGEST_CHARS", "PARTIAL_PREFIX", "Workspace", "content_digest", "partial_prefix", "remove_abandoned_partials"]
+
+DIGEST_CHARS = 12
+"""Hex characters of a content digest: what names content-addressed files and folders."""
+
+
+def content_digest(*parts: object) -> str:
+    """A short digest of JSON-encodable `parts` (in the order given, dicts in their own key order)."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:DIGEST_CHARS]
 
 S3_SCHEME = "s3://"
 PARTIAL_PREFIX = ".partial-"
