@@ -40,8 +40,10 @@ __all__ = [
     "aoi_pixel_mask",
     "footprint_in_crs",
     "load_aoi",
+    "lonlat_bbox",
     "lonlat_search_hull",
     "lonlat_unwrapped",
+    "union_lonlat_bboxes",
 ]
 
 WGS84 = "EPSG:4326"
@@ -234,6 +236,46 @@ def _longitude_span(parts: np.ndarray | list[shapely.Geometry]) -> float:
     """East-west extent, in degrees, of shapely geometries in lon/lat."""
     bounds = shapely.bounds(np.asarray(parts))
     return float(bounds[:, 2].max() - bounds[:, 0].min())
+
+
+def lonlat_bbox(lonlat: Geometry) -> list[float]:
+    """The [west, south, east, north] bbox of a geometry in lon/lat degrees (split at lon 180 or
+    unwrapped), as RFC 7946 and STAC have it: across the antimeridian west is greater than east
+    (`[179.985, -17, -179.99, -16.975]`), never the whole band of latitudes from -180 to 180."""
+    return _wrapped_bbox(*lonlat_unwrapped(lonlat).boundingbox)
+
+
+def union_lonlat_bboxes(bboxes: list[list[float]]) -> list[float]:
+    """The RFC 7946 bbox covering every RFC 7946 [west, south, east, north] given, across the
+    antimeridian too: each is unwrapped (east past 180 where it crosses) and turned by whole turns to
+    lie nearest the first, so boxes on either side of lon 180 join over it, not around the world."""
+    spans = [(west, east + FULL_TURN_DEG if east < west else east) for west, _, east, _ in bboxes]
+    first_centre = sum(spans[0]) / 2
+    turned = [
+        (west + turns * FULL_TURN_DEG, east + turns * FULL_TURN_DEG)
+        for west, east in spans
+        for turns in [round((first_centre - (west + east) / 2) / FULL_TURN_DEG)]
+    ]
+    return _wrapped_bbox(
+        min(west for west, _ in turned),
+        min(bbox[1] for bbox in bboxes),
+        max(east for _, east in turned),
+        max(bbox[3] for bbox in bboxes),
+    )
+
+
+def _wrapped_bbox(west: float, south: float, east: float, north: float) -> list[float]:
+    """An RFC 7946 bbox from one on unwrapped longitudes (east >= west, either may lie past +-180)."""
+    if east - west >= FULL_TURN_DEG:
+        return [-ANTIMERIDIAN_LON, south, ANTIMERIDIAN_LON, north]
+    return [_wrapped_longitude(west), south, _wrapped_longitude(east), north]
+
+
+def _wrapped_longitude(longitude: float) -> float:
+    """`longitude` moved by whole turns into [-180, 180]; 180 and -180 stay as they are."""
+    if -ANTIMERIDIAN_LON <= longitude <= ANTIMERIDIAN_LON:
+        return longitude
+    return (longitude + ANTIMERIDIAN_LON) % FULL_TURN_DEG - ANTIMERIDIAN_LON
 
 
 def split_at_antimeridian(lonlat: Geometry) -> Geometry:

@@ -19,7 +19,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from pyproj import Geod
 
-from tasks.aoi import WGS84, aoi_in_crs
+from tasks.aoi import WGS84, aoi_in_crs, lonlat_bbox
 from tasks.cog import (
     COUNT_DESCRIPTION,
     FILL_DESCRIPTION,
@@ -380,7 +380,7 @@ def metadata_document(
         "aoi": {
             "name": run.aoi_name,
             "source": run.aoi_source,
-            "bounds_epsg4326": list(run.aoi_wgs84.boundingbox),
+            "bounds_epsg4326": lonlat_bbox(run.aoi_wgs84),
             "area_km2": aoi_area_km2(run.aoi),
             "digest": run.aoi_digest,
         },

@@ -5,7 +5,7 @@ first month) and a month's published Item, the collection listing every month pu
 that one. Its id is `s2-monthly-<aoi>`; it links each month's Item by a relative href
 (`./<YYYY>/<MM>/<aoi>_<YYYY-MM>_item.json`, sorted by month; a month published again keeps one
 link); its temporal extent runs from the first instant of the earliest month to the last of the
-latest, its spatial extent is the union of the Items' bboxes (EPSG:4326). Licence `other`: the
+latest, its spatial extent is the union of the Items' bboxes (EPSG:4326, across lon 180 as RFC 7946 has it). Licence `other`: the
 Copernicus Sentinel data legal notice is its `license` link, titled with the attribution for the
 months' years. The processing extension sits on the processor provider (this project, with the
 level and software of the newest month), the render extension's true-colour `renders` on the
@@ -21,6 +21,7 @@ from typing import Any
 import pystac
 from pystac.utils import datetime_to_str
 
+from tasks.aoi import union_lonlat_bboxes
 from tasks.indices import SPECTRAL_INDICES
 from tasks.metadata import FILL_LAYER, PROJECT_DISTRIBUTION, attribution
 from tasks.month import Month
@@ -113,7 +114,7 @@ def updated_collection(
         "license": "other",
         "providers": [SENTINEL_PRODUCER, processor],
         "extent": {
-            "spatial": {"bbox": [_union(bboxes)]},
+            "spatial": {"bbox": [union_lonlat_bboxes(bboxes)]},
             "temporal": {"interval": [[datetime_to_str(ordered[0].start), datetime_to_str(ordered[-1].end)]]},
         },
         "item_assets": {
@@ -132,16 +133,6 @@ def updated_collection(
             *(months[month] for month in ordered),
         ],
     }
-
-
-def _union(bboxes: list[list[float]]) -> list[float]:
-    """The bbox covering every [west, south, east, north] given."""
-    return [
-        min(bbox[0] for bbox in bboxes),
-        min(bbox[1] for bbox in bboxes),
-        max(bbox[2] for bbox in bboxes),
-        max(bbox[3] for bbox in bboxes),
-    ]
 
 
 def validate_collection(document: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Stat
 from pystac.validation import validate_dict
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
+from tasks.aoi import lonlat_bbox
 from tasks.cog import COUNT_DESCRIPTION, FILL_DESCRIPTION, FILL_NODATA, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
 from tasks.crs import crs_code, crs_of
 from tasks.errors import InvalidProduct
@@ -229,7 +230,7 @@ def build_item(
     item = pystac.Item(
         id=run.product_id,
         geometry=shapely.geometry.mapping(aoi.geom),
-        bbox=list(aoi.boundingbox),
+        bbox=lonlat_bbox(aoi),
         datetime=None,
         start_datetime=run.month.start,
         end_datetime=run.month.end,

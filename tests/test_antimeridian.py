@@ -18,7 +18,16 @@ from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 
 from flows.monthly_mosaic import monthly_mosaic
-from tasks.aoi import WGS84, aoi_centre_lonlat, aoi_in_crs, footprint_in_crs, load_aoi, lonlat_unwrapped
+from tasks.aoi import (
+    WGS84,
+    aoi_centre_lonlat,
+    aoi_in_crs,
+    footprint_in_crs,
+    load_aoi,
+    lonlat_bbox,
+    lonlat_unwrapped,
+    union_lonlat_bboxes,
+)
 from tasks.grid import grid_for_aoi, utm_crs_for
 from tasks.search import item_in_window
 from tasks.testing.served_month import flow_settings, serve_synthetic_month
@@ -169,6 +178,27 @@ def test_default_grid_of_both_aois_lies_on_the_tile_pixels(tmp_path: Path) -> No
         assert tile_window(grid) is not None
 
 
+def test_bbox_across_180_has_west_greater_than_east(tmp_path: Path) -> None:
+    aoi = load_aoi(str(write_split_aoi(tmp_path)))
+    west, south, east, north = lonlat_bbox(aoi)
+    assert 179.9 < west < 180.0 and -180.0 < east < -179.9 and south < north
+    assert lonlat_bbox(lonlat_unwrapped(aoi)) == [west, south, east, north]
+
+
+@pytest.mark.parametrize(
+    ("bboxes", "union"),
+    [
+        ([[179.9, -17, -179.9, -16], [179.95, -17.5, -179.95, -16.5]], [179.9, -17.5, -179.9, -16.0]),
+        ([[179.9, -17, 179.99, -16], [-179.99, -17, -179.8, -16]], [179.9, -17, -179.8, -16]),
+        ([[9.1, 47.5, 9.2, 47.6], [9.0, 47.4, 9.15, 47.55]], [9.0, 47.4, 9.2, 47.6]),
+        ([[-170.0, 0.0, 170.0, 1.0], [160.0, 0.0, -160.0, 1.0]], [-180.0, 0.0, 180.0, 1.0]),
+    ],
+    ids=["both cross", "either side joins over 180", "away from 180", "around the world"],
+)
+def test_union_of_bboxes_joins_over_the_antimeridian(bboxes: list[list[float]], union: list[float]) -> None:
+    np.testing.assert_allclose(union_lonlat_bboxes(bboxes), union)
+
+
 # --- The monthly flow on a served month across the antimeridian ----------------------------------
 
 
@@ -213,3 +243,14 @@ def test_month_across_the_antimeridian_completes_and_matches_the_truth(
     close = np.abs(mosaic.astype(np.int64) - truth) <= CLEAR_TOLERANCE_SHARE * truth + CLEAR_TOLERANCE_DN
     assert close.all(axis=0)[observed].mean() >= 0.99
     assert not mosaic[:, ~observed].any()
+    assert_crossing_bbox(json.loads(Path(report.product_urls["item"]).read_text())["bbox"], tmp_path)
+    collection = json.loads((Path(report.product_urls["item"]).parents[2] / "collection.json").read_text())
+    assert_crossing_bbox(collection["extent"]["spatial"]["bbox"][0], tmp_path)
+
+
+def assert_crossing_bbox(bbox: list[float], tmp_path: Path) -> None:
+    """`bbox` is the AOI's, in RFC 7946's form across lon 180: west of it a bit under 180, east a bit over -180."""
+    west_of_180, east_of_180 = sorted(split_aoi(tmp_path).geom.geoms, key=lambda part: -part.bounds[0])
+    expected = [west_of_180.bounds[0], west_of_180.bounds[1], east_of_180.bounds[2], west_of_180.bounds[3]]
+    assert bbox[0] > 179.9 and bbox[2] < -179.9, bbox
+    np.testing.assert_allclose(bbox, expected, atol=1e-3)
