@@ -12,6 +12,7 @@ that goes to EPSG:4326. `lonlat_unwrapped` and `split_at_antimeridian` turn one 
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import shapely.wkt
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import geometry_mask
 from shapely.validation import explain_validity
 
@@ -310,6 +312,12 @@ def aoi_centre_lonlat(aoi: Geometry) -> tuple[float, float]:
     centroid = lonlat_unwrapped(aoi).centroid if crs_of(aoi).geographic else aoi.centroid
     (longitude,), (latitude,) = centroid.to_crs(WGS84).xy
     return (longitude + ANTIMERIDIAN_LON) % FULL_TURN_DEG - ANTIMERIDIAN_LON, latitude
+
+
+# rasterize builds an in-memory dataset and silences the warning that it has no geotransform yet with
+# `warnings.catch_warnings`, which is not thread-safe: another thread leaving its own restores the
+# filters in between, and each scene read of a run logged the warning. The dataset gets `grid`'s transform.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module=r"rasterio\.features")
 
 
 def aoi_pixel_mask(aoi: Geometry, grid: GeoBox) -> np.ndarray:

@@ -1,6 +1,8 @@
 """AOI loading: vector files in a projected CRS, WKT, EWKT, bbox, and a one-line error per bad input."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas
@@ -13,6 +15,7 @@ from odc.geo.geobox import GeoBox
 
 from tasks.aoi import aoi_digest, aoi_label, aoi_name, aoi_pixel_mask, load_aoi
 from tasks.errors import InvalidAOI
+from tests import REPO_ROOT
 
 UTM_33N = "EPSG:32633"
 FIELD = shapely.box(500_000, 5_000_000, 502_000, 5_001_000)  # 2 km x 1 km in UTM 33N
@@ -203,3 +206,35 @@ def test_csv_with_a_wkt_column_has_no_crs(tmp_path: Path) -> None:
     with pytest.raises(InvalidAOI, match="no CRS") as error:
         load_aoi(str(path))
     _assert_one_line_naming(error, str(path))
+
+
+CONCURRENT_MASKS_SCRIPT = """
+import threading
+from odc.geo.geobox import GeoBox
+from tasks.aoi import aoi_pixel_mask, load_aoi
+from tasks.gdal_env import gdal_env
+
+aoi = load_aoi("9.10,47.52,9.20,47.58")
+grid = GeoBox.from_bbox((9.10, 47.52, 9.20, 47.58), "EPSG:4326", resolution=0.0005)
+
+def masks():
+    with gdal_env():
+        for _ in range(50):
+            aoi_pixel_mask(aoi, grid)
+
+threads = [threading.Thread(target=masks) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(60)
+print("done")
+"""
+
+
+def test_aoi_masks_made_at_once_in_threads_warn_nothing() -> None:
+    """As the scene reads of a run make them, under Python's default warning filters (pytest's would show all)."""
+    finished = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_MASKS_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert finished.stdout.strip() == "done", finished.stderr
+    assert "Warning" not in finished.stderr, finished.stderr
