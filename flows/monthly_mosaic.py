@@ -14,7 +14,7 @@ start, success (with the returned `RunReport`) and failure.
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +42,7 @@ from tasks.maskers import masker_named
 from tasks.metadata import ProductNames, ProductRun, TileFiles
 from tasks.month import Month
 from tasks.products import MonthTiles, merge_tiles, month_histograms, write_month_products_task
-from tasks.scene import scene_items_json
+from tasks.scene import SkippedScene, scene_items_json
 from tasks.search import search_scenes_task
 from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task
 from tasks.tiles import OutputTile, tile_layout, tiles_over_aoi
@@ -301,20 +301,32 @@ def load_bucket(block_name: str | None) -> S3Bucket | None:
     return S3Bucket.load(block_name) if block_name else None  # type: ignore[return-value]  # async_dispatch, sync here
 
 
-def check_valid_share(valid_share: float, min_valid_share: float, month: Month) -> None:
-    """Raise `TooFewClearPixels` when less than `min_valid_share` of the AOI has a clear observation."""
+def check_valid_share(valid_share: float, min_valid_share: float, month: Month, more_scenes_hint: str = "") -> None:
+    """Raise `TooFewClearPixels` when less than `min_valid_share` of the AOI has a clear observation.
+
+    `more_scenes_hint` says how to get more scenes (`SearchResult.more_scenes_hint`), when there is a way.
+    """
     if valid_share < min_valid_share:
+        fixes = [more_scenes_hint, "lower min_valid_share"] if more_scenes_hint else ["lower min_valid_share"]
         raise TooFewClearPixels(
             f"only {valid_share:.1%} of the AOI has a clear observation in {month.label} (min_valid_share "
-            f"{min_valid_share:.0%}); nothing is published: raise search.max_cloud_cover for more scenes, "
-            "or lower min_valid_share"
+            f"{min_valid_share:.0%}); nothing is published: {', or '.join(fixes)}"
         )
 
 
 def product_run(
-    settings: MosaicSettings, inputs: RunInputs, month: Month, month_tiles: MonthTiles, plan: MonthPlan, records: list[TileRecord]
+    settings: MosaicSettings,
+    inputs: RunInputs,
+    month: Month,
+    month_tiles: MonthTiles,
+    plan: MonthPlan,
+    records: list[TileRecord],
+    left_out: Sequence[SkippedScene],
 ) -> ProductRun:
-    """What the products stage needs to know about the month: scenes, and which files the tiles made."""
+    """What the products stage needs to know about the month: scenes, and which files the tiles made.
+
+    `left_out` are the items the search found but did not use (`SearchResult.left_out`): skipped too.
+    """
     tiled = not plan.single_tile
     return ProductRun(
         aoi_name=inputs.name,
@@ -327,7 +339,7 @@ def product_run(
         mask=settings.mask,
         scenes_used=month_tiles.used,
         scenes_failed=month_tiles.failed,
-        scenes_skipped=month_tiles.skipped,
+        scenes_skipped=(*left_out, *month_tiles.skipped),
         tiles=tuple(TileFiles.of(r.tile.label, r.files) for r in records) if tiled else (),
         single_cogs=not tiled or inputs.grid.shape.x * inputs.grid.shape.y <= settings.tiles.single_cog_max_pixels,
         fill_method=plan.fill.method,
@@ -355,7 +367,8 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     with month_lock(inputs.name, month, staging):
         remove_abandoned_files(inputs, staging)
         check_month_folder_owner(destination, inputs.digest)
-        items = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
+        found = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
+        items = found.scenes
         items_json = scene_items_json(items)
         items_digest = content_digest(items_json.decode())
         items_name = f"{SEARCH_FOLDER}/{month.label}-{items_digest}.json"
@@ -367,11 +380,13 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
         month_tiles = merge_tiles(records, items)
         try:
             check_failed_share(month_tiles, len(items), settings.max_failed_fraction)
-            check_valid_share(month_tiles.valid_share, settings.min_valid_share, month)
+            check_valid_share(
+                month_tiles.valid_share, settings.min_valid_share, month, found.more_scenes_hint(settings.search.max_cloud_cover)
+            )
         except (TooManyFailedScenes, TooFewClearPixels):
             destination.remove_below(plan.tiles_folder)  # no Item will list them
             raise
-        run = product_run(settings, inputs, month, month_tiles, plan, records)
+        run = product_run(settings, inputs, month, month_tiles, plan, records, found.left_out)
         urls = write_month_products_task(plan, run, records, month_histograms(plan, records))
         collection_url = publish_collection_task(destination, staging)
         shutil.rmtree(plan.scratch_dir, ignore_errors=True)
@@ -379,7 +394,7 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     report = RunReport(
         aoi=inputs.name,
         month=month.label,
-        scenes_found=len(items),
+        scenes_found=found.items_found,
         scenes_used=len(month_tiles.used),
         failed_scenes=list(month_tiles.failed),
         valid_share=month_tiles.valid_share,

@@ -61,7 +61,8 @@ class FailedScene(NamedTuple):
 
 
 class SkippedScene(NamedTuple):
-    """A scene that was read (or needed no reading) but gave no clear pixel, with the reason."""
+    """A found item that gave the mosaic nothing, with the reason: left out by the search (outside the
+    month or AOI, a band missing, an older processing, too cloudy), or read but with no clear AOI pixel."""
 
     item_id: str
     reason: str

@@ -2,9 +2,10 @@
 
 Steps, each a pure function: raw STAC item dicts (API search, or a local FeatureCollection) -> kept
 when they intersect the AOI and were acquired in the month -> `SceneItem` with the canonical bands of
-`SCENE_BANDS` (items lacking one are skipped with a warning) and the item's STAC API URL -> one scene
-per acquisition (newest processing baseline) -> scene-level cloud-cover limit -> sorted by
-acquisition time.
+`SCENE_BANDS` and the item's STAC API URL -> one scene per acquisition (newest processing baseline) ->
+scene-level cloud-cover limit -> sorted by acquisition time. Every item a step leaves out is kept in
+the `SearchResult` with its reason (outside the AOI or month, a band's asset missing, an older
+processing, above the cloud limit), so metadata.json lists every item the API returned.
 
 De-duplication runs before the cloud-cover limit: a reprocessed twin whose (newer) cloud estimate
 exceeds the limit must not let its stale older twin through.
@@ -28,20 +29,22 @@ from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.warnings import DoesNotConformTo
 
-from tasks.aoi import WGS84, aoi_in_crs, lonlat_search_hull
+from tasks.aoi import WGS84, aoi_in_crs, lonlat_bbox, lonlat_search_hull
 from tasks.errors import InvalidSettings, NoScenesFound, StacApiError, first_line, portable_errors
 from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
-from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem
+from tasks.scene import NODATA, REFLECTANCE_SCALE, SCENE_BANDS, SCL_BAND, SceneAsset, SceneItem, SkippedScene
 from tasks.settings import EARTH_SEARCH_COLLECTION, SearchSettings
 
 __all__ = [
     "API_RETRY",
     "BOA_OFFSET",
     "DN_SCALE",
+    "SearchResult",
+    "UnusableItem",
     "api_href",
-    "item_in_window",
+    "outside_window_reason",
     "newest_processing",
     "query_stac_api",
     "scene_from_item",
@@ -96,8 +99,38 @@ SAFE_BAND_NAMES = AssetNames(
 KNOWN_ASSET_NAMES: tuple[AssetNames, ...] = (EARTH_SEARCH_V1, SAFE_BAND_NAMES)
 
 
-def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
-    """The usable scenes over `aoi` acquired in `month`, one per acquisition, sorted by time.
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search found: the usable scenes, one per acquisition sorted by time, and every other
+    item the source returned, each once with why it was left out."""
+
+    scenes: list[SceneItem]
+    left_out: list[SkippedScene]
+    above_cloud_limit: int = 0
+    """Scenes among `left_out` only because their eo:cloud_cover exceeds `max_cloud_cover`."""
+
+    @property
+    def items_found(self) -> int:
+        """Items the STAC API (or the item file) returned for the AOI's hull and the month."""
+        return len(self.scenes) + len(self.left_out)
+
+    def more_scenes_hint(self, max_cloud_cover: float) -> str:
+        """How to get more scenes: raising the cloud limit when it left scenes out, else nothing."""
+        if not self.above_cloud_limit:
+            return ""
+        return (
+            f"raise search.max_cloud_cover (now {max_cloud_cover:g}%: {self.above_cloud_limit} more scenes "
+            "lie above it)"
+        )
+
+
+class UnusableItem(ValueError):
+    """A STAC item that cannot be read as a scene; the message says why in one line."""
+
+
+def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> SearchResult:
+    """The usable scenes over `aoi` acquired in `month`, one per acquisition, sorted by time, and the
+    items left out, each with its reason.
 
     Items come from `settings.item_collection_path` when set (a local ItemCollection, any
     collection), else from the STAC API's `settings.collection`. Raises `NoScenesFound` when
@@ -112,24 +145,39 @@ def search_scenes(aoi: Geometry, month: str, settings: SearchSettings) -> list[S
         raw_items = read_item_file(settings.item_collection_path)
     else:
         raw_items = query_stac_api(aoi_wgs84, start, end, settings)
-    in_month = [item for item in raw_items if item_in_window(item, aoi_wgs84, start, end)]
-    scenes = [scene for item in in_month if (scene := scene_from_item(item)) is not None]
-    newest = newest_processing(scenes)
+    left_out: list[SkippedScene] = []
+    scenes: list[SceneItem] = []
+    for item in raw_items:
+        try:
+            outside = outside_window_reason(item, aoi_wgs84, period)
+            if outside:
+                raise UnusableItem(outside)
+            scenes.append(scene_from_item(item))
+        except UnusableItem as unusable:
+            left_out.append(SkippedScene(str(item.get("id")), str(unusable)))
+    newest, older = newest_processing(scenes)
     kept = [scene for scene in newest if within_cloud_limit(scene, settings.max_cloud_cover)]
+    cloudy = [
+        SkippedScene(scene.item_id, f"eo:cloud_cover {scene.cloud_cover:g}% above search.max_cloud_cover {settings.max_cloud_cover:g}%")
+        for scene in newest
+        if not within_cloud_limit(scene, settings.max_cloud_cover)
+    ]
+    result = SearchResult(
+        sorted(kept, key=lambda scene: (scene.acquired, scene.tile_id)), [*left_out, *older, *cloudy], len(cloudy)
+    )
     stage_logger(__name__).info(
-        "search %s %s: %d items, %d in AOI and month, %d with all bands, %d after de-duplication, %d under %g%% cloud",
-        _source(settings), month, len(raw_items), len(in_month), len(scenes), len(newest), len(kept),
-        settings.max_cloud_cover,
+        "search %s %s: %d items, %d usable in AOI and month, %d after de-duplication, %d under %g%% cloud",
+        _source(settings), month, len(raw_items), len(scenes), len(newest), len(kept), settings.max_cloud_cover,
     )  # fmt: skip
     if not kept:
-        bounds = ", ".join(f"{value:.4f}" for value in aoi_wgs84.boundingbox)
+        bounds = ", ".join(f"{value:.4f}" for value in lonlat_bbox(aoi_wgs84))
+        fix = result.more_scenes_hint(settings.max_cloud_cover) or "check month, AOI, collection and stac_api_url"
         raise NoScenesFound(
             f"no scenes over AOI bounds ({bounds}) EPSG:4326 in {month} from {_source(settings)} with "
-            f"eo:cloud_cover <= {settings.max_cloud_cover:g}% ({len(raw_items)} items found, {len(in_month)} "
-            f"in AOI and month, {len(newest)} distinct with all bands); "
-            "raise max_cloud_cover or check month, AOI and collection"
+            f"eo:cloud_cover <= {settings.max_cloud_cover:g}% ({len(raw_items)} items found, {len(scenes)} "
+            f"usable in AOI and month, {len(newest)} distinct); {fix}"
         )
-    return sorted(kept, key=lambda scene: (scene.acquired, scene.tile_id))
+    return result
 
 
 def _source(settings: SearchSettings) -> str:
@@ -213,16 +261,22 @@ def read_item_file(path: str) -> list[dict]:
     return features
 
 
-def item_in_window(item: Mapping[str, Any], aoi_wgs84: Geometry, start: datetime, end: datetime) -> bool:
-    """Whether the item was acquired in [start, end) and its footprint intersects the AOI (EPSG:4326).
+def outside_window_reason(item: Mapping[str, Any], aoi_wgs84: Geometry, month: Month) -> str | None:
+    """Why the item lies outside the month or the AOI (EPSG:4326), in one line; None when it lies in both.
 
     Both are split at lon 180 when they cross it (RFC 7946), so lon/lat coordinates compare as they are.
     """
     acquired = acquisition_time(item)
+    if acquired is None:
+        return "it has no datetime"
+    if not month.start <= acquired < month.following_start:
+        return f"acquired {acquired:%Y-%m-%dT%H:%M:%SZ}, outside {month.label}"
     footprint = item.get("geometry")
-    if acquired is None or not footprint:
-        return False
-    return start <= acquired < end and shapely.geometry.shape(footprint).intersects(aoi_wgs84.geom)
+    if not footprint:
+        return "it has no footprint (geometry)"
+    if not shapely.geometry.shape(footprint).intersects(aoi_wgs84.geom):
+        return "its footprint does not meet the AOI"
+    return None
 
 
 def acquisition_time(item: Mapping[str, Any]) -> datetime | None:
@@ -235,21 +289,16 @@ def acquisition_time(item: Mapping[str, Any]) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def scene_from_item(item: Mapping[str, Any]) -> SceneItem | None:
-    """The item as a `SceneItem` with canonical band assets; None (and a warning) when a band or the time is missing."""
+def scene_from_item(item: Mapping[str, Any]) -> SceneItem:
+    """The item as a `SceneItem` with canonical band assets; raises `UnusableItem` when a band or the time is missing."""
     assets = item.get("assets", {})
     acquired = acquisition_time(item)
     if acquired is None:
-        stage_logger(__name__).warning("item %s skipped: it has no datetime", item.get("id"))
-        return None
+        raise UnusableItem("it has no datetime")
     names = next((candidate for candidate in KNOWN_ASSET_NAMES if candidate.matches(assets)), None)
     if names is None:
         closest = min(KNOWN_ASSET_NAMES, key=lambda candidate: len(candidate.missing(assets)))
-        stage_logger(__name__).warning(
-            "item %s skipped: assets %s missing (asset names of %s)",
-            item.get("id"), ", ".join(closest.missing(assets)), closest.catalogues,
-        )  # fmt: skip
-        return None
+        raise UnusableItem(f"assets {', '.join(closest.missing(assets))} missing (asset names of {closest.catalogues})")
     properties = item.get("properties", {})
     baseline = properties.get("s2:processing_baseline") or properties.get("sentinel:processing_baseline")
     reflectance_offset = boa_offset(baseline, acquired)
@@ -341,22 +390,34 @@ def tile_id(item: Mapping[str, Any]) -> str:
     return item["id"]
 
 
-def newest_processing(scenes: Iterable[SceneItem]) -> list[SceneItem]:
-    """One scene per acquisition (same tile, acquired within `DUPLICATE_WINDOW`): the newest processing.
+def newest_processing(scenes: Iterable[SceneItem]) -> tuple[list[SceneItem], list[SkippedScene]]:
+    """One scene per acquisition (same tile, acquired within `DUPLICATE_WINDOW`): the newest processing;
+    and each older processing left out, with the scene that replaces it.
 
     Newest = highest processing baseline, then highest sequence number in the id (`..._1_L2A`),
     then the larger id.
     """
     kept: list[SceneItem] = []
+    replaced: dict[str, SceneItem] = {}
     for scene in sorted(scenes, key=lambda scene: (scene.tile_id, scene.acquired)):
         twin = kept[-1] if kept else None
         if twin and twin.tile_id == scene.tile_id and scene.acquired - twin.acquired <= DUPLICATE_WINDOW:
             newer, older = sorted((twin, scene), key=_processing_rank, reverse=True)
-            stage_logger(__name__).debug("%s replaces %s (same acquisition, older processing)", newer.item_id, older.item_id)
-            kept[-1] = newer
+            kept[-1] = replaced[older.item_id] = newer
         else:
             kept.append(scene)
-    return kept
+    older_processings = [
+        SkippedScene(item_id, f"an older processing of the same acquisition as {_newest(newer, replaced).item_id}")
+        for item_id, newer in replaced.items()
+    ]
+    return kept, older_processings
+
+
+def _newest(scene: SceneItem, replaced: Mapping[str, SceneItem]) -> SceneItem:
+    """The scene that finally replaced `scene`, following a chain of three or more processings."""
+    while scene.item_id in replaced:
+        scene = replaced[scene.item_id]
+    return scene
 
 
 def _processing_rank(scene: SceneItem) -> tuple[tuple[int, ...], int, str]:
@@ -375,6 +436,6 @@ def within_cloud_limit(scene: SceneItem, max_cloud_cover: float) -> bool:
 
 @task(name="search-scenes", cache_policy=NO_CACHE)
 @portable_errors
-def search_scenes_task(aoi: Geometry, month: str, settings: SearchSettings) -> list[SceneItem]:
+def search_scenes_task(aoi: Geometry, month: str, settings: SearchSettings) -> SearchResult:
     """`search_scenes` as a Prefect task; the API retries happen inside it, so the task does not retry."""
     return search_scenes(aoi, month, settings)

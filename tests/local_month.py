@@ -78,7 +78,7 @@ def make_local_month(work_dir: Path, items: tuple[SceneItem, ...] | None = None,
     to a workspace there; `items` replaces the found items (e.g. with a broken asset)."""
     synthetic = make_synthetic_month(work_dir / "scenes", grid=SCENE_GRID, **month_options)
     aoi = load_aoi(str(write_aoi(SCENE_GRID, work_dir / "aoi.geojson", inset_px=AOI_INSET_PX)))
-    found = items if items is not None else tuple(filter(None, map(scene_from_item, synthetic.items)))
+    found = items if items is not None else tuple(map(scene_from_item, synthetic.items))
     workspace = Workspace(str(work_dir / "workspace"))
     workspace.write_bytes(ITEMS_NAME, scene_items_json(found))
     return LocalMonth(synthetic, found, aoi, grid_for_aoi(aoi, None, RESOLUTION_M), workspace, work_dir)

@@ -4,7 +4,6 @@ split for the STAC search, and the monthly flow completing a synthetic month ser
 """
 
 import json
-from datetime import UTC, datetime, time
 from pathlib import Path
 
 import geopandas
@@ -29,7 +28,8 @@ from tasks.aoi import (
     union_lonlat_bboxes,
 )
 from tasks.grid import grid_for_aoi, utm_crs_for
-from tasks.search import item_in_window
+from tasks.month import Month
+from tasks.search import outside_window_reason
 from tasks.testing.served_month import flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, footprint_4326, synthetic_grid, write_aoi
@@ -164,11 +164,10 @@ def test_footprint_and_aoi_split_alike_intersect_for_the_search(tmp_path: Path) 
     item = {"geometry": footprint, "properties": {"datetime": f"{DEFAULT_DATES[0]}T11:34:25Z"}}
     at_lon_0 = shapely.box(-1.0, -16.85, 1.0, -16.75)  # inside a polygon spanning the globe the other way
     item_elsewhere = {**item, "geometry": shapely.geometry.mapping(at_lon_0)}
-    start = datetime.combine(DEFAULT_DATES[0].replace(day=1), time(), UTC)
-    end = datetime.combine(DEFAULT_DATES[0].replace(month=DEFAULT_DATES[0].month + 1, day=1), time(), UTC)
+    month = Month.parse(f"{DEFAULT_DATES[0]:%Y-%m}")
 
-    assert item_in_window(item, aoi_wgs84, start, end)
-    assert not item_in_window(item_elsewhere, aoi_wgs84, start, end)
+    assert outside_window_reason(item, aoi_wgs84, month) is None
+    assert outside_window_reason(item_elsewhere, aoi_wgs84, month) == "its footprint does not meet the AOI"
 
 
 def test_default_grid_of_both_aois_lies_on_the_tile_pixels(tmp_path: Path) -> None:

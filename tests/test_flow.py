@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tasks.testing.served_month import (
     serve_synthetic_month,
 )
 from tasks.testing.servers import S3Server
+from tasks.testing.synthetic import stac_collection
 from tasks.tile import RECORD_SUFFIX
 from tasks.tiles import tiles_over_aoi
 from tests import REPO_ROOT
@@ -128,6 +130,27 @@ def test_a_permanently_broken_asset_is_recorded_and_reported(
     assert_every_scene_accounted(metadata, served)
     assert broken_item not in [scene["id"] for scene in metadata["scenes_used"]]
     assert broken_item in slack_receiver.texts()[-1] or broken_item in json.dumps(slack_receiver.bodies[-1])
+
+
+def test_every_item_the_api_returns_is_listed_once_those_the_search_leaves_out_as_skipped(
+    served: ServedMonth, prefect_harness: None, stac_api_factory, tmp_path: Path
+) -> None:
+    items = copy.deepcopy(list(served.month.items))
+    without_red, too_cloudy, older_twin = items[0], items[-1], items[1]
+    del without_red["assets"]["red"]
+    too_cloudy["properties"]["eo:cloud_cover"] = 99.5  # the served month's limit is 95 %
+    served_so = replace(served, api_url=stac_api_factory(stac_collection(items), items))
+
+    report = monthly_mosaic(flow_settings(served_so, tmp_path / "ws"))
+
+    metadata = json.loads(Path(report.product_urls["metadata"]).read_text())
+    skipped = {scene["id"]: scene["reason"] for scene in metadata["scenes_skipped"]}
+    assert skipped[without_red["id"]] == "assets red missing (asset names of Earth Search v1 (sentinel-2-l2a, sentinel-2-c1-l2a))"
+    assert skipped[too_cloudy["id"]] == "eo:cloud_cover 99.5% above search.max_cloud_cover 95%"
+    assert skipped[older_twin["id"]] == f"an older processing of the same acquisition as {items[2]['id']}"
+    assert_every_scene_accounted(metadata, served_so)
+    assert report.scenes_found == metadata["scenes_found"] == len(items)
+    assert report.scenes_used == len(metadata["scenes_used"]) <= len(items) - 3
 
 
 def test_too_many_failed_scenes_fail_the_run_and_slack_hears_why(

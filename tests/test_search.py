@@ -2,7 +2,6 @@
 
 import copy
 import json
-import logging
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -85,12 +84,17 @@ def test_earth_search_twins_deduplicate_to_the_offset_baseline(
     settings = SearchSettings(
         stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100, page_size=3
     )
-    scenes = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    found = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    scenes = found.scenes
 
     # 3 items per page: finding all 16 needs every page of the search.
     newer_twins = {item["id"] for item in earth_search_items if "_1_L2A" in item["id"]}
     assert len(earth_search_items) == 16 and len(newer_twins) == 8
     assert {scene.item_id for scene in scenes} == newer_twins
+    assert found.items_found == 16
+    assert {skipped.item_id: skipped.reason for skipped in found.left_out} == {
+        twin.replace("_1_L2A", "_0_L2A"): f"an older processing of the same acquisition as {twin}" for twin in newer_twins
+    }
     assert len({(scene.tile_id, scene.acquired.date()) for scene in scenes}) == len(scenes)
     assert [scene.acquired for scene in scenes] == sorted(scene.acquired for scene in scenes)
     for scene in scenes:
@@ -105,8 +109,8 @@ def test_earth_search_twins_deduplicate_to_the_offset_baseline(
 
 def test_aoi_in_a_projected_crs_finds_the_same_scenes(earth_search_api: str) -> None:
     settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100)
-    in_wgs84 = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
-    in_utm = search_scenes(EARTH_SEARCH_AOI.to_crs("EPSG:32632"), "2020-03", settings)
+    in_wgs84 = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings).scenes
+    in_utm = search_scenes(EARTH_SEARCH_AOI.to_crs("EPSG:32632"), "2020-03", settings).scenes
     assert [scene.item_id for scene in in_utm] == [scene.item_id for scene in in_wgs84]
 
 
@@ -122,11 +126,18 @@ def test_stale_twin_does_not_pass_the_cloud_limit_in_place_of_its_newer_twin(
     limit = (cloud[old_id] + cloud[old_id.replace("_0_", "_1_")]) / 2
     settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=limit)
 
-    scenes = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    found = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
+    scenes = found.scenes
 
     assert all("_1_L2A" in scene.item_id for scene in scenes)
     assert all(scene.cloud_cover <= limit for scene in scenes)
     assert len(scenes) == sum(1 for item_id in cloud if "_1_L2A" in item_id and cloud[item_id] <= limit)
+    too_cloudy = {item_id for item_id in cloud if "_1_L2A" in item_id and cloud[item_id] > limit}
+    reasons = {skipped.item_id: skipped.reason for skipped in found.left_out}
+    assert len(reasons) == len(cloud) - len(scenes) and found.above_cloud_limit == len(too_cloudy) > 0
+    for item_id in too_cloudy:
+        assert reasons[item_id] == f"eo:cloud_cover {cloud[item_id]:g}% above search.max_cloud_cover {limit:g}%"
+    assert f"raise search.max_cloud_cover (now {limit:g}%: {len(too_cloudy)} more scenes" in found.more_scenes_hint(limit)
 
 
 def test_nothing_under_the_cloud_limit_names_the_search(earth_search_api: str, earth_search_items: list[dict]) -> None:
@@ -138,20 +149,27 @@ def test_nothing_under_the_cloud_limit_names_the_search(earth_search_api: str, e
     message = str(error.value)
     assert "\n" not in message
     for expected in (
-        "2020-03", earth_search_api, EARTH_SEARCH_COLLECTION, f"{limit:g}%", "9.0000, 47.0000", "max_cloud_cover"
-    ):
+        "2020-03", earth_search_api, EARTH_SEARCH_COLLECTION, f"{limit:g}%", "9.0000, 47.0000",
+        "raise search.max_cloud_cover (now",
+    ):  # fmt: skip
         assert expected in message
 
 
-def test_month_without_acquisitions_finds_nothing(earth_search_api: str) -> None:
-    settings = SearchSettings(stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=100)
-    with pytest.raises(NoScenesFound, match="2020-04"):
+@pytest.mark.parametrize("max_cloud_cover", [100, 80])
+def test_month_without_acquisitions_finds_nothing_and_suggests_no_cloud_limit(
+    earth_search_api: str, max_cloud_cover: float
+) -> None:
+    settings = SearchSettings(
+        stac_api_url=earth_search_api, collection=EARTH_SEARCH_COLLECTION, max_cloud_cover=max_cloud_cover
+    )
+    with pytest.raises(NoScenesFound, match="2020-04") as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-04", settings)
+    assert "max_cloud_cover (now" not in str(error.value) and "check month, AOI, collection" in str(error.value)
 
 
 def test_planetary_computer_file_maps_safe_band_names(shared_s2: Path, planetary_computer_items: list[dict]) -> None:
     settings = SearchSettings(item_collection_path=str(shared_s2 / PLANETARY_COMPUTER_FILE), max_cloud_cover=100)
-    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings)
+    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings).scenes
 
     june = _in_month(planetary_computer_items, "2020-06")
     assert 0 < len(june) < len(planetary_computer_items)
@@ -175,7 +193,7 @@ def test_cloud_cover_limit_keeps_scenes_at_or_under_it(shared_s2: Path, planetar
     limit = covers[len(covers) // 2]
     settings = SearchSettings(item_collection_path=str(shared_s2 / PLANETARY_COMPUTER_FILE), max_cloud_cover=limit)
 
-    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-07", settings)
+    scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-07", settings).scenes
 
     expected = {item["id"] for item in july if item["properties"]["eo:cloud_cover"] <= limit}
     assert 0 < len(expected) < len(july)
@@ -188,19 +206,24 @@ def test_local_file_is_filtered_by_aoi(shared_s2: Path) -> None:
         search_scenes(EARTH_SEARCH_AOI, "2020-06", settings)
 
 
-def test_item_lacking_a_band_is_skipped_with_a_warning(
-    tmp_path: Path, planetary_computer_items: list[dict], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_every_item_left_out_is_listed_with_its_reason(tmp_path: Path, planetary_computer_items: list[dict]) -> None:
     june = _in_month(planetary_computer_items, "2020-06")
-    items = copy.deepcopy(june)
+    july = _in_month(planetary_computer_items, "2020-07")
+    items = copy.deepcopy(june) + july[:1]
     del items[0]["assets"]["SCL"]
+    del items[1]["properties"]["datetime"]
     settings = SearchSettings(item_collection_path=_write_items(tmp_path / "items.json", items), max_cloud_cover=100)
 
-    with caplog.at_level(logging.WARNING, logger="tasks.search"):
-        scenes = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings)
+    found = search_scenes(PLANETARY_COMPUTER_AOI, "2020-06", settings)
 
-    assert {scene.item_id for scene in scenes} == {item["id"] for item in items[1:]}
-    assert any(items[0]["id"] in record.message and "SCL" in record.message for record in caplog.records)
+    assert {scene.item_id for scene in found.scenes} == {item["id"] for item in items[2:-1]}
+    reasons = {skipped.item_id: skipped.reason for skipped in found.left_out}
+    assert reasons == {
+        items[0]["id"]: "assets SCL missing (asset names of Planetary Computer, Earth Search v0)",
+        items[1]["id"]: "it has no datetime",
+        items[-1]["id"]: f"acquired {items[-1]['properties']['datetime'][:19]}Z, outside 2020-06",
+    }
+    assert found.items_found == len(items) and found.above_cloud_limit == 0
 
 
 @pytest.mark.parametrize(
@@ -272,7 +295,7 @@ def test_an_api_answering_503_is_retried_then_named(earth_search_api: str, quick
         proxy.status("/", 503, times=2)
         through_faults = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)  # two failures, then the search
         direct = search_scenes(EARTH_SEARCH_AOI, "2020-03", settings.model_copy(update={"stac_api_url": earth_search_api}))
-        assert through_faults == direct and len(direct) == 8
+        assert through_faults == direct and len(direct.scenes) == 8
     finally:
         proxy.stop()
 
@@ -332,7 +355,7 @@ def test_search_across_the_antimeridian_asks_for_its_side_of_the_globe_only(stac
 
     aoi_wgs84 = aoi_in_crs(aoi, WGS84)
     found = query_stac_api(aoi_wgs84, month.start, month.following_start, settings)
-    scenes = search_scenes(aoi, month.label, settings)
+    scenes = search_scenes(aoi, month.label, settings).scenes
 
     assert aoi_wgs84.geom.geom_type == "MultiPolygon"
     assert [item["id"] for item in found] == [taveuni["id"]]
@@ -347,11 +370,11 @@ def test_a_scene_keeps_its_api_url_and_a_local_file_item_has_none(stac_api_facto
     month = f"{DEFAULT_DATES[0]:%Y-%m}"
     local_file = tmp_path / "items.json"
 
-    (from_api,) = search_scenes(aoi, month, SearchSettings(stac_api_url=api_url, collection=COLLECTION_ID))
+    (from_api,) = search_scenes(aoi, month, SearchSettings(stac_api_url=api_url, collection=COLLECTION_ID)).scenes
     with_file_link = {**item, "links": [{"rel": "self", "href": str(tmp_path / "item.json")}]}
     for local_item in (item, with_file_link):
         local_file.write_text(json.dumps({"type": "FeatureCollection", "features": [local_item]}))
-        (from_file,) = search_scenes(aoi, month, SearchSettings(item_collection_path=str(local_file)))
+        (from_file,) = search_scenes(aoi, month, SearchSettings(item_collection_path=str(local_file))).scenes
         assert from_file.href is None, local_item["links"]
 
     assert from_api.href == f"{api_url}/collections/{COLLECTION_ID}/items/{item['id']}"
