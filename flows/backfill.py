@@ -36,7 +36,7 @@ from blocks.slack import (
 from flows.monthly_mosaic import StepProgress, checked_inputs, monthly_mosaic, products_destination
 from flows.parameters import MosaicSettings
 from tasks.errors import InvalidSettings, MonthsFailed, first_line
-from tasks.metadata import FILL_LAYER, ProductNames
+from tasks.metadata import FILL_LAYER, OBSERVED_SHARE_FIELD, ProductNames
 from tasks.month import MONTH_PATTERN, Month
 
 __all__ = ["MAX_BACKFILL_MONTHS", "MAX_CONCURRENT_MONTHS", "backfill", "backfill_summary_markdown", "published_outcome"]
@@ -49,13 +49,14 @@ MonthLabel = Annotated[str, Field(pattern=MONTH_PATTERN.pattern, description="A 
 
 
 def published_outcome(settings: MosaicSettings, aoi_name: str, month: Month) -> MonthOutcome | None:
-    """The month as already published (its Item exists), with the valid share from its metadata.json; else None."""
+    """The month as already published (its Item exists), with the valid (observed) and filled shares from
+    its metadata.json; else None. A month published before metadata.json recorded its observed share has none."""
     destination = products_destination(settings, aoi_name, month)
     names = ProductNames.for_run(aoi_name, month)
     if not destination.exists(names.item):
         return None
     metadata = destination.read_json(names.metadata) or {}
-    valid_share = metadata.get("count", {}).get("statistics", {}).get("valid_share_of_aoi")
+    valid_share = metadata.get("count", {}).get(OBSERVED_SHARE_FIELD)
     filled_share = metadata.get(FILL_LAYER, {}).get("filled_share_of_aoi")
     return MonthOutcome(month.label, SKIPPED, valid_share, filled_share, item_url=destination.url(names.item))
 

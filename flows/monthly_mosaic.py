@@ -345,6 +345,7 @@ def product_run(
         fill_method=plan.fill.method,
         fill_max_months=plan.fill.max_months,
         filled_pixels=month_tiles.filled_pixels,
+        observed_pixels=month_tiles.valid_pixels,
         fill_sources=tuple(
             (neighbour.month, neighbour.item_url)
             for neighbour in sorted(plan.fill.neighbours, key=lambda neighbour: neighbour.month)

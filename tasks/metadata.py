@@ -40,6 +40,7 @@ __all__ = [
     "COUNT_LAYER",
     "FILL_LAYER",
     "MOSAIC_LAYER",
+    "OBSERVED_SHARE_FIELD",
     "PROJECT_DISTRIBUTION",
     "TILES_FOLDER",
     "BandStatistics",
@@ -62,6 +63,8 @@ MOSAIC_LAYER, COUNT_LAYER = "mosaic", "count"
 """The layers every month has; an index's layer is its name (`tasks.indices`)."""
 FILL_LAYER = "fill"
 """The gap-fill distance layer of a month filled from its neighbours (`tasks.gap_fill`)."""
+OBSERVED_SHARE_FIELD = "observed_share_of_aoi"
+"""metadata.json's field (in `count`) of the share of the AOI with at least one clear observation."""
 MOSAIC_SUFFIX = f"_{MOSAIC_LAYER}.tif"
 TILES_FOLDER = "tiles"
 """Where a tiled month's tile COGs lie inside its month folder."""
@@ -177,6 +180,8 @@ class ProductRun:
     fill_max_months: int = 0
     filled_pixels: int = 0
     """AOI pixels with no observation that took a value from another month."""
+    observed_pixels: int = 0
+    """AOI pixels with at least one clear observation this month (count >= 1)."""
     fill_sources: tuple[tuple[str, str], ...] = ()
     """('YYYY-MM', STAC Item URL) of each month that gave a filled pixel its value, in month order."""
 
@@ -215,6 +220,10 @@ class ProductRun:
     def filled_share(self, aoi_pixels: int) -> float:
         """Share of the AOI's `aoi_pixels` that took a value from another month, 0..1."""
         return self.filled_pixels / aoi_pixels if aoi_pixels else 0.0
+
+    def observed_share(self, aoi_pixels: int) -> float:
+        """Share of the AOI's `aoi_pixels` with at least one clear observation this month, 0..1."""
+        return self.observed_pixels / aoi_pixels if aoi_pixels else 0.0
 
     @property
     def product_id(self) -> str:
@@ -418,6 +427,7 @@ def metadata_document(
             "dtype": "uint8",
             "nodata": None,
             "description": COUNT_DESCRIPTION,
+            OBSERVED_SHARE_FIELD: run.observed_share(statistics.count.aoi_pixels),
             "statistics": statistics.count.as_json(),
         },
         **{

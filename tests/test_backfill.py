@@ -11,15 +11,18 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
+import rasterio
+from odc.geo.geobox import GeoBox
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
 from blocks.slack import BUILT, FAILED, SKIPPED, SlackNotifier
 from flows.backfill import backfill
+from tasks.aoi import aoi_pixel_mask, load_aoi
 from tasks.errors import MonthsFailed
-from tasks.metadata import ProductNames
+from tasks.metadata import COUNT_LAYER, ProductNames
 from tasks.month import Month
-from tasks.testing.served_month import ServedSeries, flow_settings, month_dates, serve_synthetic_series
+from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
 from tests.slack_receiver import SlackReceiver
 
@@ -68,9 +71,21 @@ def test_a_backfill_builds_each_month_once_reports_them_all_and_a_rerun_skips_th
     report = backfill(series.labels[0], series.labels[-1], settings)
 
     assert [outcome.state for outcome in report.months] == [SKIPPED] * len(series.labels)
-    assert all(0 < (outcome.valid_share or 0) <= 1 for outcome in report.months)
+    observed = {label: observed_share(output, label, served) for label in series.labels}
+    assert min(observed.values()) < 0.999, "a month with unobserved AOI pixels shows a skipped month's own share"
+    assert {outcome.month: outcome.valid_share for outcome in report.months} == pytest.approx(observed)
     assert {path: path.stat().st_mtime_ns for path in output.rglob("*_item.json")} == items_before
     assert f"{len(series.labels)} skipped" in slack_receiver.texts()[-1]
+
+
+def observed_share(output: Path, label: str, served: ServedMonth) -> float:
+    """Share of the AOI's pixels that the month's count COG says were seen clear at least once."""
+    names = ProductNames.for_run("series", Month.parse(label))
+    with rasterio.open(output / "series" / label[:4] / label[5:] / names.single_cog(COUNT_LAYER)) as dataset:
+        count = dataset.read(1)
+        grid = GeoBox(dataset.shape, dataset.transform, dataset.crs)
+    inside = aoi_pixel_mask(load_aoi(str(served.aoi_path)), grid)
+    return float((count[inside] > 0).mean())
 
 
 def test_a_backfill_refuses_a_month_in_its_settings_and_a_reversed_range_in_one_line(
