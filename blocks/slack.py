@@ -34,7 +34,8 @@ from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
-from tasks.aoi import aoi_label
+from tasks.aoi import aoi_label, aoi_name, load_aoi
+from tasks.errors import InvalidAOI
 from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.scene import FailedScene
@@ -356,14 +357,25 @@ def _settings_of(flow_run: FlowRun) -> Mapping[str, Any]:
 
 def _report_from_parameters(flow_run: FlowRun) -> RunReport:
     settings = _settings_of(flow_run)
-    aoi_source = settings.get("aoi")
     start = flow_run.expected_start_time or datetime.now(UTC)
     return RunReport(
-        aoi=settings.get("aoi_name") or (aoi_label(str(aoi_source)) if aoi_source else "AOI"),
+        aoi=_aoi_name_of(settings),
         month=Month.for_run(settings.get("month"), start).label,
         flow_run_name=flow_run.name,
         flow_run_url=url_for(flow_run),
     )
+
+
+def _aoi_name_of(settings: Mapping[str, Any]) -> str:
+    """The AOI as its products name it (`aoi_name`, else the file's stem and the AOI's digest,
+    `tasks.aoi.aoi_name`); the file's stem when the AOI cannot be read (the notice then says why)."""
+    source = settings.get("aoi")
+    if settings.get("aoi_name") or not source:
+        return settings.get("aoi_name") or "AOI"
+    try:
+        return aoi_name(str(source), load_aoi(str(source)))
+    except InvalidAOI:
+        return aoi_label(str(source))
 
 
 def _state_result(state: State) -> Any:

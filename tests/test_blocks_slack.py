@@ -29,7 +29,7 @@ from blocks.slack import (
     succeeded_message,
 )
 from flows.parameters import MosaicSettings
-from tasks.aoi import aoi_label
+from tasks.aoi import aoi_label, aoi_name, load_aoi
 from tasks.scene import FailedScene
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
@@ -201,7 +201,9 @@ def test_failing_flow_sends_start_then_failure_with_reason(slack_receiver: Slack
 
     assert state.is_failed()
     started, failed = slack_receiver.bodies
-    assert started["text"].startswith(f"Basemap {aoi_label(AOI_PATH)} {MONTH}: started")
+    products_name = aoi_name(AOI_PATH, load_aoi(AOI_PATH))  # as the products' folder and files are named
+    assert started["text"].startswith(f"Basemap {products_name} {MONTH}: started")
+    assert failed["text"].startswith(f"Basemap {products_name} {MONTH}: failed")
     assert "3 of 5 scenes failed" in failed["text"]
     failure_text = _payload_text(failed)
     assert FAILED_SCENE[0] in failure_text and FAILED_SCENE[1] in failure_text
