@@ -29,12 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from boto3.exceptions import S3UploadFailedError
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from prefect_aws import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 
 from tasks.aoi import AOI_NAME_PATTERN
-from tasks.errors import InvalidSettings, OutputCollision, PublishError
+from tasks.errors import InvalidSettings, OutputCollision, PublishError, StoreUnreachable, error_chain, first_line
 from tasks.gdal_env import s3_endpoint_options
 from tasks.metadata import ProductNames
 from tasks.month import Month
@@ -67,6 +74,8 @@ PERMANENT_S3_ERRORS: Mapping[str, str] = {
     "InvalidBucketName": "the bucket name is not valid; fix the s3_block's bucket_name",
 }
 """S3 error codes no retry fixes, with what to do about each."""
+NO_ANSWER_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
+"""botocore's errors of a store that did not answer (after botocore's own retries)."""
 
 
 class MonthDestination(ABC):
@@ -170,8 +179,9 @@ class LocalMonth(MonthDestination):
 class BucketMonth(MonthDestination):
     """The month folder below an `S3Bucket` block's `bucket_folder`, reached with the block's credentials.
 
-    An S3 error no retry fixes (no bucket, no access, bad keys) becomes a one-line `PublishError`;
-    others pass on, to be retried by the calling task.
+    An S3 error no retry fixes (no bucket, no access, bad keys) becomes a one-line `PublishError`; a
+    store that does not answer (connection refused, timed out) a one-line `StoreUnreachable`, which
+    the calling task retries; others pass on, to be retried by the calling task.
     """
 
     def __init__(self, bucket_block: S3Bucket, aoi: str, month: str) -> None:
@@ -193,27 +203,27 @@ class BucketMonth(MonthDestination):
         return f"s3://{self.bucket}/{self.prefix}"
 
     def put(self, files: Mapping[str, Path]) -> None:
-        with self._permanent_errors_named():
+        with self._errors_named():
             for name, path in files.items():
                 # upload_from_path always puts the block's bucket_folder in front of the key it is given
                 self.block.upload_from_path(path, f"{self.folder}/{name}", ExtraArgs={"ContentType": content_type(path)})
 
     def copy(self, copies: Mapping[str, str]) -> None:
-        with self._permanent_errors_named():
+        with self._errors_named():
             for source, target in copies.items():
                 self.block.copy_object(f"{self.prefix}/{source}", f"{self.prefix}/{target}")
 
     def remove_below(self, subfolder: str, keep: str | None = None) -> None:
         client = self.block.credentials.get_s3_client()
         kept_prefix = f"{self.prefix}/{subfolder}/{keep}/" if keep else None
-        with self._permanent_errors_named():
+        with self._errors_named():
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{subfolder}/"):
                 doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]
                 if doomed:
                     client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed})
 
     def exists(self, name: str) -> bool:
-        with self._permanent_errors_named():
+        with self._errors_named():
             try:
                 self.block.credentials.get_s3_client().head_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
             except ClientError as error:
@@ -223,11 +233,11 @@ class BucketMonth(MonthDestination):
         return True
 
     def delete(self, name: str) -> None:
-        with self._permanent_errors_named():
+        with self._errors_named():
             self.block.credentials.get_s3_client().delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
 
     def read_json(self, name: str) -> dict[str, Any] | None:
-        with self._permanent_errors_named():
+        with self._errors_named():
             try:
                 response = self.block.credentials.get_s3_client().get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
             except ClientError as error:
@@ -257,10 +267,16 @@ class BucketMonth(MonthDestination):
         return f"{folder_path}/{name}", options
 
     @contextmanager
-    def _permanent_errors_named(self) -> Iterator[None]:
+    def _errors_named(self) -> Iterator[None]:
         try:
             yield
-        except (ClientError, S3UploadFailedError) as error:
+        except (ClientError, S3UploadFailedError, BotoCoreError) as error:
+            if unanswered := next((link for link in error_chain(error) if isinstance(link, NO_ANSWER_ERRORS)), None):
+                endpoint = self.block.credentials.aws_client_parameters.endpoint_url or "AWS S3"
+                raise StoreUnreachable(
+                    f"the products store did not answer for {self.location} at {endpoint} ({first_line(unanswered)}); "
+                    "check that it is up and the s3_block's endpoint_url, then re-run: built tiles are kept"
+                ) from error
             code = s3_error_code(error)
             if code not in PERMANENT_S3_ERRORS:
                 raise

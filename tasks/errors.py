@@ -30,6 +30,7 @@ __all__ = [
     "SceneOutsideAOI",
     "SceneReadError",
     "StacApiError",
+    "StoreUnreachable",
     "TilesFailed",
     "TooFewClearPixels",
     "TooManyFailedScenes",
@@ -183,6 +184,11 @@ class OutputCollision(MosaicError):
 
 class PublishError(MosaicError):
     """The products cannot be published for a reason no retry fixes (missing bucket, refused credentials)."""
+
+
+class StoreUnreachable(MosaicError):
+    """An object store did not answer (connection refused, timed out): another attempt may reach it,
+    so the I/O tasks retry it; the message names the store, its endpoint and what to check."""
 
 
 class InvalidProduct(MosaicError):

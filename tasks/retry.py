@@ -19,7 +19,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import TransientReadError, error_chain
+from tasks.errors import StoreUnreachable, TransientReadError, error_chain
 from tasks.logs import stage_logger
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "RetriesEnded",
     "RetryPolicy",
     "io_task_retries",
+    "is_transient_io_failure",
     "retried",
     "retry_io_failure",
     "s3_error_code",
@@ -136,14 +137,14 @@ def s3_error_code(error: BaseException) -> str:
 
 def is_transient_io_failure(error: object) -> bool:
     """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file), a
-    transient workspace read, a connection failure, S3 5xx or throttling. Never a failed scene read
+    transient workspace read, a store that did not answer, a connection failure, S3 5xx or throttling. Never a failed scene read
     (its reader already retried), an S3 refusal (no bucket, no access), a bug or a bad input."""
     if not isinstance(error, BaseException) or isinstance(error, FileNotFoundError):
         return False
     if (s3_answer := s3_error_in(error)) is not None:
         answer = s3_answer.response
         return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or s3_error_code(error) in THROTTLING_CODES
-    return isinstance(error, (OSError, TransientReadError, BotoCoreError, S3UploadFailedError))
+    return isinstance(error, (OSError, TransientReadError, StoreUnreachable, BotoCoreError, S3UploadFailedError))
 
 
 def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:

@@ -17,8 +17,9 @@ from blocks.publish import (
     month_destination,
     month_folder,
 )
-from tasks.errors import InvalidSettings
-from tasks.testing.servers import TEST_CREDENTIALS, S3Server
+from tasks.errors import InvalidSettings, StoreUnreachable
+from tasks.retry import is_transient_io_failure
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server, free_port
 from tasks.workspace import Workspace
 
 AOI = "lake_constance"
@@ -229,3 +230,28 @@ def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bu
     client = bucket_block.credentials.get_s3_client()
     for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):
         client.delete_object(Bucket=BUCKET, Key=key)
+
+
+def test_a_store_that_refuses_connections_is_named_in_one_line_and_retried(
+    products: dict[str, Path], item_file: Path
+) -> None:
+    refused_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    credentials = AwsCredentials(
+        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
+        region_name=TEST_CREDENTIALS["region_name"],
+        aws_client_parameters=AwsClientParameters(endpoint_url=refused_endpoint),
+    )
+    destination = month_destination(S3Bucket(bucket_name=BUCKET, credentials=credentials), AOI, MONTH)
+
+    for operation in (
+        lambda: destination.put(month_files(products, item_file)),
+        lambda: destination.read_json("metadata.json"),
+        lambda: destination.exists("metadata.json"),
+    ):
+        with pytest.raises(StoreUnreachable) as unreachable:
+            operation()
+        message = str(unreachable.value)
+        assert message.startswith(f"the products store did not answer for s3://{BUCKET}/{AOI}/2024/06 at {refused_endpoint}")
+        assert "Could not connect to the endpoint URL" in message and "\n" not in message
+        assert is_transient_io_failure(unreachable.value), "the I/O task retries a store that did not answer"
