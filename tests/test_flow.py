@@ -153,6 +153,20 @@ def test_every_item_the_api_returns_is_listed_once_those_the_search_leaves_out_a
     assert report.scenes_used == len(metadata["scenes_used"]) <= len(items) - 3
 
 
+def test_a_failure_of_the_project_is_logged_in_one_line_without_the_engine_traceback(
+    served: ServedMonth, prefect_harness: None, tmp_path: Path
+) -> None:
+    started = datetime.now(UTC)
+    empty_month = Month.parse(served.label).following_start.strftime("%Y-%m")
+
+    state = monthly_mosaic(flow_settings(served, tmp_path / "ws", month=empty_month), return_state=True)
+
+    messages = log_messages_since(started)
+    assert state.is_failed() and "no scenes over AOI" in state.message
+    assert any(message.startswith("Encountered exception during execution: NoScenesFound: no scenes") for message in messages)
+    assert not [message for message in messages if "Traceback" in message or "\n" in message.strip()], messages
+
+
 def test_too_many_failed_scenes_fail_the_run_and_slack_hears_why(
     served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, slack_receiver: SlackReceiver, tmp_path: Path
 ) -> None:
