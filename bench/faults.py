@@ -57,6 +57,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.embedded_api import STARTUP_TIMEOUT_S
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
 from tasks.errors import SceneReadError
@@ -402,7 +403,7 @@ def main() -> None:
         use_s3_server(s3_server)
         proxy = FaultProxy(s3_server.endpoint_url)
         stack.callback(proxy.stop)
-        stack.enter_context(prefect_test_harness())
+        stack.enter_context(prefect_test_harness(server_startup_timeout=STARTUP_TIMEOUT_S))
         bench = Bench(s3_server, proxy, Path(work_dir))
         for runner in runners:
             for fault in TRANSIENT_FAULTS:

@@ -32,6 +32,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.embedded_api import STARTUP_TIMEOUT_S
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
 from tasks.testing.mask_truth import MaskScores, mask_scores
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--missed-share", type=float, default=0.5, help="share of thin cloud the SCL misses")
     arguments = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="mask_quality_") as scratch, prefect_test_harness():
+    with (
+        tempfile.TemporaryDirectory(prefix="mask_quality_") as scratch,
+        prefect_test_harness(server_startup_timeout=STARTUP_TIMEOUT_S),
+    ):
         folder = Path(scratch)
         month, items, aoi = write_month(folder, arguments.size, arguments.seed, arguments.missed_share)
         print(f"month: {len(month.items)} dates, {arguments.size}x{arguments.size} px of {RESOLUTION_M:g} m, "

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
-from flows.run import print_report
-from tasks.errors import MissingModelWeights, MosaicError
+from flows.run import print_report, reporting_failures
+from tasks.errors import MissingModelWeights
 from tasks.ocm_weights import (
     check_model_weights,
     download_command,
@@ -66,7 +66,8 @@ def demo_masker() -> MaskSettings:
     return ocm
 
 
-def main() -> int:
+def run_demo() -> int:
+    """Write the demo month, run the flow on it, print where everything is."""
     item_collection, aoi_path = write_demo_inputs()
     settings = MosaicSettings(
         aoi=str(aoi_path),
@@ -77,17 +78,16 @@ def main() -> int:
         workspace=str(DEMO_ROOT),
         output_dir=str(OUTPUT_DIR),
     )
-    try:
-        report = monthly_mosaic(settings)
-    except MosaicError as error:
-        print(f"demo failed: {error}", file=sys.stderr)
-        return 1
-    print_report(report)
+    print_report(monthly_mosaic(settings))
     print(
         "\nBrowse the run in the Prefect UI: `.venv/bin/prefect server start`, then open http://127.0.0.1:4200 "
         "(runs of the embedded API are kept in ~/.prefect)."
     )
     return 0
+
+
+def main() -> int:
+    return reporting_failures(run_demo, "demo", debug=False)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from flows.collection import publish_collection_task
 from flows.locking import month_lock
 from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
-from tasks.errors import TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
+from tasks.errors import InvalidSettings, TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
 from tasks.fill_sources import MonthFill, neighbour_months
 from tasks.grid import check_grid_size, grid_for_aoi
 from tasks.maskers import masker_named
@@ -297,8 +297,17 @@ def run_summary_markdown(report: RunReport) -> str:
 
 
 def load_bucket(block_name: str | None) -> S3Bucket | None:
-    """The named prefect-aws `S3Bucket` block, or None for local output."""
-    return S3Bucket.load(block_name) if block_name else None  # type: ignore[return-value]  # async_dispatch, sync here
+    """The named prefect-aws `S3Bucket` block, or None for local output; `InvalidSettings` when the
+    Prefect API holds no such block."""
+    if not block_name:
+        return None
+    try:
+        return S3Bucket.load(block_name)  # type: ignore[return-value]  # async_dispatch, sync here
+    except ValueError as missing:  # Prefect: "Unable to find block document named ..."
+        raise InvalidSettings(
+            f"s3_block {block_name!r} is not saved in the Prefect API ({first_line(missing)}); "
+            "save it with `python -m blocks.register`, or fix the name"
+        ) from None
 
 
 def check_valid_share(valid_share: float, min_valid_share: float, month: Month, more_scenes_hint: str = "") -> None:

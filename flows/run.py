@@ -7,12 +7,15 @@
 `--settings` takes a YAML or JSON file of `MosaicSettings` fields (the same shape as a deployment's
 `parameters.settings` in prefect.yaml); the other options override it. Bad input ends with one line
 on stderr naming the problem, and exit status 2; a run that fails (no scene, too many failed
-scenes, failed months of a backfill) ends with its reason and status 1.
+scenes, a products store that does not answer, failed months of a backfill, any other error) ends
+with one line, its reason, and status 1. Tracebacks, in Prefect's logs too, only with `--debug`.
 """
 
 import argparse
 import json
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,14 @@ import yaml
 from pydantic import ValidationError
 
 from blocks.slack import RunReport
+from flows.embedded_api import startup_failure, waiting_long_enough
 from flows.parameters import MosaicSettings
-from tasks.errors import MosaicError
+from tasks.errors import MosaicError, first_line
+from tasks.logs import errors_in_one_line
 from tasks.maskers import masker_names
 from tasks.month import Month
 
-__all__ = ["backfill_main", "main", "print_report"]
+__all__ = ["backfill_main", "failure_line", "main", "print_report"]
 
 INPUT_ERROR_STATUS = 2
 RUN_FAILED_STATUS = 1
@@ -65,7 +70,7 @@ def print_report(report: RunReport) -> None:
     print(f"\nBasemap {report.aoi} {report.month}: {report.scenes_used} of {report.scenes_found} scenes used, "
           f"{valid} of the AOI has a clear value{filled}.")
     for scene_id, reason in report.failed_scenes:
-        print(f"  skipped    {scene_id}: {reason}")
+        print(f"  failed     {scene_id}: {reason}")
     for product, location in report.product_urls.items():
         print(f"  {product:10s} {location}")
 
@@ -80,6 +85,7 @@ def settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--masker", choices=masker_names())
     parser.add_argument("--workspace", help="local directory or s3://bucket/prefix for intermediate files")
     parser.add_argument("--output-dir", help="local directory for the products")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, in the logs too")
     return parser
 
 
@@ -109,20 +115,43 @@ def checked_settings(arguments: argparse.Namespace) -> MosaicSettings | None:
     return settings
 
 
+def failure_line(error: BaseException) -> str:
+    """Any failure in one line: the project's errors say what failed and what to do themselves; the
+    embedded API's start names its setting; another error gives its type, its first line and how to see more."""
+    if isinstance(error, MosaicError):
+        return str(error)
+    return startup_failure(error) or (
+        f"{type(error).__name__}: {first_line(error)} (unexpected: run again with --debug for the traceback, and report it)"
+    )
+
+
+def reporting_failures(command: Callable[[], int], verb: str, debug: bool) -> int:
+    """`command()`'s exit status; a failure of any kind ends in one line '<verb> failed: ...' on stderr
+    and status 1, with its traceback (and those of Prefect's logs) only when `debug`."""
+    with errors_in_one_line(() if debug else (Exception,)), waiting_long_enough():
+        try:
+            return command()
+        except Exception as error:
+            if debug:
+                traceback.print_exc()
+            print(f"{verb} failed: {failure_line(error)}", file=sys.stderr)
+            return RUN_FAILED_STATUS
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
     """Run the month the arguments describe; the exit status says how it ended."""
-    settings = checked_settings(parse_arguments(argv, prog))
-    if settings is None:
-        return INPUT_ERROR_STATUS
-    from flows.monthly_mosaic import monthly_mosaic
+    arguments = parse_arguments(argv, prog)
 
-    try:
-        report = monthly_mosaic(settings)
-    except MosaicError as error:
-        print(f"run failed: {error}", file=sys.stderr)
-        return RUN_FAILED_STATUS
-    print_report(report)
-    return 0
+    def run_month() -> int:
+        settings = checked_settings(arguments)
+        if settings is None:
+            return INPUT_ERROR_STATUS
+        from flows.monthly_mosaic import monthly_mosaic
+
+        print_report(monthly_mosaic(settings))
+        return 0
+
+    return reporting_failures(run_month, "run", arguments.debug)
 
 
 def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill") -> int:
@@ -143,22 +172,22 @@ def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill")
     if not 1 <= arguments.max_concurrent_months <= MAX_CONCURRENT_MONTHS:
         print(f"error: --max-concurrent-months must be 1..{MAX_CONCURRENT_MONTHS}", file=sys.stderr)
         return INPUT_ERROR_STATUS
-    settings = checked_settings(arguments)
-    if settings is None:
-        return INPUT_ERROR_STATUS
-    try:
+
+    def run_backfill() -> int:
+        settings = checked_settings(arguments)
+        if settings is None:
+            return INPUT_ERROR_STATUS
         report = backfill(
             arguments.start_month, arguments.end_month, settings, arguments.overwrite, arguments.max_concurrent_months
         )
-    except MosaicError as error:
-        print(f"backfill failed: {error}", file=sys.stderr)
-        return RUN_FAILED_STATUS
-    print(f"\nBackfill {report.aoi} {report.first_month}..{report.last_month}:")
-    for outcome in report.months:
-        shares = "" if outcome.valid_share is None else f" {outcome.valid_share:.1%} valid"
-        shares += "" if outcome.filled_share is None else f", {outcome.filled_share:.1%} filled"
-        print(f"  {outcome.month} {outcome.state:9s}{shares}  {outcome.item_url or ''}")
-    return 0
+        print(f"\nBackfill {report.aoi} {report.first_month}..{report.last_month}:")
+        for outcome in report.months:
+            shares = "" if outcome.valid_share is None else f" {outcome.valid_share:.1%} valid"
+            shares += "" if outcome.filled_share is None else f", {outcome.filled_share:.1%} filled"
+            print(f"  {outcome.month} {outcome.state:9s}{shares}  {outcome.item_url or ''}")
+        return 0
+
+    return reporting_failures(run_backfill, "backfill", arguments.debug)
 
 
 if __name__ == "__main__":

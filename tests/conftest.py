@@ -60,8 +60,10 @@ def _s3_server_reset_after_test(request: pytest.FixtureRequest) -> Iterator[None
 def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Prefect's ephemeral API, as the CLI and `make demo` use it: no PREFECT_API_URL (another test's
     harness may have set it in the environment and in the settings)."""
+    from flows.embedded_api import waiting_long_enough
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(updates={PREFECT_API_URL: None}):
+    with temporary_settings(updates={PREFECT_API_URL: None}), waiting_long_enough():
         assert not PREFECT_API_URL.value()
         yield
 
@@ -99,7 +101,9 @@ def prefect_harness() -> Iterator[None]:
     """A throw-away Prefect API (SQLite, ~8 s to start) for the rest of the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    from flows.embedded_api import STARTUP_TIMEOUT_S
+
+    with prefect_test_harness(server_startup_timeout=STARTUP_TIMEOUT_S):
         yield
 
 

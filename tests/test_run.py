@@ -1,5 +1,6 @@
 """`python -m flows.run` and `basemap backfill`: settings from a file and options, one-line errors for bad input."""
 
+import os
 import subprocess
 import sys
 from datetime import date
@@ -7,17 +8,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
+from blocks.slack import RunReport
+from flows.embedded_api import STARTUP_TIMEOUT_S, waiting_long_enough
 from flows.monthly_mosaic import run_inputs
-from flows.run import backfill_main, main
+from flows.run import backfill_main, main, print_report
 from tasks.testing.served_month import (
     ServedMonth,
     flow_settings,
     month_dates,
+    save_products_block,
     serve_synthetic_month,
     serve_synthetic_series,
 )
-from tasks.testing.servers import S3Server
+from tasks.testing.servers import S3Server, free_port
 from tests import REPO_ROOT
 
 
@@ -130,3 +135,69 @@ def test_a_backfill_from_the_command_line_lists_every_month(
 
     assert all(f"{label} built" in built for label in series.labels), built
     assert all(f"{label} skipped" in skipped for label in series.labels), skipped
+
+
+def run_cli_against(api_url: str, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
+    """`python -m flows.run` with `PREFECT_API_URL` (or, when empty, none: the embedded API) and `environment`."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env |= {"PREFECT_API_URL": api_url} if api_url else {}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.run", *arguments],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**env, **environment},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_a_products_store_that_refuses_connections_ends_in_one_line(
+    prefect_harness: None, tmp_path: Path, debug: bool
+) -> None:
+    refused_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    save_products_block("refusing-store", "basemaps", "products", refused_endpoint)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump({"s3_block": "refusing-store", "workspace": str(tmp_path / "ws")}))
+
+    finished = run_cli_against(
+        str(PREFECT_API_URL.value()),
+        "--settings", str(settings_file), "--aoi", "9.10,47.52,9.20,47.58", "--month", "2024-06", "--masker", "scl",
+        *(["--debug"] if debug else []),
+    )  # fmt: skip
+
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert finished.returncode == 1, finished.stderr
+    assert last_line.startswith("run failed: the products store did not answer for s3://basemaps/products/"), last_line
+    assert refused_endpoint in last_line and "check that it is up and the s3_block's endpoint_url" in last_line
+    assert ("Traceback" in finished.stderr + finished.stdout) == debug, finished.stderr
+    assert [line for line in finished.stderr.splitlines() if line.startswith("run failed:")] == [last_line]
+
+
+def test_an_embedded_api_that_does_not_start_in_time_is_named_in_one_line(tmp_path: Path) -> None:
+    finished = run_cli_against(
+        "",
+        "--aoi", "9.10,47.52,9.20,47.58", "--month", "2024-06", "--masker", "scl", "--workspace", str(tmp_path / "ws"),
+        PREFECT_HOME=str(tmp_path / "prefect-home"),  # a new database to migrate: no start is that quick
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+    )  # fmt: skip
+
+    (failure,) = [line for line in finished.stderr.splitlines() if line.startswith("run failed:")]
+    assert finished.returncode == 1, finished.stderr
+    assert failure.startswith("run failed: Prefect's embedded API did not start within 1 s"), failure
+    assert "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in failure
+    assert "Traceback" not in finished.stderr
+
+
+def test_the_embedded_api_gets_a_generous_start_unless_the_user_chose_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with waiting_long_enough():
+            assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == STARTUP_TIMEOUT_S
+        with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 7}), waiting_long_enough():
+            assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == 7
+
+
+def test_the_summary_lists_failed_scenes_as_failed(capsys: pytest.CaptureFixture) -> None:
+    report = RunReport(
+        aoi="lake", month="2024-06", scenes_found=3, scenes_used=2, failed_scenes=[("S2B_1", "red: not found (HTTP 404)")]
+    )
+    print_report(report)
+    printed = capsys.readouterr().out
+    assert "  failed     S2B_1: red: not found (HTTP 404)" in printed and "skipped" not in printed
