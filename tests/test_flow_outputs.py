@@ -548,6 +548,7 @@ def test_a_month_without_clear_pixels_publishes_nothing_and_slack_hears_why(
     share = re.match(r"only (\d+(?:\.\d+)?)% of the AOI has a clear observation", message)
     assert share and float(share[1]) < 100 * settings.min_valid_share, message
     assert f"min_valid_share {settings.min_valid_share:.0%}" in message, message
+    assert "max_cloud_cover" not in message, "every scene is in already at 100 %: a higher limit adds none"
     assert s3_server.keys(products_bucket) == set(), "something was published"
     assert "failed" in slack_receiver.texts()[-1], slack_receiver.texts()
     assert "min_valid_share" in json.dumps(slack_receiver.bodies[-1]), slack_receiver.bodies[-1]
