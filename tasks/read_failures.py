@@ -9,25 +9,25 @@
 - At read it names a range past the object's end (`416: Range downloading not supported`) and a
   corrupt block (`ZIPDecode:Decoding error`).
 - Otherwise it hides the cause: a refused connection, an S3 error, a body cut in transit, a missing
-  object and an object truncated on the store all end in `got N bytes, expected M` at read; after a
-  failed attempt GDAL's cache makes a reopen say "not recognized as being in a supported file
-  format" or "does not exist in the file system" without asking the server.
-
-- A host that does not resolve is `CURL error: Could not resolve host: <name>` at open, the same
-  whether DNS said the name does not exist or did not answer.
+  object, an object truncated on the store and a server that answers a range with fewer bytes than
+  asked (a short 206, a store claiming bytes it does not hold) all end in `got N bytes, expected M`
+  at read; after a failed attempt GDAL's cache makes a reopen say "not recognized as being in a
+  supported file format" or "does not exist in the file system" without asking the server.
+- A host that does not resolve is `CURL error: Could not resolve host: <name>`, the same whether DNS
+  said the name does not exist or did not answer.
 
 When the chain does not tell, the object is asked for directly (`probe_object`: one request) and the
-answer decides. The probe asks where the read failed: a block read that came short names its tile
-and how many of its bytes arrived (`TIFFFillTile:Read error at row R, col C, tile T; got N bytes,
-expected M`), and the file's own tile index (`BLOCK_OFFSET_*`/`BLOCK_SIZE_*`) places that tile, so
-the probe asks for the bytes the read missed (`missing_bytes`); otherwise it asks for the first
-bytes. Unreachable or HTTP 5xx is transient; a name DNS says does not exist, 404 and 403 permanent;
-first bytes that are not a TIFF header "not a GeoTIFF"; an object shorter than its own tile index
-reaches (`tiff_extent`) truncated; a complete answer that holds fewer bytes than asked (a server that
-answers ranges short, or claims a size it does not hold) truncated, as the read met the same; an
-answer cut short of its own Content-Length, or an object that answers well now, failed in transit
-(transient). So a permanently broken asset costs one attempt: its failing request, and at most the
-probe. URLs in reasons lose their query strings, so signed URLs never reach metadata.json or Slack.
+answer decides. The probe asks where the read failed: GDAL names the block that came short
+(`IReadBlock failed at X offset C, Y offset R`) and libtiff how many of its bytes arrived (`got N
+bytes, expected M`), the file's own tile index (`BLOCK_OFFSET_*`/`BLOCK_SIZE_*`) places the block,
+and the probe asks for the bytes the read missed (`missing_bytes`); otherwise it asks for the first
+bytes. No answer or HTTP 5xx is transient; a host name DNS says does not exist, 404 and 403
+permanent; first bytes that are not a TIFF header "not a GeoTIFF"; an object shorter than its own
+tile index reaches (`tiff_extent`) truncated; a complete answer with fewer bytes than asked truncated,
+as the read met the same short answer; an answer cut short of its own Content-Length, or an object
+that answers well now, failed in transit (transient). So a permanently broken asset costs one
+attempt: its failing request, and at most the probe. URLs in reasons lose their query strings, so
+signed URLs never reach metadata.json or Slack.
 """
 
 import http.client
@@ -90,6 +90,8 @@ SHORT_BLOCK_PLACE = re.compile(
 SHORT_TILE = re.compile(r"got (?P<received>\d+) bytes, expected (?P<expected>\d+)")
 """libtiff's message for a tile whose bytes came short: how many arrived, and its size."""
 UNRESOLVED_HOST = re.compile(r"Could not resolve (?:host|proxy)")
+"""curl's message for a name it could not resolve: the probe's own lookup tells whether DNS said the
+name does not exist (permanent) or did not answer (transient)."""
 CORRUPT_BLOCK = re.compile(r"Decoding error|decode|decompress|inflate", re.IGNORECASE)
 URL_QUERY = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\"]*")
 

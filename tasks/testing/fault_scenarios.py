@@ -74,7 +74,7 @@ OUTAGE_AFTER_REQUESTS = 12
 SHORT_RANGES_NAME = "short 206"
 CLAIMS_FULL_SIZE_NAME = "40 % claiming full size"
 CLAIMED_SIZE_HELD_PERCENT = 40
-"""The share of an object a store claiming its full size holds: more than the header GDAL reads at open."""
+"""The share of the object that a store claiming its full size holds."""
 
 
 @dataclass(frozen=True)
