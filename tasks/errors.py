@@ -11,10 +11,12 @@ and `portable_errors` replaces each link of a chain that does not survive pickli
 
 import functools
 import pickle
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
 
 __all__ = [
+    "NAME_NOT_FOUND_CODES",
     "ErrorCause",
     "InferenceOutOfMemory",
     "InvalidAOI",
@@ -37,6 +39,7 @@ __all__ = [
     "TransientReadError",
     "error_chain",
     "first_line",
+    "name_not_found",
     "portable",
     "portable_errors",
     "root_cause",
@@ -61,6 +64,16 @@ def error_chain(error: BaseException) -> Iterator[BaseException]:
         seen.add(id(link))
         yield link
         link = link.__cause__ or link.__context__
+
+
+NAME_NOT_FOUND_CODES = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+"""getaddrinfo's answers that DNS knows no address for the name; EAI_AGAIN (the resolver did not
+answer) and EAI_FAIL may pass."""
+
+
+def name_not_found(error: BaseException) -> bool:
+    """Whether `error`, or an error in its chain (under a client's wrappers), is DNS saying a host name does not exist."""
+    return any(isinstance(link, socket.gaierror) and link.errno in NAME_NOT_FOUND_CODES for link in error_chain(error))
 
 
 def root_cause(error: BaseException) -> str:

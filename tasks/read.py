@@ -38,7 +38,7 @@ from tasks.crs import crs_of
 from tasks.errors import SceneOutsideAOI, SceneReadError
 from tasks.gdal_env import gdal_env, gdal_path
 from tasks.grid import grid_blocks
-from tasks.read_failures import classify_read_failure, tiff_extent
+from tasks.read_failures import ByteRange, classify_read_failure, missing_bytes, tiff_extent
 from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
 from tasks.scene import (
     NODATA,
@@ -191,6 +191,7 @@ class AssetReader:
     _warped: WarpedVRT | None = None
     _lattice: Lattice | None = None
     _file_extent: int | None = None
+    _missing: ByteRange | None = None
 
     def read(self, roi: tuple[slice, slice]) -> np.ndarray:
         """The asset on `subgrid[roi]` as (y, x): float32 DNs for reflectance, native integers for SCL; 0 = nodata."""
@@ -202,8 +203,10 @@ class AssetReader:
                 if self._lattice is not None and self._source is not None:
                     return self._read_on_lattice(self._source, roi, self._lattice)
                 return warped.read(1, window=Window.from_slices(*roi))
-            except (RasterioError, OSError):
+            except (RasterioError, OSError) as error:
+                # The file's tile index is read while it is open: the failure is classified after close.
                 self._file_extent = tiff_extent(self._source) if self._source is not None else None
+                self._missing = missing_bytes(error, self._source) if self._source is not None else None
                 self.close()
                 raise
 
@@ -217,7 +220,7 @@ class AssetReader:
         if isinstance(error, SceneReadError):
             return Failure(error.reason, transient=False)
         if isinstance(error, (RasterioError, OSError)):
-            return classify_read_failure(error, self.asset.href, self._file_extent)
+            return classify_read_failure(error, self.asset.href, self._file_extent, self._missing)
         return None
 
     def _opened(self, attempt: int) -> WarpedVRT:

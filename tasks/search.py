@@ -27,10 +27,19 @@ from prefect.cache_policies import NO_CACHE
 from pystac_client import Client
 from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 from pystac_client.warnings import DoesNotConformTo
 
 from tasks.aoi import WGS84, aoi_in_crs, lonlat_bbox, lonlat_search_hull
-from tasks.errors import InvalidSettings, NoScenesFound, StacApiError, first_line, portable_errors
+from tasks.errors import (
+    InvalidSettings,
+    NoScenesFound,
+    StacApiError,
+    error_chain,
+    first_line,
+    name_not_found,
+    portable_errors,
+)
 from tasks.logs import stage_logger
 from tasks.month import Month
 from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried
@@ -72,6 +81,8 @@ API_URL_SCHEMES = ("http://", "https://")
 """A self link with one of these schemes is an item's URL in a STAC API (a local file's is not)."""
 SOCKET_ERROR_PATTERN = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+UNRESOLVED_NAME = re.compile(r"Failed to resolve '([^']+)'")
+"""urllib3's message for a host name DNS could not resolve (the API's own, or one its links name)."""
 
 
 @dataclass(frozen=True)
@@ -191,14 +202,16 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
 
     The hull keeps requests small for detailed AOIs; items are filtered by the AOI itself afterwards.
     An unreachable API (no connection, timeout, HTTP 408/429/5xx) is retried per `API_RETRY`; then
-    `StacApiError` says the retries are exhausted. A refused search is a `StacApiError` at once; a
+    `StacApiError` says the retries are exhausted. A host DNS says does not exist (a typo in the URL)
+    and a refused search are a `StacApiError` at once; a
     collection the API does not serve, or an URL that is no STAC API, an `InvalidSettings`.
     `aoi_wgs84` and the hull are split at lon 180 when they cross it (RFC 7946, `lonlat_search_hull`).
     """
     url = settings.stac_api_url
 
     def search_once(attempt: int) -> list[dict]:
-        client = Client.open(url, timeout=API_TIMEOUT_S)
+        # No retry inside pystac-client (by default 5 more connections per request): `retried` is the one layer.
+        client = Client.open(url, timeout=API_TIMEOUT_S, stac_io=StacApiIO(max_retries=None))
         if client.get_collection(settings.collection) is None:
             raise InvalidSettings(
                 f"collection {settings.collection!r} not found at STAC API {url}; "
@@ -215,7 +228,7 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
     try:
         return retried(search_once, api_failure, API_RETRY, f"STAC API {url}")
     except RetriesEnded as ended:
-        if ended.failure.transient:
+        if ended.failure.transient or name_not_found(ended):
             raise StacApiError(
                 f"STAC API {url} did not answer: {ended.reason}; check the URL and the network, then re-run"
             ) from None
@@ -231,10 +244,14 @@ def query_stac_api(aoi_wgs84: Geometry, start: datetime, end: datetime, settings
 
 
 def api_failure(error: Exception) -> Failure | None:
-    """How a STAC API request failed: no answer or HTTP 408/429/5xx is transient, another HTTP status
-    permanent; anything else (an URL that is no STAC API, a missing collection) is no request failure."""
+    """How a STAC API request failed: no answer or HTTP 408/429/5xx is transient, a host name DNS says
+    does not exist or another HTTP status permanent; anything else (an URL that is no STAC API, a
+    missing collection) is no request failure."""
     if not isinstance(error, APIError):
         return None
+    if name_not_found(error):
+        named = next((match for link in error_chain(error) if (match := UNRESOLVED_NAME.search(str(link)))), None)
+        return Failure(f"host {named.group(1) if named else 'of the URL'} does not resolve (DNS)", transient=False)
     status = getattr(error, "status_code", None)
     socket_error = SOCKET_ERROR_PATTERN.search(str(error))
     reason = socket_error.group(0) if socket_error else first_line(error)

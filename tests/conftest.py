@@ -76,6 +76,18 @@ def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
     proxy.stop()
 
 
+@pytest.fixture(scope="session")
+def unresolvable_host() -> str:
+    """A host name under `.invalid` that this machine's resolver says at once does not exist (the
+    test is skipped when it does not answer in seconds)."""
+    from tasks.testing.fault_scenarios import RESOLVER_WAIT_S, unresolvable_host
+
+    host = unresolvable_host()
+    if host is None:
+        pytest.skip(f"the resolver did not say within {RESOLVER_WAIT_S:g} s that a .invalid name does not exist")
+    return host
+
+
 @pytest.fixture
 def stac_api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict, list[dict]], str]]:
     """Start `rustac serve` for (collection, items) and return the API root URL; stopped after the test."""

@@ -187,6 +187,40 @@ def test_truncate_object_is_seen_by_boto3(fault_proxy: FaultProxy, uploaded_obje
     assert (answer["ContentLength"], answer["Body"].read()) == (1234, content[:1234])
 
 
+def test_short_ranges_send_half_of_each_range_past_the_offset_under_its_full_headers(
+    fault_proxy: FaultProxy, uploaded_object: tuple[str, bytes]
+) -> None:
+    key, content = uploaded_object
+    fault_proxy.short_ranges(key, 32_768)
+
+    status, body, headers = request(fault_proxy, key, headers={"Range": "bytes=0-32767"})
+    assert (status, body, headers["Content-Range"]) == (206, content[:32_768], f"bytes 0-32767/{OBJECT_BYTES}")
+    status, body, headers = request(fault_proxy, key, headers={"Range": "bytes=40000-49999"})
+    assert (status, body) == (206, content[40_000:45_000])
+    assert (headers["Content-Range"], headers["Content-Length"]) == (f"bytes 40000-49999/{OBJECT_BYTES}", "5000")
+    assert request(fault_proxy, key, method="HEAD")[2]["Content-Length"] == str(OBJECT_BYTES)
+    assert request(fault_proxy, key)[:2] == (200, content)
+
+
+def test_truncate_claiming_size_sends_what_is_held_under_the_full_size(
+    fault_proxy: FaultProxy, uploaded_object: tuple[str, bytes]
+) -> None:
+    key, content = uploaded_object
+    held = 40_000
+    fault_proxy.truncate_claiming_size(key, held)
+
+    assert request(fault_proxy, key, method="HEAD")[2]["Content-Length"] == str(OBJECT_BYTES)
+    status, body, headers = request(fault_proxy, key, headers={"Range": "bytes=30000-49999"})
+    assert (status, body, headers["Content-Range"]) == (206, content[30_000:held], f"bytes 30000-49999/{OBJECT_BYTES}")
+    status, body, headers = request(fault_proxy, key, headers={"Range": "bytes=60000-60999"})
+    assert (status, body, headers["Content-Range"]) == (206, b"", f"bytes 60000-60999/{OBJECT_BYTES}")
+    assert request(fault_proxy, key)[:2] == (200, content[:held])
+    client = boto3.client("s3", endpoint_url=fault_proxy.endpoint_url, **TEST_CREDENTIALS)
+    assert client.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == OBJECT_BYTES
+    ranged = client.get_object(Bucket=BUCKET, Key=key, Range="bytes=39000-40999")
+    assert (ranged["ContentRange"], ranged["Body"].read()) == (f"bytes 39000-40999/{OBJECT_BYTES}", content[39_000:held])
+
+
 def test_cut_body_sends_fewer_bytes_than_announced_then_closes(
     fault_proxy: FaultProxy, uploaded_object: tuple[str, bytes]
 ) -> None:

@@ -21,11 +21,13 @@ from tasks.scene import SCENE_BANDS, SCL_BAND
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
     OUTAGE_DATES,
+    PERMANENT_FAULT_DATES,
     PERMANENT_FAULTS,
     RUNNERS,
     OutageTrigger,
     asset_file,
     asset_path,
+    break_assets,
     failure_requests,
     metadata_of,
     reads_through,
@@ -96,10 +98,11 @@ def test_permanent_faults_cost_one_attempt_and_name_themselves(
     runner: str, fault_proxy: FaultProxy, s3_server: S3Server, stac_api_factory, slack_block: str,
     slack_receiver: SlackReceiver, tmp_path: Path,
 ) -> None:  # fmt: skip
-    served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, duplicated_dates=())
-    broken = dict(zip(served.item_ids[1:], PERMANENT_FAULTS, strict=False))
-    for item_id, fault in broken.items():
-        fault.apply(fault_proxy, asset_path(served, item_id, fault.band), asset_file(served, tmp_path, item_id, fault.band).stat().st_size)
+    served = serve_synthetic_month(
+        s3_server, stac_api_factory, tmp_path, dates=PERMANENT_FAULT_DATES, duplicated_dates=()
+    )
+    broken = break_assets(fault_proxy, served, tmp_path)
+    assert list(broken.values()) == list(PERMANENT_FAULTS)
     settings = flow_settings(
         served, tmp_path / "ws", max_failed_fraction=1.0, min_valid_share=0.0, slack_block=slack_block, runner=RUNNERS[runner]
     )

@@ -1,6 +1,7 @@
 """Reading a scene's window of an output tile onto the grid: S3 and HTTP sources, harmonisation, any CRS, retries."""
 
 import json
+import time
 import uuid
 from dataclasses import replace
 from datetime import date, datetime
@@ -30,6 +31,14 @@ from tasks.retry import retry_io_failure
 from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
 from tasks.search import scene_from_item
 from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.testing.fault_proxy import FaultProxy
+from tasks.testing.fault_scenarios import (
+    CLAIMS_FULL_SIZE,
+    SHORT_RANGES,
+    PermanentFault,
+    failure_requests,
+    reads_through,
+)
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import (
     SCL_FILE,
@@ -50,6 +59,9 @@ FAST_RETRIES = ReadSettings(read_attempts=3, retry_base_delay_s=0.0)
 DUPLICATED = date(2020, 3, 5)
 SYNTHETIC_GRID = synthetic_grid(shape=(640, 640), resolution=100.0, crs="EPSG:32629", origin=(199_980.0, 2_800_020.0))
 REAL_TILE_SIZE_PX, REAL_HALO_PX = 256, 40
+PERMANENT_FAILURE_MAX_S = 10.0
+"""A permanent failure ends with its first attempt; with the default `ReadSettings` a transient one
+waits at least half the nominal delays between 8 attempts, 0.5 x (1+2+4+8+16+16+16) = 31.5 s."""
 
 
 def scene_item(stac_item: dict[str, Any]) -> SceneItem:
@@ -296,6 +308,70 @@ def test_failing_asset_raises_with_a_one_line_reason(fault: str, s3_server: S3Se
         assert raised.value.scene_reason.endswith("(transient; gave up after 3 attempts over 0 s)")
     else:
         assert raised.value.scene_reason == "nir: not found (HTTP 404)"
+
+
+def through_proxy(item: SceneItem, proxy: FaultProxy, scheme: str) -> SceneItem:
+    """`item` read through `proxy`: its s3:// hrefs as they are (the proxy is the S3 endpoint), or as http URLs."""
+    if scheme == "s3":
+        return item
+    assets = {
+        band: replace(asset, href=proxy.http_url(*asset.href.removeprefix("s3://").split("/", 1)))
+        for band, asset in item.assets.items()
+    }
+    return replace(item, assets=assets)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "http"])
+@pytest.mark.parametrize("fault", [SHORT_RANGES, CLAIMS_FULL_SIZE], ids=lambda fault: fault.name)
+def test_a_server_answering_short_fails_the_asset_at_once_as_truncated(
+    fault: PermanentFault, scheme: str, fault_proxy: FaultProxy, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A server that sends half of each range past the header (a short 206), or a store that holds 40 %
+    of the object while claiming all of it, fails the asset at its first attempt: the failing request,
+    then one probe of the bytes the read missed, which come short again."""
+    intact = upload_month(s3_server, tmp_path / "intact", dates=(DUPLICATED,))
+    broken = upload_month(s3_server, tmp_path / "broken", dates=(DUPLICATED,))  # the same files under other keys
+    intact_item, broken_item = (scene_item(month.items[0]) for month in (intact, broken))
+    intact_path, broken_path = ("/" + item.assets[fault.band].href.removeprefix("s3://") for item in (intact_item, broken_item))
+    aoi = pixel_box(broken.grid, (0, 640), (0, 640))
+    fault.apply(fault_proxy, broken_path, len(s3_server.read(*broken_path.split("/", 2)[1:])))
+    intact_item, broken_item = (through_proxy(item, fault_proxy, scheme) for item in (intact_item, broken_item))
+
+    with reads_through(fault_proxy):
+        read_scene_window(intact_item, intact.grid, aoi, ReadSettings())
+        started = time.monotonic()
+        with pytest.raises(SceneReadError) as raised:
+            read_scene_window(broken_item, broken.grid, aoi, ReadSettings())
+        seconds = time.monotonic() - started
+
+    reason = raised.value.scene_reason
+    assert reason.startswith(fault.expected_reason) and "arrived, twice" in reason and not raised.value.transient, reason
+    spent = failure_requests(fault, fault_proxy.requests(broken_path), fault_proxy.requests(intact_path))
+    assert 1 <= spent <= 2, (fault_proxy.requests(broken_path), fault_proxy.requests(intact_path))
+    assert seconds < PERMANENT_FAILURE_MAX_S
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_an_asset_host_that_does_not_resolve_fails_at_once(
+    scheme: str, unresolvable_host: str, local_month: SyntheticMonth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if scheme == "http":
+        href = f"http://{unresolvable_host}/scenes/B04.tif"
+    else:
+        href = "s3://scenes/B04.tif"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{unresolvable_host}:9000")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # credentials from the environment: nothing else is asked
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    item = scene_item(local_month.items[0])
+    item = replace(item, assets={**item.assets, "red": replace(item.assets["red"], href=href)})
+
+    started = time.monotonic()
+    with pytest.raises(SceneReadError) as raised:
+        read_scene_window(item, local_month.grid, pixel_box(local_month.grid, (0, 200), (0, 200)), ReadSettings())
+
+    assert raised.value.scene_reason == f"red: host {unresolvable_host} does not resolve (DNS)"
+    assert not raised.value.transient and time.monotonic() - started < PERMANENT_FAILURE_MAX_S
 
 
 @pytest.mark.parametrize("crs", ["EPSG:32629", "EPSG:3857"])

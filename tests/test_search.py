@@ -2,6 +2,10 @@
 
 import copy
 import json
+import logging
+import socket
+import threading
+import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -281,6 +285,48 @@ def test_unreachable_api_ends_saying_the_retries_are_exhausted(quick_api_retries
         search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)
     assert "gave up after 3 attempts" in str(error.value) and "Connection refused" in str(error.value)
     assert "\n" not in str(error.value) and "is retried" not in str(error.value)
+
+
+def test_a_stac_api_host_that_does_not_resolve_ends_at_once(unresolvable_host: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://{unresolvable_host}/v1"
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tasks.retry"), pytest.raises(StacApiError) as error:
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
+    assert str(error.value) == (
+        f"STAC API {url} did not answer: host {unresolvable_host} does not resolve (DNS); "
+        "check the URL and the network, then re-run"
+    )
+    assert not [record.message for record in caplog.records if "retrying" in record.message], "one attempt"
+    assert time.monotonic() - started < 10, "the retries of an unreachable API wait at least 30 s"
+
+
+def test_each_search_attempt_opens_one_connection(quick_api_retries: RetryPolicy) -> None:
+    """The search is the one layer that retries: pystac-client's own retries (5 more connections
+    per request by default) are off. The server accepts each connection and closes it unanswered."""
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        done = threading.Event()
+
+        def hang_up() -> None:
+            while not done.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                accepted.append(connection)
+                connection.close()
+
+        server = threading.Thread(target=hang_up, daemon=True)
+        server.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        try:
+            with pytest.raises(StacApiError, match="gave up after 3 attempts"):
+                search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
+        finally:
+            done.set()
+            server.join(timeout=5)
+    assert len(accepted) == quick_api_retries.attempts
 
 
 def test_an_api_answering_503_is_retried_then_named(earth_search_api: str, quick_api_retries: RetryPolicy) -> None:

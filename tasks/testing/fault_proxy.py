@@ -19,6 +19,16 @@ Faults, for requests whose path (`/bucket/key`, no query) contains `path_part`; 
   cut at `size`, 416 for a range starting at or past `size`, no stored checksum of the whole object.
   A client that learnt the real size before the fault was switched on then asks for ranges that no
   longer exist. Suffix ranges (`bytes=-n`) and multi-range requests are not modelled (GDAL sends neither).
+- `short_ranges(path_part, past_byte)`: a GET of a range starting at or past `past_byte` answers a
+  206 whose headers are right (`Content-Range: bytes a-b/size` of the range asked, the object's
+  size) but whose body, and Content-Length, hold only the first half of the range (at least one
+  byte): a server that answers short on purpose. Ranges before `past_byte` (the header GDAL reads
+  at open), HEAD and whole-object GETs pass unchanged.
+- `truncate_claiming_size(path_part, size)`: the object was stored truncated to `size` bytes, but
+  the store still claims its full size: HEAD answers the full Content-Length and a ranged GET
+  `Content-Range: bytes a-b/<full size>` of the range asked, while the body, and Content-Length,
+  hold only the stored bytes of it (none for a range starting at or past `size`). A GET of the
+  whole object sends the stored bytes.
 - `cut_body(path_part, after_bytes)`: GET answers the real status and headers (Content-Length of the
   full answer) but only `after_bytes` body bytes, then closes the connection (FIN).
 - `reset_body(path_part, after_bytes)`: the same, then resets the connection (SO_LINGER 0, RST).
@@ -83,16 +93,21 @@ class FaultKind(StrEnum):
     CUT = "cut"
     RESET = "reset"
     GARBAGE = "garbage"
+    SHORT_RANGE = "short-range"
+    TRUNCATE_CLAIMING_SIZE = "truncate-claiming-size"
 
 
-GET_ONLY_FAULTS = frozenset({FaultKind.CUT, FaultKind.RESET, FaultKind.GARBAGE})
+GET_ONLY_FAULTS = frozenset(
+    {FaultKind.CUT, FaultKind.RESET, FaultKind.GARBAGE, FaultKind.SHORT_RANGE, FaultKind.TRUNCATE_CLAIMING_SIZE}
+)
 """Faults that apply to GET requests only; a truncated object is also truncated for HEAD, and an
 error status answers every method (a STAC API's POST /search too)."""
 
 
 @dataclass
 class Fault:
-    """Requests whose path contains `path_part` get `kind` with `amount` (status, size or bytes; 0 for GARBAGE)."""
+    """Requests whose path contains `path_part` get `kind` with `amount` (status, size, offset or bytes; 0 for
+    GARBAGE)."""
 
     kind: FaultKind
     path_part: str
@@ -403,6 +418,10 @@ def _answer(path: str, response: http.client.HTTPResponse, fault: Fault | None) 
         answer.ending = fault.kind
     elif fault.kind == FaultKind.TRUNCATE:
         return _truncated(answer, response, fault.amount)
+    elif fault.kind == FaultKind.SHORT_RANGE:
+        return _short_range(answer, response, fault.amount)
+    elif fault.kind == FaultKind.TRUNCATE_CLAIMING_SIZE:
+        return _truncated_claiming_size(answer, response, fault.amount)
     return answer
 
 
@@ -447,6 +466,30 @@ def _truncated(answer: Answer, response: http.client.HTTPResponse, size: int) ->
         ],
         body_bytes=last - first + 1,
     )
+
+
+def _with_body_bytes(answer: Answer, body_bytes: int) -> Answer:
+    """`answer` with only its first `body_bytes` body bytes, its Content-Length saying so, every other header kept."""
+    headers = [(name, value) for name, value in answer.headers if name.lower() != "content-length"]
+    return replace(answer, headers=[*headers, ("Content-Length", str(body_bytes))], body_bytes=body_bytes)
+
+
+def _short_range(answer: Answer, response: http.client.HTTPResponse, past_byte: int) -> Answer:
+    """The answer of a server that sends half of each range starting at or past `past_byte`."""
+    first, last = _content_range(response)
+    if response.status != HTTPStatus.PARTIAL_CONTENT or last is None or first < past_byte:
+        return answer
+    return _with_body_bytes(answer, max((last - first + 1) // 2, 1))
+
+
+def _truncated_claiming_size(answer: Answer, response: http.client.HTTPResponse, size: int) -> Answer:
+    """The answer of a store that holds the first `size` bytes of the object but claims its full size."""
+    if response.status == HTTPStatus.OK:
+        return _with_body_bytes(answer, min(int(response.getheader("Content-Length", "0")), size))
+    first, last = _content_range(response)
+    if response.status != HTTPStatus.PARTIAL_CONTENT or last is None:
+        return answer
+    return _with_body_bytes(answer, max(min(last + 1, size) - first, 0))
 
 
 def serve(upstream_url: str) -> None:
@@ -505,6 +548,14 @@ class FaultProxy:
     def truncate_object(self, path_part: str, size: int, times: int | None = None) -> None:
         """GET and HEAD see the object as stored with only its first `size` bytes (see the module docstring)."""
         self._fault(FaultKind.TRUNCATE, path_part, size, times)
+
+    def short_ranges(self, path_part: str, past_byte: int, times: int | None = None) -> None:
+        """GETs of a range starting at or past `past_byte` get half its bytes under the headers of all of them."""
+        self._fault(FaultKind.SHORT_RANGE, path_part, past_byte, times)
+
+    def truncate_claiming_size(self, path_part: str, size: int, times: int | None = None) -> None:
+        """GETs send only the object's first `size` bytes while HEAD and Content-Range claim its full size."""
+        self._fault(FaultKind.TRUNCATE_CLAIMING_SIZE, path_part, size, times)
 
     def cut_body(self, path_part: str, after_bytes: int, times: int | None = None) -> None:
         """GET answers stop after `after_bytes` body bytes, short of their Content-Length; the connection closes."""

@@ -8,6 +8,7 @@ on local disk, so only the scene reads meet the faults.
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,23 +22,32 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from tasks.errors import NAME_NOT_FOUND_CODES
+from tasks.gdal_env import INGESTED_BYTES_AT_OPEN
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.served_month import ServedMonth
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES
 
 __all__ = [
+    "CLAIMS_FULL_SIZE",
     "OUTAGE_DATES",
     "PERMANENT_FAULTS",
+    "PERMANENT_FAULT_DATES",
+    "RESOLVER_WAIT_S",
     "RUNNERS",
+    "SHORT_RANGES",
+    "UNRESOLVABLE_HOST",
     "OutageTrigger",
     "PermanentFault",
     "asset_file",
     "asset_path",
+    "break_assets",
     "failure_requests",
     "metadata_of",
     "reads_through",
     "reprojected",
+    "unresolvable_host",
     "upload_over",
     "with_wrong_crs_label",
     "without_georeferencing",
@@ -61,6 +71,12 @@ OUTAGE_AFTER_REQUESTS = 12
 """An outage starts once this many asset requests went through: a few scenes are read, most are not."""
 
 
+SHORT_RANGES_NAME = "short 206"
+CLAIMS_FULL_SIZE_NAME = "40 % claiming full size"
+CLAIMED_SIZE_HELD_PERCENT = 40
+"""The share of the object that a store claiming its full size holds."""
+
+
 @dataclass(frozen=True)
 class PermanentFault:
     """One asset broken for good, and the start of the reason the run must record for its scene.
@@ -78,6 +94,10 @@ class PermanentFault:
         """Break the asset at `path` (`/bucket/key`, `size` bytes) on the proxy."""
         if self.name == "truncated":
             proxy.truncate_object(path, size // 2)
+        elif self.name == SHORT_RANGES_NAME:  # the header GDAL reads at open comes whole, then every range short
+            proxy.short_ranges(path, INGESTED_BYTES_AT_OPEN)
+        elif self.name == CLAIMS_FULL_SIZE_NAME:
+            proxy.truncate_claiming_size(path, size * CLAIMED_SIZE_HELD_PERCENT // 100)
         elif self.name == "garbage":
             proxy.garbage(path)
         else:
@@ -93,12 +113,38 @@ def failure_requests(fault: PermanentFault, broken_requests: int, intact_request
     return broken_requests if fault.shows_at_open else broken_requests - (intact_requests - 1)
 
 
+SHORT_RANGES = PermanentFault(SHORT_RANGES_NAME, "nir", "nir: truncated", shows_at_open=False)
+"""A server answering each range past the header with half its bytes, under the headers of all of them."""
+CLAIMS_FULL_SIZE = PermanentFault(CLAIMS_FULL_SIZE_NAME, "blue", "blue: truncated", shows_at_open=False)
+"""A store holding 40 % of the object while HEAD and Content-Range claim all of it."""
 PERMANENT_FAULTS = (
     PermanentFault("truncated", "nir", "nir: truncated", shows_at_open=False),
     PermanentFault("garbage", "nir", "nir: not a GeoTIFF"),
     PermanentFault("http 404", "red", "red: not found (HTTP 404)"),
     PermanentFault("http 403", "green", "green: access denied (HTTP 403)"),
+    SHORT_RANGES,
+    CLAIMS_FULL_SIZE,
 )
+PERMANENT_FAULT_DATES = OUTAGE_DATES[: len(PERMANENT_FAULTS) + 2]
+"""Dates of the month the permanent faults are staged on: item 0 intact as the reference, one item
+per fault, and one more intact item."""
+
+
+def break_assets(proxy: FaultProxy, served: ServedMonth, work_dir: Path) -> dict[str, PermanentFault]:
+    """Stage each of `PERMANENT_FAULTS` on an asset of its own item of `served` (items 1..; item 0
+    stays intact as the reference); the broken items and their faults. `work_dir` is the folder
+    `served` was made in (it holds the uploaded files, whose sizes the faults need)."""
+    broken_items = served.item_ids[1 : len(PERMANENT_FAULTS) + 1]
+    if len(broken_items) < len(PERMANENT_FAULTS):
+        raise ValueError(
+            f"{len(PERMANENT_FAULTS)} permanent faults need {len(PERMANENT_FAULTS) + 1} items, the month has "
+            f"{len(served.item_ids)}: serve PERMANENT_FAULT_DATES"
+        )
+    broken = dict(zip(broken_items, PERMANENT_FAULTS, strict=True))
+    for item_id, fault in broken.items():
+        size = asset_file(served, work_dir, item_id, fault.band).stat().st_size
+        fault.apply(proxy, asset_path(served, item_id, fault.band), size)
+    return broken
 
 
 def asset_path(served: ServedMonth, item_id: str, band: str) -> str:
@@ -120,6 +166,29 @@ def reads_through(proxy: FaultProxy) -> Iterator[None]:
         yield
     finally:
         os.environ[ENDPOINT_VARIABLE] = previous
+
+
+UNRESOLVABLE_HOST = "assets.example.invalid"
+"""A host name under the reserved `.invalid` TLD (RFC 6761): no resolver answers it with an address."""
+RESOLVER_WAIT_S = 5.0
+
+
+def unresolvable_host() -> str | None:
+    """`UNRESOLVABLE_HOST` when this machine's resolver says within `RESOLVER_WAIT_S` that it does not
+    exist; None otherwise (a resolver that does not answer would turn a DNS failure into a wait)."""
+    answers: list[int | None] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(UNRESOLVABLE_HOST, 80)
+            answers.append(None)
+        except socket.gaierror as failure:
+            answers.append(failure.errno)
+
+    resolver = threading.Thread(target=resolve, daemon=True)
+    resolver.start()
+    resolver.join(RESOLVER_WAIT_S)
+    return UNRESOLVABLE_HOST if answers and answers[0] in NAME_NOT_FOUND_CODES else None
 
 
 class OutageTrigger:
