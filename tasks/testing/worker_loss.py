@@ -152,7 +152,7 @@ class WorkerKiller(threading.Thread):
         self._cluster, self._committed = cluster, committed
         self._done = threading.Event()
         self.loss: WorkerLoss | None = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
     def run(self) -> None:
         deadline = time.monotonic() + KILL_TIMEOUT_S
@@ -166,7 +166,7 @@ class WorkerKiller(threading.Thread):
                         self.loss = WorkerLoss(worker, held_tiles, running_tiles, len(self._committed()))
                         return
                 self._done.wait(WATCH_INTERVAL_S)
-        except BaseException as error:  # reported with the outcome; the run goes on
+        except Exception as error:  # raised once the run is over; the run goes on
             self.error = error
 
     def stop(self) -> None:
