@@ -15,7 +15,7 @@ start, success (with the returned `RunReport`) and failure.
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -217,10 +217,15 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     exceed its size limit and carry signed asset URLs. Tiles run row by row, so tiles that share
     COG blocks run close together in time (GDAL's cache then serves the shared blocks once).
     Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed.
+    The plan names this run (`MonthPlan.build_run_id`), so a tile task that Dask runs again after the
+    worker holding its result died returns the tile's commit instead of building it twice.
     """
     logger = get_run_logger()
     inputs, month = run_inputs(settings), Month.parse(month_label)
-    plan = month_plan(settings, inputs, products_destination(settings, inputs.name, month), month, items_name, items_digest)
+    destination = products_destination(settings, inputs.name, month)
+    plan = replace(
+        month_plan(settings, inputs, destination, month, items_name, items_digest), build_run_id=str(runtime.flow_run.id)
+    )
     tiles = tiles_over_aoi(plan.grid, plan.aoi, plan.tile_size_px)
     records: list[TileRecord] = []
     pending: list[OutputTile] = []

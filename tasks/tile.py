@@ -15,7 +15,9 @@ A scene that cannot be read or masked in a tile is recorded in that tile's recor
 and left out of the tile; the month merges the records (`tasks.products`). A tile whose
 record exists and names no failed scene is committed: a re-run of the month skips it, or, when the
 month's fill inputs changed since (`MonthFill.digest`: a neighbour was published), refills it from its
-published layers without reading a scene (`refill_tile`).
+published layers without reading a scene (`refill_tile`). A tile task that runs again within the build
+run that committed its tile returns that commit: Dask runs a task again when the worker holding its
+result dies while the flow still holds the task's future, and a tile is never committed twice.
 
 The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
 histograms of its mosaic bands and count (for exact month statistics without reading the mosaic
@@ -105,7 +107,8 @@ class MonthPlan:
     `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
     folders of the tile records and tile COGs. Products go to `destination`, the month folder of
     `aoi_name`; `scratch_dir` is local and holds tiles in flight. `fill` says how gaps are filled
-    and from which published months.
+    and from which published months. `build_run_id` names the build run the tile tasks belong to
+    (None outside one): each tile commits once in it.
     """
 
     aoi: Geometry
@@ -125,6 +128,7 @@ class MonthPlan:
     scratch_dir: Path
     destination: MonthDestination
     fill: MonthFill = MonthFill("none", 0)
+    build_run_id: str | None = None
 
     @property
     def records_folder(self) -> str:
@@ -175,6 +179,8 @@ class TileRecord:
     """Months ('YYYY-MM') that gave at least one of them a value."""
     fill_digest: str = ""
     """The `MonthFill.digest` the tile was filled with."""
+    build_run_id: str | None = None
+    """The `MonthPlan.build_run_id` of the run that committed it (built or refilled)."""
 
     @property
     def tile(self) -> OutputTile:
@@ -352,7 +358,11 @@ def publish_tile_layers(plan: MonthPlan, tile: OutputTile, tile_box: GeoBox, ins
 
 
 def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
-    """Read, mask, composite, fill and publish one tile; write and return its record (the commit)."""
+    """Read, mask, composite, fill and publish one tile; write and return its record (the commit).
+    A tile this build run committed already is not built again: its record is returned."""
+    own = own_commit(plan, tile)
+    if own is not None:
+        return own
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     # One GDAL environment for the tile's own rasterio calls (each would otherwise build its own
     # AWS session: 14 ms a call).
@@ -378,6 +388,7 @@ def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
         filled_pixels=filled.filled_pixels,
         fill_months=filled.months_used,
         fill_digest=plan.fill.digest,
+        build_run_id=plan.build_run_id,
     )
     plan.workspace.write_bytes(plan.record_name(tile), record.to_json())
     return record
@@ -394,7 +405,11 @@ def published_layers(plan: MonthPlan, record: TileRecord, tile_box: GeoBox) -> T
 
 def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
     """Fill a committed tile again from its published layers and the month's current neighbours,
-    without reading a scene; republish its layers and return its updated record (the commit)."""
+    without reading a scene; republish its layers and return its updated record (the commit). A tile
+    this build run refilled already is returned as it is."""
+    own = own_commit(plan, tile)
+    if own is not None:
+        return own
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
@@ -408,19 +423,33 @@ def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRe
         filled_pixels=filled.filled_pixels,
         fill_months=filled.months_used,
         fill_digest=plan.fill.digest,
+        build_run_id=plan.build_run_id,
     )
     plan.workspace.write_bytes(plan.record_name(tile), refilled.to_json())
     return refilled
 
 
-def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
-    """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
-    still published (a month judged unpublishable, or a user, may have removed them), else None."""
+def stored_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
+    """The tile's record in the workspace, None when it has none."""
     name = plan.record_name(tile)
     if not plan.workspace.exists(name):
         return None
-    record = TileRecord.from_json(plan.workspace.read_bytes(name))
-    if record.failed:
+    return TileRecord.from_json(plan.workspace.read_bytes(name))
+
+
+def own_commit(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
+    """The tile's record when this build run committed it already (its task runs again), else None."""
+    if plan.build_run_id is None:
+        return None
+    record = stored_record(plan, tile)
+    return record if record is not None and record.build_run_id == plan.build_run_id else None
+
+
+def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
+    """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
+    still published (a month judged unpublishable, or a user, may have removed them), else None."""
+    record = stored_record(plan, tile)
+    if record is None or record.failed:
         return None
     published = all(plan.destination.exists(file_name) for file_name in record.files.values())
     return record if published else None

@@ -188,3 +188,23 @@ def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp
     assert not plan.workspace.exists(plan.record_name(tile)) and not plan.workspace.exists(plan.histograms_name(tile))
     assert committed_record(plan, tile) is None
     assert list((tmp_path / "scratch").iterdir()) == [], "the tile's scratch folder is removed whatever happens"
+
+
+def test_a_tile_task_run_again_in_its_build_run_returns_its_commit(tmp_path: Path) -> None:
+    """Dask runs a tile task again when the worker holding its result died: the tile, even one with a failed
+    scene (which a later run builds again), is not committed twice in the same build run."""
+    healthy = make_local_month(tmp_path / "healthy")
+    broken = with_missing_asset(healthy.items[1], "nir", tmp_path)
+    month = make_local_month(tmp_path / "broken", items=(healthy.items[0], broken, *healthy.items[2:]))
+    plan = replace(month_plan(month, FOUR_TILES_PX), build_run_id="run-1")
+    tile = OutputTile(1, 0)
+    record_path = Path(plan.workspace.uri(plan.record_name(tile)))
+
+    first = build_tile(plan, tile)
+    committed = record_path.stat()
+    again = build_tile(plan, tile)
+
+    assert again == first and first.failed and first.build_run_id == "run-1"
+    assert record_path.stat().st_mtime_ns == committed.st_mtime_ns and record_path.stat().st_ino == committed.st_ino
+    rebuilt = build_tile(replace(plan, build_run_id="run-2"), tile)
+    assert rebuilt.build_run_id == "run-2" and record_path.stat().st_ino != committed.st_ino, "a later run builds it again"

@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.servers import LOOPBACK, free_port
 
-__all__ = ["PrefectServer", "flow_run_id_in"]
+__all__ = ["BackgroundProcess", "PrefectServer", "flow_run_id_in"]
 
 PREFECT_COMMAND = (sys.executable, "-m", "prefect")
 SERVER_START_TIMEOUT_S = 90.0
@@ -67,6 +67,15 @@ class BackgroundProcess:
     @property
     def running(self) -> bool:
         return self._process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def kill(self) -> None:
+        """SIGKILL to the process group at once, as when its machine is lost: nothing in it shuts down cleanly."""
+        self._signal_group(signal.SIGKILL)
+        self._process.wait(timeout=STOP_TIMEOUT_S)
 
     def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -258,11 +258,16 @@ class S3Server:
         ) as response:
             return json.loads(response.read())
 
-    def make_bucket(self, name: str) -> str:
-        """Create bucket `name` (at least 3 characters) readable anonymously; returns the name."""
+    def make_bucket(self, name: str, versioned: bool = False) -> str:
+        """Create bucket `name` (at least 3 characters) readable anonymously; returns the name.
+
+        In a `versioned` bucket every write of a key keeps a version (`version_counts` counts them).
+        """
         existing = {bucket["Name"] for bucket in self._client.list_buckets()["Buckets"]}
         if name not in existing:
             self._client.create_bucket(Bucket=name)
+        if versioned:
+            self._client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         public_read = {
             "Version": "2012-10-17",
             "Statement": [
@@ -281,6 +286,11 @@ class S3Server:
         """Every object key under `prefix` in `bucket`."""
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return {entry["Key"] for page in pages for entry in page.get("Contents", [])}
+
+    def version_counts(self, bucket: str, prefix: str = "") -> Counter[str]:
+        """{key: versions} of every key under `prefix` in a versioned bucket: how many times each was written."""
+        pages = self._client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+        return Counter(entry["Key"] for page in pages for entry in page.get("Versions", []))
 
     def read(self, bucket: str, key: str) -> bytes:
         """The content of an object."""
