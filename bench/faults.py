@@ -35,12 +35,13 @@ import copy
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -67,19 +68,30 @@ from tasks.search import scene_from_item
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
     OUTAGE_DATES,
+    PERMANENT_FAULT_DATES,
     PERMANENT_FAULTS,
     RUNNERS,
     OutageTrigger,
     PermanentFault,
     asset_file,
     asset_path,
+    break_assets,
     failure_requests,
     metadata_of,
     reads_through,
+    unresolvable_host,
 )
-from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
+from tasks.testing.served_month import (
+    ServedMonth,
+    assert_every_scene_accounted,
+    flow_settings,
+    save_products_block,
+    serve_synthetic_month,
+)
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
-from tasks.testing.synthetic import DEFAULT_DATES
+from tasks.testing.synthetic import DEFAULT_DATES, stac_collection
+from tasks.testing.worker_loss import run_month_losing_a_worker
+from tasks.tile import HISTOGRAMS_SUFFIX, RECORD_SUFFIX
 
 CUT_AFTER_BYTES = 1000
 """Body bytes a cut or reset answer sends before the connection ends."""
@@ -90,7 +102,10 @@ FAULTY_BAND = "nir"
 PRODUCTION_READ: dict[str, Any] = {}
 """`ReadSettings` overrides of every run: none, the production retries and delays."""
 PERMANENT_RUN_LIMITS = {"max_failed_fraction": 1.0, "min_valid_share": 0.0}
-"""Four of six scenes fail in the permanent-fault run: let it complete and list them."""
+"""Six of eight scenes fail in the permanent-fault run: let it complete and list them."""
+REFUSED_FOR_S = 3600.0
+"""Refusing "for good": until the scenario stops it."""
+WATCHER_JOIN_S = 10.0
 HEADER = (
     "fault",
     "runner",
@@ -178,6 +193,15 @@ class Bench:
         finally:
             for api in apis:
                 api.stop()
+
+    @contextmanager
+    def served_as(self, served: ServedMonth, items: list[dict[str, Any]], run_dir: Path) -> Iterator[ServedMonth]:
+        """`served` with its items replaced by `items` (changed copies), served by a STAC API of their own."""
+        api = StacApi(stac_collection(items), items, run_dir / f"stac_api-{uuid.uuid4().hex[:8]}")
+        try:
+            yield replace(served, api_url=api.url)
+        finally:
+            api.stop()
 
 
 def run_settings(served: ServedMonth, run_dir: Path, runner: str, **overrides: Any) -> MosaicSettings:
@@ -305,7 +329,7 @@ def permanent_outcome(fault: PermanentFault, reason: str | None, timed_reason: s
 
 def permanent_rows(bench: Bench, runner: str) -> list[FaultRow]:
     """One run of a fresh month with each permanent fault on an asset of its own item; a row per fault."""
-    with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+    with bench.served_month(PERMANENT_FAULT_DATES) as (served, run_dir):
         try:
             return permanent_run_rows(bench, served, run_dir, runner)
         finally:
@@ -314,11 +338,8 @@ def permanent_rows(bench: Bench, runner: str) -> list[FaultRow]:
 
 def permanent_run_rows(bench: Bench, served: ServedMonth, run_dir: Path, runner: str) -> list[FaultRow]:
     """Stage `PERMANENT_FAULTS` on items 1.. of `served`, run the flow, count and time each broken read."""
-    broken = dict(zip(served.item_ids[1:], PERMANENT_FAULTS, strict=False))
     bench.proxy.reset_counters()
-    for item_id, fault in broken.items():
-        size = asset_file(served, run_dir, item_id, fault.band).stat().st_size
-        fault.apply(bench.proxy, asset_path(served, item_id, fault.band), size)
+    broken = break_assets(bench.proxy, served, run_dir)
     settings = run_settings(served, run_dir, runner, **PERMANENT_RUN_LIMITS)
     with reads_through(bench.proxy):
         state, run_seconds = run_flow(settings)
@@ -357,6 +378,168 @@ def permanent_run_rows(bench: Bench, served: ServedMonth, run_dir: Path, runner:
     return rows
 
 
+@dataclass(frozen=True)
+class ScenarioResult:
+    """How a scenario ended: `SURVIVED` or 'FAILED: why', scenes used/found, and the line the user saw."""
+
+    outcome: str
+    scenes: str = ""
+    line: str = ""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault that is more than one asset's read (a store, the disk, the workspace, the API, a cluster),
+    staged once on `runner` by `run`."""
+
+    name: str
+    runner: str
+    run: Callable[[Bench], ScenarioResult]
+
+
+def scenario_row(bench: Bench, scenario: Scenario) -> FaultRow:
+    started = time.perf_counter()
+    result = scenario.run(bench)
+    seconds = time.perf_counter() - started
+    return FaultRow(scenario.name, scenario.runner, "scenario", result.outcome, result.scenes, seconds, result.line)
+
+
+def one_line_failure(state: Any, expected_start: str) -> str | None:
+    """Why a run that had to fail in one line starting with `expected_start` did not; None when it did."""
+    message = (state.message or "").removeprefix("Flow run encountered an exception: ")
+    if not state.is_failed():
+        return f"FAILED: the run ended {state.type.value}"
+    if "\n" in message.strip() or expected_start not in message:
+        return f"FAILED: its message is {message[:200]!r}"
+    return None
+
+
+def missing_asset(bench: Bench) -> ScenarioResult:
+    """An item without a `red` asset: listed once in metadata.json as skipped, 'assets red missing'."""
+    with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+        items = copy.deepcopy(list(served.month.items))
+        without_red = items[FAULTY_ITEM_INDEX]
+        del without_red["assets"]["red"]
+        with bench.served_as(served, items, run_dir) as served_so:
+            state, _ = run_flow(run_settings(served_so, run_dir, "threads"))
+            failure = run_failure(state)
+            if failure is not None:
+                return ScenarioResult(failure)
+            report = state.result()
+            skipped = {scene["id"]: scene["reason"] for scene in metadata_of(report)["scenes_skipped"]}
+            reason = skipped.get(without_red["id"], "")
+            if not reason.startswith("assets red missing"):
+                outcome = f"FAILED: its scene is listed as {reason!r}"
+            else:
+                outcome = unaccounted(report, served_so) or SURVIVED
+            return ScenarioResult(outcome, f"{report.scenes_used}/{report.scenes_found}", reason)
+
+
+def unresolvable_asset_host(bench: Bench) -> ScenarioResult:
+    """An item whose `red` asset lies on a host DNS does not know: failed at once, the host named."""
+    host = unresolvable_host()
+    if host is None:
+        return ScenarioResult("FAILED: not staged (this machine's resolver does not answer for .invalid names)")
+    with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+        items = copy.deepcopy(list(served.month.items))
+        elsewhere = items[FAULTY_ITEM_INDEX]
+        elsewhere["assets"]["red"]["href"] = f"https://{host}/{asset_path(served, elsewhere['id'], 'red')}"
+        with bench.served_as(served, items, run_dir) as served_so:
+            state, _ = run_flow(run_settings(served_so, run_dir, "threads", **PERMANENT_RUN_LIMITS))
+            failure = run_failure(state)
+            if failure is not None:
+                return ScenarioResult(failure)
+            report = state.result()
+            reason = dict(report.failed_scenes).get(elsewhere["id"], "")
+            expected = f"red: host {host} does not resolve (DNS)"
+            outcome = SURVIVED if reason == expected else f"FAILED: reason {reason!r}, expected {expected!r}"
+            return ScenarioResult(outcome, f"{report.scenes_used}/{report.scenes_found}", reason)
+
+
+def committed_records(workspace: Path) -> list[Path]:
+    """The tile records committed in a local workspace (its histograms beside each); scratch folders
+    that vanish while it looks are passed over."""
+    try:
+        return [record for record in workspace.rglob(f"*{RECORD_SUFFIX}") if record.with_suffix(HISTOGRAMS_SUFFIX).exists()]
+    except FileNotFoundError:
+        return []
+
+
+class RefuseOnceCommitted:
+    """Refuses every connection to `proxy` from the moment a tile record is committed in `workspace`
+    (its histograms beside it) until `stop`: the month's products then meet a store that is down."""
+
+    def __init__(self, proxy: FaultProxy, workspace: Path) -> None:
+        self._proxy, self._workspace = proxy, workspace
+        self._done = threading.Event()
+        self.refused = False
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.02):
+            if committed_records(self._workspace):
+                self._proxy.refuse_for(REFUSED_FOR_S)
+                self.refused = True
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(WATCHER_JOIN_S)
+        self._proxy.refuse_for(0)
+
+
+def endpoint_refused_at_publish(bench: Bench) -> ScenarioResult:
+    """The products store refuses connections once the tile is built: the run fails in one line naming the
+    store (after the task retries), and a re-run with the store back publishes without building a tile."""
+    products_proxy = FaultProxy(bench.s3_server.endpoint_url)
+    try:
+        with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+            bucket = bench.s3_server.make_bucket(f"products-{uuid.uuid4().hex[:12]}")
+            block = save_products_block(f"refusing-{run_dir.name}", bucket, "basemaps", products_proxy.endpoint_url)
+            settings = run_settings(served, run_dir, "threads", s3_block=block)
+            refusing = RefuseOnceCommitted(products_proxy, run_dir / "ws")
+            try:
+                state, _ = run_flow(settings)
+            finally:
+                refusing.stop()
+            failure = one_line_failure(state, "the products store did not answer") if refusing.refused else (
+                "FAILED: not staged (no tile was committed)"
+            )
+            if failure is not None:
+                return ScenarioResult(failure)
+            records = {path: path.stat().st_mtime_ns for path in committed_records(run_dir / "ws")}
+            rerun, _ = run_flow(settings)
+            rebuilt = {path for path, mtime in records.items() if path.stat().st_mtime_ns != mtime}
+            line = (state.message or "").removeprefix("Flow run encountered an exception: ")
+            if not rerun.is_completed():
+                return ScenarioResult(f"FAILED: the re-run ended {rerun.type.value}: {rerun.message}", line=line)
+            report = rerun.result()
+            outcome = f"FAILED: the re-run built {len(rebuilt)} tiles again" if rebuilt else SURVIVED
+            return ScenarioResult(outcome, f"{report.scenes_used}/{report.scenes_found}", line)
+    finally:
+        products_proxy.stop()
+
+
+def worker_killed_on_a_dask_cluster(bench: Bench) -> ScenarioResult:
+    """A `dask worker` program of a separate cluster killed mid-tiles: the month completes, each tile committed once."""
+    with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+        lost = run_month_losing_a_worker(served, bench.s3_server, run_dir, aoi_name=f"faults-{run_dir.name}", read=PRODUCTION_READ)
+        if lost.failure is not None:
+            return ScenarioResult(f"FAILED: {lost.failure}")
+        report = lost.state.result()
+        held = f"worker {lost.loss.worker} killed holding {len(lost.loss.held)} tiles" if lost.loss else ""
+        return ScenarioResult(SURVIVED, f"{report.scenes_used}/{report.scenes_found}", held)
+
+
+SCENARIOS = (
+    Scenario("missing asset", "threads", missing_asset),
+    Scenario("asset host does not resolve", "threads", unresolvable_asset_host),
+    Scenario("endpoint refused at publish", "threads", endpoint_refused_at_publish),
+    Scenario("worker killed on a separate Dask cluster", "dask cluster", worker_killed_on_a_dask_cluster),
+)
+
+
 def markdown_table(rows: list[FaultRow]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row.cells()) + " |" for row in rows]
@@ -387,11 +570,17 @@ def use_s3_server(server: S3Server) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
-    runners = parser.parse_args().runners.split(",")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}; none: no read faults")
+    parser.add_argument("--scenarios", default="all", help="comma-separated names of SCENARIOS, all, or none")
+    arguments = parser.parse_args()
+    runners = [] if arguments.runners == "none" else arguments.runners.split(",")
     unknown = set(runners) - set(RUNNERS)
     if unknown:
         parser.error(f"unknown runner(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNNERS)}")
+    by_name = {scenario.name: scenario for scenario in SCENARIOS}
+    names = {"all": list(by_name), "none": []}.get(arguments.scenarios, arguments.scenarios.split(","))
+    if unknown_names := set(names) - set(by_name):
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown_names))}; choose from {', '.join(by_name)}")
     warnings.simplefilter("ignore", PendingDeprecationWarning)
     print(
         f"faults: the monthly flow on loopback through a fault proxy, runners {', '.join(runners)}, {os.cpu_count()} CPUs"
@@ -414,6 +603,9 @@ def main() -> None:
                 f"permanent faults on {runner}: {', '.join(row.outcome for row in rows[-len(PERMANENT_FAULTS) :])}",
                 flush=True,
             )
+        for name in names:
+            rows.append(scenario_row(bench, by_name[name]))
+            print(f"{name}: {rows[-1].outcome} ({rows[-1].run_seconds:.1f} s)", flush=True)
     print(markdown_table(rows))
     print(summary_line(rows))
 
