@@ -1,6 +1,9 @@
 """The Dask task runner variant: the monthly flow completes a synthetic month with a local
 multi-process Dask cluster, its tiles spread over worker processes that share an S3 workspace, and
-the mosaic equals the threaded run's pixel for pixel.
+the mosaic equals the threaded run's pixel for pixel. On a cluster as a user runs one (a `dask
+scheduler` and two `dask worker` programs reached by `runner.dask_address`), a worker killed in the
+middle of the tiles (`tasks.testing.worker_loss`) still leaves the month published complete, each
+tile committed once.
 
 The month is served like production (COGs in moto S3, items in a rustac STAC API). Dask worker
 processes are spawned after the `s3_server` fixture set the AWS variables, so they reach moto too.
@@ -24,6 +27,7 @@ from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from tasks.metadata import FILL_LAYER, TILES_FOLDER
 from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
+from tasks.testing.worker_loss import TILE_SIZE_PX, run_month_losing_a_worker
 from tasks.tile import RECORD_SUFFIX
 
 distributed = pytest.importorskip("distributed")
@@ -32,8 +36,6 @@ pytest.importorskip("prefect_dask")
 DASK_WORKERS = 2
 WORKSPACE_PREFIX = "ws"
 PRODUCTS = ("mosaic", "count", FILL_LAYER, "quicklook", "metadata", ITEM_PRODUCT)
-TILE_SIZE_PX = 128
-"""Four tiles on the served 256 x 256 px grid."""
 
 
 class WorkerOfTask(distributed.diagnostics.plugin.SchedulerPlugin):
@@ -113,3 +115,29 @@ def test_dask_tiles_spread_over_both_workers_and_equal_the_threaded_month(
         tiled = read_raster(report.product_urls[product])
         assert np.array_equal(tiled, read_raster(threaded_report.product_urls[product])), product
     assert json.loads(Path(threaded_report.product_urls["metadata"]).read_text())["scenes_used"] == metadata["scenes_used"]
+
+
+@pytest.mark.slow
+def test_a_month_survives_a_killed_worker_and_commits_each_tile_once(
+    prefect_harness: None, s3_server: S3Server, served: ServedMonth, tmp_path: Path
+) -> None:
+    outcome = run_month_losing_a_worker(served, s3_server, tmp_path / "worker-loss")
+
+    assert outcome.loss is not None, f"no worker held a finished tile while running another:\n{outcome.cluster_logs}"
+    assert 0 < outcome.loss.records_committed < outcome.tiles == 4, outcome.loss
+    assert outcome.survived, f"{outcome.failure}\n{outcome.cluster_logs}"
+    report = outcome.state.result()
+    assert set(report.product_urls) == set(PRODUCTS)
+    for url in report.product_urls.values():
+        assert Path(url).is_file() and Path(url).stat().st_size > 0, url
+    month_folder = Path(report.product_urls["metadata"]).parent
+    tiles = json.loads(Path(report.product_urls["metadata"]).read_text())["files"]["tiles"]
+    tile_cogs = [month_folder / name for tile in tiles for layer, name in tile.items() if layer != "tile"]
+    assert len(tile_cogs) == 3 * len(tiles) and all(cog.is_file() for cog in tile_cogs), "mosaic, count and fill of each tile"
+
+    threaded = flow_settings(
+        served, tmp_path / "threads-ws", output_dir=str(tmp_path / "threads-output"), tiles={"tile_size_px": TILE_SIZE_PX}
+    )
+    threaded_report = monthly_mosaic(threaded)
+    for product in ("mosaic", "count"):
+        assert np.array_equal(read_raster(report.product_urls[product]), read_raster(threaded_report.product_urls[product])), product
