@@ -1,4 +1,7 @@
-"""The AOI-and-month lock without a Prefect server: a file lock the kernel frees when its holder dies."""
+"""The AOI-and-month lock without a Prefect server (a file lock the kernel frees when its holder dies),
+and on a real `prefect server start` restarted while a run holds it (about 2.5 min: the holder holds
+past its first lease renewal, 90 s, and the waiting run checks on it every 60 s, as in production).
+"""
 
 import contextvars
 import os
@@ -8,8 +11,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+from prefect.client.schemas.objects import StateType
+
 from flows.locking import aoi_lock, month_lock
 from tasks.month import Month
+from tasks.testing.lock_restart import FREE_WITHIN_S, lock_after_api_restart
+from tasks.testing.prefect_server import PrefectServer
 from tests import REPO_ROOT
 
 MONTH = Month(2024, 6)
@@ -67,3 +75,20 @@ def test_other_months_and_the_aois_collection_do_not_wait(no_prefect_server: Non
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_server_restart_neither_ends_the_holder_nor_keeps_its_lock(tmp_path: Path) -> None:
+    with PrefectServer(tmp_path) as server, server.logs_on_failure():
+        outcome = lock_after_api_restart(server, down_s=5.0)
+
+    holder = str(outcome.holder_flow_run_id)
+    assert outcome.holder_state == StateType.COMPLETED, "the holder must outlive its lease lost in the restart"
+    assert outcome.second_ran, f"the second run never got {outcome.lock_name} (waiting: {outcome.waiting_lines})"
+    assert outcome.freed_after_holder_end_s is not None and outcome.freed_after_holder_end_s <= FREE_WITHIN_S
+    assert any(
+        f"lock {outcome.lock_name} held by flow run {holder} (" in line and "; waiting" in line
+        for line in outcome.waiting_lines
+    ), outcome.waiting_lines
+    assert outcome.survived
