@@ -2,8 +2,9 @@
 
 `server_lock(name)` creates the limit `name` with one slot unless it exists (Prefect creates none on
 first use), takes its slot under a lease of `LEASE_S` seconds, records itself as the holder
-(`flows.lock_holders`), renews the lease while the block runs and releases it after. The server's
-lease service (repossessor) frees a killed holder's slot once its lease expires.
+(`flows.lock_holders`), renews the lease while the block runs and releases it after, with the
+`prefect.concurrency-limit.acquired` and `.released` events Prefect's own `concurrency()` sends.
+The server's lease service (repossessor) frees a killed holder's slot once its lease expires.
 
 Taking and renewing the slot go through the client rather than Prefect's `concurrency()`, for three
 reasons: the lease's id goes into the holder's record; a waiting run logs who holds the lock every
@@ -23,6 +24,8 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse, MinimalConcurrencyLimitResponse
+from prefect.events import Event, emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from flows.lock_holders import HTTP_GONE, LockHolder, record_holder, report_or_free_holder
@@ -37,6 +40,8 @@ RENEW_EVERY_S = 0.75 * LEASE_S
 WAIT_REPORT_S = 60.0
 """Seconds between two lines of a run waiting for a lock saying who holds it; each time it also frees
 the slot of a holder that has ended."""
+ACQUIRED_EVENT = "prefect.concurrency-limit.acquired"
+RELEASED_EVENT = "prefect.concurrency-limit.released"
 HTTP_LOCKED = 423
 """The server's answer to taking a slot that is held; its Retry-After header says when to ask again."""
 DEFAULT_RETRY_S = 5.0
@@ -63,18 +68,21 @@ def server_lock(name: str) -> Iterator[None]:
     """Hold the only slot of the limit `name` for the block, waiting as long as a running holder has it."""
     ensure_lock(name)
     with get_client(sync_client=True) as client:
-        lease_id = _take_slot(client, name)
+        granted = _take_slot(client, name)
+    (limit,) = granted.limits
+    acquired = _limit_event(ACQUIRED_EVENT, limit)
     try:
-        record_holder(name, LockHolder.here(lease_id))
-        with _renewing(name, lease_id):
+        record_holder(name, LockHolder.here(granted.lease_id))
+        with _renewing(name, granted.lease_id):
             yield
     finally:
         with get_client(sync_client=True) as client:
-            client.release_concurrency_slots_with_lease(lease_id)
+            client.release_concurrency_slots_with_lease(granted.lease_id)
+        _limit_event(RELEASED_EVENT, limit, follows=acquired)
 
 
-def _take_slot(client: SyncPrefectClient, name: str) -> UUID:
-    """The lease of the slot of `name`, once taken; says who holds it every `WAIT_REPORT_S` meanwhile."""
+def _take_slot(client: SyncPrefectClient, name: str) -> ConcurrencyLimitWithLeaseResponse:
+    """The slot of `name` and its lease, once taken; says who holds it every `WAIT_REPORT_S` meanwhile."""
     report_at = time.monotonic() + WAIT_REPORT_S
     while True:
         try:
@@ -86,15 +94,26 @@ def _take_slot(client: SyncPrefectClient, name: str) -> UUID:
                 raise
             retry_s = float(error.response.headers.get("Retry-After", DEFAULT_RETRY_S))
         else:
-            granted = response.json()
-            if granted["limits"]:
-                return UUID(granted["lease_id"])
+            granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+            if granted.limits:
+                return granted
             ensure_lock(name)  # deleted while waiting (`prefect gcl delete` frees a lock at once)
             continue
         time.sleep(max(min(retry_s, report_at - time.monotonic()), 0.0))
         if time.monotonic() >= report_at:
             report_or_free_holder(name, LEASE_S)
             report_at = time.monotonic() + WAIT_REPORT_S
+
+
+def _limit_event(event: str, limit: MinimalConcurrencyLimitResponse, follows: Event | None = None) -> Event | None:
+    """Emit the event Prefect's `concurrency()` emits for a slot taken or given back (the run's page shows it)."""
+    resource = {
+        "prefect.resource.id": f"prefect.concurrency-limit.{limit.id}",
+        "prefect.resource.name": limit.name,
+        "slots-acquired": "1",
+        "limit": str(limit.limit),
+    }
+    return emit_event(event, resource=resource, follows=follows)
 
 
 @contextmanager
