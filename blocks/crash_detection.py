@@ -9,10 +9,13 @@ its own on_crashed hooks could never run. The server runs these two automations 
   heartbeat and then, for `crash_after_s` seconds, neither another heartbeat nor a final state is
   set CRASHED. The server refuses CRASHED for a run already in a final state, so a late detection
   never overwrites a finished run.
-- `crash_notice(webhook_block_id)`: reactive, on every `prefect.flow-run.Crashed` event (set by the
-  detector, a worker or the engine itself), posts `SLACK_CRASH_PAYLOAD` through a saved
-  `prefect.blocks.webhook.Webhook` block. The server cannot load this project's block classes, so
-  the notice goes through Prefect's own webhook block.
+- `crash_notice(webhook_block_id)`: reactive, on the `prefect.flow-run.Crashed` event (set by the
+  detector, a worker or the engine itself) of a run of a deployment, posts `SLACK_CRASH_PAYLOAD`
+  through a saved `prefect.blocks.webhook.Webhook` block. The server cannot load this project's
+  block classes, so the notice goes through Prefect's own webhook block. A subflow (the monthly
+  flow's `build-tiles`, a backfill's months) runs in its parent's process and dies with it, and the
+  detector crashes it too once its heartbeats stop; it has no deployment (its Crashed event relates
+  the parent's task run instead), so one killed process is posted once, as its top-level run.
 
 `save_automation(automation)` creates an automation or updates the one of the same name in place.
 """
@@ -45,6 +48,8 @@ FINAL_STATE_EVENTS = frozenset(
 )
 """Events of the final states a flow run can reach; after one of them no heartbeat is due."""
 EACH_FLOW_RUN = ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"})
+OF_A_DEPLOYMENT = ResourceSpecification({"prefect.resource.role": "deployment"})
+"""A flow run event's related resources name the run's deployment, if it has one; a subflow has none."""
 PER_FLOW_RUN = {"prefect.resource.id"}
 """Triggers count events per flow run; the CRASHED action takes the run id from this label."""
 
@@ -96,14 +101,18 @@ def crash_detector(heartbeat_s: int, crash_after_s: int) -> AutomationCore:
 
 
 def crash_notice(webhook_block_id: UUID) -> AutomationCore:
-    """The automation that posts every crashed flow run to Slack through the Webhook block
+    """The automation that posts every crashed run of a deployment to Slack through the Webhook block
     `webhook_block_id` (a Slack Incoming Webhook URL, with a JSON Content-Type header)."""
     return AutomationCore(
         name=CRASH_NOTICE_NAME,
-        description="Posts each crashed flow run (name, deployment, state message, link) to Slack.",
+        description=(
+            "Posts each crashed run of a deployment (name, deployment, state message, link) to Slack; "
+            "not its subflows, which crash with it."
+        ),
         trigger=EventTrigger(
             posture=Posture.Reactive,
             match=EACH_FLOW_RUN,
+            match_related=OF_A_DEPLOYMENT,
             for_each=PER_FLOW_RUN,
             expect={CRASHED_EVENT},
             threshold=1,

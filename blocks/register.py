@@ -13,7 +13,7 @@ variables, so no secret is ever written in a config file, a flow parameter or a 
   frequency is Prefect's own setting PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180 s, minimum 30),
   read here as the flow processes read it: give both the same value.
 - Crash notice: with `SLACK_WEBHOOK_URL`, a `Webhook` block `$SLACK_BLOCK_NAME` holding that URL
-  and the automation that posts every crashed flow run to Slack through it.
+  and the automation that posts every crashed run of a deployment (not its subflows) to Slack through it.
 
 The block types are registered first. A block whose variables are missing is skipped with one line
 saying which to set; re-running updates the blocks and automations in place. Name the blocks in the flow's
@@ -151,7 +151,7 @@ def register_crash_notice(environ: Mapping[str, str]) -> list[str]:
         name, overwrite=True, _sync=True
     )
     saved = save_automation(crash_notice(webhook_block_id))
-    return [f"saved {slug}", f"{saved} automation {CRASH_NOTICE_NAME!r}: every crashed flow run is posted via {slug}"]
+    return [f"saved {slug}", f"{saved} automation {CRASH_NOTICE_NAME!r}: every crashed run of a deployment is posted via {slug}"]
 
 
 def _slack_block_name(environ: Mapping[str, str]) -> str:

@@ -9,8 +9,10 @@ AOI's STAC Collection (`flows.collection`). Both are one exclusive lock by name:
 - With a Prefect server (`PREFECT_API_URL` set: deployments, workers, runs on several machines) the
   lock is the only slot of the global concurrency limit of that name (`basemap-<aoi name>-<YYYY-MM>`,
   `basemap-<aoi name>-collection`), created on first use. The slot is a lease the holder renews while
-  it runs; the server's lease service frees a killed holder's slot after `LEASE_S` (`prefect gcl
-  delete <name>` at once).
+  it runs (`flows.server_lock`); the server's lease service frees a killed holder's slot after
+  `LEASE_S` (`prefect gcl delete <name>` at once). A run waiting for it says who holds it every
+  `WAIT_REPORT_S` and frees the slot of a holder whose flow run has ended, which a server restart
+  (it loses the leases, not the slots) needs (`flows.lock_holders`).
 - Without one (the CLI and `make demo` on Prefect's ephemeral API, which starts anew in each process
   and keeps no lease service), it is an exclusive `flock` on `<lock_dir>/<name>.lock`: runs on this
   machine take turns, and the kernel frees the lock of a process that dies.
@@ -21,19 +23,14 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from prefect import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
+from flows.server_lock import server_lock
 from tasks.logs import stage_logger
 from tasks.month import Month
 
-__all__ = ["LEASE_S", "aoi_lock", "aoi_lock_name", "month_lock", "month_lock_name"]
+__all__ = ["aoi_lock", "aoi_lock_name", "month_lock", "month_lock_name"]
 
-LEASE_S = 120.0
-"""Seconds a killed run keeps a lock on a Prefect server, at most."""
 AOI_LOCK_SUFFIX = "collection"
 """Ends the AOI lock's name; a month lock's name ends with its month, so no AOI name makes them clash."""
 
@@ -48,28 +45,12 @@ def aoi_lock_name(aoi_name: str) -> str:
     return f"basemap-{aoi_name}-{AOI_LOCK_SUFFIX}"
 
 
-def ensure_lock(name: str) -> None:
-    """Create the limit `name` with one slot unless it exists (Prefect creates none on first use).
-
-    Looked up first: asking the server to create an existing limit makes it log an error.
-    """
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass  # another run created it in between
-
-
 @contextmanager
 def exclusive_lock(name: str, lock_dir: Path, holder: str) -> Iterator[None]:
     """Hold the lock `name` for the block, waiting as long as another holds it; `holder` says who may."""
     stage_logger(__name__).info("taking lock %s (%s may hold it)", name, holder)
     if PREFECT_API_URL.value():
-        ensure_lock(name)
-        with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_S):
+        with server_lock(name):
             yield
         return
     lock_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""The AOI-and-month lock without a Prefect server: a file lock the kernel frees when its holder dies."""
+"""The AOI-and-month lock without a Prefect server (a file lock the kernel frees when its holder
+dies), and on a real `prefect server start` when its holder's process is killed or the server
+restarts. The server tests run as in production (60 s between a waiting run's checks, 120 s leases):
+about 1.5, 2.5 and 2.5 min.
+"""
 
 import contextvars
 import os
@@ -8,8 +12,20 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+from prefect.client.schemas.objects import StateType
+
 from flows.locking import aoi_lock, month_lock
+from flows.server_lock import WAIT_REPORT_S
 from tasks.month import Month
+from tasks.testing.lock_faults import (
+    FREED_BY_LEASE_WITHIN_S,
+    FREED_BY_WAITER_WITHIN_S,
+    LockFaultOutcome,
+    lock_after_api_restart,
+    lock_after_holder_kill,
+)
+from tasks.testing.prefect_server import PrefectServer
 from tests import REPO_ROOT
 
 MONTH = Month(2024, 6)
@@ -67,3 +83,44 @@ def test_other_months_and_the_aois_collection_do_not_wait(no_prefect_server: Non
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_server_restart_neither_ends_the_holder_nor_keeps_its_lock(tmp_path: Path) -> None:
+    with PrefectServer(tmp_path) as server, server.logs_on_failure():
+        outcome = lock_after_api_restart(server, down_s=5.0)
+
+    assert outcome.holder_state == StateType.COMPLETED, "the holder must outlive its lease lost in the restart"
+    assert_freed_within(outcome, FREED_BY_WAITER_WITHIN_S)
+    assert_said(outcome, "COMPLETED", ", which has ended, and the Prefect server lost its lease (restarted): freed its slot")
+    assert outcome.survived
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("marked_crashed", [True, False], ids=["marked-crashed", "left-running"])
+def test_a_killed_holders_lock_frees_itself(tmp_path: Path, marked_crashed: bool) -> None:
+    with PrefectServer(tmp_path) as server, server.logs_on_failure():
+        outcome = lock_after_holder_kill(server, marked_crashed)
+
+    if marked_crashed:  # the waiting run sees the run ended and releases its lease at its next check
+        assert_freed_within(outcome, FREED_BY_WAITER_WITHIN_S)
+        assert_said(outcome, "CRASHED", ", which has ended: released its lease")
+    else:  # nobody can tell the run died: its lease expires and the server's repossessor frees the slot
+        assert_freed_within(outcome, FREED_BY_LEASE_WITHIN_S)
+        assert outcome.freed_after_holder_end_s is not None and outcome.freed_after_holder_end_s > WAIT_REPORT_S
+        assert_said(outcome, "RUNNING", "; waiting")
+    assert outcome.survived
+
+
+def assert_freed_within(outcome: LockFaultOutcome, seconds: float) -> None:
+    assert outcome.second_ran, f"the second run never got {outcome.lock_name} (waiting: {outcome.waiting_lines})"
+    assert outcome.freed_after_holder_end_s is not None and outcome.freed_after_holder_end_s <= seconds, outcome
+
+
+def assert_said(outcome: LockFaultOutcome, holder_state: str, ending: str) -> None:
+    """A line of the second run names the holder's flow run, its state and since when, and ends with `ending`."""
+    said = f"lock {outcome.lock_name} held by flow run {outcome.holder_flow_run_id} ("
+    lines = outcome.waiting_lines
+    assert any(said in line and f", {holder_state}) since " in line and line.endswith(ending) for line in lines), lines

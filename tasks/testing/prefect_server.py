@@ -5,7 +5,9 @@ own process group and waits until `/api/health` answers. Every process it starts
 workers alike, gets `environment()`: this process's environment (the AWS variables of a moto
 fixture included) without inherited PREFECT_* variables, plus PREFECT_HOME, PREFECT_API_URL
 pointing at the server and telemetry off. `stop()` ends the workers and then the server, each
-process group whole; `logs()` is the tail of every log, for a failing test to print.
+process group whole; `restart()` stops the server alone and starts it again on the same port and
+database (what an upgrade or a crashed API does to the runs); `logs()` is the tail of every log,
+for a failing test to print.
 """
 
 import os
@@ -118,10 +120,8 @@ class PrefectServer:
         self.home = home
         self.api_url = f"http://{LOOPBACK}:{free_port()}/api"
         self._processes: list[BackgroundProcess] = []
-        host, port = self.api_url.removeprefix("http://").removesuffix("/api").split(":")
-        self._server = self._start(
-            "server", [*PREFECT_COMMAND, "server", "start", "--host", host, "--port", port], self.environment()
-        )
+        self._starts = 0
+        self._server = self._start_server()
         try:
             self._wait_until_healthy()
         except BaseException:
@@ -146,6 +146,23 @@ class PrefectServer:
         process = BackgroundProcess(name, args, env, self.home / f"{name}.log", cwd)
         self._processes.append(process)
         return process
+
+    def _start_server(self) -> BackgroundProcess:
+        """`prefect server start` on this server's port and home; each start logs to a file of its own."""
+        self._starts += 1
+        host, port = self.api_url.removeprefix("http://").removesuffix("/api").split(":")
+        name = "server" if self._starts == 1 else f"server-{self._starts}"
+        return self._start(name, [*PREFECT_COMMAND, "server", "start", "--host", host, "--port", port], self.environment())
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL), leave it down `down_s` seconds, start it again on
+        the same port and database and wait until it answers. The workers and flow runs keep running;
+        whatever the server held only in memory (concurrency leases) is gone."""
+        self._server.stop()
+        self._processes.remove(self._server)
+        time.sleep(down_s)
+        self._server = self._start_server()
+        self._wait_until_healthy()
 
     def _wait_until_healthy(self) -> None:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
