@@ -61,6 +61,12 @@ class ServedMonth:
     def item_ids(self) -> list[str]:
         return [item["id"] for item in self.month.items]
 
+    @property
+    def acquisitions(self) -> int:
+        """Distinct acquisitions served: the scenes a run uses when every read succeeds (an acquisition
+        served twice, an older and a newer processing, is one scene; the older is skipped)."""
+        return len(self.month.dates)
+
 
 @dataclass(frozen=True)
 class ServedSeries:

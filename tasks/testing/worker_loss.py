@@ -124,7 +124,7 @@ class WorkerLossOutcome:
 def scenes_unaccounted(state: Any, served: ServedMonth) -> str | None:
     """Why a completed run's found scenes are not all used and listed once in metadata.json; None when they are."""
     report = state.result()
-    if report.failed_scenes or report.scenes_used != report.scenes_found:
+    if report.failed_scenes or report.scenes_used != served.acquisitions:
         return f"{report.scenes_used} of {report.scenes_found} scenes used, failed: {report.failed_scenes}"
     try:
         assert_every_scene_accounted(metadata_of(report), served)
