@@ -56,6 +56,7 @@ from tasks.cog import (
 )
 from tasks.composite import MaskedWindow, composite_tile
 from tasks.crs import crs_of
+from tasks.disk_space import DiskNeeds, named_disk_full
 from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
 from tasks.fill_sources import MonthFill, read_published_window
 from tasks.gdal_env import gdal_env
@@ -105,7 +106,8 @@ class MonthPlan:
     `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
     folders of the tile records and tile COGs. Products go to `destination`, the month folder of
     `aoi_name`; `scratch_dir` is local and holds tiles in flight. `fill` says how gaps are filled
-    and from which published months.
+    and from which published months; `disk` what the run needs of its local disks (nothing is
+    checked when empty).
     """
 
     aoi: Geometry
@@ -125,6 +127,7 @@ class MonthPlan:
     scratch_dir: Path
     destination: MonthDestination
     fill: MonthFill = MonthFill("none", 0)
+    disk: DiskNeeds = DiskNeeds()
 
     @property
     def records_folder(self) -> str:
@@ -352,7 +355,17 @@ def publish_tile_layers(plan: MonthPlan, tile: OutputTile, tile_box: GeoBox, ins
 
 
 def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
-    """Read, mask, composite, fill and publish one tile; write and return its record (the commit)."""
+    """Read, mask, composite, fill and publish one tile; write and return its record (the commit).
+
+    Raises `DiskFull` before reading a scene when a disk lacks the tile's share, or when one fills up meanwhile.
+    """
+    with named_disk_full(plan.disk, "tile"):
+        plan.disk.check_tile()
+        return observed_tile(plan, tile)
+
+
+def observed_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
+    """`build_tile`'s work: read, mask, composite, fill, publish, record."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     # One GDAL environment for the tile's own rasterio calls (each would otherwise build its own
     # AWS session: 14 ms a call).
@@ -394,7 +407,15 @@ def published_layers(plan: MonthPlan, record: TileRecord, tile_box: GeoBox) -> T
 
 def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
     """Fill a committed tile again from its published layers and the month's current neighbours,
-    without reading a scene; republish its layers and return its updated record (the commit)."""
+    without reading a scene; republish its layers and return its updated record (the commit).
+    Raises `DiskFull` as `build_tile` does."""
+    with named_disk_full(plan.disk, "tile"):
+        plan.disk.check_tile()
+        return refilled_tile(plan, tile, record)
+
+
+def refilled_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
+    """`refill_tile`'s work: fill, republish, record."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
