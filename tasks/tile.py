@@ -28,11 +28,14 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -57,11 +60,12 @@ from tasks.cog import (
 from tasks.composite import MaskedWindow, composite_tile
 from tasks.crs import crs_of
 from tasks.disk_space import DiskNeeds, named_disk_full
-from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
+from tasks.errors import SceneOutsideAOI, first_line, portable_errors, scene_reason
 from tasks.fill_sources import MonthFill, read_published_window
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
 from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
+from tasks.logs import stage_logger
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.maskers import masker_named
 from tasks.memory import releasing_memory
@@ -96,6 +100,9 @@ INDEX_VALUES = int(np.iinfo(np.int16).max) - INDEX_NODATA + 1
 INDEX_KEY_PREFIX = "index_"
 """Names an index's histogram in a tile's histograms file."""
 RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"
+UNREADABLE_RECORD_ERRORS = (ValueError, LookupError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What parsing a truncated or garbled record (JSON: ValueError, a missing field) or histograms file (npz) raises."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -434,13 +441,35 @@ def refilled_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> Tile
     return refilled
 
 
+def parsed_workspace_file(workspace: Workspace, name: str, parse: Callable[[bytes], T], tile: OutputTile) -> T | None:
+    """`parse` of the tile's workspace file `name`; None, with a warning naming the file, when it cannot be
+    parsed (a truncated or garbled record, from a full disk or a copy cut short)."""
+    try:
+        return parse(workspace.read_bytes(name))
+    except UNREADABLE_RECORD_ERRORS as error:
+        stage_logger(__name__).warning(
+            "tile %s: %s cannot be read (%s: %s); building the tile again",
+            tile.label,
+            workspace.uri(name),
+            type(error).__name__,
+            first_line(error),
+        )
+        return None
+
+
 def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
-    still published (a month judged unpublishable, or a user, may have removed them), else None."""
-    name = plan.record_name(tile)
-    if not plan.workspace.exists(name):
+    still published (a month judged unpublishable, or a user, may have removed them), else None.
+
+    A record or histograms file that is missing or cannot be read (truncated, garbled) leaves the
+    tile uncommitted, with a warning naming the file: the tile is built again.
+    """
+    name, histograms_name = plan.record_name(tile), plan.histograms_name(tile)
+    if not (plan.workspace.exists(name) and plan.workspace.exists(histograms_name)):
         return None
-    record = TileRecord.from_json(plan.workspace.read_bytes(name))
+    record = parsed_workspace_file(plan.workspace, name, TileRecord.from_json, tile)
+    if record is None or parsed_workspace_file(plan.workspace, histograms_name, TileHistograms.from_bytes, tile) is None:
+        return None
     if record.failed:
         return None
     published = all(plan.destination.exists(file_name) for file_name in record.files.values())
