@@ -3,7 +3,8 @@
 As odc-geo ships `testutils` and odc-stac a `testing` package: `synthetic` makes months of COGs and
 Earth Search-style items with known truth; `servers` runs moto S3 and a rustac STAC API as child
 processes; `prefect_server` a Prefect server with a worker; `served_month` puts a synthetic month
-behind them; `fault_proxy` and `fault_scenarios` break its traffic on purpose.
+behind them; `fault_proxy` and `fault_scenarios` break its traffic on purpose, `disk_faults` its
+own disk (a small or full filesystem, a corrupt tile record).
 """
 
 from pathlib import Path
