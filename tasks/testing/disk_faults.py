@@ -72,11 +72,12 @@ def fill_disk(folder: Path, leave_bytes: int = 0) -> Path:
     free; returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
     filler = folder / FILLER_NAME
-    chunk = b"\0" * FILL_CHUNK_BYTES
+    chunk = os.urandom(FILL_CHUNK_BYTES)  # random: a compressing filesystem cannot store it in less
+    written, most = 0, shutil.disk_usage(folder).total  # bounded, whatever the filesystem reports
     with open(filler, "ab", buffering=0) as out:
-        while (room := shutil.disk_usage(folder).free - leave_bytes) > 0:
+        while written < most and (room := shutil.disk_usage(folder).free - leave_bytes) > 0:
             try:
-                out.write(chunk[:room])
+                written += out.write(chunk[:room]) or 0
             except OSError:
                 break
     return filler
