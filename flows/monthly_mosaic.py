@@ -6,9 +6,9 @@ the tiles in flight and the month's own files need (`tasks.disk_space`); a disk 
 that fills up later, ends the run in one `DiskFull` line. The AOI's grid is cut into output tiles
 (`tasks.tiles`); the `build-tiles` subflow maps the tiles that are not committed yet over the
 selected task runner, threads or Dask, and each tile reads, masks, composites and publishes its part
-(`tasks.tile`). A re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a scene that failed
-is recorded and skipped while the failed share stays within `max_failed_fraction`; above it the run
-fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
+(`tasks.tile`). A re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a
+scene that failed is recorded and skipped while the failed share stays within `max_failed_fraction`;
+above it the run fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
 Item. Otherwise the mosaic index, single COGs, quicklook, metadata and the Item (last) are
 published, then the month joins the AOI's STAC Collection (`flows.collection`). Slack hooks report
 start, success (with the returned `RunReport`) and failure.

@@ -235,11 +235,11 @@ def month_rasters(
     so nothing of the month is published before all of it is built.
     """
     names, destination = plan.names, plan.destination
+    files: dict[str, Path | Published] = {}
     if not run.tiles:
         (record,) = records
-        copies = {names.single_cog(layer.name): Published(record.files[layer.name]) for layer in layers}
-        return dict(copies), destination.gdal_location(record.files[MOSAIC_LAYER])
-    files: dict[str, Path | Published] = {}
+        files.update({names.single_cog(layer.name): Published(record.files[layer.name]) for layer in layers})
+        return files, destination.gdal_location(record.files[MOSAIC_LAYER])
     absolute_indexes = scratch / ABSOLUTE_INDEX_FOLDER
     absolute_indexes.mkdir()
     for layer in layers:
