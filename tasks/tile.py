@@ -12,10 +12,11 @@ tile's commit. The scratch folder is removed whatever happens, so a tile's scrat
 while the tile is in flight.
 
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
-and left out of the tile; the month merges the records (`tasks.products`). A tile whose
-record exists and names no failed scene is committed: a re-run of the month skips it, or, when the
-month's fill inputs changed since (`MonthFill.digest`: a neighbour was published), refills it from its
-published layers without reading a scene (`refill_tile`).
+and left out of the tile; the month merges the records (`tasks.products`). A tile whose record
+and histograms exist and can be read, and whose record names no failed scene, is committed: a
+re-run of the month skips it, or, when the month's fill inputs changed since (`MonthFill.digest`:
+a neighbour was published), refills it from its published layers without reading a scene
+(`refill_tile`); one whose record cannot be read is built again, with a warning naming the file.
 
 The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
 histograms of its mosaic bands and count (for exact month statistics without reading the mosaic
@@ -461,8 +462,8 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
     still published (a month judged unpublishable, or a user, may have removed them), else None.
 
-    A record or histograms file that is missing or cannot be read (truncated, garbled) leaves the
-    tile uncommitted, with a warning naming the file: the tile is built again.
+    So does a missing histograms file, and, with a warning naming it, a record or histograms file that
+    cannot be read (truncated, garbled): the tile is built again.
     """
     name, histograms_name = plan.record_name(tile), plan.histograms_name(tile)
     if not (plan.workspace.exists(name) and plan.workspace.exists(histograms_name)):
