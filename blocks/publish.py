@@ -4,12 +4,15 @@ output directory when no block is named, with the same layout either way.
 A `MonthDestination` is the folder `{aoi}/{YYYY}/{MM}/` of one AOI's month, below the block's
 `bucket_folder` (`BucketMonth`) or below `output_dir` (`LocalMonth`); `month_destination` picks one.
 Every file is named by its path relative to that folder ('tiles/x.tif'), and every operation the
-flow needs (put, copy, remove, look up, read, open with GDAL) is a method of it, so the stages never
+flow needs (put, remove, look up, read, open with GDAL) is a method of it, so the stages never
 ask which kind they have; `aoi_root()` is the same kind of destination at the AOI's folder `{aoi}`
-(its STAC Collection lies there). `put` publishes files in the order given, so the month stage
-(`tasks.products`) removes an earlier Item first and puts the Item last: an Item's presence means
-every product beside it is complete. Publishing again overwrites: re-runs are idempotent. Local
-copies are atomic (temporary name, then rename).
+(its STAC Collection lies there). `put` publishes files in the order given, local ones or copies of
+published ones (`Published`), and withdraws the file it is told replaces them (the month's Item)
+before the first lands, so the month stage (`tasks.products`) puts the Item last: an Item's presence
+means every product beside it is complete. Publishing again overwrites: re-runs are idempotent.
+A local put is all or nothing: every file is first copied under a temporary name beside its target,
+and only once all are there is anything withdrawn and are they renamed into place, so a put that
+fails (a full disk) leaves the folder as it was; on S3 each object lands whole.
 
 Credentials, one source per role: products reach S3 only through the `S3Bucket` block (its
 `AwsCredentials` and endpoint; uploads and copies through the block's own methods, deletes and
@@ -25,6 +28,7 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,7 @@ from tasks.gdal_env import s3_endpoint_options
 from tasks.metadata import ProductNames
 from tasks.month import Month
 from tasks.retry import NOT_FOUND_CODES, s3_error_code
-from tasks.workspace import Workspace
+from tasks.workspace import partial_file
 
 __all__ = [
     "COG_CONTENT_TYPE",
@@ -55,6 +59,7 @@ __all__ = [
     "BucketMonth",
     "LocalMonth",
     "MonthDestination",
+    "Published",
     "check_month_folder_owner",
     "content_type",
     "month_destination",
@@ -76,6 +81,13 @@ PERMANENT_S3_ERRORS: Mapping[str, str] = {
 """S3 error codes no retry fixes, with what to do about each."""
 NO_ANSWER_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 """botocore's errors of a store that did not answer (after botocore's own retries)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """A source for `MonthDestination.put`: the file already published in the same folder under `name`."""
+
+    name: str
 
 
 class MonthDestination(ABC):
@@ -103,12 +115,12 @@ class MonthDestination(ABC):
         return root
 
     @abstractmethod
-    def put(self, files: Mapping[str, Path]) -> None:
-        """Publish local files {name: path}, in order."""
+    def put(self, files: Mapping[str, Path | Published], replacing: str | None = None) -> None:
+        """Publish {name: source}, in order: a local file, or a copy of a published one (server-side on S3).
 
-    @abstractmethod
-    def copy(self, copies: Mapping[str, str]) -> None:
-        """Copy published files {source name: target name} (server-side on S3)."""
+        `replacing` names a published file withdrawn before the first of them lands (the month's Item,
+        which describes the files they replace).
+        """
 
     @abstractmethod
     def remove_below(self, subfolder: str, keep: str | None = None) -> None:
@@ -147,13 +159,22 @@ class LocalMonth(MonthDestination):
     def location(self) -> str:
         return str(self.root)
 
-    def put(self, files: Mapping[str, Path]) -> None:
-        destination = Workspace(str(self.root))
-        for name, path in files.items():
-            destination.copy_from(path, name)
-
-    def copy(self, copies: Mapping[str, str]) -> None:
-        self.put({target: self.root / source for source, target in copies.items()})
+    def put(self, files: Mapping[str, Path | Published], replacing: str | None = None) -> None:
+        """All or nothing: each file is copied under a temporary name beside its target first; then `replacing`
+        is withdrawn and the copies are renamed into place, in order."""
+        landing: list[tuple[Path, Path]] = []
+        try:
+            for name, source in files.items():
+                target = self.root / name
+                landing.append((partial_file(target.parent, target.suffix), target))
+                shutil.copyfile(self.root / source.name if isinstance(source, Published) else source, landing[-1][0])
+            if replacing is not None:
+                self.delete(replacing)
+            for temporary, target in landing:
+                temporary.replace(target)
+        finally:
+            for temporary, _ in landing:
+                temporary.unlink(missing_ok=True)
 
     def remove_below(self, subfolder: str, keep: str | None = None) -> None:
         below = self.root / subfolder
@@ -202,16 +223,16 @@ class BucketMonth(MonthDestination):
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def put(self, files: Mapping[str, Path]) -> None:
+    def put(self, files: Mapping[str, Path | Published], replacing: str | None = None) -> None:
+        if replacing is not None:
+            self.delete(replacing)
         with self._errors_named():
-            for name, path in files.items():
-                # upload_from_path always puts the block's bucket_folder in front of the key it is given
-                self.block.upload_from_path(path, f"{self.folder}/{name}", ExtraArgs={"ContentType": content_type(path)})
-
-    def copy(self, copies: Mapping[str, str]) -> None:
-        with self._errors_named():
-            for source, target in copies.items():
-                self.block.copy_object(f"{self.prefix}/{source}", f"{self.prefix}/{target}")
+            for name, source in files.items():
+                if isinstance(source, Published):
+                    self.block.copy_object(f"{self.prefix}/{source.name}", f"{self.prefix}/{name}")
+                else:
+                    # upload_from_path always puts the block's bucket_folder in front of the key it is given
+                    self.block.upload_from_path(source, f"{self.folder}/{name}", ExtraArgs={"ContentType": content_type(source)})
 
     def remove_below(self, subfolder: str, keep: str | None = None) -> None:
         client = self.block.credentials.get_s3_client()

@@ -8,10 +8,10 @@ S3 alike (the lock is a Prefect global concurrency limit with a server, a file l
 on one machine without one).
 
 It runs after the Item is put, so the collection never links a month whose Item was never out. A
-re-run of a published month withdraws its Item while it rebuilds the month's files
-(`tasks.products`); for that while the collection's link to the month dangles, as the month folder
-itself then has no Item. The month was published and will be again; readers of the collection see
-the Item missing, never a wrong one.
+re-run of a published month withdraws its Item while its new files land (`tasks.products`); for
+that while the collection's link to the month dangles, as the month folder itself then has no Item.
+The month was published and will be again; readers of the collection see the Item missing, never a
+wrong one.
 """
 
 import tempfile

@@ -1,12 +1,14 @@
 """The monthly mosaic flow: search, build each output tile, then the month's products, publish.
 
 `monthly_mosaic(settings)` is what deployments run. One run at a time works on an AOI and month
-(`flows.locking.month_lock`). The AOI's grid is cut into output tiles (`tasks.tiles`); the
-`build-tiles` subflow maps the tiles that are not committed yet over the selected task runner,
-threads or Dask, and each tile reads, masks, composites and publishes its part (`tasks.tile`). A
-re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a scene that failed
-is recorded and skipped while the failed share stays within `max_failed_fraction`; above it the run
-fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
+(`flows.locking.month_lock`). Before any scene is read, its local folders are checked for the disk
+the tiles in flight and the month's own files need (`tasks.disk_space`); a disk too small, or one
+that fills up later, ends the run in one `DiskFull` line. The AOI's grid is cut into output tiles
+(`tasks.tiles`); the `build-tiles` subflow maps the tiles that are not committed yet over the
+selected task runner, threads or Dask, and each tile reads, masks, composites and publishes its part
+(`tasks.tile`). A re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a
+scene that failed is recorded and skipped while the failed share stays within `max_failed_fraction`;
+above it the run fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
 Item. Otherwise the mosaic index, single COGs, quicklook, metadata and the Item (last) are
 published, then the month joins the AOI's STAC Collection (`flows.collection`). Slack hooks report
 start, success (with the returned `RunReport`) and failure.
@@ -33,15 +35,17 @@ from blocks.slack import RunReport, slack_state_hooks
 from flows.caching import scene_folder_digest, tiles_digest
 from flows.collection import publish_collection_task
 from flows.locking import month_lock
-from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency
+from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency, tiles_in_flight
 from tasks.aoi import aoi_digest, aoi_name, load_aoi
-from tasks.errors import InvalidSettings, TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
+from tasks.disk_space import DiskNeeds, MonthWrites, month_disk_needs, named_disk_full
+from tasks.errors import DiskFull, InvalidSettings, TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
 from tasks.fill_sources import MonthFill, neighbour_months
 from tasks.grid import check_grid_size, grid_for_aoi
+from tasks.indices import SPECTRAL_INDICES
 from tasks.maskers import masker_named
 from tasks.metadata import ProductNames, ProductRun, TileFiles
 from tasks.month import Month
-from tasks.products import MonthTiles, merge_tiles, month_histograms, write_month_products_task
+from tasks.products import MonthTiles, merge_tiles, month_histograms, month_layers, write_month_products_task
 from tasks.scene import SkippedScene, scene_items_json
 from tasks.search import search_scenes_task
 from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task
@@ -172,6 +176,32 @@ def products_destination(settings: MosaicSettings, aoi: str, month: Month) -> Mo
     return month_destination(bucket, aoi, month.label, None if bucket else Path(settings.output_dir).resolve())
 
 
+def has_single_cogs(settings: MosaicSettings, grid: GeoBox, single_tile: bool) -> bool:
+    """Whether the month gets single COGs: always for one tile, up to `single_cog_max_pixels` when tiled."""
+    return single_tile or grid.shape.x * grid.shape.y <= settings.tiles.single_cog_max_pixels
+
+
+def disk_needs(settings: MosaicSettings, inputs: RunInputs) -> DiskNeeds:
+    """What the run needs at once of its local disks: staging_dir, and the workspace and output_dir when they
+    are local (`tasks.disk_space`)."""
+    grid, tile_size_px = inputs.grid, settings.tiles.tile_size_px
+    tiles = len(tiles_over_aoi(grid, inputs.aoi, tile_size_px))
+    indices = tuple(SPECTRAL_INDICES[name] for name in settings.composite.indices)
+    single_tile = tile_layout(grid, tile_size_px).shape.yx == (1, 1)
+    writes = MonthWrites(
+        grid_shape=grid.shape.yx,
+        tile_pixels=min(tile_size_px, grid.shape.y) * min(tile_size_px, grid.shape.x),
+        layer_bytes=tuple(layer.bytes_per_pixel for layer in month_layers(indices, settings.fill != "none")),
+        tiles=tiles,
+        tiles_in_flight=min(tiles, tiles_in_flight(settings.runner)),
+        tiled=not single_tile,
+        single_cogs=has_single_cogs(settings, grid, single_tile),
+    )
+    workspace = None if Workspace(settings.workspace).is_s3 else Path(settings.workspace).resolve()
+    output = None if settings.s3_block else Path(settings.output_dir).resolve()  # as `products_destination` decides
+    return month_disk_needs(writes, staging_root(settings), workspace, output)
+
+
 def month_plan(
     settings: MosaicSettings, inputs: RunInputs, destination: MonthDestination, month: Month, items_name: str, items_digest: str
 ) -> MonthPlan:
@@ -204,6 +234,7 @@ def month_plan(
         scratch_dir=staging_root(settings) / inputs.name / month.label,
         destination=destination,
         fill=MonthFill(settings.fill, settings.fill_max_months, neighbours),
+        disk=disk_needs(settings, inputs),
     )
 
 
@@ -216,7 +247,8 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     as parameters: Prefect records a subflow's parameters in its API, and a month of items can
     exceed its size limit and carry signed asset URLs. Tiles run row by row, so tiles that share
     COG blocks run close together in time (GDAL's cache then serves the shared blocks once).
-    Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed.
+    Raises `TilesFailed` naming each tile that failed after its retries; the others stay committed. A full
+    disk raises the first tile's `DiskFull` alone, once.
     The plan names this run (`MonthPlan.build_run_id`), so a tile task that Dask runs again after the
     worker holding its result died returns the tile's commit instead of building it twice.
     """
@@ -246,12 +278,17 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
     failed_tiles: list[tuple[str, str]] = []
     submitted = {build_tile_task.submit(plan, tile): tile for tile in pending}
     submitted |= {refill_tile_task.submit(plan, record.tile, record): record.tile for record in to_refill}
+    disk_full: DiskFull | None = None
     for tile, record_or_error in finished(submitted):
         progress.advance()
-        if isinstance(record_or_error, BaseException):
+        if isinstance(record_or_error, DiskFull):
+            disk_full = disk_full or record_or_error
+        elif isinstance(record_or_error, BaseException):
             failed_tiles.append((tile.label, first_line(record_or_error)))
         else:
             records.append(record_or_error)
+    if disk_full is not None:  # every tile after it met the same disk: say so once
+        raise disk_full
     if failed_tiles:
         listing = "; ".join(f"{label}: {reason}" for label, reason in sorted(failed_tiles))
         raise TilesFailed(
@@ -355,7 +392,7 @@ def product_run(
         scenes_failed=month_tiles.failed,
         scenes_skipped=(*left_out, *month_tiles.skipped),
         tiles=tuple(TileFiles.of(r.tile.label, r.files) for r in records) if tiled else (),
-        single_cogs=not tiled or inputs.grid.shape.x * inputs.grid.shape.y <= settings.tiles.single_cog_max_pixels,
+        single_cogs=has_single_cogs(settings, inputs.grid, plan.single_tile),
         fill_method=plan.fill.method,
         fill_max_months=plan.fill.max_months,
         filled_pixels=month_tiles.filled_pixels,
@@ -378,10 +415,12 @@ def monthly_mosaic(settings: MosaicSettings) -> RunReport:
     logger.info("%s %s: grid %s, %d x %d px", inputs.name, month.label, grid.crs, grid.shape.x, grid.shape.y)
     destination = products_destination(settings, inputs.name, month)
     staging = staging_root(settings)
+    disk = disk_needs(settings, inputs)
 
-    with month_lock(inputs.name, month, staging):
+    with named_disk_full(disk, "month"), month_lock(inputs.name, month, staging):
         remove_abandoned_files(inputs, staging)
         check_month_folder_owner(destination, inputs.digest)
+        disk.check()  # before any scene is read
         found = search_scenes_task(inputs.aoi, month.label, settings.search)  # raises NoScenesFound when empty
         items = found.scenes
         items_json = scene_items_json(items)

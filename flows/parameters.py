@@ -22,7 +22,7 @@ from tasks.settings import (
     TileSettings,
 )
 
-__all__ = ["MosaicSettings", "RunnerSettings", "tile_concurrency"]
+__all__ = ["MosaicSettings", "RunnerSettings", "tile_concurrency", "tiles_in_flight"]
 
 
 class RunnerSettings(FrozenSettings):
@@ -46,8 +46,14 @@ class RunnerSettings(FrozenSettings):
 
 
 def tile_concurrency(runner: RunnerSettings) -> int:
-    """Tiles in flight at once: `max_concurrent_tiles`, else half the CPU cores, at least 2."""
+    """Tiles in flight at once on threads: `max_concurrent_tiles`, else half the CPU cores, at least 2."""
     return runner.max_concurrent_tiles or max(2, (os.cpu_count() or 1) // 2)
+
+
+def tiles_in_flight(runner: RunnerSettings) -> int:
+    """Tiles in flight at once: `tile_concurrency` on threads, one per worker of the local Dask cluster (each
+    runs one thread; a remote cluster's workers are not known here, and each tile checks its own disk as it starts)."""
+    return tile_concurrency(runner) if runner.task_runner == "threads" else runner.dask_workers
 
 
 class MosaicSettings(FrozenSettings):

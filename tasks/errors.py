@@ -17,6 +17,7 @@ from typing import ParamSpec, TypeVar
 
 __all__ = [
     "NAME_NOT_FOUND_CODES",
+    "DiskFull",
     "ErrorCause",
     "InferenceOutOfMemory",
     "InvalidAOI",
@@ -197,6 +198,31 @@ class OutputCollision(MosaicError):
 
 class PublishError(MosaicError):
     """The products cannot be published for a reason no retry fixes (missing bucket, refused credentials)."""
+
+
+class DiskFull(MosaicError):
+    """A local folder of the run (staging_dir, workspace, output_dir) lacks the disk space the run needs.
+
+    `folders` are ('/abs/path', role) of the run's folders on the full filesystem; sizes are bytes.
+    """
+
+    def __init__(self, folders: Sequence[tuple[str, str]], needed_bytes: int, free_bytes: int) -> None:
+        super().__init__(tuple(folders), needed_bytes, free_bytes)
+        self.folders, self.needed_bytes, self.free_bytes = tuple(folders), needed_bytes, free_bytes
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{folder} ({role})" for folder, role in self.folders)
+        roles = ", ".join(role for _, role in self.folders)
+        return (
+            f"no space left on device in {where}: needs about {_megabytes(self.needed_bytes)} MB, "
+            f"{_megabytes(self.free_bytes)} MB free; free space there, or point {roles} at a larger disk"
+        )
+
+
+def _megabytes(size_bytes: int) -> str:
+    """A size in MB (10^6 bytes) for a message: one decimal below 10 MB, whole MB above."""
+    size_mb = size_bytes / 1e6
+    return f"{size_mb:.1f}" if size_mb < 10 else f"{size_mb:,.0f}"
 
 
 class StoreUnreachable(MosaicError):

@@ -2,13 +2,16 @@
 
 The VRT lies in the month folder and names each tile by its path relative to itself
 (`tiles/<stem>_<tile>_mosaic.tif`), so the folder can be copied anywhere (local, S3, HTTP) and GDAL,
-QGIS and titiler still open it. Each source declares its size, type and block size, so opening the
+QGIS and titiler still open it. A tile named by an absolute path (`/data/...`, `/vsis3/...`) is taken
+as it is: the month stage builds its single COGs from such a copy of the index in its scratch folder,
+before the index itself is published. Each source declares its size, type and block size, so opening the
 VRT opens no tile; a read opens only the tiles under its window, and a reduced-resolution read uses
 the tiles' internal overviews.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from xml.etree import ElementTree
 
 from odc.geo.geobox import GeoBox
@@ -33,7 +36,7 @@ class IndexBand:
 
 @dataclass(frozen=True)
 class IndexTile:
-    """One tile COG: its path relative to the VRT and where it lies in the grid, in pixels."""
+    """One tile COG: its path relative to the VRT (or an absolute one) and where it lies in the grid, in pixels."""
 
     path: str
     row_offset: int
@@ -65,7 +68,8 @@ def mosaic_index_xml(grid: GeoBox, dtype: str, bands: Sequence[IndexBand], tiles
 
 def _add_source(band_element: ElementTree.Element, tile: IndexTile, band_number: int, data_type: str) -> None:
     source = ElementTree.SubElement(band_element, "SimpleSource")
-    ElementTree.SubElement(source, "SourceFilename", relativeToVRT="1").text = tile.path
+    relative = "0" if PurePosixPath(tile.path).is_absolute() else "1"
+    ElementTree.SubElement(source, "SourceFilename", relativeToVRT=relative).text = tile.path
     ElementTree.SubElement(source, "SourceBand").text = str(band_number)
     block = str(COG_BLOCK_SIZE)
     ElementTree.SubElement(

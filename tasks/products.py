@@ -13,21 +13,24 @@ with `<aoi>_<YYYY-MM>` as the stem:
     _item.json                STAC Item listing every file, validated offline
 
 Statistics come from the tiles' histograms, the quicklook from overviews: nothing here reads the
-mosaic at full resolution. Products are read back where they were published, with the products
-block's own credentials (`MonthDestination.gdal_location`). The Item is withdrawn before any
-month-level file is replaced and put last, so an Item in the month folder means every file beside it
-is complete; tiles live in `tiles/<inputs digest>/`, so a re-run with other inputs never touches the
-tiles a published index points at, and once its Item is out the other inputs' tiles are removed.
+mosaic at full resolution. The tiles are read where they were published, with the products block's
+own credentials (`MonthDestination.gdal_location`). Every month-level file is built in the month's
+scratch folder before any is published; then they are published in one put that withdraws an
+earlier Item before the first lands and puts the new Item last, so an Item in the month folder means
+every file beside it is complete, and a month that fails while building leaves the folder as it was.
+Tiles live in `tiles/<inputs digest>/`, so a re-run with other inputs never touches the tiles a
+published index points at, and once its Item is out the other inputs' tiles are removed.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.publish import ITEM_PRODUCT
+from blocks.publish import ITEM_PRODUCT, Published
 from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
@@ -45,9 +48,10 @@ from tasks.cog import (
     validate_cog,
     write_cog,
 )
+from tasks.disk_space import named_disk_full
 from tasks.errors import SceneOutsideAOI, portable_errors
 from tasks.gdal_env import gdal_env
-from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SPECTRAL_INDICES
+from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SPECTRAL_INDICES, SpectralIndex
 from tasks.metadata import (
     COUNT_LAYER,
     FILL_LAYER,
@@ -69,9 +73,11 @@ from tasks.tiles import tile_layout
 
 __all__ = [
     "NO_CLEAR_PIXEL",
+    "MonthLayer",
     "MonthTiles",
     "merge_tiles",
     "month_histograms",
+    "month_layers",
     "write_month_products",
     "write_month_products_task",
 ]
@@ -80,6 +86,10 @@ NO_CLEAR_PIXEL = "no clear pixel in the AOI (cloud, shadow or nodata everywhere 
 COUNT_BAND_NAME = "count"
 MONTH_SCRATCH_LABEL = "month"
 """Names the scratch folder of the month's own files (tiles' are named by their label)."""
+ABSOLUTE_INDEX_FOLDER = "absolute"
+"""Holds, in the month's scratch folder, its indexes naming the published tiles by absolute path."""
+GdalLocation = tuple[str, dict[str, str]]
+"""A path GDAL opens, and the GDAL options that reach it (`MonthDestination.gdal_location`)."""
 
 
 @dataclass(frozen=True)
@@ -179,23 +189,28 @@ class MonthLayer:
     bands: tuple[IndexBand, ...]
     profile: CogProfile
 
+    @property
+    def bytes_per_pixel(self) -> int:
+        """Bytes a pixel of the layer takes uncompressed, all its bands."""
+        return np.dtype(self.dtype).itemsize * len(self.bands)
 
-def month_layers(run: ProductRun) -> tuple[MonthLayer, ...]:
-    """The mosaic, the count, each spectral index of the run, then the fill layer when the month is filled."""
-    indices = tuple(
+
+def month_layers(indices: Sequence[SpectralIndex], filled: bool) -> tuple[MonthLayer, ...]:
+    """The mosaic, the count, each of `indices`, then the fill layer when the month is `filled`."""
+    index_layers = tuple(
         MonthLayer(
             index.name,
             INDEX_DTYPE,
             (IndexBand(index.description, nodata=INDEX_NODATA, scale=INDEX_SCALE_FACTOR, offset=0.0),),
             INDEX_PROFILE,
         )
-        for index in run.indices
+        for index in indices
     )
-    fill = (MonthLayer(FILL_LAYER, FILL_DTYPE, FILL_INDEX_BANDS, FILL_PROFILE),) if run.filled else ()
+    fill = (MonthLayer(FILL_LAYER, FILL_DTYPE, FILL_INDEX_BANDS, FILL_PROFILE),) if filled else ()
     return (
         MonthLayer(MOSAIC_LAYER, MOSAIC_DTYPE, MOSAIC_INDEX_BANDS, MOSAIC_PROFILE),
         MonthLayer(COUNT_LAYER, COUNT_DTYPE, COUNT_INDEX_BANDS, COUNT_PROFILE),
-        *indices,
+        *index_layers,
         *fill,
     )
 
@@ -210,61 +225,91 @@ def index_tiles(plan: MonthPlan, records: Sequence[TileRecord], kind: str) -> li
     return placed
 
 
+def month_rasters(
+    plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], layers: Sequence[MonthLayer], scratch: Path
+) -> tuple[dict[str, Path | Published], GdalLocation]:
+    """The month's raster files, built in `scratch` from its published tiles, and where GDAL reads its mosaic.
+
+    One tile: copies of its COGs. Tiled: each layer's mosaic index and, with `single_cogs`, its single COG,
+    built from a copy of the index naming the published tiles by absolute path (in `ABSOLUTE_INDEX_FOLDER`),
+    so nothing of the month is published before all of it is built.
+    """
+    names, destination = plan.names, plan.destination
+    files: dict[str, Path | Published] = {}
+    if not run.tiles:
+        (record,) = records
+        files.update({names.single_cog(layer.name): Published(record.files[layer.name]) for layer in layers})
+        return files, destination.gdal_location(record.files[MOSAIC_LAYER])
+    absolute_indexes = scratch / ABSOLUTE_INDEX_FOLDER
+    absolute_indexes.mkdir()
+    for layer in layers:
+        index_name, tiles = names.layer_index(layer.name), index_tiles(plan, records, layer.name)
+        absolute_tiles = [replace(tile, path=destination.gdal_location(tile.path)[0]) for tile in tiles]
+        (scratch / index_name).write_text(mosaic_index_xml(plan.grid, layer.dtype, layer.bands, tiles))
+        absolute_xml = mosaic_index_xml(plan.grid, layer.dtype, layer.bands, absolute_tiles)
+        (absolute_indexes / index_name).write_text(absolute_xml)
+        files[index_name] = scratch / index_name
+    tile_options = destination.gdal_location(names.mosaic_index)[1]
+    if not run.single_cogs:
+        return files, (str(absolute_indexes / names.mosaic_index), tile_options)
+    for layer in layers:
+        cog_name = names.single_cog(layer.name)
+        index = (str(absolute_indexes / names.layer_index(layer.name)), tile_options)
+        files[cog_name] = single_cog(index, scratch / cog_name, layer.profile)
+    return files, (str(scratch / names.mosaic), {})
+
+
+def month_statistics(
+    plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
+) -> MonthStatistics:
+    """Statistics of each layer over the AOI, from the tiles' merged histograms."""
+    grid_pixels = plan.grid.shape.x * plan.grid.shape.y
+    aoi_pixels = sum(record.aoi_pixels for record in records)
+    band_names = tuple(band.common_name for band in MOSAIC_BANDS)
+    mosaic_statistics = tuple(
+        statistics_from_histogram(name, histogram, aoi_pixels, grid_pixels)
+        for name, histogram in zip(band_names, histograms.mosaic, strict=True)
+    )
+    count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
+    index_statistics = tuple(
+        statistics_from_histogram(index.name, histograms.indices[index.name], aoi_pixels, grid_pixels, INDEX_NODATA)
+        for index in run.indices
+    )
+    fill_statistics = (
+        statistics_from_histogram(FILL_LAYER, histograms.fill, aoi_pixels, grid_pixels)
+        if run.filled and histograms.fill is not None
+        else None
+    )
+    return MonthStatistics(mosaic_statistics, count_statistics, index_statistics, fill_statistics)
+
+
 def write_month_products(
     plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
 ) -> dict[str, str]:
-    """Write and publish the month's own files (Item last) beside its published tiles; returns
-    {product: URL or local path} for mosaic, count, each index, the fill layer, quicklook, metadata and item."""
+    """Build the month's own files beside its published tiles, then publish them at once, the Item last;
+    returns {product: URL or local path} for mosaic, count, each index, the fill layer, quicklook, metadata
+    and item.
+
+    Everything is built in the month's scratch folder first; an earlier Item is withdrawn only as the
+    new files land (`MonthDestination.put`), so a month that fails while building (a full disk, a tile
+    that cannot be read) leaves the month folder as it was, an earlier complete month included. A full
+    disk ends in one `DiskFull` line (`tasks.disk_space`).
+    """
     names, destination = plan.names, plan.destination
-    layers = month_layers(run)
-    destination.delete(names.item)  # before anything beside it is replaced
-    for stale_layer in set(OPTIONAL_LAYERS) - {layer.name for layer in layers}:  # an earlier run's, other settings
-        destination.delete(names.single_cog(stale_layer))
-        destination.delete(names.layer_index(stale_layer))
-    with scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
-        if not run.tiles:
-            (record,) = records
-            destination.copy({record.files[layer.name]: names.single_cog(layer.name) for layer in layers})
-        else:
-            indexes = {
-                names.layer_index(layer.name): mosaic_index_xml(
-                    plan.grid, layer.dtype, layer.bands, index_tiles(plan, records, layer.name)
-                )
-                for layer in layers
-            }
-            for name, xml in indexes.items():
-                (scratch / name).write_text(xml)
-            destination.put({name: scratch / name for name in indexes})
-            if run.single_cogs:
-                for layer in layers:
-                    index, cog_name = destination.gdal_location(names.layer_index(layer.name)), names.single_cog(layer.name)
-                    destination.put({cog_name: single_cog(index, scratch / cog_name, layer.profile)})
-        mosaic_path, mosaic_options = destination.gdal_location(run.mosaic_file)
+    layers = month_layers(run.indices, run.filled)
+    with named_disk_full(plan.disk, "month"), scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
+        files, (mosaic_path, mosaic_options) = month_rasters(plan, run, records, layers, scratch)
         with gdal_env(**mosaic_options):
             write_quicklook(mosaic_path, scratch / names.quicklook)
-        grid_pixels = plan.grid.shape.x * plan.grid.shape.y
-        aoi_pixels = sum(record.aoi_pixels for record in records)
-        band_names = tuple(band.common_name for band in MOSAIC_BANDS)
-        mosaic_statistics = tuple(
-            statistics_from_histogram(name, histogram, aoi_pixels, grid_pixels)
-            for name, histogram in zip(band_names, histograms.mosaic, strict=True)
-        )
-        count_statistics = statistics_from_histogram(COUNT_BAND_NAME, histograms.count, aoi_pixels, grid_pixels)
-        index_statistics = tuple(
-            statistics_from_histogram(index.name, histograms.indices[index.name], aoi_pixels, grid_pixels, INDEX_NODATA)
-            for index in run.indices
-        )
-        fill_statistics = (
-            statistics_from_histogram(FILL_LAYER, histograms.fill, aoi_pixels, grid_pixels)
-            if run.filled and histograms.fill is not None
-            else None
-        )
-        statistics = MonthStatistics(mosaic_statistics, count_statistics, index_statistics, fill_statistics)
+        statistics = month_statistics(plan, run, records, histograms)
         (scratch / names.metadata).write_bytes(metadata_json(run, names, statistics))
         item = build_item(run, names, statistics, destination.url(names.item), collection_id(run.aoi_name))
         (scratch / names.item).write_bytes(item_json(item))
-        destination.put({names.quicklook: scratch / names.quicklook, names.metadata: scratch / names.metadata})
-        destination.put({names.item: scratch / names.item})
+        documents = {name: scratch / name for name in (names.quicklook, names.metadata, names.item)}
+        destination.put(files | documents, replacing=names.item)
+    for stale_layer in set(OPTIONAL_LAYERS) - {layer.name for layer in layers}:  # an earlier run's, other settings
+        destination.delete(names.single_cog(stale_layer))
+        destination.delete(names.layer_index(stale_layer))
     # Tiles of other inputs are listed by no Item any more. This input's stay: a re-run reuses them.
     destination.remove_below(TILES_FOLDER, keep=plan.tiles_digest)
     return {

@@ -9,6 +9,7 @@
   `retry_condition_fn(task, task_run, state) -> bool` signature.
 """
 
+import errno
 import random
 import time
 from collections.abc import Callable
@@ -24,10 +25,12 @@ from tasks.logs import stage_logger
 
 __all__ = [
     "NOT_FOUND_CODES",
+    "NO_SPACE_ERRNOS",
     "Failure",
     "RetriesEnded",
     "RetryPolicy",
     "io_task_retries",
+    "is_no_space",
     "is_transient_io_failure",
     "retried",
     "retry_io_failure",
@@ -116,6 +119,8 @@ THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "
 """S3 error codes that ask the client to come back later."""
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 """S3 error codes of a missing object (HEAD answers a bare 404)."""
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""OS errors of a full disk or an exhausted quota."""
 IO_TASK_RETRIES = 3
 IO_RETRY_FIRST_DELAY_S = 10
 """Delay before a task's first retry; each further retry doubles it (10, 20, 40 s) before jitter."""
@@ -136,15 +141,21 @@ def s3_error_code(error: BaseException) -> str:
 
 
 def is_transient_io_failure(error: object) -> bool:
-    """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file), a
-    transient workspace read, a store that did not answer, a connection failure, S3 5xx or throttling. Never a failed scene read
-    (its reader already retried), an S3 refusal (no bucket, no access), a bug or a bad input."""
-    if not isinstance(error, BaseException) or isinstance(error, FileNotFoundError):
+    """Whether a workspace or S3 failure may pass: an OS-level I/O error (not a missing file, not a full
+    disk), a transient workspace read, a store that did not answer, a connection failure, S3 5xx or
+    throttling. Never a failed scene read (its reader already retried), an S3 refusal (no bucket, no
+    access), a bug or a bad input."""
+    if not isinstance(error, BaseException) or isinstance(error, FileNotFoundError) or is_no_space(error):
         return False
     if (s3_answer := s3_error_in(error)) is not None:
         answer = s3_answer.response
         return answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500 or s3_error_code(error) in THROTTLING_CODES
     return isinstance(error, (OSError, TransientReadError, StoreUnreachable, BotoCoreError, S3UploadFailedError))
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether a full disk or quota is behind `error` (an OSError ENOSPC or EDQUOT in its chain): no retry frees it."""
+    return any(isinstance(link, OSError) and link.errno in NO_SPACE_ERRNOS for link in error_chain(error))
 
 
 def retry_io_failure(task: Any, task_run: Any, state: Any) -> bool:

@@ -12,12 +12,14 @@ tile's commit. The scratch folder is removed whatever happens, so a tile's scrat
 while the tile is in flight.
 
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
-and left out of the tile; the month merges the records (`tasks.products`). A tile whose
-record exists and names no failed scene is committed: a re-run of the month skips it, or, when the
-month's fill inputs changed since (`MonthFill.digest`: a neighbour was published), refills it from its
-published layers without reading a scene (`refill_tile`). A tile task that runs again within the build
-run that committed its tile returns that commit: Dask runs a task again when the worker holding its
-result dies while the flow still holds the task's future, and a tile is never committed twice.
+and left out of the tile; the month merges the records (`tasks.products`). A tile whose record
+and histograms exist and can be read, and whose record names no failed scene, is committed: a
+re-run of the month skips it, or, when the month's fill inputs changed since (`MonthFill.digest`:
+a neighbour was published), refills it from its published layers without reading a scene
+(`refill_tile`); one whose record cannot be read is built again, with a warning naming the file.
+A tile task that runs again within the build run that committed its tile returns that commit: Dask
+runs a task again when the worker holding its result dies while the flow still holds the task's
+future, and a tile is never committed twice.
 
 The tile's figures travel in its record: AOI pixels, valid pixels, per-scene valid pixels, the
 histograms of its mosaic bands and count (for exact month statistics without reading the mosaic
@@ -30,11 +32,14 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from odc.geo.geobox import GeoBox
@@ -58,11 +63,13 @@ from tasks.cog import (
 )
 from tasks.composite import MaskedWindow, composite_tile
 from tasks.crs import crs_of
-from tasks.errors import SceneOutsideAOI, portable_errors, scene_reason
+from tasks.disk_space import DiskNeeds, named_disk_full
+from tasks.errors import SceneOutsideAOI, first_line, portable_errors, scene_reason
 from tasks.fill_sources import MonthFill, read_published_window
 from tasks.gdal_env import gdal_env
 from tasks.grid import pixel_size_m, roi_slices
 from tasks.indices import INDEX_NODATA, SPECTRAL_INDICES
+from tasks.logs import stage_logger
 from tasks.mask import mask_from_bands, mask_halo_px
 from tasks.maskers import masker_named
 from tasks.memory import releasing_memory
@@ -97,6 +104,9 @@ INDEX_VALUES = int(np.iinfo(np.int16).max) - INDEX_NODATA + 1
 INDEX_KEY_PREFIX = "index_"
 """Names an index's histogram in a tile's histograms file."""
 RECORD_SUFFIX, HISTOGRAMS_SUFFIX = ".json", ".npz"
+UNREADABLE_RECORD_ERRORS = (ValueError, LookupError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What parsing a truncated or garbled record (JSON: ValueError, a missing field) or histograms file (npz) raises."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,9 @@ class MonthPlan:
     `workspace`; `tiles_digest` identifies the inputs (`flows.caching.tiles_digest`) and names the
     folders of the tile records and tile COGs. Products go to `destination`, the month folder of
     `aoi_name`; `scratch_dir` is local and holds tiles in flight. `fill` says how gaps are filled
-    and from which published months. `build_run_id` names the build run the tile tasks belong to
-    (None outside one): each tile commits once in it.
+    and from which published months; `disk` what the run needs of its local disks (nothing is
+    checked when empty). `build_run_id` names the build run the tile tasks belong to (None outside
+    one): each tile commits once in it.
     """
 
     aoi: Geometry
@@ -128,6 +139,7 @@ class MonthPlan:
     scratch_dir: Path
     destination: MonthDestination
     fill: MonthFill = MonthFill("none", 0)
+    disk: DiskNeeds = DiskNeeds()
     build_run_id: str | None = None
 
     @property
@@ -359,10 +371,20 @@ def publish_tile_layers(plan: MonthPlan, tile: OutputTile, tile_box: GeoBox, ins
 
 def build_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
     """Read, mask, composite, fill and publish one tile; write and return its record (the commit).
-    A tile this build run committed already is not built again: its record is returned."""
+    A tile this build run committed already is not built again: its record is returned.
+
+    Raises `DiskFull` before reading a scene when a disk lacks the tile's share, or when one fills up meanwhile.
+    """
     own = own_commit(plan, tile)
     if own is not None:
         return own
+    with named_disk_full(plan.disk, "tile"):
+        plan.disk.check_tile()
+        return observed_tile(plan, tile)
+
+
+def observed_tile(plan: MonthPlan, tile: OutputTile) -> TileRecord:
+    """`build_tile`'s work: read, mask, composite, fill, publish, record."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     # One GDAL environment for the tile's own rasterio calls (each would otherwise build its own
     # AWS session: 14 ms a call).
@@ -406,10 +428,17 @@ def published_layers(plan: MonthPlan, record: TileRecord, tile_box: GeoBox) -> T
 def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
     """Fill a committed tile again from its published layers and the month's current neighbours,
     without reading a scene; republish its layers and return its updated record (the commit). A tile
-    this build run refilled already is returned as it is."""
+    this build run refilled already is returned as it is. Raises `DiskFull` as `build_tile` does."""
     own = own_commit(plan, tile)
     if own is not None:
         return own
+    with named_disk_full(plan.disk, "tile"):
+        plan.disk.check_tile()
+        return refilled_tile(plan, tile, record)
+
+
+def refilled_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRecord:
+    """`refill_tile`'s work: fill, republish, record."""
     tile_box = tile_grid(plan.grid, plan.tile_size_px, tile)
     with gdal_env():
         inside_aoi = aoi_pixel_mask(aoi_in_crs(plan.aoi, plan.grid.crs), tile_box)
@@ -429,12 +458,28 @@ def refill_tile(plan: MonthPlan, tile: OutputTile, record: TileRecord) -> TileRe
     return refilled
 
 
+def parsed_workspace_file(workspace: Workspace, name: str, parse: Callable[[bytes], T], tile: OutputTile) -> T | None:
+    """`parse` of the tile's workspace file `name`; None, with a warning naming the file, when it cannot be
+    parsed (a truncated or garbled record, from a full disk or a copy cut short)."""
+    try:
+        return parse(workspace.read_bytes(name))
+    except UNREADABLE_RECORD_ERRORS as error:
+        stage_logger(__name__).warning(
+            "tile %s: %s cannot be read (%s: %s); building the tile again",
+            tile.label,
+            workspace.uri(name),
+            type(error).__name__,
+            first_line(error),
+        )
+        return None
+
+
 def stored_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
-    """The tile's record in the workspace, None when it has none."""
+    """The tile's record in the workspace; None when it has none, or when it cannot be read (logged)."""
     name = plan.record_name(tile)
     if not plan.workspace.exists(name):
         return None
-    return TileRecord.from_json(plan.workspace.read_bytes(name))
+    return parsed_workspace_file(plan.workspace, name, TileRecord.from_json, tile)
 
 
 def own_commit(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
@@ -447,9 +492,18 @@ def own_commit(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
 
 def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     """The tile's record when an earlier attempt committed it with no failed scene and its COGs are
-    still published (a month judged unpublishable, or a user, may have removed them), else None."""
+    still published (a month judged unpublishable, or a user, may have removed them), else None.
+
+    So does a missing histograms file, and, with a warning naming it, a record or histograms file that
+    cannot be read (truncated, garbled): the tile is built again.
+    """
+    histograms_name = plan.histograms_name(tile)
+    if not plan.workspace.exists(histograms_name):
+        return None
     record = stored_record(plan, tile)
-    if record is None or record.failed:
+    if record is None or parsed_workspace_file(plan.workspace, histograms_name, TileHistograms.from_bytes, tile) is None:
+        return None
+    if record.failed:
         return None
     published = all(plan.destination.exists(file_name) for file_name in record.files.values())
     return record if published else None

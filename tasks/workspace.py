@@ -20,7 +20,15 @@ from typing import Any
 
 from tasks.gdal_env import gdal_path
 
-__all__ = ["DIGEST_CHARS", "PARTIAL_PREFIX", "Workspace", "content_digest", "partial_prefix", "remove_abandoned_partials"]
+__all__ = [
+    "DIGEST_CHARS",
+    "PARTIAL_PREFIX",
+    "Workspace",
+    "content_digest",
+    "partial_file",
+    "partial_prefix",
+    "remove_abandoned_partials",
+]
 
 DIGEST_CHARS = 12
 """Hex characters of a content digest: what names content-addressed files and folders."""
@@ -96,18 +104,9 @@ class Workspace:
     @contextmanager
     def staged(self, name: str) -> Iterator[Path]:
         """Yield a local temporary path; on success it becomes `name`, on error it is removed."""
-        suffix = Path(name).suffix
-        if self.is_s3:
-            staging_dir = None
-        else:
-            staging_dir = Path(self.uri(name)).parent
-            staging_dir.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=partial_prefix(), suffix=suffix, dir=staging_dir)
-        os.close(handle)
-        staged_path = Path(temporary)
+        staged_path = partial_file(None if self.is_s3 else Path(self.uri(name)).parent, Path(name).suffix)
         try:
             yield staged_path
-            staged_path.chmod(FILE_MODE)  # mkstemp made it private (0600)
             self._commit(staged_path, name)
         finally:
             staged_path.unlink(missing_ok=True)
@@ -138,6 +137,18 @@ class Workspace:
 def partial_prefix() -> str:
     """The name prefix of this process's files in the making: `.partial-<host>-<pid>-`."""
     return f"{PARTIAL_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def partial_file(folder: Path | None, suffix: str) -> Path:
+    """A new empty file in `folder` (made if needed; None: the system temp dir) named as this process's file in
+    the making (`partial_prefix`), readable by all as committed files are."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=partial_prefix(), suffix=suffix, dir=folder)
+    os.close(handle)
+    path = Path(temporary)
+    path.chmod(FILE_MODE)  # mkstemp made it private (0600)
+    return path
 
 
 def _writer_is_gone(file_name: str) -> bool:

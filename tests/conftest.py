@@ -3,12 +3,14 @@
 import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tasks.testing.disk_faults import MountRefused, small_disk
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
 from tests import REPO_ROOT
@@ -136,3 +138,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def small_disk_at() -> Iterator[Callable[[Path, str], Path]]:
+    """Mount a tmpfs of a size ('160k', '3m') over a folder for the test (`tasks.testing.disk_faults.small_disk`);
+    the test is skipped, with the reason, where mounting is refused. Unmounted after the test."""
+    with ExitStack() as mounts:
+
+        def mount(folder: Path, size: str) -> Path:
+            try:
+                return mounts.enter_context(small_disk(folder, size))
+            except MountRefused as refused:
+                pytest.skip(f"a small disk cannot be staged here: {refused}")
+
+        yield mount

@@ -1,7 +1,8 @@
 """A month's destination on S3 (moto on loopback, through prefect-aws blocks) and in a local
 directory: layout, URLs, content types, files put in order, re-runs overwriting, bad input."""
 
-from collections.abc import Iterator
+import errno
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,13 @@ from prefect_aws.s3 import S3Bucket
 from blocks.publish import (
     COG_CONTENT_TYPE,
     ITEM_CONTENT_TYPE,
+    Published,
     month_destination,
     month_folder,
 )
 from tasks.errors import InvalidSettings, StoreUnreachable
 from tasks.retry import is_transient_io_failure
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, free_port
-from tasks.workspace import Workspace
 
 AOI = "lake_constance"
 MONTH = "2024-06"
@@ -163,14 +164,14 @@ def test_local_layout_and_order(
     tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output_dir = tmp_path / "output"
-    copied: list[str] = []
-    original_copy = Workspace.copy_from
+    landed: list[str] = []
+    original_replace = Path.replace
 
-    def recording_copy(workspace: Workspace, local_path: Path, name: str) -> None:
-        original_copy(workspace, local_path, name)
-        copied.append(name)
+    def recording_replace(path: Path, target: Path) -> Path:
+        landed.append(Path(target).name)
+        return original_replace(path, target)
 
-    monkeypatch.setattr(Workspace, "copy_from", recording_copy)
+    monkeypatch.setattr(Path, "replace", recording_replace)
     destination = month_destination(None, AOI, MONTH, output_dir)
 
     destination.put(month_files(products, item_file))
@@ -178,26 +179,38 @@ def test_local_layout_and_order(
     folder = output_dir.resolve() / month_folder(AOI, MONTH)
     assert all(destination.url(name) == str(folder / name) for name in month_files(products, item_file))
     assert all((folder / path.name).read_bytes() == path.read_bytes() for path in products.values())
-    assert copied == list(month_files(products, item_file))
+    assert landed == list(month_files(products, item_file))
     assert sorted(entry.name for entry in folder.iterdir()) == sorted(month_files(products, item_file))
 
 
-def test_a_failed_local_copy_raises_and_a_deleted_file_is_gone(
-    tmp_path: Path, products: dict[str, Path], item_file: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_local_put_withdraws_the_replaced_file_and_copies_published_ones(
+    tmp_path: Path, products: dict[str, Path], item_file: Path
 ) -> None:
     destination = month_destination(None, AOI, MONTH, tmp_path / "output")
     destination.put(month_files(products, item_file))
 
-    def refuse(workspace: Workspace, local_path: Path, name: str) -> None:
-        raise OSError(f"disk full writing {name}")
-
-    destination.delete(item_file.name)
-    monkeypatch.setattr(Workspace, "copy_from", refuse)
-    with pytest.raises(OSError, match="disk full"):
-        destination.put(month_files(products, item_file))
+    destination.put({"copy.tif": Published(products["mosaic"].name)}, replacing=item_file.name)
 
     assert not destination.exists(item_file.name)
-    assert destination.exists(products["mosaic"].name)
+    assert Path(destination.url("copy.tif")).read_bytes() == products["mosaic"].read_bytes()
+
+
+def test_a_local_put_that_fills_the_disk_leaves_the_folder_as_it_was(
+    tmp_path: Path, products: dict[str, Path], item_file: Path, small_disk_at: Callable[[Path, str], Path]
+) -> None:
+    output_dir = small_disk_at(tmp_path / "output", "160k")
+    destination = month_destination(None, AOI, MONTH, output_dir)
+    destination.put(month_files(products, item_file))
+    folder = output_dir / month_folder(AOI, MONTH)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    large = tmp_path / "large.tif"
+    large.write_bytes(b"\1" * 100_000)  # fits alone, not twice
+
+    with pytest.raises(OSError) as full:
+        destination.put({"first.tif": large, "second.tif": large, item_file.name: item_file}, replacing=item_file.name)
+
+    assert full.value.errno == errno.ENOSPC
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before, "nothing landed, nothing withdrawn"
 
 
 @pytest.mark.parametrize(
@@ -221,7 +234,7 @@ def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bu
 
     destination = month_destination(bucket_block, BUCKET_FOLDER, MONTH)
     destination.put({"tiles/tile_mosaic.tif": mosaic})
-    destination.copy({"tiles/tile_mosaic.tif": "month_mosaic.tif"})
+    destination.put({"month_mosaic.tif": Published("tiles/tile_mosaic.tif")})
 
     assert destination.url("tiles/tile_mosaic.tif") == f"s3://{BUCKET}/{month_prefix}/tiles/tile_mosaic.tif"
     for key in (f"{month_prefix}/tiles/tile_mosaic.tif", f"{month_prefix}/month_mosaic.tif"):

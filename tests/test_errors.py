@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tasks import errors
 from tasks.errors import (
+    DiskFull,
     ErrorCause,
     MonthsFailed,
     MosaicError,
@@ -37,6 +38,7 @@ CONSTRUCTOR_ARGUMENTS: dict[type[MosaicError], tuple] = {
     TilesFailed: ("1 of 4 tiles failed", [("r000c001", "cannot publish to s3://b/p: AccessDenied")]),
     MonthsFailed: ("1 of 3 months failed", [("2020-02", "no scene of the AOI in 2020-02")]),
     PartsFailed: ("2 parts failed", [("a", "why"), ("b", "why not")]),
+    DiskFull: ([("/data/ws/.staging", "staging_dir"), ("/data/ws", "workspace")], 1_240_000_000, 310_000_000),
 }
 """Arguments of the errors whose constructor is not (message)."""
 

@@ -289,7 +289,15 @@ def test_a_rerun_on_other_inputs_keeps_the_published_tiles_until_its_item_replac
         assert (index.read(1)[month.inside_aoi] != NODATA).mean() > 0.9
 
 
-def test_a_tile_gone_from_the_month_folder_fails_the_month_before_its_single_cogs_and_item(month: LocalMonth) -> None:
+def month_level_files(month: LocalMonth) -> dict[str, bytes]:
+    """{name: content} of the month's own files (its tiles aside)."""
+    return {path.name: path.read_bytes() for path in month.month_folder.glob("*") if path.is_file()}
+
+
+def test_a_tile_gone_from_the_month_folder_fails_the_month_before_any_month_file_changes(month: LocalMonth) -> None:
+    earlier_plan, earlier_run, earlier_records = built_month(month, ONE_TILE_PX)
+    write_month_products(earlier_plan, earlier_run, earlier_records, month_histograms(earlier_plan, earlier_records))
+    earlier = month_level_files(month)
     plan, run, records = built_month(month, FOUR_TILES_PX)
     gone = month.month_folder / records[-1].files["mosaic"]
     gone.unlink()
@@ -297,7 +305,8 @@ def test_a_tile_gone_from_the_month_folder_fails_the_month_before_its_single_cog
     with pytest.raises(Exception, match=f"{gone.name}: No such file or directory"):
         write_month_products(plan, run, records, month_histograms(plan, records))
 
-    assert not {month.names.mosaic, month.names.item} & published(month)
+    assert month_level_files(month) == earlier, "the earlier month, its Item included, is as it was"
+    assert not list(month.month_folder.rglob(f"{PARTIAL_PREFIX}*")) and not list(plan.scratch_dir.iterdir())
     assert list(plan.scratch_dir.iterdir()) == [], "the month's scratch folder is removed whatever happens"
 
 

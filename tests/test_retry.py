@@ -1,12 +1,14 @@
 """Retries: one layer per failure kind, and only what another attempt can fix is retried."""
 
+import errno
+
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
 from rasterio.errors import RasterioIOError
 
-from tasks.errors import InvalidSettings, SceneReadError, TransientReadError
+from tasks.errors import DiskFull, InvalidSettings, SceneReadError, TransientReadError
 from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried, retry_io_failure
 
 NO_WAIT = RetryPolicy(attempts=4, first_delay_s=0.0, max_delay_s=0.0)
@@ -27,6 +29,17 @@ def upload_failed(cause: ClientError) -> S3UploadFailedError:
         return wrapped
 
 
+def staging_failed(cause: OSError) -> OSError:
+    """An I/O error raised while handling a full disk (GDAL's, say): the full disk is its context."""
+    try:
+        try:
+            raise cause
+        except OSError:
+            raise OSError("could not stage the file")  # noqa: B904 (the context is the point)
+    except OSError as wrapped:
+        return wrapped
+
+
 @pytest.mark.parametrize(
     ("error", "is_retried"),
     [
@@ -42,6 +55,10 @@ def upload_failed(cause: ClientError) -> S3UploadFailedError:
         (upload_failed(s3_error("AccessDenied", 403)), False),
         (SceneReadError("S2B_X", "red", "HTTP 503 (transient; gave up after 8 attempts over 60 s)", True), False),
         (FileNotFoundError("scenes/x.tif"), False),
+        (OSError(errno.ENOSPC, "No space left on device", "/staging/x.tif"), False),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), False),
+        (staging_failed(OSError(errno.ENOSPC, "No space left on device")), False),
+        (DiskFull([("/staging", "staging_dir")], 10**9, 0), False),
         (InvalidSettings("bad month"), False),
         (ValueError("a bug"), False),
     ],

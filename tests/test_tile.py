@@ -1,5 +1,7 @@
 """One output tile end to end: its COGs, its record (the commit) and histograms, and what counts as committed."""
 
+import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -208,3 +210,29 @@ def test_a_tile_task_run_again_in_its_build_run_returns_its_commit(tmp_path: Pat
     assert record_path.stat().st_mtime_ns == committed.st_mtime_ns and record_path.stat().st_ino == committed.st_ino
     rebuilt = build_tile(replace(plan, build_run_id="run-2"), tile)
     assert rebuilt.build_run_id == "run-2" and record_path.stat().st_ino != committed.st_ino, "a later run builds it again"
+
+
+@pytest.mark.parametrize(
+    ("file_of", "cut"),
+    [
+        pytest.param(MonthPlan.record_name, lambda payload: payload[: len(payload) // 2], id="truncated record"),
+        pytest.param(MonthPlan.record_name, lambda payload: b'{"row": 0}', id="record missing fields"),
+        pytest.param(MonthPlan.histograms_name, lambda payload: payload[: len(payload) // 2], id="truncated histograms"),
+        pytest.param(MonthPlan.histograms_name, lambda payload: b"", id="empty histograms"),
+    ],
+)
+def test_an_unreadable_record_leaves_its_tile_uncommitted_with_a_warning_naming_it(
+    month: LocalMonth, caplog: pytest.LogCaptureFixture, file_of: Callable[[MonthPlan, OutputTile], str], cut: Callable[[bytes], bytes]
+) -> None:
+    plan = month_plan(month, FOUR_TILES_PX, tiles_digest="to-corrupt")
+    tile = OutputTile(0, 1)
+    build_tile(plan, tile)
+    name = file_of(plan, tile)
+    plan.workspace.write_bytes(name, cut(plan.workspace.read_bytes(name)))
+
+    with caplog.at_level(logging.WARNING, logger="tasks.tile"):
+        assert committed_record(plan, tile) is None
+
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert plan.workspace.uri(name) in warning and tile.label in warning, warning
+    assert build_tile(plan, tile) == committed_record(plan, tile), "the rebuilt tile is committed again"
