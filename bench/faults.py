@@ -16,22 +16,34 @@ metadata.json listing each exactly once):
 A transient fault that never met a request (the outage landed after acquisition, or the asset took
 no more requests than the same band of an intact item) is reported as FAILED: not staged.
 
-Permanent faults (`PERMANENT_FAULTS`: truncated, garbage, HTTP 404, HTTP 403), each on an asset of
-its own item, all in one run per runner as `tests/test_faults.py` stages them (so their rows share
-the run's seconds). Survived: the run COMPLETED, exactly those scenes failed, each with a reason
-starting with the expected one, and every other scene was used. `requests` is `failure_requests`:
-the requests the broken asset cost from its failing one on, against the same band of an intact item.
-`seconds` is the wall time `tasks.read.read_scene_window` takes to give up on the broken item, timed here
-after the run, in this process, under the same GDAL settings and fault: the item's five assets are
-uploaded again under a fresh prefix first, so the read starts with a cold GDAL cache as the run's
-read did. It includes the item's intact assets read before the broken one (milliseconds on loopback).
+Permanent faults (`PERMANENT_FAULTS`: truncated, garbage, HTTP 404, HTTP 403, a short 206 past the
+first block, a 40 % object claiming its full size), each on an asset of its own item, all in one run
+per runner on an eight-date month as `tests/test_faults.py` stages them (so their rows share the run's
+seconds). Survived: the run COMPLETED, exactly those scenes failed, each with a reason starting with
+the expected one, and every other scene was used. `requests` is `failure_requests`: the requests the
+broken asset cost from its failing one on, against the same band of an intact item. `seconds` is the
+wall time `tasks.read.read_scene_window` takes to give up on the broken item, timed here after the
+run, in this process, under the same GDAL settings and fault: the item's five assets are uploaded
+again under a fresh prefix first, so the read starts with a cold GDAL cache as the run's read did. It
+includes the item's intact assets read before the broken one (milliseconds on loopback).
 
-Run: `.venv/bin/python bench/faults.py` (several minutes on 2 cores; `--runners threads` for half).
+Scenarios (`SCENARIOS`), faults beyond one asset's read, each run once and survived as its function
+says: an item without a `red` asset (listed skipped with the reason), an asset host DNS does not know
+(failed at once, named), the products store refusing connections once the tile is built (one line
+naming the store; the re-run builds no tile), a disk too small and a disk filled after the first tile
+(one line, once, no month-level file), a corrupt tile record and histograms file (only that tile is
+built again, the month equals the clean run's), a Prefect server restarted under a held lock (the
+waiting run names the holder and gets the lock within 2 minutes of its end), and a `dask worker` of a
+separate cluster killed mid-tiles (the month complete, each tile committed once).
+
+Run: `.venv/bin/python bench/faults.py` (about 20 minutes on 2 cores; `--runners threads` for half the
+read faults, `--scenarios none` or a comma-separated list of names for fewer scenarios).
 The last line is `faults_survived=<k>/<n> permanent_fault_requests_max=<int> permanent_fault_seconds_max=<float>`.
 """
 
 import argparse
 import copy
+import json
 import os
 import sys
 import tempfile
@@ -58,6 +70,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect.testing.utilities import prefect_test_harness
 
+from blocks.publish import month_folder
 from flows.embedded_api import STARTUP_TIMEOUT_S
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
@@ -65,6 +78,7 @@ from tasks.errors import SceneReadError
 from tasks.read import read_scene_window
 from tasks.scene import SCENE_BANDS
 from tasks.search import scene_from_item
+from tasks.testing.disk_faults import MountRefused, corrupt_tile_record, fill_disk_when, small_disk
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
     OUTAGE_DATES,
@@ -81,6 +95,8 @@ from tasks.testing.fault_scenarios import (
     reads_through,
     unresolvable_host,
 )
+from tasks.testing.lock_faults import lock_after_api_restart
+from tasks.testing.prefect_server import PrefectServer
 from tasks.testing.served_month import (
     ServedMonth,
     assert_every_scene_accounted,
@@ -103,6 +119,13 @@ PRODUCTION_READ: dict[str, Any] = {}
 """`ReadSettings` overrides of every run: none, the production retries and delays."""
 PERMANENT_RUN_LIMITS = {"max_failed_fraction": 1.0, "min_valid_share": 0.0}
 """Six of eight scenes fail in the permanent-fault run: let it complete and list them."""
+FOUR_TILES_PX = 128
+"""Cuts the served month's AOI into 2 x 2 tiles."""
+CORRUPTED_TILE = "r000c001"
+SMALL_DISK, ROOMY_SMALL_DISK = "160k", "3m"
+"""A disk too small for a tile's scratch; one that holds the tiles until it is filled."""
+FIRST_TILE_RECORD = "**/r000c000.json"
+FILL_TIMEOUT_S = 300.0
 REFUSED_FOR_S = 3600.0
 """Refusing "for good": until the scenario stops it."""
 WATCHER_JOIN_S = 10.0
@@ -532,10 +555,114 @@ def worker_killed_on_a_dask_cluster(bench: Bench) -> ScenarioResult:
         return ScenarioResult(SURVIVED, f"{report.scenes_used}/{report.scenes_found}", held)
 
 
+def month_level_files(settings: MosaicSettings) -> dict[str, bytes]:
+    """{name: content} of the month's own files in its local output folder (its tiles aside)."""
+    folder = Path(settings.output_dir) / month_folder(run_inputs(settings).name, str(settings.month))
+    return {path.name: path.read_bytes() for path in folder.glob("*") if path.is_file()} if folder.is_dir() else {}
+
+
+def disk_full(bench: Bench, filled_when: str | None) -> ScenarioResult:
+    """Workspace and staging on a small disk, too small from the start (`filled_when` None) or filled once
+    a file matching `filled_when` appears: one `no space left` line, once, no month-level file published,
+    and for a disk too small from the start no scene read at all."""
+    with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+        small = run_dir / "small"
+        size = SMALL_DISK if filled_when is None else ROOMY_SMALL_DISK
+        tiles = {"tile_size_px": FOUR_TILES_PX}
+        try:
+            with small_disk(small, size):
+                settings = run_settings(served, run_dir, "threads", workspace=str(small / "ws"), tiles=tiles)
+                bench.proxy.reset_counters()
+                with reads_through(bench.proxy), ExitStack() as filling:
+                    if filled_when is not None:
+                        filling.enter_context(fill_disk_when(filled_when, small, small, FILL_TIMEOUT_S))
+                    state, _ = run_flow(settings)
+                published = month_level_files(settings)
+        except MountRefused as refused:
+            return ScenarioResult(f"FAILED: not staged ({refused})")
+    line = (state.message or "").removeprefix("Flow run encountered an exception: ")
+    failure = one_line_failure(state, "no space left on device in")
+    if failure is None and line.count("no space left") != 1:
+        failure = f"FAILED: the disk is named {line.count('no space left')} times"
+    if failure is None and published:
+        failure = f"FAILED: month-level files published: {', '.join(sorted(published))}"
+    if failure is None and filled_when is None and bench.proxy.requests("/"):
+        failure = f"FAILED: {bench.proxy.requests('/')} scene requests before the disk was found too small"
+    return ScenarioResult(failure or SURVIVED, line=line)
+
+
+def corrupt_tile_record_of(suffix: str) -> Callable[[Bench], ScenarioResult]:
+    """A committed tile's record (`.json`) or histograms (`.npz`) cut to half: the re-run completes, builds
+    that tile again (and no other), and publishes the clean run's mosaic and statistics."""
+
+    def scenario(bench: Bench) -> ScenarioResult:
+        with bench.served_month(DEFAULT_DATES) as (served, run_dir):
+            settings = run_settings(served, run_dir, "threads", tiles={"tile_size_px": FOUR_TILES_PX})
+            clean, _ = run_flow(settings)
+            if (failure := run_failure(clean)) is not None:
+                return ScenarioResult(f"{failure} (the clean run)")
+            clean_month = month_level_files(settings)
+            corrupted = corrupt_tile_record(run_inputs(settings).workspace, served.label, CORRUPTED_TILE, suffix)
+            records = {path: path.stat().st_mtime_ns for path in committed_records(run_dir / "ws")}
+            rerun, _ = run_flow(settings)
+            if (failure := run_failure(rerun)) is not None:
+                return ScenarioResult(failure)
+            rebuilt = sorted(path.stem for path, mtime in records.items() if path.stat().st_mtime_ns != mtime)
+            rerun_month = month_level_files(settings)
+            report = rerun.result()
+        same_rasters = all(rerun_month.get(name) == content for name, content in clean_month.items() if name.endswith(".tif"))
+        metadata = [name for name in clean_month if name.endswith("_metadata.json")]
+        same_statistics = [statistics_of(clean_month[name]) == statistics_of(rerun_month[name]) for name in metadata]
+        if rebuilt != [CORRUPTED_TILE]:
+            outcome = f"FAILED: the re-run built tiles {rebuilt} again"
+        elif not same_rasters or not all(same_statistics):
+            outcome = "FAILED: the re-run's month differs from the clean run's"
+        else:
+            outcome = SURVIVED
+        return ScenarioResult(outcome, f"{report.scenes_used}/{report.scenes_found}", f"{Path(corrupted).name} rebuilt")
+
+    return scenario
+
+
+def statistics_of(metadata: bytes) -> list[Any]:
+    """Every `statistics` entry of a metadata.json, in document order."""
+    found: list[Any] = []
+
+    def walk(node: Any) -> None:
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in children:
+            if key == "statistics":
+                found.append(value)
+            else:
+                walk(value)
+
+    walk(json.loads(metadata))
+    return found
+
+
+def lock_after_server_restart(bench: Bench) -> ScenarioResult:
+    """A Prefect server restarted while one run holds an AOI-and-month lock and another waits: the holder
+    completes, and the waiting run, having named the holder, gets the lock within 2 minutes of its end."""
+    with PrefectServer(bench.work_dir / f"prefect-{uuid.uuid4().hex[:8]}") as server:
+        outcome = lock_after_api_restart(server)
+    line = outcome.waiting_lines[0] if outcome.waiting_lines else ""
+    if outcome.survived:
+        return ScenarioResult(SURVIVED, line=f"{line} (freed {outcome.freed_after_holder_end_s:.0f} s after its end)")
+    return ScenarioResult(
+        f"FAILED: holder {outcome.holder_state}, second ran {outcome.second_ran}, freed after {outcome.freed_after_holder_end_s} s",
+        line=line,
+    )
+
+
 SCENARIOS = (
     Scenario("missing asset", "threads", missing_asset),
     Scenario("asset host does not resolve", "threads", unresolvable_asset_host),
     Scenario("endpoint refused at publish", "threads", endpoint_refused_at_publish),
+    Scenario("disk too small", "threads", lambda bench: disk_full(bench, None)),
+    Scenario("disk full after the first tile", "threads", lambda bench: disk_full(bench, FIRST_TILE_RECORD)),
+    Scenario("corrupt tile record", "threads", corrupt_tile_record_of(RECORD_SUFFIX)),
+    Scenario("corrupt tile histograms", "threads", corrupt_tile_record_of(HISTOGRAMS_SUFFIX)),
+    Scenario("lock after a Prefect server restart", "threads", lock_after_server_restart),
     Scenario("worker killed on a separate Dask cluster", "dask cluster", worker_killed_on_a_dask_cluster),
 )
 
