@@ -474,20 +474,17 @@ def parsed_workspace_file(workspace: Workspace, name: str, parse: Callable[[byte
         return None
 
 
-def stored_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
-    """The tile's record in the workspace; None when it has none, or when it cannot be read (logged)."""
-    name = plan.record_name(tile)
-    if not plan.workspace.exists(name):
-        return None
-    return parsed_workspace_file(plan.workspace, name, TileRecord.from_json, tile)
-
-
 def own_commit(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
-    """The tile's record when this build run committed it already (its task runs again), else None."""
-    if plan.build_run_id is None:
+    """The tile's record when this build run committed it already (its task runs again), else None. A record
+    that cannot be read is no commit of this run (the flow warned of it when it found the tile uncommitted)."""
+    name = plan.record_name(tile)
+    if plan.build_run_id is None or not plan.workspace.exists(name):
         return None
-    record = stored_record(plan, tile)
-    return record if record is not None and record.build_run_id == plan.build_run_id else None
+    try:
+        record = TileRecord.from_json(plan.workspace.read_bytes(name))
+    except UNREADABLE_RECORD_ERRORS:
+        return None
+    return record if record.build_run_id == plan.build_run_id else None
 
 
 def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
@@ -497,10 +494,10 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
     So does a missing histograms file, and, with a warning naming it, a record or histograms file that
     cannot be read (truncated, garbled): the tile is built again.
     """
-    histograms_name = plan.histograms_name(tile)
-    if not plan.workspace.exists(histograms_name):
+    name, histograms_name = plan.record_name(tile), plan.histograms_name(tile)
+    if not (plan.workspace.exists(name) and plan.workspace.exists(histograms_name)):
         return None
-    record = stored_record(plan, tile)
+    record = parsed_workspace_file(plan.workspace, name, TileRecord.from_json, tile)
     if record is None or parsed_workspace_file(plan.workspace, histograms_name, TileHistograms.from_bytes, tile) is None:
         return None
     if record.failed:

@@ -16,10 +16,8 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from flows.locking import aoi_lock, month_lock
-from flows.server_lock import WAIT_REPORT_S
 from tasks.month import Month
 from tasks.testing.lock_faults import (
-    FREED_BY_LEASE_WITHIN_S,
     FREED_BY_WAITER_WITHIN_S,
     LockFaultOutcome,
     lock_after_api_restart,
@@ -99,18 +97,14 @@ def test_a_server_restart_neither_ends_the_holder_nor_keeps_its_lock(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("marked_crashed", [True, False], ids=["marked-crashed", "left-running"])
-def test_a_killed_holders_lock_frees_itself(tmp_path: Path, marked_crashed: bool) -> None:
+def test_a_killed_holders_lock_frees_itself_once_its_run_is_marked_crashed(tmp_path: Path) -> None:
+    """The waiting run sees the run ended and releases its lease at its next check. (A killed holder left
+    RUNNING, whose lease the server's repossessor expires, is staged by bench/faults.py: 2.5 minutes.)"""
     with PrefectServer(tmp_path) as server, server.logs_on_failure():
-        outcome = lock_after_holder_kill(server, marked_crashed)
+        outcome = lock_after_holder_kill(server, marked_crashed=True)
 
-    if marked_crashed:  # the waiting run sees the run ended and releases its lease at its next check
-        assert_freed_within(outcome, FREED_BY_WAITER_WITHIN_S)
-        assert_said(outcome, "CRASHED", ", which has ended: released its lease")
-    else:  # nobody can tell the run died: its lease expires and the server's repossessor frees the slot
-        assert_freed_within(outcome, FREED_BY_LEASE_WITHIN_S)
-        assert outcome.freed_after_holder_end_s is not None and outcome.freed_after_holder_end_s > WAIT_REPORT_S
-        assert_said(outcome, "RUNNING", "; waiting")
+    assert_freed_within(outcome, FREED_BY_WAITER_WITHIN_S)
+    assert_said(outcome, "CRASHED", ", which has ended: released its lease")
     assert outcome.survived
 
 
