@@ -67,7 +67,9 @@ def print_report(report: RunReport) -> None:
     """The run's figures and where each product is."""
     valid = f"{report.valid_share:.1%}" if report.valid_share is not None else "n/a"
     filled = f", {report.filled_share:.1%} filled from other months" if report.filled_share is not None else ""
-    print(f"\nBasemap {report.aoi} {report.month}: {report.scenes_used} of {report.scenes_found} scenes used, "
+    skipped = (report.scenes_found or 0) - (report.scenes_used or 0) - len(report.failed_scenes)
+    left_out = f" ({skipped} skipped: metadata.json says why)" if skipped > 0 else ""
+    print(f"\nBasemap {report.aoi} {report.month}: {report.scenes_used} of {report.scenes_found} scenes used{left_out}, "
           f"{valid} of the AOI has a clear value{filled}.")
     for scene_id, reason in report.failed_scenes:
         print(f"  failed     {scene_id}: {reason}")

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -201,3 +202,5 @@ def test_the_summary_lists_failed_scenes_as_failed(capsys: pytest.CaptureFixture
     print_report(report)
     printed = capsys.readouterr().out
     assert "  failed     S2B_1: red: not found (HTTP 404)" in printed and "skipped" not in printed
+    print_report(replace(report, scenes_found=5))
+    assert "2 of 5 scenes used (2 skipped: metadata.json says why)" in capsys.readouterr().out
