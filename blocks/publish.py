@@ -24,10 +24,11 @@ a run; `python -m blocks.register` saves them once.
 import copy
 import json
 import mimetypes
+import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from botocore.exceptions import (
 )
 from prefect_aws import AwsCredentials
 from prefect_aws.s3 import S3Bucket
+from rasterio.errors import RasterioError
 
 from tasks.aoi import AOI_NAME_PATTERN
 from tasks.errors import InvalidSettings, OutputCollision, PublishError, StoreUnreachable, error_chain, first_line
@@ -81,6 +83,8 @@ PERMANENT_S3_ERRORS: Mapping[str, str] = {
 """S3 error codes no retry fixes, with what to do about each."""
 NO_ANSWER_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 """botocore's errors of a store that did not answer (after botocore's own retries)."""
+GDAL_NO_ANSWER = re.compile(r"Failed to connect|Could not connect|Connection refused|Connection timed out|timed out after", re.IGNORECASE)
+"""curl's words, passed on by GDAL, for a store that did not answer a read."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,11 @@ class MonthDestination(ABC):
     @abstractmethod
     def gdal_location(self, name: str) -> tuple[str, dict[str, str]]:
         """The path GDAL opens for a published file, and the GDAL options that reach it."""
+
+    def errors_named(self) -> AbstractContextManager[None]:
+        """For the block, a failure of the store behind this destination (its own methods, and GDAL reads of
+        `gdal_location`s) becomes a one-line error when it can be named; a local folder names none."""
+        return nullcontext()
 
 
 class LocalMonth(MonthDestination):
@@ -226,7 +235,7 @@ class BucketMonth(MonthDestination):
     def put(self, files: Mapping[str, Path | Published], replacing: str | None = None) -> None:
         if replacing is not None:
             self.delete(replacing)
-        with self._errors_named():
+        with self.errors_named():
             for name, source in files.items():
                 if isinstance(source, Published):
                     self.block.copy_object(f"{self.prefix}/{source.name}", f"{self.prefix}/{name}")
@@ -237,14 +246,14 @@ class BucketMonth(MonthDestination):
     def remove_below(self, subfolder: str, keep: str | None = None) -> None:
         client = self.block.credentials.get_s3_client()
         kept_prefix = f"{self.prefix}/{subfolder}/{keep}/" if keep else None
-        with self._errors_named():
+        with self.errors_named():
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{subfolder}/"):
                 doomed = [{"Key": entry["Key"]} for entry in page.get("Contents", []) if not (kept_prefix and entry["Key"].startswith(kept_prefix))]
                 if doomed:
                     client.delete_objects(Bucket=self.bucket, Delete={"Objects": doomed})
 
     def exists(self, name: str) -> bool:
-        with self._errors_named():
+        with self.errors_named():
             try:
                 self.block.credentials.get_s3_client().head_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
             except ClientError as error:
@@ -254,11 +263,11 @@ class BucketMonth(MonthDestination):
         return True
 
     def delete(self, name: str) -> None:
-        with self._errors_named():
+        with self.errors_named():
             self.block.credentials.get_s3_client().delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
 
     def read_json(self, name: str) -> dict[str, Any] | None:
-        with self._errors_named():
+        with self.errors_named():
             try:
                 response = self.block.credentials.get_s3_client().get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
             except ClientError as error:
@@ -288,20 +297,29 @@ class BucketMonth(MonthDestination):
         return f"{folder_path}/{name}", options
 
     @contextmanager
-    def _errors_named(self) -> Iterator[None]:
+    def errors_named(self) -> Iterator[None]:
+        """An S3 refusal no retry fixes becomes `PublishError`, a store that did not answer (to boto3 or to
+        GDAL) `StoreUnreachable`; other failures pass on."""
         try:
             yield
         except (ClientError, S3UploadFailedError, BotoCoreError) as error:
             if unanswered := next((link for link in error_chain(error) if isinstance(link, NO_ANSWER_ERRORS)), None):
-                endpoint = self.block.credentials.aws_client_parameters.endpoint_url or "AWS S3"
-                raise StoreUnreachable(
-                    f"the products store did not answer for {self.location} at {endpoint} ({first_line(unanswered)}); "
-                    "check that it is up and the s3_block's endpoint_url, then re-run: built tiles are kept"
-                ) from error
+                raise self._unreachable(first_line(unanswered)) from error
             code = s3_error_code(error)
             if code not in PERMANENT_S3_ERRORS:
                 raise
             raise PublishError(f"cannot publish to {self.location}: {code}, {PERMANENT_S3_ERRORS[code]}") from None
+        except RasterioError as error:
+            if not GDAL_NO_ANSWER.search(str(error)):
+                raise
+            raise self._unreachable(first_line(error)) from error
+
+    def _unreachable(self, cause: str) -> StoreUnreachable:
+        endpoint = self.block.credentials.aws_client_parameters.endpoint_url or "AWS S3"
+        return StoreUnreachable(
+            f"the products store did not answer for {self.location} at {endpoint} ({cause}); "
+            "check that it is up and the s3_block's endpoint_url, then re-run: built tiles are kept"
+        )
 
 
 def month_destination(bucket_block: S3Bucket | None, aoi: str, month: str, output_dir: Path | None = None) -> MonthDestination:

@@ -124,7 +124,7 @@ def read_published_window(destination: MonthDestination, file_name: str, tile_bo
     """The (band, y, x) pixels over `tile_box` (a part of the month's grid) of a raster published in
     `destination` (a tile COG, a single COG or a mosaic index), read with the destination's credentials."""
     path, options = destination.gdal_location(file_name)
-    with gdal_env(**options), rasterio.open(path) as raster:
+    with destination.errors_named(), gdal_env(**options), rasterio.open(path) as raster:
         window = raster.window(*tile_box.boundingbox).round_offsets().round_lengths()
         return raster.read(window=Window(window.col_off, window.row_off, *tile_box.shape.xy))
 

@@ -298,9 +298,10 @@ def write_month_products(
     names, destination = plan.names, plan.destination
     layers = month_layers(run.indices, run.filled)
     with named_disk_full(plan.disk, "month"), scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
-        files, (mosaic_path, mosaic_options) = month_rasters(plan, run, records, layers, scratch)
-        with gdal_env(**mosaic_options):
-            write_quicklook(mosaic_path, scratch / names.quicklook)
+        with destination.errors_named():  # the published tiles are read from the store
+            files, (mosaic_path, mosaic_options) = month_rasters(plan, run, records, layers, scratch)
+            with gdal_env(**mosaic_options):
+                write_quicklook(mosaic_path, scratch / names.quicklook)
         statistics = month_statistics(plan, run, records, histograms)
         (scratch / names.metadata).write_bytes(metadata_json(run, names, statistics))
         item = build_item(run, names, statistics, destination.url(names.item), collection_id(run.aoi_name))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rasterio
 from botocore.exceptions import ClientError
 from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
@@ -20,6 +21,7 @@ from blocks.publish import (
     month_folder,
 )
 from tasks.errors import InvalidSettings, StoreUnreachable
+from tasks.gdal_env import gdal_env
 from tasks.retry import is_transient_io_failure
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, free_port
 
@@ -257,14 +259,20 @@ def test_a_store_that_refuses_connections_is_named_in_one_line_and_retried(
     )
     destination = month_destination(S3Bucket(bucket_name=BUCKET, credentials=credentials), AOI, MONTH)
 
+    def read_with_gdal() -> None:
+        path, options = destination.gdal_location("tiles/tile_mosaic.tif")
+        with destination.errors_named(), gdal_env(**options), rasterio.open(path):
+            pass
+
     for operation in (
         lambda: destination.put(month_files(products, item_file)),
         lambda: destination.read_json("metadata.json"),
         lambda: destination.exists("metadata.json"),
+        read_with_gdal,
     ):
         with pytest.raises(StoreUnreachable) as unreachable:
             operation()
         message = str(unreachable.value)
         assert message.startswith(f"the products store did not answer for s3://{BUCKET}/{AOI}/2024/06 at {refused_endpoint}")
-        assert "Could not connect to the endpoint URL" in message and "\n" not in message
+        assert ("Could not connect to the endpoint URL" in message or "Failed to connect" in message) and "\n" not in message
         assert is_transient_io_failure(unreachable.value), "the I/O task retries a store that did not answer"
