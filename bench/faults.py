@@ -74,7 +74,7 @@ from blocks.publish import month_folder
 from flows.embedded_api import STARTUP_TIMEOUT_S
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
-from tasks.errors import SceneReadError
+from tasks.errors import SceneReadError, first_line
 from tasks.read import read_scene_window
 from tasks.scene import SCENE_BANDS
 from tasks.search import scene_from_item
@@ -117,9 +117,9 @@ FAULTY_ITEM_INDEX = 1
 FAULTY_BAND = "nir"
 PRODUCTION_READ: dict[str, Any] = {}
 """`ReadSettings` overrides of every run: none, the production retries and delays."""
-PERMANENT_RUN_LIMITS = {"max_failed_fraction": 1.0, "min_valid_share": 0.0}
+PERMANENT_RUN_LIMITS: dict[str, Any] = {"max_failed_fraction": 1.0, "min_valid_share": 0.0}
 """Six of eight scenes fail in the permanent-fault run: let it complete and list them."""
-FOUR_TILES_PX = 128
+FOUR_TILES_PX, FOUR_TILES = 128, 4
 """Cuts the served month's AOI into 2 x 2 tiles."""
 CORRUPTED_TILE = "r000c001"
 SMALL_DISK, ROOMY_SMALL_DISK = "160k", "3m"
@@ -227,16 +227,20 @@ class Bench:
             api.stop()
 
 
-def run_settings(served: ServedMonth, run_dir: Path, runner: str, **overrides: Any) -> MosaicSettings:
-    """Settings of one run over `served` on `runner`: production reads, a workspace in `run_dir`, and an AOI
-    name of its own, so each run creates its own month lock (`flows.locking`): creating an existing one again
-    is handled, but the harness's Prefect server logs it with a traceback that would bury the table."""
+def run_settings(
+    served: ServedMonth, run_dir: Path, runner_name: str, workspace: Path | None = None, **overrides: Any
+) -> MosaicSettings:
+    """Settings of one run over `served` on `RUNNERS[runner_name]` (updated by a `runner` override): production reads, a workspace in `run_dir` (or at
+    `workspace`), products in `run_dir`, and an AOI name of its own, so each run creates its own month lock
+    (`flows.locking`): creating an existing one again is handled, but the harness's Prefect server logs it
+    with a traceback that would bury the table."""
     return flow_settings(
         served,
-        run_dir / "ws",
+        workspace or run_dir / "ws",
+        output_dir=str(run_dir / "ws" / "output"),
         aoi_name=f"faults-{run_dir.name}",
         read=PRODUCTION_READ,
-        runner=RUNNERS[runner],
+        runner={**RUNNERS[runner_name], **overrides.pop("runner", {})},
         **overrides,
     )
 
@@ -421,8 +425,12 @@ class Scenario:
 
 
 def scenario_row(bench: Bench, scenario: Scenario) -> FaultRow:
+    """The scenario's row; one that raises is failed with the error, and the bench goes on."""
     started = time.perf_counter()
-    result = scenario.run(bench)
+    try:
+        result = scenario.run(bench)
+    except Exception as error:
+        result = ScenarioResult(f"FAILED: {type(error).__name__}: {first_line(error)}")
     seconds = time.perf_counter() - started
     return FaultRow(scenario.name, scenario.runner, "scenario", result.outcome, result.scenes, seconds, result.line)
 
@@ -568,18 +576,26 @@ def disk_full(bench: Bench, filled_when: str | None) -> ScenarioResult:
     with bench.served_month(DEFAULT_DATES) as (served, run_dir):
         small = run_dir / "small"
         size = SMALL_DISK if filled_when is None else ROOMY_SMALL_DISK
-        tiles = {"tile_size_px": FOUR_TILES_PX}
+        tiles, one_at_a_time = {"tile_size_px": FOUR_TILES_PX}, {"max_concurrent_tiles": 1}
         try:
             with small_disk(small, size):
-                settings = run_settings(served, run_dir, "threads", workspace=str(small / "ws"), tiles=tiles)
+                settings = run_settings(
+                    served, run_dir, "threads", workspace=small / "ws", tiles=tiles, runner=one_at_a_time
+                )
                 bench.proxy.reset_counters()
                 with reads_through(bench.proxy), ExitStack() as filling:
-                    if filled_when is not None:
+                    filled = (
                         filling.enter_context(fill_disk_when(filled_when, small, small, FILL_TIMEOUT_S))
+                        if filled_when is not None
+                        else None
+                    )
                     state, _ = run_flow(settings)
                 published = month_level_files(settings)
+                committed = len(committed_records(small / "ws"))
         except MountRefused as refused:
             return ScenarioResult(f"FAILED: not staged ({refused})")
+    if filled is not None and not (filled.is_set() and 0 < committed < FOUR_TILES):
+        return ScenarioResult(f"FAILED: not staged (disk filled: {filled.is_set()}, {committed} tiles committed)")
     line = (state.message or "").removeprefix("Flow run encountered an exception: ")
     failure = one_line_failure(state, "no space left on device in")
     if failure is None and line.count("no space left") != 1:
