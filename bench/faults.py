@@ -662,7 +662,9 @@ def lock_fault(stage: Callable[[PrefectServer], LockFaultOutcome]) -> Callable[[
     for a holder nobody saw die: its lease, then the repossessor), and after a restart the holder completed."""
 
     def scenario(bench: Bench) -> ScenarioResult:
-        with PrefectServer(bench.work_dir / f"prefect-{uuid.uuid4().hex[:8]}") as server:
+        home = bench.work_dir / f"prefect-{uuid.uuid4().hex[:8]}"
+        home.mkdir()
+        with PrefectServer(home) as server:
             return lock_result(stage(server))
 
     return scenario
@@ -670,7 +672,8 @@ def lock_fault(stage: Callable[[PrefectServer], LockFaultOutcome]) -> Callable[[
 
 def lock_result(outcome: LockFaultOutcome) -> ScenarioResult:
     """A lock fault's row: survived, with the waiting run's first line about the holder and when it got in."""
-    line = outcome.waiting_lines[0] if outcome.waiting_lines else ""
+    said = outcome.waiting_lines[0] if outcome.waiting_lines else ""
+    line = said[said.find(f"lock {outcome.lock_name}") :] if f"lock {outcome.lock_name}" in said else said
     if outcome.survived:
         return ScenarioResult(SURVIVED, line=f"{line} (freed {outcome.freed_after_holder_end_s:.0f} s after its end)")
     return ScenarioResult(
