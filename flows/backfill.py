@@ -12,13 +12,14 @@ one notice at the end, and one summary artifact, listing every month with its st
 filled shares. It fails, naming them, when any month failed.
 """
 
-import contextvars
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Annotated
 
-from prefect import flow, get_run_logger, runtime
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from blocks.publish import ITEM_PRODUCT
@@ -61,8 +62,13 @@ def published_outcome(settings: MosaicSettings, aoi_name: str, month: Month) -> 
     return MonthOutcome(month.label, SKIPPED, valid_share, filled_share, item_url=destination.url(names.item))
 
 
+@task(task_run_name="month-{month.label}", cache_policy=NO_CACHE)
 def build_month(settings: MosaicSettings, month: Month) -> MonthOutcome:
-    """Run the monthly flow for `month` as a subflow, without its own Slack notices; its outcome."""
+    """Run the monthly flow for `month` as a subflow, without its own Slack notices; its outcome.
+
+    A task, so that months run at once stay apart: Prefect keys a subflow called from a task by a UUID,
+    while subflows called straight from threads of one flow run share a call counter, and two of them
+    drawing the same count would both attach to one month's flow run."""
     month_settings = settings.model_copy(update={"month": month.label, "slack_block": None})
     state = monthly_mosaic(month_settings, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -76,11 +82,8 @@ def run_months(months: list[Month], settings: MosaicSettings, max_concurrent: in
     """Run the monthly flow for each month, `max_concurrent` at once, as subflows of this run; their outcomes."""
     logger = get_run_logger()
     outcomes = {}
-    with ThreadPoolExecutor(max_concurrent, thread_name_prefix="backfill-month") as pool:
-        # Each month runs in its own copy of this flow's context, so it is a subflow of this run.
-        futures: dict[Future[MonthOutcome], Month] = {
-            pool.submit(contextvars.copy_context().run, build_month, settings, month): month for month in months
-        }
+    with ThreadPoolTaskRunner[MonthOutcome](max_workers=max_concurrent) as runner:
+        futures: list[PrefectFuture[MonthOutcome]] = [runner.submit(build_month, {"settings": settings, "month": month}) for month in months]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes[outcome.month] = outcome
