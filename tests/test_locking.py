@@ -6,10 +6,13 @@ about 1.5, 2.5 and 2.5 min.
 
 import contextvars
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,10 @@ from tasks.testing.prefect_server import PrefectServer
 from tests import REPO_ROOT
 
 MONTH = Month(2024, 6)
+HOLDER_START_S = 60.0
+"""Seconds the holder process may take to import the project and take its lock (2 loaded cores)."""
+UNCONTENDED_LOCK_S = 10.0
+"""Seconds a lock nobody holds may take: a lock that waits longer is taken as contended."""
 HOLD_SCRIPT = (
     "import sys, time; from pathlib import Path; from flows.locking import month_lock; from tasks.month import Month\n"
     "with month_lock('farm', Month(2024, 6), Path(sys.argv[1])):\n"
@@ -43,16 +50,21 @@ def holder(lock_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout.readline().strip() == "held"
+    ready, _, _ = select.select([process.stdout], [], [], HOLDER_START_S)
+    said = process.stdout.readline().strip() if ready else f"nothing within {HOLDER_START_S:g} s"
+    if said != "held":
+        process.kill()
+        process.wait()
+    assert said == "held", f"the holder process did not take the lock: it said {said!r}"
     return process
 
 
-def taken_within(lock_dir: Path, seconds: float) -> bool:
-    """Whether this process gets the lock within `seconds` (the attempt goes on in a thread after)."""
+def taken_within(lock: Callable[[], AbstractContextManager[None]], seconds: float) -> bool:
+    """Whether this process gets `lock()` within `seconds` (the attempt goes on in a thread after)."""
     taken = threading.Event()
 
     def take() -> None:
-        with month_lock("farm", MONTH, lock_dir):
+        with lock():
             taken.set()
 
     settings = contextvars.copy_context()  # a new thread would see the process's settings, not the test's
@@ -60,13 +72,18 @@ def taken_within(lock_dir: Path, seconds: float) -> bool:
     return taken.wait(seconds)
 
 
+def held_month(lock_dir: Path) -> Callable[[], AbstractContextManager[None]]:
+    """The lock the holder process takes: 'farm' 2024-06."""
+    return lambda: month_lock("farm", MONTH, lock_dir)
+
+
 def test_a_second_run_waits_and_a_killed_holder_frees_the_lock(no_prefect_server: None, tmp_path: Path) -> None:
     process = holder(tmp_path)
     try:
-        assert not taken_within(tmp_path, 2.0), "the lock must wait while another process holds it"
+        assert not taken_within(held_month(tmp_path), 2.0), "the lock must wait while another process holds it"
         os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        assert taken_within(tmp_path, 30.0), "the kernel frees a dead holder's lock"
+        process.wait(timeout=30)
+        assert taken_within(held_month(tmp_path), 30.0), "the kernel frees a dead holder's lock"
     finally:
         if process.poll() is None:
             process.kill()
@@ -74,13 +91,19 @@ def test_a_second_run_waits_and_a_killed_holder_frees_the_lock(no_prefect_server
 
 
 def test_other_months_and_the_aois_collection_do_not_wait(no_prefect_server: None, tmp_path: Path) -> None:
+    others = {
+        "farm 2024-07": lambda: month_lock("farm", Month(2024, 7), tmp_path),
+        "field 2024-06": lambda: month_lock("field", MONTH, tmp_path),
+        "farm's collection": lambda: aoi_lock("farm", tmp_path),
+    }
     process = holder(tmp_path)
     try:
-        with month_lock("farm", Month(2024, 7), tmp_path), month_lock("field", MONTH, tmp_path), aoi_lock("farm", tmp_path):
-            pass
+        waited = [name for name, lock in others.items() if not taken_within(lock, UNCONTENDED_LOCK_S)]
+        assert waited == [], f"waited {UNCONTENDED_LOCK_S:g} s for a lock other than the held one: {waited}"
+        assert not taken_within(held_month(tmp_path), 1.0), "the holder's own month must still wait"
     finally:
         process.kill()
-        process.wait()
+        process.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -286,8 +286,17 @@ def test_the_weights_are_checked_once_per_process_not_per_window(monkeypatch: py
     assert checks == [random_model_dir]
 
 
-def test_present_weights_pass_the_check(random_model_dir: Path):
+def test_present_weights_pass_the_check_and_each_is_needed(random_model_dir: Path, tmp_path: Path):
     check_model_weights(random_model_dir, MODEL_VERSION)
+    names = expected_weight_files(MODEL_VERSION)
+    for index, left_out in enumerate(names):
+        model_dir = tmp_path / f"without-{index}"
+        model_dir.mkdir()
+        for name in set(names) - {left_out}:
+            (model_dir / name).symlink_to(random_model_dir / name)
+        with pytest.raises(MissingModelWeights) as raised:
+            check_model_weights(model_dir, MODEL_VERSION)
+        assert f"weights missing in {model_dir}: {left_out};" in str(raised.value)
 
 
 def test_model_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

@@ -5,6 +5,7 @@ walks, each Item's scenes fetched back from the rustac STAC API."""
 import contextvars
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from dataclasses import replace
@@ -45,6 +46,9 @@ FLOW_DATES = tuple(date(2020, int(label[5:]), day) for label in FLOW_MONTHS for 
 CONCURRENT_MONTHS = tuple(Month(2023 + index // 12, index % 12 + 1) for index in range(12))
 PUBLISHERS = 2
 """Threads publishing months of one AOI at once, each its share of `CONCURRENT_MONTHS`."""
+PUBLISHERS_START_S, PUBLISHED_WITHIN_S = 30.0, 60.0
+"""Seconds the publishers may take to meet at the start, then to publish every month (it takes seconds):
+a collection lock never freed shows as a publisher still running, not as a test that hangs."""
 
 
 @pytest.fixture(scope="module")
@@ -215,22 +219,27 @@ def test_months_published_at_once_are_all_kept(
     errors: list[BaseException] = []
 
     def publish_share(share: list[LocalMonth]) -> None:
-        start.wait()
         try:
+            start.wait(PUBLISHERS_START_S)
             for destination in share:
                 publish_collection(destination, lock_dir)
         except BaseException as error:  # reported by the test below
             errors.append(error)
 
     threads = [
-        threading.Thread(target=contextvars.copy_context().run, args=(publish_share, destinations[index::PUBLISHERS]))
+        threading.Thread(
+            target=contextvars.copy_context().run, args=(publish_share, destinations[index::PUBLISHERS]), daemon=True
+        )
         for index in range(PUBLISHERS)
     ]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + PUBLISHERS_START_S + PUBLISHED_WITHIN_S
     for thread in threads:
-        thread.join()
+        thread.join(max(0.0, deadline - time.monotonic()))
 
+    still_publishing = [thread.name for thread in threads if thread.is_alive()]
+    assert still_publishing == [], f"still publishing after {PUBLISHERS_START_S + PUBLISHED_WITHIN_S:g} s: {still_publishing}"
     assert errors == []
     document = json.loads((output_dir / AOI / COLLECTION_FILE).read_text())
     assert set(collection_months(document)) == set(CONCURRENT_MONTHS), "a month published at the same time was lost"
