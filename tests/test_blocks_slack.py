@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import StateType
 
 from blocks.slack import (
@@ -234,11 +234,15 @@ def crashing_mosaic(settings: MosaicSettings) -> RunReport:
 
 def test_crash_is_left_to_the_crash_notice_automation(slack_receiver: SlackReceiver, slack_block: str) -> None:
     """A crash is posted by the server's automation (tests/test_crash_detection.py), not by a hook."""
+    run_name = f"crash-{uuid.uuid4().hex[:12]}"  # the session's one API may hold other runs of this flow
     with pytest.raises(ProcessKilled):
-        crashing_mosaic(MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block))
+        crashing_mosaic.with_options(flow_run_name=run_name)(MosaicSettings(aoi=AOI_PATH, month=MONTH, slack_block=slack_block))
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[crashing_mosaic.name])))
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[crashing_mosaic.name])),
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])),
+        )
     assert [flow_run.state.type for flow_run in runs] == [StateType.CRASHED]
     (started,) = slack_receiver.bodies
     assert "started" in started["text"]
