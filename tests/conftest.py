@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.testing.disk_faults import MountRefused, small_disk
 from tasks.testing.fault_proxy import FaultProxy
-from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
+from tasks.testing.servers import TEST_CREDENTIALS, ReservedPort, S3Server, StacApi
 from tests import REPO_ROOT
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -127,6 +127,13 @@ def slack_receiver() -> Iterator[SlackReceiver]:
     receiver = SlackReceiver()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def refused_endpoint() -> Iterator[str]:
+    """http://127.0.0.1:PORT where connections are refused: a port reserved, never listened on, for the test."""
+    with ReservedPort() as port:
+        yield port.url
 
 
 @pytest.fixture

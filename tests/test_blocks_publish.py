@@ -23,7 +23,7 @@ from blocks.publish import (
 from tasks.errors import InvalidSettings, StoreUnreachable
 from tasks.gdal_env import gdal_env
 from tasks.retry import is_transient_io_failure
-from tasks.testing.servers import TEST_CREDENTIALS, S3Server, free_port
+from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 
 AOI = "lake_constance"
 MONTH = "2024-06"
@@ -248,9 +248,8 @@ def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bu
 
 
 def test_a_store_that_refuses_connections_is_named_in_one_line_and_retried(
-    products: dict[str, Path], item_file: Path
+    products: dict[str, Path], item_file: Path, refused_endpoint: str
 ) -> None:
-    refused_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     credentials = AwsCredentials(
         aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
         aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],

@@ -4,7 +4,6 @@ state hooks in a Prefect test-harness flow run."""
 
 import json
 import logging
-import socket
 import uuid
 from typing import Any
 
@@ -63,14 +62,6 @@ def _fields(body: dict[str, Any]) -> dict[str, str]:
     """The '*label*\\nvalue' fields of a message's sections, as {label: value}."""
     texts = [item["text"] for block in body["blocks"] for item in block.get("fields", [])]
     return {label.strip("*"): value for label, value in (text.split("\n", 1) for text in texts)}
-
-
-def _refused_url() -> str:
-    """A loopback URL nobody listens on (the port was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
 
 
 def test_start_success_and_failure_reach_the_webhook(slack_receiver: SlackReceiver, report: RunReport) -> None:
@@ -140,9 +131,9 @@ def test_webhook_errors_are_logged_not_raised(
     assert WEBHOOK_PATH not in caplog.text
 
 
-def test_refused_connection_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_connection_is_logged_not_raised(caplog: pytest.LogCaptureFixture, refused_endpoint: str) -> None:
     caplog.set_level(logging.DEBUG)
-    assert not SlackNotifier(webhook_url=_refused_url(), timeout_s=2).notify_started(RunReport("x", MONTH))
+    assert not SlackNotifier(webhook_url=f"{refused_endpoint}{WEBHOOK_PATH}", timeout_s=2).notify_started(RunReport("x", MONTH))
     assert "not sent" in caplog.text and "refused" in caplog.text.lower()
     assert WEBHOOK_PATH not in caplog.text
 

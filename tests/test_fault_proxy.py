@@ -1,5 +1,6 @@
 """The fault-injecting proxy: transparent forwarding, refused connections and each per-path fault."""
 
+import errno
 import http.client
 import socket
 import time
@@ -139,6 +140,16 @@ def test_refuse_for_zero_listens_again_at_once(fault_proxy: FaultProxy, uploaded
     fault_proxy.refuse_for(60)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port_of(fault_proxy)), timeout=1).close()
+    fault_proxy.refuse_for(0)
+    assert request(fault_proxy, key)[:2] == (200, content)
+
+
+def test_while_refusing_the_port_stays_the_proxys(fault_proxy: FaultProxy, uploaded_object: tuple[str, bytes]) -> None:
+    key, content = uploaded_object
+    fault_proxy.refuse_for(60)
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("127.0.0.1", port_of(fault_proxy)))
+    assert taken.value.errno == errno.EADDRINUSE, "another process could take the port of a refusing proxy"
     fault_proxy.refuse_for(0)
     assert request(fault_proxy, key)[:2] == (200, content)
 

@@ -23,7 +23,7 @@ from tasks.testing.served_month import (
     serve_synthetic_month,
     serve_synthetic_series,
 )
-from tasks.testing.servers import S3Server, free_port
+from tasks.testing.servers import S3Server
 from tests import REPO_ROOT
 
 
@@ -150,9 +150,8 @@ def run_cli_against(api_url: str, *arguments: str, **environment: str) -> subpro
 
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 def test_a_products_store_that_refuses_connections_ends_in_one_line(
-    prefect_harness: None, tmp_path: Path, debug: bool
+    prefect_harness: None, tmp_path: Path, debug: bool, refused_endpoint: str
 ) -> None:
-    refused_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     save_products_block("refusing-store", "basemaps", "products", refused_endpoint)
     settings_file = tmp_path / "settings.yaml"
     settings_file.write_text(yaml.safe_dump({"s3_block": "refusing-store", "workspace": str(tmp_path / "ws")}))

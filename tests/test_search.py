@@ -32,7 +32,6 @@ from tasks.search import (
 )
 from tasks.settings import SearchSettings
 from tasks.testing.fault_proxy import FaultProxy
-from tasks.testing.servers import free_port
 from tasks.testing.synthetic import (
     COLLECTION_ID,
     DEFAULT_DATES,
@@ -278,8 +277,10 @@ def quick_api_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
     return policy
 
 
-def test_unreachable_api_ends_saying_the_retries_are_exhausted(quick_api_retries: RetryPolicy) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+def test_unreachable_api_ends_saying_the_retries_are_exhausted(
+    quick_api_retries: RetryPolicy, refused_endpoint: str
+) -> None:
+    url = refused_endpoint
     settings = SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION)
     with pytest.raises(StacApiError, match=url) as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-03", settings)

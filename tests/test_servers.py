@@ -1,7 +1,11 @@
-"""The test servers themselves: S3 byte counting, fault injection, GDAL reads, rustac paging."""
+"""The test servers themselves: S3 byte counting, fault injection, GDAL reads, rustac paging, and
+ports no other process can take from them."""
 
+import errno
 import math
 import os
+import socket
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,11 +17,15 @@ from pystac_client import Client
 from rasterio.windows import Window
 
 from tasks.gdal_env import gdal_env, gdal_path
-from tasks.testing.servers import S3Server
+from tasks.testing.dask_cluster import DaskCluster
+from tasks.testing.prefect_server import PrefectServer
+from tasks.testing.servers import ReservedPort, S3Server
 from tasks.testing.synthetic import stac_collection
 
 BUCKET = "servers-test"
 TILED_BLOCK = 256
+PORT_OPTIONS = ("--addr", "--port")
+"""The options by which `rustac serve`, `prefect server start` and `dask scheduler` are told their port."""
 
 
 def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, bytes, dict]:
@@ -189,3 +197,75 @@ def test_stac_api_filters_by_datetime_and_space(stac_api_factory) -> None:
         collections=["test-collection"], bbox=[10.015, 47, 11, 48], datetime="2020-03-01/2020-03-05"
     )
     assert sorted(item["id"] for item in search.items_as_dicts()) == ["item-02", "item-03", "item-04"]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether another process could bind 127.0.0.1:`port` now (as a server does, without SO_REUSEADDR)."""
+    with socket.socket() as other:
+        try:
+            other.bind(("127.0.0.1", port))
+        except OSError as error:
+            assert error.errno == errno.EADDRINUSE, error
+            return False
+    return True
+
+
+@pytest.fixture
+def launched_ports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
+    """(option, port, whether the port was free) of each program started with `PORT_OPTIONS` during the
+    test, seen as it starts: a free port could be taken by another process before the program binds it."""
+    launches: list[tuple[str, int, bool]] = []
+    real_popen = subprocess.Popen
+
+    def spying_popen(args: list[str], *more: object, **keywords: object) -> subprocess.Popen:
+        for option in PORT_OPTIONS:
+            if option in args:
+                port = int(args[args.index(option) + 1].rsplit(":", 1)[-1])
+                launches.append((option, port, port != 0 and port_is_free(port)))
+        return real_popen(args, *more, **keywords)
+
+    monkeypatch.setattr(subprocess, "Popen", spying_popen)
+    return launches
+
+
+def test_a_reserved_port_refuses_connections_and_no_other_socket_binds_it() -> None:
+    with ReservedPort() as reserved:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", reserved.port), timeout=5).close()
+        assert not port_is_free(reserved.port)
+    assert port_is_free(reserved.port), "close() lets go of the port"
+
+
+def test_rustac_is_started_on_a_port_no_other_process_can_take(
+    stac_api_factory, launched_ports: list[tuple[str, int, bool]]
+) -> None:
+    items = [_point_item(index) for index in range(2)]
+    url = stac_api_factory(stac_collection(items, "test-collection"), items)
+
+    assert launched_ports == [("--addr", int(url.rsplit(":", 1)[1]), False)]
+    assert Client.open(url).get_collection("test-collection").id == "test-collection"
+
+
+@pytest.mark.slow
+def test_a_prefect_server_keeps_its_port_across_a_restart(
+    tmp_path: Path, launched_ports: list[tuple[str, int, bool]]
+) -> None:
+    with PrefectServer(tmp_path) as server, server.logs_on_failure():
+        server.restart()
+        with server.client() as client:
+            assert client.api_healthcheck() is None
+        port = int(server.api_url.removesuffix("/api").rsplit(":", 1)[1])
+
+    assert launched_ports == [("--port", port, False), ("--port", port, False)], "free at a start: another process could take it"
+    assert port_is_free(port), "stop() lets go of the port"
+
+
+@pytest.mark.slow
+def test_the_dask_scheduler_binds_a_port_of_the_kernels_choosing(
+    tmp_path: Path, launched_ports: list[tuple[str, int, bool]]
+) -> None:
+    with DaskCluster(tmp_path, workers=1) as cluster:
+        assert cluster.client.scheduler_info()["address"] == cluster.address
+        assert cluster.address.startswith("tcp://127.0.0.1:") and not cluster.address.endswith(":0")
+
+    assert launched_ports == [("--port", 0, False)]

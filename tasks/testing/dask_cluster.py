@@ -1,6 +1,7 @@
 """A Dask cluster as a user runs one: a `dask scheduler` and `dask worker` programs on 127.0.0.1.
 
-`DaskCluster(work_dir, workers=2, environment=...)` starts the scheduler on a free port, then each
+`DaskCluster(work_dir, workers=2, environment=...)` starts the scheduler on a port of the kernel's
+choosing (`--port 0`; it writes the address it bound to its `--scheduler-file`), then each
 worker as a program of its own (`--nworkers 1 --nthreads 1`, a nanny and its worker process, in a
 process group of its own), with this process's environment (the AWS variables of a moto fixture
 included) plus `environment` (PREFECT_API_URL of the test's API, say), and waits until every worker
@@ -9,8 +10,10 @@ answers which task keys each worker holds finished and which it is running; `kil
 worker i's program whole, as when its machine is lost. `stop()` ends every program. Every wait is bounded.
 """
 
+import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import distributed
 
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.prefect_server import QUIET_ENVIRONMENT, BackgroundProcess
-from tasks.testing.servers import LOOPBACK, free_port
+from tasks.testing.servers import LOOPBACK
 
 __all__ = ["DaskCluster"]
 
@@ -26,6 +29,7 @@ DASK_COMMAND = str(Path(sys.executable).parent / "dask")
 """The `dask` command of the environment running this."""
 START_TIMEOUT_S = 60.0
 CLIENT_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.1
 WORKER_DEATH_TIMEOUT_S = 60
 """A worker whose scheduler is gone for this long exits by itself."""
 SCHEDULER_ENVIRONMENT = {"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
@@ -42,17 +46,19 @@ class DaskCluster:
 
     def __init__(self, work_dir: Path, workers: int = 2, environment: Mapping[str, str] | None = None) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.address = f"tcp://{LOOPBACK}:{free_port()}"
         self._work_dir = work_dir
         self._environment = {**os.environ, **QUIET_ENVIRONMENT, **(environment or {})}
+        scheduler_file = work_dir / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)
         self._scheduler = self._start(
             "scheduler",
-            ["scheduler", "--host", LOOPBACK, "--port", self.address.rsplit(":", 1)[1], "--no-dashboard"],
+            ["scheduler", "--host", LOOPBACK, "--port", "0", "--scheduler-file", str(scheduler_file), "--no-dashboard"],
             SCHEDULER_ENVIRONMENT,
         )
         self._workers: list[BackgroundProcess] = []
         self._client: distributed.Client | None = None
         try:
+            self.address = self._bound_address(scheduler_file)
             for index in range(workers):
                 self._workers.append(self._start(self.worker_name(index), self._worker_arguments(index)))
             self._client = distributed.Client(self.address, timeout=CLIENT_TIMEOUT_S, set_as_default=False)
@@ -66,6 +72,16 @@ class DaskCluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _bound_address(self, scheduler_file: Path) -> str:
+        """The address the scheduler listens on, from the file it writes once it does (maybe seen half-written)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._scheduler.running and time.monotonic() < deadline:
+            try:
+                return str(json.loads(scheduler_file.read_text())["address"])
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(POLL_INTERVAL_S)
+        raise TimeoutError(f"the scheduler wrote no address to {scheduler_file} (running: {self._scheduler.running})")
 
     @staticmethod
     def worker_name(index: int) -> str:

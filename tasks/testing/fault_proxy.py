@@ -36,12 +36,12 @@ Faults, for requests whose path (`/bucket/key`, no query) contains `path_part`; 
   instead of the body of a 2xx answer, with the same length.
 
 `refuse_for(seconds)` closes the listening socket and shuts every open client connection, so that
-connecting gets ECONNREFUSED, then listens again on the same port after `seconds`; a later call
+connecting gets ECONNREFUSED, then listens again on the same port after `seconds` (the port stays the
+proxy's meanwhile, a `ReservedPort`, so no other process can take it); a later call
 replaces the pending one, and `refuse_for(0)` listens again at once. `requests(path_part)` counts
 requests that reached the proxy (any method) since `reset_counters()`.
 """
 
-import errno
 import http.client
 import json
 import random
@@ -51,7 +51,6 @@ import socketserver
 import struct
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -60,15 +59,13 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from tasks.testing.servers import LOOPBACK, ChildServer, TrafficMiddleware
+from tasks.testing.servers import LOOPBACK, ChildServer, ReservedPort, TrafficMiddleware
 
 __all__ = ["FaultProxy"]
 
 RELAY_CHUNK_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_S = 60.0
 CONTROL_TIMEOUT_S = 10.0
-REBIND_TIMEOUT_S = 5.0
-"""How long listening again may wait for the port to be free."""
 ACCEPT_POLL_S = 0.05
 """How often the accept loop checks whether it must stop; refusing takes at most this long."""
 HOP_BY_HOP_HEADERS = frozenset(
@@ -158,7 +155,8 @@ class Proxy:
     def __init__(self, upstream_url: str) -> None:
         upstream = urlsplit(upstream_url)
         self.upstream_host, self.upstream_port = upstream.hostname or LOOPBACK, upstream.port or 80
-        self.port = 0
+        self._reserved_port = ReservedPort()
+        self.port = self._reserved_port.port
         self._lock = threading.RLock()
         self._server: ProxyServer | None = None
         self._relisten_timer: threading.Timer | None = None
@@ -169,20 +167,11 @@ class Proxy:
         self._requests: Counter[str] = Counter()
 
     def listen(self) -> None:
-        """Listen on `port` (a free one the first time), retrying while the old socket lets go of it."""
+        """Listen on the proxy's reserved `port`."""
         with self._lock:
             if self._server is not None:
                 return
-            deadline = time.monotonic() + REBIND_TIMEOUT_S
-            while True:
-                try:
-                    self._server = ProxyServer(self.port, self)
-                    break
-                except OSError as error:
-                    if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                        raise
-                    time.sleep(ACCEPT_POLL_S)
-            self.port = self._server.server_address[1]
+            self._server = ProxyServer(self.port, self)
             threading.Thread(target=self._server.serve_forever, args=(ACCEPT_POLL_S,), daemon=True).start()
 
     def refuse_for(self, seconds: float) -> None:
@@ -222,6 +211,7 @@ class Proxy:
             if self._relisten_timer is not None:
                 self._relisten_timer.cancel()
             self._stop_listening()
+            self._reserved_port.close()
 
     def register(self, connection: socket.socket) -> bool:
         """Track a new client connection; False when the proxy is refusing (the caller drops it)."""

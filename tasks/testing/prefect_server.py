@@ -1,6 +1,6 @@
 """A real Prefect server, its CLI and a worker, all on 127.0.0.1, for end-to-end deployment tests.
 
-`PrefectServer(home)` runs `prefect server start` (SQLite under `home`, a free port, no UI) in its
+`PrefectServer(home)` runs `prefect server start` (SQLite under `home`, a `ReservedPort`, no UI) in its
 own process group and waits until `/api/health` answers. Every process it starts, CLI calls and
 workers alike, gets `environment()`: this process's environment (the AWS variables of a moto
 fixture included) without inherited PREFECT_* variables, plus PREFECT_HOME, PREFECT_API_URL
@@ -8,6 +8,11 @@ pointing at the server and telemetry off. `stop()` ends the workers and then the
 process group whole; `restart()` stops the server alone and starts it again on the same port and
 database (what an upgrade or a crashed API does to the runs); `logs()` is the tail of every log,
 for a failing test to print.
+
+The port is reserved rather than asked of the server (`--port 0`): `prefect server start --port 0`
+does bind a port of the kernel's choosing, but prints ":0" (uvicorn's line naming the bound port is
+below the server's default log level), and a restart must come back on the same port, which stays
+this process's while the server is down.
 """
 
 import os
@@ -27,7 +32,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 
 from tasks.testing import PROJECT_ROOT
-from tasks.testing.servers import LOOPBACK, free_port
+from tasks.testing.servers import LOOPBACK, ReservedPort
 
 __all__ = ["BackgroundProcess", "PrefectServer", "flow_run_id_in"]
 
@@ -118,7 +123,8 @@ class PrefectServer:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.api_url = f"http://{LOOPBACK}:{free_port()}/api"
+        self._port = ReservedPort()
+        self.api_url = f"{self._port.url}/api"
         self._processes: list[BackgroundProcess] = []
         self._starts = 0
         self._server = self._start_server()
@@ -150,9 +156,9 @@ class PrefectServer:
     def _start_server(self) -> BackgroundProcess:
         """`prefect server start` on this server's port and home; each start logs to a file of its own."""
         self._starts += 1
-        host, port = self.api_url.removeprefix("http://").removesuffix("/api").split(":")
         name = "server" if self._starts == 1 else f"server-{self._starts}"
-        return self._start(name, [*PREFECT_COMMAND, "server", "start", "--host", host, "--port", port], self.environment())
+        address = ["--host", LOOPBACK, "--port", str(self._port.port)]
+        return self._start(name, [*PREFECT_COMMAND, "server", "start", *address], self.environment())
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL), leave it down `down_s` seconds, start it again on
@@ -248,9 +254,10 @@ class PrefectServer:
             raise
 
     def stop(self) -> None:
-        """Stop the workers, then the server; each process group whole."""
+        """Stop the workers, then the server, each process group whole; then let go of the port."""
         for process in reversed(self._processes):
             process.stop()
+        self._port.close()
 
 
 def flow_run_id_in(output: str) -> UUID:

@@ -3,6 +3,10 @@
 The S3 store counts what it serves and can be told to fail, so tests can assert how many bytes a
 read fetched and how the pipeline behaves when the store answers 503. The fixtures in
 `tests/conftest.py` start and stop these servers.
+
+Every server gets its port from the kernel (a bind to port 0), never as a port found free and let go
+(another process may take it before the server binds it): a server that reports the port it bound
+prints it (`ChildServer`), and one that must be told its port beforehand is given a `ReservedPort`.
 """
 
 import json
@@ -32,8 +36,8 @@ __all__ = [
     "StacApi",
     "TrafficMiddleware",
     "ChildServer",
+    "ReservedPort",
     "child_pipes",
-    "free_port",
     "wait_or_kill",
 ]
 
@@ -326,16 +330,38 @@ class S3Server:
         self._control("clear-faults")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+class ReservedPort:
+    """A port on 127.0.0.1 that the kernel picked (a bind to port 0) and that stays this process's until `close()`.
+
+    The socket is bound with SO_REUSEADDR and never listens, so connecting to the port is refused, no
+    other bind to port 0 is given it, and a bind to it without SO_REUSEADDR fails. A server told the
+    port binds it with SO_REUSEADDR (rustac, uvicorn and `socketserver` with `allow_reuse_address` do)
+    and listens on it; once one listens, every other bind to the port fails. So the port can be handed
+    to a server before it starts, kept across its restart, or stand for an endpoint where nothing listens.
+    """
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((LOOPBACK, 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{LOOPBACK}:{self.port}"
+
+    def __enter__(self) -> "ReservedPort":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 class StacApi:
     """`rustac serve` of one collection and its items on 127.0.0.1 (in-memory backend).
 
+    rustac writes the address it was given (`--addr`) into the links it answers with (next pages
+    included), so it must be told its port before it starts: a `ReservedPort`, held until `stop()`.
     rustac supports collections, bbox/intersects, datetime and paging on POST /search; it ignores
     `sortby` and answers [] to `query`/`filter`, and GET /search with `collections` fails (500).
     """
@@ -346,10 +372,11 @@ class StacApi:
         items_path = work_dir / "items.json"
         collection_path.write_text(json.dumps(collection))
         items_path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-        self.url = f"http://{LOOPBACK}:{free_port()}"
+        self._port = ReservedPort()
+        self.url = self._port.url
         self._log_path = work_dir / "rustac.log"
         with self._log_path.open("wb") as log:
-            address = self.url.removeprefix("http://")
+            address = f"{LOOPBACK}:{self._port.port}"
             self._process = subprocess.Popen(
                 [str(RUSTAC_BINARY), "serve", "--addr", address, str(collection_path), str(items_path)],
                 stdout=log,
@@ -374,7 +401,7 @@ class StacApi:
     def stop(self) -> None:
         self._process.terminate()
         wait_or_kill(self._process, 5)
-
+        self._port.close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["s3"]:
