@@ -48,7 +48,7 @@ from tasks.month import Month
 from tasks.products import MonthTiles, merge_tiles, month_histograms, month_layers, write_month_products_task
 from tasks.scene import SkippedScene, scene_items_json
 from tasks.search import search_scenes_task
-from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task
+from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task, stale_fill
 from tasks.tiles import OutputTile, tile_layout, tiles_over_aoi
 from tasks.workspace import Workspace, content_digest, remove_abandoned_partials
 
@@ -241,7 +241,8 @@ def month_plan(
 @flow(name="build-tiles")
 def build_tiles(month_label: str, items_name: str, items_digest: str, settings: MosaicSettings) -> list[TileRecord]:
     """Build every output tile over the AOI that is not committed yet, refill committed tiles whose fill
-    inputs changed (a neighbouring month was published since); returns all tiles' records.
+    is stale (`tasks.tile.stale_fill`: a tile with gaps whose neighbouring months changed since); returns
+    all tiles' records.
 
     The found items are read from `items_name` in the run's workspace by each tile, never passed
     as parameters: Prefect records a subflow's parameters in its API, and a month of items can
@@ -266,7 +267,7 @@ def build_tiles(month_label: str, items_name: str, items_digest: str, settings: 
         record = committed_record(plan, tile)
         if record is None:
             pending.append(tile)
-        elif record.fill_digest != plan.fill.digest:
+        elif stale_fill(plan, record):
             to_refill.append(record)
         else:
             records.append(record)

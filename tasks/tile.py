@@ -14,9 +14,10 @@ while the tile is in flight.
 A scene that cannot be read or masked in a tile is recorded in that tile's record with its reason
 and left out of the tile; the month merges the records (`tasks.products`). A tile whose record
 and histograms exist and can be read, and whose record names no failed scene, is committed: a
-re-run of the month skips it, or, when the month's fill inputs changed since (`MonthFill.digest`:
-a neighbour was published), refills it from its published layers without reading a scene
-(`refill_tile`); one whose record cannot be read is built again, with a warning naming the file.
+re-run of the month skips it, or, when its fill is stale (`stale_fill`: it has gaps and the month's
+fill inputs changed since, `MonthFill.digest`, e.g. a neighbour was published; or the month started
+or stopped filling), refills it from its published layers without reading a scene (`refill_tile`);
+one whose record cannot be read is built again, with a warning naming the file.
 A tile task that runs again within the build run that committed its tile returns that commit: Dask
 runs a task again when the worker holding its result dies while the flow still holds the task's
 future, and a tile is never committed twice.
@@ -96,6 +97,7 @@ __all__ = [
     "refill_tile",
     "refill_tile_task",
     "scratch_folder",
+    "stale_fill",
 ]
 
 REFLECTANCE_VALUES = int(np.iinfo(np.uint16).max) + 1
@@ -504,6 +506,15 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
         return None
     published = all(plan.destination.exists(file_name) for file_name in record.files.values())
     return record if published else None
+
+
+def stale_fill(plan: MonthPlan, record: TileRecord) -> bool:
+    """Whether a committed tile must be refilled: it has gaps (AOI pixels with no observation) and the
+    month's fill inputs changed since it was filled (`MonthFill.digest`), or its layers lack or keep a
+    fill layer the month no longer has or now has. A tile without gaps takes nothing from its neighbours,
+    so their publication leaves it as it is."""
+    has_gaps = record.valid_pixels < record.aoi_pixels
+    return record.files != plan.tile_files(record.tile) or (has_gaps and record.fill_digest != plan.fill.digest)
 
 
 build_tile_task = task(

@@ -1,11 +1,13 @@
 """A synthetic month on local disk and the `MonthPlan` of its tiles, for the tile and month-product tests.
 
 The scenes are COGs in a local folder (`tasks/testing/synthetic.py`), their items are in a local workspace as
-the search stage writes them, and products are published below a local `output_dir`. The AOI is a
+the search stage writes them, and products are published below a local `output_dir` (`publish_layers`
+publishes hand-made layers there as the tiles write them). The AOI is a
 quadrilateral 20 pixels inside the 256 x 256 scene grid (20 m, EPSG:32633), so its own grid is about
 216 x 216 pixels: one tile of 256 pixels, or 2 x 2 tiles of 128.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,10 +15,21 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
-from blocks.publish import month_destination
+from blocks.publish import MonthDestination, month_destination
 from tasks.aoi import aoi_digest, aoi_pixel_mask, load_aoi
+from tasks.cog import (
+    COUNT_PROFILE,
+    FILL_PROFILE,
+    INDEX_PROFILE,
+    MOSAIC_PROFILE,
+    write_count_cog,
+    write_fill_cog,
+    write_index_cog,
+    write_mosaic_cog,
+)
 from tasks.grid import grid_for_aoi
-from tasks.metadata import ProductNames, ProductRun, TileFiles
+from tasks.indices import SPECTRAL_INDICES
+from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, ProductNames, ProductRun, TileFiles
 from tasks.month import Month
 from tasks.products import MonthTiles
 from tasks.scene import SceneAsset, SceneItem, scene_items_json
@@ -135,3 +148,22 @@ def product_run(
         tiles=tiles,
         single_cogs=single_cogs or plan.single_tile,
     )
+
+
+def publish_layers(
+    destination: MonthDestination, files: Mapping[str, str], box: GeoBox, layers: Mapping[str, np.ndarray], scratch: Path
+) -> None:
+    """Write each of `layers` on `box` as the tiles write it ('mosaic' (4, y, x) uint16, 'count' and 'fill'
+    (y, x) uint8, an index (y, x) int16) in `scratch`, and publish it in `destination` as `files[layer]`."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    local = {name: scratch / Path(files[name]).name for name in layers}
+    for name, values in layers.items():
+        if name == MOSAIC_LAYER:
+            write_mosaic_cog(local[name], values, box, MOSAIC_PROFILE)
+        elif name == COUNT_LAYER:
+            write_count_cog(local[name], values, box, COUNT_PROFILE)
+        elif name == FILL_LAYER:
+            write_fill_cog(local[name], values, box, FILL_PROFILE)
+        else:
+            write_index_cog(local[name], values, box, SPECTRAL_INDICES[name], INDEX_PROFILE)
+    destination.put({files[name]: path for name, path in local.items()})

@@ -1,4 +1,5 @@
-"""One output tile end to end: its COGs, its record (the commit) and histograms, and what counts as committed."""
+"""One output tile end to end: its COGs, its record (the commit) and histograms, what counts as committed,
+and the refill of a committed tile (which tiles, and from what)."""
 
 import logging
 from collections.abc import Callable
@@ -10,6 +11,9 @@ import pytest
 import rasterio
 
 from blocks.publish import month_destination
+from tasks.fill_sources import MonthFill, NeighbourMonth
+from tasks.gap_fill import NO_VALUE, OBSERVED
+from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER
 from tasks.scene import NODATA
 from tasks.testing.synthetic import DEFAULT_DATES
 from tasks.tile import (
@@ -20,16 +24,24 @@ from tasks.tile import (
     TileRecord,
     build_tile,
     committed_record,
+    refill_tile,
+    stale_fill,
 )
+from tasks.tile_fill import TileLayers
 from tasks.tiles import OutputTile, tile_grid, tiles_over_aoi
 from tests.local_month import (
+    AOI_NAME,
     FOUR_TILES_PX,
     ONE_TILE_PX,
     LocalMonth,
     make_local_month,
     month_plan,
+    publish_layers,
     with_missing_asset,
 )
+
+BANDS = np.arange(4).reshape(4, 1, 1)
+"""Band b of a hand-made mosaic value v is v + b."""
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +248,102 @@ def test_an_unreadable_record_leaves_its_tile_uncommitted_with_a_warning_naming_
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert plan.workspace.uri(name) in warning and tile.label in warning, warning
     assert build_tile(plan, tile) == committed_record(plan, tile), "the rebuilt tile is committed again"
+
+
+def neighbour_month(month: LocalMonth, version: str, output_dir: Path, layers: dict[str, np.ndarray] | None = None) -> NeighbourMonth:
+    """The month before `month` on its grid, of `version`; with `layers` ({layer: array on the grid}) published
+    below `output_dir`, else never read."""
+    label = month.month.shifted(-1).label
+    destination = month_destination(None, AOI_NAME, label, output_dir)
+    files = {name: f"{label}_{name}.tif" for name in (tuple(layers) if layers else (MOSAIC_LAYER, COUNT_LAYER))}
+    if layers is not None:
+        publish_layers(destination, files, month.grid, layers, output_dir / "scratch")
+    return NeighbourMonth(-1, label, destination, files, destination.url("item.json"), version)
+
+
+def read_published(plan: MonthPlan, files: dict[str, str]) -> dict[str, np.ndarray]:
+    """{layer: (band, y, x) array} of a tile's published COGs."""
+    layers = {}
+    for name, file_name in files.items():
+        with rasterio.open(plan.destination.gdal_location(file_name)[0]) as dataset:
+            layers[name] = dataset.read()
+    return layers
+
+
+def test_a_refill_fills_a_committed_tiles_gaps_again_from_its_published_layers_and_its_neighbour(
+    month: LocalMonth, tmp_path: Path
+) -> None:
+    """The tile is published by hand: observed 2000 + b (count 3) but over a block of gaps that an earlier fill
+    left at 1234. The month before observed the block's left half (500 + b) and filled its right half
+    (9000 + b, count 0): the refill takes the left half from it, leaves the right half empty, and never
+    reads a scene (the plan's found items do not exist)."""
+    tile = OutputTile(0, 0)
+    tile_box = tile_grid(month.grid, FOUR_TILES_PX, tile)
+    inside = month.inside_aoi[month.grid.overlap_roi(tile_box)]
+    gaps, taken = np.zeros(inside.shape, bool), np.zeros(inside.shape, bool)
+    gaps[40:60, 40:80], taken[40:60, 40:60] = True, True
+    assert (inside[gaps]).all(), "the block of gaps lies inside the AOI"
+    neighbour_count = np.ones(month.grid.shape.yx, np.uint8)
+    neighbour_count[40:60, 60:80] = 0  # the tile is the grid's top-left corner: the same pixels
+    neighbour_mosaic = np.where(neighbour_count > 0, 500, 9000) + BANDS
+    neighbour = neighbour_month(
+        month, "v1", tmp_path / "neighbours",
+        {MOSAIC_LAYER: neighbour_mosaic.astype(np.uint16), COUNT_LAYER: neighbour_count, FILL_LAYER: np.where(neighbour_count > 0, 0, 1).astype(np.uint8)},
+    )
+    plan = replace(
+        month_plan(month, FOUR_TILES_PX, tiles_digest="refill"),
+        fill=MonthFill("previous", 1, (neighbour,)),
+        items_name="search/no-such-items.json",
+        scratch_dir=tmp_path / "scratch",
+        build_run_id="refill-run",
+    )
+    count = np.where(inside & ~gaps, 3, 0).astype(np.uint8)
+    mosaic = np.where(gaps, 1234, np.where(inside, 2000 + BANDS, NODATA)).astype(np.uint16)
+    stale_distance = np.where(gaps, 2, np.where(inside, OBSERVED, NO_VALUE)).astype(np.uint8)
+    files = plan.tile_files(tile)
+    publish_layers(plan.destination, files, tile_box, {MOSAIC_LAYER: mosaic, COUNT_LAYER: count, FILL_LAYER: stale_distance}, tmp_path / "tile")
+    record = TileRecord(
+        0, 0, files, int(inside.sum()), int((count > 0).sum()), 3, ("scene",), {"scene": (int((count > 0).sum()), int(inside.sum()))},
+        filled_pixels=int(gaps.sum()), fill_months=("2000-01",), fill_digest="an earlier fill",
+    )
+    assert not plan.workspace.exists(plan.items_name)
+
+    refilled = refill_tile(plan, tile, record)
+
+    published = read_published(plan, files)
+    expected = np.where(taken, 500 + BANDS, np.where(gaps, NODATA, np.where(inside, 2000 + BANDS, NODATA)))
+    assert np.array_equal(published[MOSAIC_LAYER], expected)
+    assert np.array_equal(published[COUNT_LAYER][0], count), "the count stays the observed count"
+    assert np.array_equal(published[FILL_LAYER][0], np.where(taken, 1, np.where(gaps, NO_VALUE, stale_distance)))
+    assert refilled == replace(
+        record, filled_pixels=int(taken.sum()), fill_months=(neighbour.month,), fill_digest=plan.fill.digest, build_run_id="refill-run"
+    )
+    assert TileRecord.from_json(plan.workspace.read_bytes(plan.record_name(tile))) == refilled
+    histograms = TileHistograms.from_bytes(plan.workspace.read_bytes(plan.histograms_name(tile)))
+    layers = TileLayers(published[MOSAIC_LAYER], published[COUNT_LAYER][0])
+    expected_histograms = TileHistograms.of(layers, inside, published[FILL_LAYER][0])
+    assert histograms.fill is not None and expected_histograms.fill is not None
+    assert np.array_equal(histograms.mosaic, expected_histograms.mosaic) and np.array_equal(histograms.fill, expected_histograms.fill)
+    assert refill_tile(plan, tile, record) == refilled, "refilled once per build run"
+
+    unfilled = refill_tile(replace(plan, fill=MonthFill("none", 1), build_run_id="another-run"), tile, refilled)
+
+    assert FILL_LAYER not in unfilled.files and not plan.destination.exists(files[FILL_LAYER]), "the fill layer is withdrawn"
+    assert np.array_equal(read_published(plan, unfilled.files)[MOSAIC_LAYER], np.where(gaps, NODATA, expected))
+    assert unfilled.filled_pixels == 0 and unfilled.fill_months == ()
+
+
+def test_only_a_committed_tile_with_gaps_is_refilled_when_its_neighbours_change(month: LocalMonth, tmp_path: Path) -> None:
+    tile = OutputTile(0, 1)
+    plan = replace(month_plan(month, FOUR_TILES_PX), fill=MonthFill("interpolate", 3, (neighbour_month(month, "v1", tmp_path),)))
+    republished = replace(plan, fill=MonthFill("interpolate", 3, (neighbour_month(month, "v2", tmp_path),)))
+    with_gaps = TileRecord(0, 1, plan.tile_files(tile), 100, 90, 2, ("scene",), fill_digest=plan.fill.digest)
+    without_gaps = replace(with_gaps, valid_pixels=100)
+
+    assert not stale_fill(plan, with_gaps) and not stale_fill(plan, without_gaps), "nothing changed"
+    assert stale_fill(republished, with_gaps), "the neighbour was published again"
+    assert not stale_fill(republished, without_gaps), "a tile without gaps takes nothing from its neighbours"
+    assert stale_fill(replace(plan, fill=MonthFill("previous", 3)), with_gaps), "another method"
+    unfilled = replace(plan, fill=MonthFill("none", 3))
+    assert stale_fill(unfilled, without_gaps), "its fill layer is withdrawn"
+    assert stale_fill(plan, replace(without_gaps, files=unfilled.tile_files(tile))), "it gets a fill layer"
