@@ -134,9 +134,12 @@ class Workspace:
             shutil.copyfile(local_path, staged_path)
 
 
-def partial_prefix() -> str:
-    """The name prefix of this process's files in the making: `.partial-<host>-<pid>-`."""
-    return f"{PARTIAL_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+def partial_prefix(host: str | None = None, pid: int | None = None) -> str:
+    """The name prefix of the files in the making of process `pid` on `host` (default: this process's):
+    `.partial-<host>-<pid>-`, the host's own '-' written '_', so the first '-' after it ends it and the
+    files of hosts `node` and `node-2` are told apart."""
+    host_label = (socket.gethostname() if host is None else host).replace("-", "_")
+    return f"{PARTIAL_PREFIX}{host_label}-{os.getpid() if pid is None else pid}-"
 
 
 def partial_file(folder: Path | None, suffix: str) -> Path:
@@ -153,9 +156,9 @@ def partial_file(folder: Path | None, suffix: str) -> Path:
 
 def _writer_is_gone(file_name: str) -> bool:
     """Whether the process of this host that wrote a `.partial-` file no longer runs."""
-    host_pid = file_name.removeprefix(f"{PARTIAL_PREFIX}{socket.gethostname()}-")
-    pid_text = host_pid.partition("-")[0]
-    if host_pid == file_name or not pid_text.isdigit():
+    after_host = file_name.removeprefix(PARTIAL_PREFIX).partition("-")[2]
+    pid_text = after_host.partition("-")[0]
+    if not pid_text.isdigit() or not file_name.startswith(partial_prefix(pid=int(pid_text))):
         return False  # another host's file, or an older naming: its writer cannot be checked from here
     try:
         os.kill(int(pid_text), 0)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ from tasks.testing.served_month import (
 )
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import write_aoi
-from tasks.workspace import partial_prefix
+from tasks.workspace import partial_prefix, remove_abandoned_partials
 from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
 
@@ -481,15 +482,14 @@ def ended_process_pid() -> int:
 
 
 @pytest.fixture
-def partial_files() -> Iterator[Callable[[Path, int], Path]]:
-    """Make `.partial-` files as a writer with a given pid would name them; every one is deleted afterwards."""
+def partial_files() -> Iterator[Callable[..., Path]]:
+    """Make `.partial-` files as a writer with a given pid (on this host, or on `host`) would name them;
+    every one is deleted afterwards."""
     made: list[Path] = []
-    own_prefix = partial_prefix()
     token = uuid.uuid4().hex
 
-    def make(folder: Path, writer_pid: int) -> Path:
-        prefix = own_prefix.removesuffix(f"{os.getpid()}-") + f"{writer_pid}-"
-        path = folder / f"{prefix}{token}.tif"
+    def make(folder: Path, writer_pid: int, host: str | None = None) -> Path:
+        path = folder / f"{partial_prefix(host, writer_pid)}{token}.tif"
         folder.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a scene")
         made.append(path)
@@ -500,9 +500,29 @@ def partial_files() -> Iterator[Callable[[Path, int], Path]]:
         path.unlink(missing_ok=True)
 
 
+def test_only_this_hosts_files_of_ended_writers_are_removed(partial_files: Callable[..., Path], tmp_path: Path) -> None:
+    dead_pid = ended_process_pid()
+    this_host = socket.gethostname()
+    scratch = tmp_path / f"{partial_prefix(pid=dead_pid)}tile-0001-0002-abc123"  # a tile's scratch folder
+    scratch.mkdir()
+    (scratch / "mosaic.tif").write_bytes(b"half a tile")
+    abandoned = [partial_files(tmp_path, dead_pid), partial_files(tmp_path / "tiles", dead_pid), scratch]
+    kept = [
+        partial_files(tmp_path, os.getpid()),  # a running writer's
+        partial_files(tmp_path, dead_pid, host="elsewhere"),
+        partial_files(tmp_path, dead_pid, host=f"{this_host}-{dead_pid}"),  # a host named like this one, then more
+        partial_files(tmp_path, dead_pid, host=f"{this_host}-2"),
+    ]
+
+    removed = remove_abandoned_partials(tmp_path)
+
+    assert sorted(removed) == sorted(abandoned) and not any(path.exists() for path in abandoned)
+    assert all(path.exists() for path in kept), [path.name for path in kept if not path.exists()]
+
+
 @pytest.mark.slow
 def test_files_of_killed_writers_are_removed_and_those_of_running_ones_kept(
-    served: ServedMonth, prefect_harness: None, partial_files: Callable[[Path, int], Path], tmp_path: Path
+    served: ServedMonth, prefect_harness: None, partial_files: Callable[..., Path], tmp_path: Path
 ) -> None:
     settings = flow_settings(served, tmp_path / "ws")
     inputs = run_inputs(settings)
@@ -511,6 +531,10 @@ def test_files_of_killed_writers_are_removed_and_those_of_running_ones_kept(
     dead_pid = ended_process_pid()
     abandoned = [partial_files(scenes_folder, dead_pid), partial_files(temp_folder, dead_pid)]
     in_progress = [partial_files(scenes_folder, os.getpid()), partial_files(temp_folder, os.getpid())]
+    another_hosts = [
+        partial_files(scenes_folder, dead_pid, f"{socket.gethostname()}-{dead_pid}"),  # named like this host, then more
+        partial_files(temp_folder, dead_pid, "elsewhere"),
+    ]
     month_staging = staging_root(settings) / inputs.name / served.label
     earlier_staging = month_staging / OTHER_INPUTS_DIGEST
     earlier_staging.mkdir(parents=True)
@@ -520,6 +544,7 @@ def test_files_of_killed_writers_are_removed_and_those_of_running_ones_kept(
 
     assert [path for path in abandoned if path.exists()] == []
     assert all(path.exists() for path in in_progress), "a running writer's file was removed"
+    assert all(path.exists() for path in another_hosts), "another host's file was removed"
     assert not earlier_staging.exists()
     assert not month_staging.exists() or list(month_staging.rglob("*")) == []
 
