@@ -8,7 +8,9 @@ tile committed once.
 The month is served like production (COGs in moto S3, items in a rustac STAC API). Dask worker
 processes are spawned after the `s3_server` fixture set the AWS variables, so they reach moto too.
 The cluster the runner starts is a `LocalCluster` whose scheduler (in this process) records the
-worker each task ran on.
+worker each task ran on, and hands its tile tasks to the workers in turn: left to Dask, all four
+could go to one worker (one that joined late, or placement heuristics), and the month would then be
+built in one process, the case the threaded run already covers.
 """
 
 import json
@@ -36,6 +38,8 @@ pytest.importorskip("prefect_dask")
 DASK_WORKERS = 2
 WORKSPACE_PREFIX = "ws"
 PRODUCTS = ("mosaic", "count", FILL_LAYER, "quicklook", "metadata", ITEM_PRODUCT)
+TILE_TASK = "build_tile"
+"""Part of the Dask key of each tile task (Dask names a key after the function it runs)."""
 
 
 class WorkerOfTask(distributed.diagnostics.plugin.SchedulerPlugin):
@@ -51,15 +55,35 @@ class WorkerOfTask(distributed.diagnostics.plugin.SchedulerPlugin):
                 self.worker_of[str(key)] = kwargs["worker"]
 
 
+class TilesTakeTurns(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Scheduler plugin: restricts each new tile task to the next of `worker_addresses` in turn. A
+    worker that has not joined yet holds its tiles until it does (Dask's `no-worker` state)."""
+
+    def __init__(self, worker_addresses: list[str]) -> None:
+        self.worker_addresses = worker_addresses
+        self.tiles_restricted = 0
+
+    def update_graph(self, scheduler: Any, *, tasks: list[Any], **kwargs: Any) -> None:
+        """Runs before the new tasks are given a worker."""
+        for key in tasks:
+            if TILE_TASK in str(key):
+                worker = self.worker_addresses[self.tiles_restricted % len(self.worker_addresses)]
+                scheduler.tasks[key].worker_restrictions = {worker}
+                self.tiles_restricted += 1
+
+
 @pytest.fixture
 def task_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerOfTask]:
-    """Every `distributed.LocalCluster` started during the test reports to this plugin."""
+    """Every `distributed.LocalCluster` started during the test reports to this plugin and hands
+    its tile tasks to its workers in turn."""
     plugin = WorkerOfTask()
 
     class RecordingLocalCluster(distributed.LocalCluster):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **kwargs)  # returns once every worker process has started
             self.scheduler.add_plugin(plugin, name="worker-of-task")
+            addresses = [worker.worker_address for worker in self.workers.values()]
+            self.scheduler.add_plugin(TilesTakeTurns(addresses), name="tiles-take-turns")
 
     monkeypatch.setattr(distributed, "LocalCluster", RecordingLocalCluster)
     yield plugin
@@ -107,7 +131,7 @@ def test_dask_tiles_spread_over_both_workers_and_equal_the_threaded_month(
     records_prefix = run_inputs(settings).workspace.uri(TILES_FOLDER).removeprefix(f"s3://{bucket}/")
     records = [key for key in s3_server.keys(bucket, records_prefix) if key.endswith(RECORD_SUFFIX)]
     assert len(records) == tile_count, "every tile is committed in the S3 workspace"
-    tile_tasks = {key: worker for key, worker in task_workers.worker_of.items() if "build_tile" in key}
+    tile_tasks = {key: worker for key, worker in task_workers.worker_of.items() if TILE_TASK in key}
     assert len(tile_tasks) == tile_count, task_workers.worker_of
     assert len(set(tile_tasks.values())) == DASK_WORKERS, tile_tasks
 
