@@ -5,6 +5,7 @@ state hooks in a Prefect test-harness flow run."""
 import json
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -107,6 +108,32 @@ def test_builders_show_unknown_counts_as_unknown() -> None:
     report = RunReport(aoi="x", month=MONTH)
     assert set(_fields({"blocks": succeeded_message(report).blocks}).values()) == {"?", "0"}
     assert started_message(report).text == f"Basemap x {MONTH}: started"
+
+
+def test_a_filled_months_notice_gives_its_filled_share_and_a_month_without_fill_none(report: RunReport) -> None:
+    filled = succeeded_message(replace(report, filled_share=0.1234))
+    unfilled = succeeded_message(report)  # `fill: none`: the report has no filled share
+
+    assert _fields({"blocks": filled.blocks})["Filled pixels"] == "12.3%"
+    assert filled.text.startswith(f"Basemap lake_constance {MONTH}: done, 11 of 14 scenes used, 97.3% valid, 12.3% filled")
+    assert "Filled pixels" not in _fields({"blocks": unfilled.blocks})
+    assert "filled" not in unfilled.text.lower() and "filled" not in _payload_text({"blocks": unfilled.blocks}).lower()
+
+
+def test_a_backfill_notice_gives_each_filled_months_filled_share() -> None:
+    months = (
+        MonthOutcome("2020-01", "built", 0.8, filled_share=0.05),
+        MonthOutcome("2020-02", "refilled", 0.6, filled_share=0.375),
+        MonthOutcome("2020-03", "built", 0.9),  # filled by nothing: `fill: none`
+    )
+    message = backfill_message(BackfillReport("lake", "2020-01", "2020-03", months))
+
+    month_lines = message.blocks[1]["text"]["text"].split("\n")[1:]
+    assert month_lines == [
+        "• `2020-01` built, 80.0% valid, 5.0% filled",
+        "• `2020-02` refilled, 60.0% valid, 37.5% filled",
+        "• `2020-03` built, 90.0% valid",
+    ]
 
 
 def test_success_message_accepts_plain_failed_scene_pairs() -> None:

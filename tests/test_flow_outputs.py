@@ -471,6 +471,51 @@ def test_a_missing_products_bucket_fails_before_any_scene_is_read(
     assert s3_server.requests_for(f"/{served.bucket}/") == 0, "scenes were read"
 
 
+@pytest.fixture(scope="module")
+def keyed_products() -> Iterator[tuple[S3Server, str, dict[str, str]]]:
+    """A products store of its own that checks credentials as S3 does: (the server, its bucket, the keys
+    of the one IAM user it knows)."""
+    server = S3Server()
+    try:
+        bucket = server.make_bucket("keyed-products")
+        keys = server.user_credentials("publisher")
+        server.require_credentials()
+        yield server, bucket, keys
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("wrong", "code"), [("aws_access_key_id", "InvalidAccessKeyId"), ("aws_secret_access_key", "SignatureDoesNotMatch")]
+)
+def test_bad_products_credentials_end_the_run_at_once_in_one_line_before_any_scene_is_read(
+    served: ServedMonth,
+    prefect_harness: None,
+    s3_server: S3Server,
+    keyed_products: tuple[S3Server, str, dict[str, str]],
+    wrong: str,
+    code: str,
+    tmp_path: Path,
+) -> None:
+    products, bucket, keys = keyed_products
+    bad_keys = {**keys, wrong: f"WRONG{uuid.uuid4().hex[:12].upper()}"}
+    save_products_block("keyed-products", bucket, BUCKET_FOLDER, products.endpoint_url, bad_keys)
+    settings = flow_settings(served, tmp_path / "ws", s3_block="keyed-products")
+    s3_server.reset_counters()
+    products.reset_counters()
+
+    with pytest.raises(PublishError) as refused:
+        monthly_mosaic(settings)
+
+    message = one_line(refused.value)
+    assert bucket in message and code in message and "fix the s3_block's credentials" in message, message
+    assert bad_keys["aws_secret_access_key"] not in message
+    assert products.requests_for(f"/{bucket}/") == 1, "the refusal was retried"
+    assert s3_server.requests_for(f"/{served.bucket}/") == 0, "scenes were read"
+    save_products_block("keyed-products", bucket, BUCKET_FOLDER, products.endpoint_url, keys)
+    assert S3Bucket.load("keyed-products").list_objects() == [], "the right keys are refused too"
+
+
 # --- 4. Files of killed runs ---------------------------------------------------------------------
 
 

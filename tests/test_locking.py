@@ -11,14 +11,17 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL
 
-from flows.locking import aoi_lock, month_lock
+from flows.locking import aoi_lock, aoi_lock_name, month_lock
 from tasks.month import Month
 from tasks.testing.lock_faults import (
     FREED_BY_WAITER_WITHIN_S,
@@ -34,6 +37,9 @@ HOLDER_START_S = 60.0
 """Seconds the holder process may take to import the project and take its lock (2 loaded cores)."""
 UNCONTENDED_LOCK_S = 10.0
 """Seconds a lock nobody holds may take: a lock that waits longer is taken as contended."""
+COLLECTION_TURN_TIMEOUT_S = 60.0
+"""Bound on each step of two holders taking turns at a lock on a server (a refused holder asks again
+after the server's Retry-After, at most 30 s)."""
 HOLD_SCRIPT = (
     "import sys, time; from pathlib import Path; from flows.locking import month_lock; from tasks.month import Month\n"
     "with month_lock('farm', Month(2024, 6), Path(sys.argv[1])):\n"
@@ -67,8 +73,7 @@ def taken_within(lock: Callable[[], AbstractContextManager[None]], seconds: floa
         with lock():
             taken.set()
 
-    settings = contextvars.copy_context()  # a new thread would see the process's settings, not the test's
-    threading.Thread(target=settings.run, args=(take,), daemon=True).start()
+    in_thread(take)
     return taken.wait(seconds)
 
 
@@ -104,6 +109,47 @@ def test_other_months_and_the_aois_collection_do_not_wait(no_prefect_server: Non
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+def test_on_a_prefect_server_the_collection_lock_is_a_one_slot_limit_its_holders_take_turns(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    aoi = f"farm-{uuid.uuid4().hex[:8]}"
+    first_holds, first_may_end, second_holds = threading.Event(), threading.Event(), threading.Event()
+    turns: list[str] = []
+
+    def hold(name: str, holding: threading.Event, may_end: threading.Event | None) -> None:
+        with aoi_lock(aoi, tmp_path):
+            turns.append(f"{name} took")
+            holding.set()
+            if may_end is not None:
+                may_end.wait(COLLECTION_TURN_TIMEOUT_S)
+            turns.append(f"{name} gave back")
+
+    assert PREFECT_API_URL.value(), "the harness is a Prefect server"
+    first = in_thread(hold, "first", first_holds, first_may_end)
+    assert first_holds.wait(COLLECTION_TURN_TIMEOUT_S), "the first holder never got the lock"
+    second = in_thread(hold, "second", second_holds, None)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(aoi_lock_name(aoi))
+    assert (limit.limit, limit.active_slots) == (1, 1)
+    assert not second_holds.wait(2.0), "the second holder got in while the first held the lock"
+
+    first_may_end.set()
+    assert second_holds.wait(COLLECTION_TURN_TIMEOUT_S), "the second holder never got the lock"
+    for thread in (first, second):
+        thread.join(COLLECTION_TURN_TIMEOUT_S)
+        assert not thread.is_alive()
+    assert turns == ["first took", "first gave back", "second took", "second gave back"]
+    assert not list(tmp_path.iterdir()), "a file lock was taken"
+
+
+def in_thread(target: Callable[..., None], *args: object) -> threading.Thread:
+    """`target(*args)` started in a thread that sees this test's Prefect settings."""
+    settings = contextvars.copy_context()  # a new thread would see the process's settings, not the test's
+    thread = threading.Thread(target=settings.run, args=(target, *args), daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.mark.slow

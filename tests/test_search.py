@@ -3,10 +3,13 @@
 import copy
 import json
 import logging
+import random
+import re
 import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 from odc.geo.geom import box
 
+import tasks.retry
 import tasks.search
 from tasks.aoi import WGS84, aoi_in_crs, load_aoi
 from tasks.errors import InvalidSettings, NoScenesFound, StacApiError
@@ -301,9 +305,10 @@ def test_a_stac_api_host_that_does_not_resolve_ends_at_once(unresolvable_host: s
     assert time.monotonic() - started < 10, "the retries of an unreachable API wait at least 30 s"
 
 
-def test_each_search_attempt_opens_one_connection(quick_api_retries: RetryPolicy) -> None:
-    """The search is the one layer that retries: pystac-client's own retries (5 more connections
-    per request by default) are off. The server accepts each connection and closes it unanswered."""
+@pytest.fixture
+def hanging_up_api() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A loopback server that accepts each connection and closes it unanswered: its URL and the
+    connections it accepted."""
     accepted: list[socket.socket] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(0.2)
@@ -320,14 +325,70 @@ def test_each_search_attempt_opens_one_connection(quick_api_retries: RetryPolicy
 
         server = threading.Thread(target=hang_up, daemon=True)
         server.start()
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         try:
-            with pytest.raises(StacApiError, match="gave up after 3 attempts"):
-                search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
         finally:
             done.set()
             server.join(timeout=5)
+
+
+def test_each_search_attempt_opens_one_connection(
+    quick_api_retries: RetryPolicy, hanging_up_api: tuple[str, list[socket.socket]]
+) -> None:
+    """The search is the one layer that retries: pystac-client's own retries (5 more connections
+    per request by default) are off."""
+    url, accepted = hanging_up_api
+    with pytest.raises(StacApiError, match="gave up after 3 attempts"):
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
     assert len(accepted) == quick_api_retries.attempts
+
+
+class RecordingClock:
+    """`tasks.retry`'s clock and random source: each wait is recorded and added to the time instead of
+    slept, each random draw recorded."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.draws: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + sum(self.waits)
+
+    def random(self) -> float:
+        self.draws.append(random.random())
+        return self.draws[-1]
+
+
+def test_an_api_that_does_not_answer_is_tried_6_times_over_about_a_minute(
+    hanging_up_api: tuple[str, list[socket.socket]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The production `API_RETRY`, its waits recorded rather than slept: 2 s doubling up to 30 s, each
+    times a random factor in [0.5, 1.5)."""
+    url, accepted = hanging_up_api
+    clock = RecordingClock()
+    monkeypatch.setattr(tasks.retry, "time", clock)
+    monkeypatch.setattr(tasks.retry, "random", clock)
+    started = time.monotonic()
+
+    with caplog.at_level(logging.WARNING, logger="tasks.retry"), pytest.raises(StacApiError) as error:
+        search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
+
+    attempts_s = time.monotonic() - started
+    nominal_waits = [2.0, 4.0, 8.0, 16.0, 30.0]
+    assert sum(nominal_waits) == 60.0, "about a minute"
+    assert len(accepted) == 6, "6 attempts, each one connection"
+    assert len(clock.draws) == len(nominal_waits) and all(0 <= draw < 1 for draw in clock.draws)
+    jittered = [nominal * (0.5 + draw) for nominal, draw in zip(nominal_waits, clock.draws, strict=True)]
+    assert clock.waits == pytest.approx(jittered)
+    retries = [record.getMessage() for record in caplog.records if "retrying" in record.getMessage()]
+    assert [line.split("retrying in ")[1] for line in retries] == [f"{wait:.1f} s" for wait in clock.waits]
+    message = str(error.value)
+    gave_up = re.search(r"\(transient; gave up after 6 attempts over (\d+) s\); check the URL", message)
+    assert gave_up and sum(clock.waits) - 0.5 <= int(gave_up[1]) <= sum(clock.waits) + attempts_s + 0.5, message
+    assert message.startswith(f"STAC API {url} did not answer: ") and "\n" not in message
 
 
 def test_an_api_answering_503_is_retried_then_named(earth_search_api: str, quick_api_retries: RetryPolicy) -> None:

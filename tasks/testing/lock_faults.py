@@ -28,6 +28,7 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from prefect.states import Crashed
@@ -45,6 +46,7 @@ __all__ = [
     "hold_month_lock",
     "lock_after_api_restart",
     "lock_after_holder_kill",
+    "mark_crashed",
 ]
 
 AOI_NAME = "fault-farm"
@@ -58,6 +60,8 @@ RENEWAL_AFTER_S = 0.75 * LEASE_S
 HOLD_S = RENEWAL_AFTER_S + 10.0
 """How long the first run holds the lock across a restart: past its first renewal, which meets the
 restarted server."""
+KILLED_MESSAGE = "Process exited with status code: -9"
+"""The state message a process worker gives the run of a child it saw SIGKILLed."""
 KILLED_HOLD_S = 600.0
 """How long a first run that is killed would hold the lock."""
 FREED_BY_WAITER_WITHIN_S = 2 * WAIT_REPORT_S
@@ -118,6 +122,11 @@ class LockFaultOutcome:
         )
 
 
+def mark_crashed(client: SyncPrefectClient, flow_run_id: UUID) -> None:
+    """Set the flow run of a SIGKILLed process CRASHED, as the worker that started it does."""
+    client.set_flow_run_state(flow_run_id, Crashed(message=KILLED_MESSAGE), force=True)
+
+
 def lock_after_api_restart(server: PrefectServer, down_s: float = 20.0, hold_s: float = HOLD_S) -> LockFaultOutcome:
     """The server down `down_s` seconds while the first run holds the lock for `hold_s` and the second
     waits. About `hold_s` + `WAIT_REPORT_S`: 2.5 min with the defaults."""
@@ -138,7 +147,7 @@ def lock_after_holder_kill(server: PrefectServer, marked_crashed: bool) -> LockF
         killed = _wait_for_exit(holder, EXIT_TIMEOUT_S)
         if marked_crashed:
             with server.client() as client:
-                client.set_flow_run_state(holder_id, Crashed(message="Process exited with status code: -9"), force=True)
+                mark_crashed(client, holder_id)
         return killed
 
     fault, free_within_s = (

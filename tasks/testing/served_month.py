@@ -159,13 +159,15 @@ def flow_settings(served: ServedMonth, workspace: Path | str, **overrides: Any) 
     return MosaicSettings.model_validate(fields)
 
 
-def save_products_block(block_name: str, bucket: str, bucket_folder: str, endpoint_url: str) -> str:
+def save_products_block(
+    block_name: str, bucket: str, bucket_folder: str, endpoint_url: str, keys: Mapping[str, str] = TEST_CREDENTIALS
+) -> str:
     """Save a prefect-aws S3Bucket block on `bucket` (products under `bucket_folder`) reached at
-    `endpoint_url` with the test credentials; returns its name."""
+    `endpoint_url` with `keys` (boto3 client arguments; the test credentials unless given); returns its name."""
     credentials = AwsCredentials(
-        aws_access_key_id=TEST_CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=TEST_CREDENTIALS["aws_secret_access_key"],
-        region_name=TEST_CREDENTIALS["region_name"],
+        aws_access_key_id=keys["aws_access_key_id"],
+        aws_secret_access_key=keys["aws_secret_access_key"],
+        region_name=keys["region_name"],
         aws_client_parameters=AwsClientParameters(endpoint_url=endpoint_url),
     )
     S3Bucket(bucket_name=bucket, bucket_folder=bucket_folder, credentials=credentials).save(block_name, overwrite=True)

@@ -55,6 +55,8 @@ S3_ERRORS: dict[int, tuple[str, str]] = {
 """The error code and message real S3 answers with each injected status."""
 RUSTAC_BINARY = Path(sys.executable).parent / "rustac"
 """The `rustac` command of the environment running this (requirements-dev.txt installs it)."""
+MOTO_AUTH_PATH = "/moto-api/reset-auth"
+"""moto's setting of how many requests it serves before it checks credentials (POST the number)."""
 CONTROL_PREFIX = "/_traffic/"
 """Path prefix of the S3 server's counter and fault requests; no bucket name can start with '_'."""
 
@@ -328,6 +330,31 @@ class S3Server:
 
     def clear_faults(self) -> None:
         self._control("clear-faults")
+
+    def user_credentials(self, user: str) -> dict[str, str]:
+        """The access key of a new IAM user `user` allowed every S3 action, as boto3 client arguments
+        (call before `require_credentials`)."""
+        iam = boto3.client("iam", endpoint_url=self.endpoint_url, **TEST_CREDENTIALS)
+        iam.create_user(UserName=user)
+        every_s3_action = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(every_s3_action))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        return {
+            "aws_access_key_id": key["AccessKeyId"],
+            "aws_secret_access_key": key["SecretAccessKey"],
+            "region_name": TEST_CREDENTIALS["region_name"],
+        }
+
+    def require_credentials(self) -> None:
+        """From now on, check each request's credentials as S3 does: a key no IAM user holds is refused
+        with `InvalidAccessKeyId`, a wrong secret with `SignatureDoesNotMatch`, an action the user's
+        policy does not allow with `AccessDenied` (moto otherwise accepts any key). For a server of a
+        test's own: `TEST_CREDENTIALS` belong to no IAM user."""
+        request = urllib.request.Request(  # not a form: moto reads the body as it is
+            f"{self.endpoint_url}{MOTO_AUTH_PATH}", data=b"0", headers={"Content-Type": "text/plain"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
 
 
 class ReservedPort:
