@@ -11,6 +11,7 @@ prints it (`ChildServer`), and one that must be told its port beforehand is give
 
 import json
 import logging
+import select
 import socket
 import subprocess
 import sys
@@ -201,13 +202,17 @@ class ChildServer:
     endpoint_url: str
 
     @classmethod
-    def start(cls, arguments: Sequence[str], server: str, stop_timeout_s: float = 10.0) -> "ChildServer":
-        """Start it and read its port; RuntimeError naming `server` when it printed none."""
+    def start(
+        cls, arguments: Sequence[str], server: str, stop_timeout_s: float = 10.0, start_timeout_s: float = 60.0
+    ) -> "ChildServer":
+        """Start it and read its port; RuntimeError naming `server` when it printed none within
+        `start_timeout_s` seconds."""
         process = subprocess.Popen(
             [sys.executable, "-m", *arguments], cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         stdin, stdout = child_pipes(process)
-        port_line = stdout.readline().strip()
+        ready, _, _ = select.select([stdout], [], [], start_timeout_s)
+        port_line = stdout.readline().strip() if ready else f"nothing within {start_timeout_s:g} s"
         if not port_line.isdigit():
             stdin.close()
             wait_or_kill(process, stop_timeout_s)
