@@ -42,6 +42,8 @@ from tests.local_month import (
 
 BANDS = np.arange(4).reshape(4, 1, 1)
 """Band b of a hand-made mosaic value v is v + b."""
+FOUR_TILES = [OutputTile(0, 0), OutputTile(0, 1), OutputTile(1, 0), OutputTile(1, 1)]
+"""The tiles of `FOUR_TILES_PX` over the month's AOI, in row-major order."""
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,11 @@ def one_tile(month: LocalMonth) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def four_tiles(month: LocalMonth) -> tuple[MonthPlan, list[TileRecord]]:
+    """The AOI built as four tiles, checked to be the four: the tests that loop over the records see each."""
     plan = month_plan(month, FOUR_TILES_PX, tiles_digest="four")
-    return plan, [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
+    records = [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
+    assert [record.tile for record in records] == FOUR_TILES
+    return plan, records
 
 
 def read_tile(month: LocalMonth, plan: MonthPlan, tile: OutputTile) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +102,6 @@ def test_tile_files_lie_in_the_folder_of_their_inputs(month: LocalMonth) -> None
 def test_tiles_do_not_change_the_result(month: LocalMonth, one_tile: tuple, four_tiles: tuple) -> None:
     whole_mosaic, whole_count = one_tile
     plan, records = four_tiles
-    assert [record.tile for record in records] == [
-        OutputTile(0, 0),
-        OutputTile(0, 1),
-        OutputTile(1, 0),
-        OutputTile(1, 1),
-    ]
     assert not plan.single_tile
 
     for record in records:
