@@ -2,6 +2,7 @@
 and the refill of a committed tile (which tiles, and from what)."""
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import rasterio
 
 from blocks.publish import month_destination
+from tasks.errors import PublishError
 from tasks.fill_sources import MonthFill, NeighbourMonth
 from tasks.gap_fill import NO_VALUE, OBSERVED
 from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER
@@ -195,7 +197,7 @@ def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp
     )
     (tmp_path / "not-a-folder").write_text("a file where the output folder should be")
 
-    with pytest.raises(OSError):
+    with pytest.raises(PublishError, match=f"cannot publish to .*: Not a directory: {re.escape(str(tmp_path / 'not-a-folder'))}/"):
         build_tile(unpublishable, tile)
 
     assert not plan.workspace.exists(plan.record_name(tile)) and not plan.workspace.exists(plan.histograms_name(tile))
