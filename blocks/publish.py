@@ -83,6 +83,8 @@ PERMANENT_S3_ERRORS: Mapping[str, str] = {
 """S3 error codes no retry fixes, with what to do about each."""
 NO_ANSWER_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 """botocore's errors of a store that did not answer (after botocore's own retries)."""
+UNWRITABLE_FOLDER_ERRORS = (NotADirectoryError, IsADirectoryError, PermissionError)
+"""OS errors of a local output folder that no retry fixes: a file where a folder should be, or no write access."""
 GDAL_NO_ANSWER = re.compile(r"Failed to connect|Could not connect|Connection refused|Connection timed out|timed out after", re.IGNORECASE)
 """curl's words, passed on by GDAL, for a store that did not answer a read."""
 
@@ -148,7 +150,7 @@ class MonthDestination(ABC):
 
     def errors_named(self) -> AbstractContextManager[None]:
         """For the block, a failure of the store behind this destination (its own methods, and GDAL reads of
-        `gdal_location`s) becomes a one-line error when it can be named; a local folder names none."""
+        `gdal_location`s) becomes a one-line error when it can be named; a local folder names one it cannot write."""
         return nullcontext()
 
 
@@ -173,14 +175,15 @@ class LocalMonth(MonthDestination):
         is withdrawn and the copies are renamed into place, in order."""
         landing: list[tuple[Path, Path]] = []
         try:
-            for name, source in files.items():
-                target = self.root / name
-                landing.append((partial_file(target.parent, target.suffix), target))
-                shutil.copyfile(self.root / source.name if isinstance(source, Published) else source, landing[-1][0])
-            if replacing is not None:
-                self.delete(replacing)
-            for temporary, target in landing:
-                temporary.replace(target)
+            with self.errors_named():
+                for name, source in files.items():
+                    target = self.root / name
+                    landing.append((partial_file(target.parent, target.suffix), target))
+                    shutil.copyfile(self.root / source.name if isinstance(source, Published) else source, landing[-1][0])
+                if replacing is not None:
+                    self.delete(replacing)
+                for temporary, target in landing:
+                    temporary.replace(target)
         finally:
             for temporary, _ in landing:
                 temporary.unlink(missing_ok=True)
@@ -204,6 +207,18 @@ class LocalMonth(MonthDestination):
 
     def gdal_location(self, name: str) -> tuple[str, dict[str, str]]:
         return str(self.root / name), {}
+
+    @contextmanager
+    def errors_named(self) -> Iterator[None]:
+        """A folder that cannot be written (a file in its place, no permission) becomes `PublishError`: no
+        retry fixes it. Other failures (a full disk, a failing device) pass on."""
+        try:
+            yield
+        except UNWRITABLE_FOLDER_ERRORS as error:
+            raise PublishError(
+                f"cannot publish to {self.location}: {error.strerror}: {error.filename}; "
+                "make output_dir a folder this process can write to"
+            ) from None
 
 
 class BucketMonth(MonthDestination):

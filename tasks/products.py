@@ -22,7 +22,8 @@ Tiles live in `tiles/<inputs digest>/`, so a re-run with other inputs never touc
 published index points at, and once its Item is out the other inputs' tiles are removed.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.publish import ITEM_PRODUCT, Published
+from blocks.publish import ITEM_PRODUCT, MonthDestination, Published
 from tasks.cog import (
     COUNT_DESCRIPTION,
     COUNT_DTYPE,
@@ -49,7 +50,7 @@ from tasks.cog import (
     write_cog,
 )
 from tasks.disk_space import named_disk_full
-from tasks.errors import SceneOutsideAOI, portable_errors
+from tasks.errors import MosaicError, PublishError, SceneOutsideAOI, portable_errors
 from tasks.gdal_env import gdal_env
 from tasks.indices import INDEX_DTYPE, INDEX_NODATA, INDEX_SCALE_FACTOR, SPECTRAL_INDICES, SpectralIndex
 from tasks.metadata import (
@@ -88,6 +89,8 @@ MONTH_SCRATCH_LABEL = "month"
 """Names the scratch folder of the month's own files (tiles' are named by their label)."""
 ABSOLUTE_INDEX_FOLDER = "absolute"
 """Holds, in the month's scratch folder, its indexes naming the published tiles by absolute path."""
+MISSING_TILES_NAMED = 3
+"""How many missing tile files a month's error names (the count says how many there are)."""
 GdalLocation = tuple[str, dict[str, str]]
 """A path GDAL opens, and the GDAL options that reach it (`MonthDestination.gdal_location`)."""
 
@@ -283,6 +286,26 @@ def month_statistics(
     return MonthStatistics(mosaic_statistics, count_statistics, index_statistics, fill_statistics)
 
 
+@contextmanager
+def named_missing_tiles(destination: MonthDestination, records: Sequence[TileRecord]) -> Iterator[None]:
+    """A month stage that fails because published tile files went missing since their tiles were
+    committed (removed by hand or by another process) ends in one `PublishError` naming them. Only a
+    failure looks: the files are checked after an error, not before each month."""
+    try:
+        yield
+    except MosaicError:
+        raise
+    except Exception:
+        gone = [name for record in records for name in record.files.values() if not destination.exists(name)]
+        if not gone:
+            raise
+        raise PublishError(
+            f"{len(gone)} published tile files are gone from {destination.location} since their tiles were "
+            f"committed ({', '.join(gone[:MISSING_TILES_NAMED])}{', ...' if len(gone) > MISSING_TILES_NAMED else ''}); "
+            "re-run the month: a tile whose files are gone is built again"
+        ) from None
+
+
 def write_month_products(
     plan: MonthPlan, run: ProductRun, records: Sequence[TileRecord], histograms: TileHistograms
 ) -> dict[str, str]:
@@ -297,7 +320,11 @@ def write_month_products(
     """
     names, destination = plan.names, plan.destination
     layers = month_layers(run.indices, run.filled)
-    with named_disk_full(plan.disk, "month"), scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch:
+    with (
+        named_missing_tiles(destination, records),
+        named_disk_full(plan.disk, "month"),
+        scratch_folder(plan, MONTH_SCRATCH_LABEL) as scratch,
+    ):
         with destination.errors_named():  # the published tiles are read from the store
             files, (mosaic_path, mosaic_options) = month_rasters(plan, run, records, layers, scratch)
             with gdal_env(**mosaic_options):

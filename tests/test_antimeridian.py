@@ -171,10 +171,14 @@ def test_footprint_and_aoi_split_alike_intersect_for_the_search(tmp_path: Path) 
 
 
 def test_default_grid_of_both_aois_lies_on_the_tile_pixels(tmp_path: Path) -> None:
+    """Both AOIs get the tile's pixels that their bounds cover: `write_aoi` insets the quadrilateral by
+    `AOI_INSET_PX` from each edge of the tile, and its corners lie on the tile's pixel lattice."""
+    rows, columns = TAVEUNI_GRID.shape.yx
+    aoi_bounds = np.s_[AOI_INSET_PX : rows - AOI_INSET_PX, AOI_INSET_PX : columns - AOI_INSET_PX]
     for aoi_path in (write_utm_aoi(tmp_path), write_split_aoi(tmp_path)):
         grid = grid_for_aoi(load_aoi(str(aoi_path)), None, 20.0)
-        assert grid.crs.epsg == 32760
-        assert tile_window(grid) is not None
+        assert grid.crs.epsg == 32760 and grid.resolution.xy == TAVEUNI_GRID.resolution.xy
+        assert tile_window(grid) == aoi_bounds, aoi_path.name
 
 
 def test_bbox_across_180_has_west_greater_than_east(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from blocks.publish import ITEM_PRODUCT, month_destination
 from flows.monthly_mosaic import check_failed_share
 from tasks.aoi import aoi_pixel_mask
 from tasks.cog import MOSAIC_BANDS, validate_cog
-from tasks.errors import SceneOutsideAOI, TooManyFailedScenes
+from tasks.errors import PublishError, SceneOutsideAOI, TooManyFailedScenes
 from tasks.gdal_env import gdal_env
 from tasks.metadata import ProductRun
 from tasks.products import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
@@ -253,7 +253,7 @@ def test_a_failure_before_the_item_leaves_no_item_even_an_earlier_one_and_a_reru
     blocked = month.month_folder / names.metadata
     blocked.mkdir()
 
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(PublishError, match="Is a directory"):
         write_month_products(plan, run, records, histograms)
 
     assert names.item not in published(month), "the earlier Item is withdrawn before anything beside it changes"
@@ -276,7 +276,7 @@ def test_a_rerun_on_other_inputs_keeps_the_published_tiles_until_its_item_replac
     blocked.unlink()
     blocked.mkdir()
 
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(PublishError, match="Is a directory"):
         write_month_products(plan, run, records, month_histograms(plan, records))
 
     assert earlier_tiles | tiles <= published(month), "no tile goes while no Item lists the new ones"
@@ -302,8 +302,10 @@ def test_a_tile_gone_from_the_month_folder_fails_the_month_before_any_month_file
     gone = month.month_folder / records[-1].files["mosaic"]
     gone.unlink()
 
-    with pytest.raises(Exception, match=f"{gone.name}: No such file or directory"):
+    with pytest.raises(PublishError, match="1 published tile files are gone") as raised:
         write_month_products(plan, run, records, month_histograms(plan, records))
+
+    assert records[-1].files["mosaic"] in str(raised.value) and "re-run the month" in str(raised.value)
 
     assert month_level_files(month) == earlier, "the earlier month, its Item included, is as it was"
     assert not list(month.month_folder.rglob(f"{PARTIAL_PREFIX}*")) and not list(plan.scratch_dir.iterdir())

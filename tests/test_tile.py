@@ -2,6 +2,7 @@
 and the refill of a committed tile (which tiles, and from what)."""
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import rasterio
 
 from blocks.publish import month_destination
+from tasks.errors import PublishError
 from tasks.fill_sources import MonthFill, NeighbourMonth
 from tasks.gap_fill import NO_VALUE, OBSERVED
 from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER
@@ -42,6 +44,8 @@ from tests.local_month import (
 
 BANDS = np.arange(4).reshape(4, 1, 1)
 """Band b of a hand-made mosaic value v is v + b."""
+FOUR_TILES = [OutputTile(0, 0), OutputTile(0, 1), OutputTile(1, 0), OutputTile(1, 1)]
+"""The tiles of `FOUR_TILES_PX` over the month's AOI, in row-major order."""
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +64,11 @@ def one_tile(month: LocalMonth) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def four_tiles(month: LocalMonth) -> tuple[MonthPlan, list[TileRecord]]:
+    """The AOI built as four tiles, checked to be the four: the tests that loop over the records see each."""
     plan = month_plan(month, FOUR_TILES_PX, tiles_digest="four")
-    return plan, [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
+    records = [build_tile(plan, tile) for tile in tiles_over_aoi(plan.grid, plan.aoi, FOUR_TILES_PX)]
+    assert [record.tile for record in records] == FOUR_TILES
+    return plan, records
 
 
 def read_tile(month: LocalMonth, plan: MonthPlan, tile: OutputTile) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +104,6 @@ def test_tile_files_lie_in_the_folder_of_their_inputs(month: LocalMonth) -> None
 def test_tiles_do_not_change_the_result(month: LocalMonth, one_tile: tuple, four_tiles: tuple) -> None:
     whole_mosaic, whole_count = one_tile
     plan, records = four_tiles
-    assert [record.tile for record in records] == [
-        OutputTile(0, 0),
-        OutputTile(0, 1),
-        OutputTile(1, 0),
-        OutputTile(1, 1),
-    ]
     assert not plan.single_tile
 
     for record in records:
@@ -196,7 +197,7 @@ def test_a_tile_that_cannot_be_published_writes_no_record(month: LocalMonth, tmp
     )
     (tmp_path / "not-a-folder").write_text("a file where the output folder should be")
 
-    with pytest.raises(OSError):
+    with pytest.raises(PublishError, match=f"cannot publish to .*: Not a directory: {re.escape(str(tmp_path / 'not-a-folder'))}/"):
         build_tile(unpublishable, tile)
 
     assert not plan.workspace.exists(plan.record_name(tile)) and not plan.workspace.exists(plan.histograms_name(tile))
