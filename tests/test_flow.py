@@ -103,8 +103,9 @@ def test_month_completes_with_products_in_s3_and_a_slack_success(
 def test_transient_asset_failures_are_retried_and_logged(
     served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
 ) -> None:
-    # GDAL retries each HTTP request itself (REMOTE_COG_OPTIONS): exhaust that twice, so the read of
-    # the asset fails twice at the pipeline level and succeeds on its third attempt.
+    # GDAL does not retry a request itself (GDAL_HTTP_MAX_RETRY is 0 in REMOTE_COG_OPTIONS: the pipeline's
+    # retries are the only ones), so failing the asset's next two requests fails the read's first two
+    # attempts, and the third succeeds. The count still follows the option should it ever retry.
     gdal_requests_per_attempt = 1 + int(REMOTE_COG_OPTIONS["GDAL_HTTP_MAX_RETRY"])
     s3_server.fail_next(asset_key_of(served, 0), 2 * gdal_requests_per_attempt)
     started = datetime.now(UTC)
