@@ -7,8 +7,8 @@ names no holder through its API. A restart therefore leaves the slot of a run th
 for ever, with no lease left to expire. So each holder writes `LockHolder` (its flow run, its lease,
 since when) to the Prefect Variable `holder_record_name(lock)` right after taking the slot; the next
 holder overwrites it, nobody deletes it. A run that waits calls `report_or_free_holder` once per
-`flows.server_lock.WAIT_REPORT_S`: it logs who holds the lock, and when that holder's flow run has ended
-(a final state, deleted, or an earlier attempt of the waiting run itself) frees its slot:
+`LockIntervals.wait_report_s` (`flows.server_lock`): it logs who holds the lock, and when that holder's
+flow run has ended (a final state, deleted, or an earlier attempt of the waiting run itself) frees its slot:
 
 - the server still has the holder's lease (no restart): the lease is released, as its repossessor
   would do once it expires (the renewal first keeps it from expiring in between, so the slot is not

@@ -10,9 +10,9 @@ AOI's STAC Collection (`flows.collection`). Both are one exclusive lock by name:
   lock is the only slot of the global concurrency limit of that name (`basemap-<aoi name>-<YYYY-MM>`,
   `basemap-<aoi name>-collection`), created on first use. The slot is a lease the holder renews while
   it runs (`flows.server_lock`); the server's lease service frees a killed holder's slot after
-  `LEASE_S` (`prefect gcl delete <name>` at once). A run waiting for it says who holds it every
-  `WAIT_REPORT_S` and frees the slot of a holder whose flow run has ended, which a server restart
-  (it loses the leases, not the slots) needs (`flows.lock_holders`).
+  the lease (`BASEMAP_LOCK_LEASE_S`, 120 s; `prefect gcl delete <name>` at once). A run waiting for it
+  says who holds it every `BASEMAP_LOCK_REPORT_S` (60 s) and frees the slot of a holder whose flow run
+  has ended, which a server restart (it loses the leases, not the slots) needs (`flows.lock_holders`).
 - Without one (the CLI and `make demo` on Prefect's ephemeral API, which starts anew in each process
   and keeps no lease service), it is an exclusive `flock` on `<lock_dir>/<name>.lock`: runs on this
   machine take turns, and the kernel frees the lock of a process that dies.

@@ -1,13 +1,17 @@
 """The monthly flow in-process against real servers on 127.0.0.1: S3 (moto), STAC (rustac), Slack stand-in."""
 
+import contextvars
 import copy
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,15 +25,18 @@ from prefect.settings import PREFECT_API_URL
 
 from bench.mask import write_random_weights
 from blocks.slack import SlackNotifier
-from flows.locking import month_lock_name
+from flows.lock_holders import LockHolder, holder_record_name
+from flows.locking import month_lock, month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from flows.parameters import MosaicSettings
+from flows.server_lock import WAIT_REPORT_VARIABLE
 from tasks.errors import MissingModelWeights, TooManyFailedScenes
 from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.metadata import TILES_FOLDER
 from tasks.month import Month
 from tasks.ocm_inference import Patch, PatchBatcher
 from tasks.stac_item import COLLECTION_FILE
+from tasks.testing.lock_faults import mark_crashed
 from tasks.testing.served_month import (
     ServedMonth,
     assert_every_scene_accounted,
@@ -46,6 +53,10 @@ from tests.slack_receiver import SlackReceiver
 
 PRODUCT_SUFFIXES = ("mosaic.tif", "count.tif", "fill.tif", "quicklook.png", "metadata.json", "item.json")
 KILL_TEST_DATES = tuple(date(2020, 3, day) for day in range(2, 30, 2))
+KILL_TEST_REPORT_S = 2.0
+"""A waiting run's check on the lock's holder in the kill test (`BASEMAP_LOCK_REPORT_S`; production: 60 s)."""
+KILLED_LOCK_FREED_WITHIN_S = 30.0
+"""Bound on the killed run's lock freeing once its run is marked CRASHED: a few checks on 2 loaded cores."""
 """Fourteen dates: enough for a kill to land while scenes are still being read."""
 
 
@@ -103,8 +114,9 @@ def test_month_completes_with_products_in_s3_and_a_slack_success(
 def test_transient_asset_failures_are_retried_and_logged(
     served: ServedMonth, blocks: dict[str, str], s3_server: S3Server, tmp_path: Path
 ) -> None:
-    # GDAL retries each HTTP request itself (REMOTE_COG_OPTIONS): exhaust that twice, so the read of
-    # the asset fails twice at the pipeline level and succeeds on its third attempt.
+    # GDAL does not retry a request itself (GDAL_HTTP_MAX_RETRY is 0 in REMOTE_COG_OPTIONS: the pipeline's
+    # retries are the only ones), so failing the asset's next two requests fails the read's first two
+    # attempts, and the third succeeds. The count still follows the option should it ever retry.
     gdal_requests_per_attempt = 1 + int(REMOTE_COG_OPTIONS["GDAL_HTTP_MAX_RETRY"])
     s3_server.fail_next(asset_key_of(served, 0), 2 * gdal_requests_per_attempt)
     started = datetime.now(UTC)
@@ -204,7 +216,7 @@ def committed_tiles(settings: MosaicSettings) -> dict[str, int]:
 
 
 def test_a_killed_run_resumes_with_only_the_uncommitted_tiles(
-    s3_server: S3Server, stac_api_factory, prefect_harness: None, tmp_path: Path
+    s3_server: S3Server, stac_api_factory, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     served = serve_synthetic_month(s3_server, stac_api_factory, tmp_path, dates=KILL_TEST_DATES, duplicated_dates=())
     settings = flow_settings(
@@ -232,12 +244,19 @@ def test_a_killed_run_resumes_with_only_the_uncommitted_tiles(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, f"the run ended by itself (status {process.returncode}) before the kill"
     committed_before_kill = committed_tiles(settings)
     assert 0 < len(committed_before_kill) < tile_count, "the kill should land mid-month"
-    with get_client(sync_client=True) as client:  # as the README says: free the dead run's lock now, not after its lease
-        client.delete_global_concurrency_limit_by_name(month_lock_name(run_inputs(settings).name, Month.parse(served.label)))
+    name, month = run_inputs(settings).name, Month.parse(served.label)
+    with get_client(sync_client=True) as client:  # the test started the killed run: it does what the run's worker would
+        record = client.read_variable_by_name(holder_record_name(month_lock_name(name, month)))
+        assert record is not None, "the killed run recorded itself as its lock's holder"
+        killed_run_id = LockHolder.model_validate(record.value).flow_run_id
+        assert killed_run_id is not None
+        mark_crashed(client, killed_run_id)
+    monkeypatch.setenv(WAIT_REPORT_VARIABLE, f"{KILL_TEST_REPORT_S:g}")
+    assert_lock_freed_within(lambda: month_lock(name, month, staging_root(settings)), KILLED_LOCK_FREED_WITHIN_S)
 
     report = monthly_mosaic(settings)
 
@@ -248,6 +267,21 @@ def test_a_killed_run_resumes_with_only_the_uncommitted_tiles(
     staging = staging_root(settings)
     assert not list(staging.glob("**/.partial-*")), "the scratch the killed run left is removed"
     assert not list(Path(run_inputs(settings).workspace.root).glob("**/.partial-*"))
+
+
+def assert_lock_freed_within(lock: Callable[[], AbstractContextManager[None]], seconds: float) -> None:
+    """This process takes and gives back `lock()` within `seconds` (in a thread that sees the test's settings)."""
+    taken = threading.Event()
+
+    def take() -> None:
+        with lock():
+            taken.set()
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(take,), daemon=True)
+    thread.start()
+    assert taken.wait(seconds), f"the lock of the killed run, marked CRASHED, was not freed within {seconds:g} s"
+    thread.join(seconds)
+    assert not thread.is_alive(), "the lock was not given back"
 
 
 def test_signed_asset_urls_stay_out_of_recorded_parameters(

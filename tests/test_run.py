@@ -84,17 +84,65 @@ def test_a_settings_file_with_overrides_runs_the_month(
     assert str(item) in capsys.readouterr().out
 
 
-def test_the_installed_basemap_command_runs_the_subcommands() -> None:
-    basemap = Path(sys.executable).parent / "basemap"  # the console script `make install` puts in the venv
-    assert basemap.is_file(), "install the package (make install) for the `basemap` command"
-    bad_month = subprocess.run(
-        [str(basemap), "run", "--aoi", "9,47,10,48", "--month", "2024-13"], capture_output=True, text=True, timeout=120
+BASEMAP = Path(sys.executable).parent / "basemap"
+"""The console script `make install` puts in the venv."""
+SUBCOMMAND_TIMEOUT_S = 240
+"""Bound on one `basemap run` or `basemap backfill` of a served synthetic month (about 30 s on 2 loaded cores)."""
+
+
+def run_basemap(*arguments: str, api_url: str = "") -> subprocess.CompletedProcess:
+    """The installed `basemap` command, as a user runs it; against the Prefect API `api_url` when given."""
+    assert BASEMAP.is_file(), "install the package (make install) for the `basemap` command"
+    environment = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    environment |= {"PREFECT_API_URL": api_url} if api_url else {}
+    return subprocess.run(
+        [str(BASEMAP), *arguments], capture_output=True, text=True, timeout=SUBCOMMAND_TIMEOUT_S, env=environment
     )
-    weights_help = subprocess.run([str(basemap), "download-models", "--help"], capture_output=True, text=True, timeout=120)
-    unknown = subprocess.run([str(basemap), "deploy"], capture_output=True, text=True, timeout=120)
+
+
+def test_the_installed_basemap_command_names_bad_input_and_lists_its_options() -> None:
+    bad_month = run_basemap("run", "--aoi", "9,47,10,48", "--month", "2024-13")
+    weights_help = run_basemap("download-models", "--help")
+    unknown = run_basemap("deploy")
     assert bad_month.returncode == 2 and "month '2024-13' is not YYYY-MM" in bad_month.stderr
     assert weights_help.returncode == 0 and "usage: basemap download-models" in weights_help.stdout
     assert unknown.returncode == 2 and "invalid choice: 'deploy'" in unknown.stderr
+
+
+def test_the_installed_basemap_command_runs_a_month_then_a_backfill_to_completion(
+    prefect_harness: None, s3_server: S3Server, stac_api_factory, tmp_path: Path
+) -> None:
+    series = serve_synthetic_series(
+        s3_server, stac_api_factory, tmp_path, [month_dates(date(2020, 7, 1)), month_dates(date(2020, 8, 1))]
+    )
+    first, second = series.labels
+    settings = flow_settings(series.served_month(first), tmp_path / "ws", month=None)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    name = run_inputs(settings.model_copy(update={"month": first})).name
+    output_dir = Path(settings.output_dir)
+
+    def item_of(label: str) -> Path:
+        return output_dir / name / label[:4] / label[5:] / f"{name}_{label}_item.json"
+
+    api_url = str(PREFECT_API_URL.value())
+    month = run_basemap("run", "--settings", str(settings_file), "--month", first, api_url=api_url)
+    assert month.returncode == 0, month.stderr
+    assert item_of(first).is_file() and not item_of(second).exists()
+    scenes = len(series.served_month(first).item_ids)
+    used = series.served_month(first).acquisitions
+    assert f"Basemap {name} {first}: {used} of {scenes} scenes used" in month.stdout, month.stdout
+    assert f"  item       {item_of(first)}" in month.stdout, month.stdout
+
+    backfill = run_basemap(
+        "backfill", "--settings", str(settings_file), "--start-month", first, "--end-month", second, api_url=api_url
+    )
+    assert backfill.returncode == 0, backfill.stderr
+    assert item_of(second).is_file()
+    lines = backfill.stdout.splitlines()
+    assert f"Backfill {name} {first}..{second}:" in lines, backfill.stdout
+    assert any(line.startswith(f"  {first} refilled") for line in lines), backfill.stdout  # published: gaps refilled
+    assert any(line.startswith(f"  {second} built") and str(item_of(second)) in line for line in lines), backfill.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ a second run of the same AOI and month that waits for it, stages the fault, and 
   `marked_crashed` its run is then set CRASHED as a live worker does, else it stays RUNNING as when
   its worker died too, and only its lease expiring frees the lock.
 
+Both take the runs' `LockIntervals` (lease, waiting run's report), given to them as the settings
+`flows.server_lock` reads; by default production's, 2 to 2.5 minutes a fault. Tests pass shorter ones.
+
 The runs are child processes (`python -m tasks.testing.lock_faults HOLD_S LOCK_DIR`) of the flow
 `hold_month_lock`, each printing `HELD_LINE` once it holds the lock; their logs are files under the
 server's home.
@@ -34,7 +37,7 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from flows.locking import month_lock, month_lock_name
-from flows.server_lock import LEASE_S, WAIT_REPORT_S
+from flows.server_lock import LockIntervals
 from tasks.month import Month
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.prefect_server import BackgroundProcess, PrefectProcessError, PrefectServer
@@ -42,7 +45,11 @@ from tasks.testing.prefect_server import BackgroundProcess, PrefectProcessError,
 __all__ = [
     "FREED_BY_LEASE_WITHIN_S",
     "FREED_BY_WAITER_WITHIN_S",
+    "PRODUCTION_INTERVALS",
     "LockFaultOutcome",
+    "freed_by_lease_within_s",
+    "freed_by_waiter_within_s",
+    "hold_across_restart_s",
     "hold_month_lock",
     "lock_after_api_restart",
     "lock_after_holder_kill",
@@ -55,24 +62,42 @@ HELD_LINE = "holding lock as flow run {flow_run_id}"
 HELD_PATTERN = re.compile(r"holding lock as flow run ([0-9a-f-]{36})")
 TAKING_PATTERN = re.compile(r"taking lock ")
 """`flows.locking`'s line as a run starts to wait."""
-RENEWAL_AFTER_S = 0.75 * LEASE_S
-"""When a holder first renews its lease after taking it (`flows.server_lock.RENEW_EVERY_S`)."""
-HOLD_S = RENEWAL_AFTER_S + 10.0
-"""How long the first run holds the lock across a restart: past its first renewal, which meets the
-restarted server."""
+PRODUCTION_INTERVALS = LockIntervals()
+"""The lease and report intervals runs have unless their environment sets others."""
+RENEWAL_MARGIN_S = 10.0
 KILLED_MESSAGE = "Process exited with status code: -9"
 """The state message a process worker gives the run of a child it saw SIGKILLed."""
 KILLED_HOLD_S = 600.0
 """How long a first run that is killed would hold the lock."""
-FREED_BY_WAITER_WITHIN_S = 2 * WAIT_REPORT_S
-"""The promise for an ended holder (completed after a restart, or marked CRASHED): the lock frees
-within 2 minutes of its end, as the waiting run checks on it every `WAIT_REPORT_S`."""
 REPOSSESSOR_LOOP_S = 15.0
 """How often the server's repossessor frees the slots of expired leases (its default)."""
 SLOT_RETRY_S = 30.0
-"""The longest a waiting run sleeps between two tries for a slot (the server's Retry-After cap)."""
-FREED_BY_LEASE_WITHIN_S = LEASE_S + REPOSSESSOR_LOOP_S + SLOT_RETRY_S
-"""A killed holder nobody marks: its lease expires, the repossessor frees the slot, the waiter retries."""
+"""The longest the server tells a waiting run to sleep between two tries for a slot (its Retry-After
+cap); the run also tries again after each report."""
+
+
+def hold_across_restart_s(intervals: LockIntervals) -> float:
+    """How long the first run holds the lock across a restart: past its first renewal, which meets the
+    restarted server."""
+    return intervals.renew_every_s + RENEWAL_MARGIN_S
+
+
+def freed_by_waiter_within_s(intervals: LockIntervals) -> float:
+    """The bound for an ended holder (completed after a restart, or marked CRASHED): the waiting run
+    checks on it every `wait_report_s`, so the lock frees within two of those of its end."""
+    return 2 * intervals.wait_report_s
+
+
+def freed_by_lease_within_s(intervals: LockIntervals) -> float:
+    """The bound for a killed holder nobody marks: its lease expires, the repossessor frees the slot,
+    the waiter tries again."""
+    return intervals.lease_s + REPOSSESSOR_LOOP_S + min(SLOT_RETRY_S, intervals.wait_report_s)
+
+
+HOLD_S = hold_across_restart_s(PRODUCTION_INTERVALS)
+FREED_BY_WAITER_WITHIN_S = freed_by_waiter_within_s(PRODUCTION_INTERVALS)
+"""Production's promise for an ended holder: 2 minutes."""
+FREED_BY_LEASE_WITHIN_S = freed_by_lease_within_s(PRODUCTION_INTERVALS)
 START_TIMEOUT_S = 90.0
 """From starting a run's process to its holding (or waiting for) the lock."""
 EXIT_TIMEOUT_S = 60.0
@@ -103,7 +128,7 @@ class LockFaultOutcome:
     """The first run's state at the end (COMPLETED after a restart; CRASHED or RUNNING when killed)."""
     holder_must_complete: bool
     second_ran: bool
-    """Whether the second run got the lock at all (within `free_within_s` + `WAIT_REPORT_S`)."""
+    """Whether the second run got the lock at all (within `free_within_s` + the runs' `wait_report_s`)."""
     second_waited_s: float | None
     """Seconds from the second run's start to its holding the lock; None when it did not."""
     freed_after_holder_end_s: float | None
@@ -127,20 +152,29 @@ def mark_crashed(client: SyncPrefectClient, flow_run_id: UUID) -> None:
     client.set_flow_run_state(flow_run_id, Crashed(message=KILLED_MESSAGE), force=True)
 
 
-def lock_after_api_restart(server: PrefectServer, down_s: float = 20.0, hold_s: float = HOLD_S) -> LockFaultOutcome:
-    """The server down `down_s` seconds while the first run holds the lock for `hold_s` and the second
-    waits. About `hold_s` + `WAIT_REPORT_S`: 2.5 min with the defaults."""
+def lock_after_api_restart(
+    server: PrefectServer,
+    down_s: float = 20.0,
+    hold_s: float = HOLD_S,
+    intervals: LockIntervals = PRODUCTION_INTERVALS,
+) -> LockFaultOutcome:
+    """The server down `down_s` seconds while the first run holds the lock for `hold_s` (past its first
+    renewal: `hold_across_restart_s(intervals)`) and the second waits. About `hold_s` + `wait_report_s`:
+    2.5 min with the defaults."""
 
     def restart(holder: BackgroundProcess, holder_id: UUID) -> float:
         server.restart(down_s)
         return _wait_for_exit(holder, hold_s + EXIT_TIMEOUT_S)
 
-    return _two_runs(server, f"API restart ({down_s:.0f} s down)", hold_s, restart, FREED_BY_WAITER_WITHIN_S, True)
+    fault = f"API restart ({down_s:.0f} s down)"
+    return _two_runs(server, fault, hold_s, restart, freed_by_waiter_within_s(intervals), True, intervals)
 
 
-def lock_after_holder_kill(server: PrefectServer, marked_crashed: bool) -> LockFaultOutcome:
+def lock_after_holder_kill(
+    server: PrefectServer, marked_crashed: bool, intervals: LockIntervals = PRODUCTION_INTERVALS
+) -> LockFaultOutcome:
     """SIGKILL of the first run's process while the second waits; `marked_crashed`: its run is then
-    set CRASHED (as its worker would). About 1.5 min marked, 2.5 min not."""
+    set CRASHED (as its worker would). About 1.5 min marked, 2.5 min not, with the default intervals."""
 
     def kill(holder: BackgroundProcess, holder_id: UUID) -> float:
         os.killpg(holder.pid, signal.SIGKILL)
@@ -151,11 +185,11 @@ def lock_after_holder_kill(server: PrefectServer, marked_crashed: bool) -> LockF
         return killed
 
     fault, free_within_s = (
-        ("holder killed, marked CRASHED", FREED_BY_WAITER_WITHIN_S)
+        ("holder killed, marked CRASHED", freed_by_waiter_within_s(intervals))
         if marked_crashed
-        else ("holder killed, left RUNNING", FREED_BY_LEASE_WITHIN_S)
+        else ("holder killed, left RUNNING", freed_by_lease_within_s(intervals))
     )
-    return _two_runs(server, fault, KILLED_HOLD_S, kill, free_within_s, False)
+    return _two_runs(server, fault, KILLED_HOLD_S, kill, free_within_s, False, intervals)
 
 
 def _two_runs(
@@ -165,20 +199,21 @@ def _two_runs(
     stage: Callable[[BackgroundProcess, UUID], float],
     free_within_s: float,
     holder_must_complete: bool,
+    intervals: LockIntervals,
 ) -> LockFaultOutcome:
-    """The first run holds the lock, the second waits for it, `stage(holder, holder id)` stages the
-    fault and returns when (time.monotonic()) the holder ended; then the second gets
-    `free_within_s` + `WAIT_REPORT_S` more to hold the lock."""
+    """The first run holds the lock, the second waits for it (both with `intervals`), `stage(holder,
+    holder id)` stages the fault and returns when (time.monotonic()) the holder ended; then the second
+    gets `free_within_s` + `wait_report_s` more to hold the lock."""
     lock_dir = server.home / "locks"
-    holder = _start_run(server, "lock-holder", hold_s, lock_dir)
+    holder = _start_run(server, "lock-holder", hold_s, lock_dir, intervals)
     second: BackgroundProcess | None = None
     try:
         holder_id = UUID(_wait_for_line(holder, HELD_PATTERN, START_TIMEOUT_S).group(1))
-        second = _start_run(server, "lock-waiter", 0.0, lock_dir)
+        second = _start_run(server, "lock-waiter", 0.0, lock_dir, intervals)
         second_started = time.monotonic()
         _wait_for_line(second, TAKING_PATTERN, START_TIMEOUT_S)
         holder_ended = stage(holder, holder_id)
-        second_bound_s = holder_ended + free_within_s + WAIT_REPORT_S - time.monotonic()
+        second_bound_s = holder_ended + free_within_s + intervals.wait_report_s - time.monotonic()
         try:
             _wait_for_line(second, HELD_PATTERN, max(second_bound_s, POLL_S))
             second_held: float | None = time.monotonic()
@@ -204,12 +239,14 @@ def _two_runs(
                 process.stop()
 
 
-def _start_run(server: PrefectServer, name: str, hold_s: float, lock_dir: Path) -> BackgroundProcess:
+def _start_run(
+    server: PrefectServer, name: str, hold_s: float, lock_dir: Path, intervals: LockIntervals
+) -> BackgroundProcess:
     stamp = datetime.now(UTC).strftime("%H%M%S")
     return BackgroundProcess(
         name,
         [sys.executable, "-m", "tasks.testing.lock_faults", str(hold_s), str(lock_dir)],
-        server.environment(),
+        server.environment(intervals.environment()),
         server.home / f"{name}-{stamp}.log",
         PROJECT_ROOT,
     )
