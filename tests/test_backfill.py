@@ -41,7 +41,7 @@ from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings,
 from tasks.testing.servers import S3Server
 from tests.slack_receiver import SlackReceiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.slow
 
 SERIES_FIRST_DAYS = (date(2020, 3, 1), date(2020, 4, 1), date(2020, 5, 1))
 EMPTY_MONTH = "2020-02"

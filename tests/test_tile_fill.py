@@ -227,7 +227,6 @@ def tile_records(settings: MosaicSettings, label: str) -> dict[str, tuple[TileRe
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_a_backfilled_month_interpolates_its_cloudy_part_and_refills_with_previous_or_none(
     series: ServedSeries, s3_server: S3Server, prefect_harness: None, tmp_path: Path
 ) -> None:
