@@ -23,17 +23,28 @@ from tasks.workspace import content_digest
 __all__ = ["scene_folder_digest", "tiles_digest"]
 
 TASKS_PACKAGE = Path(__file__).resolve().parents[1] / "tasks"
+TEST_SUPPORT_FOLDER = "testing"
+"""The folder of `tasks/` holding the servers and synthetic months that tests and benchmarks share: not
+pipeline code, so editing it (a fault proxy, a test server) keeps committed tiles."""
 SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir", "fill", "fill_max_months"}
 """Settings a re-run may change and still reuse committed tiles: where work runs, who hears of it, and how
 gaps are filled (a committed tile is refilled from its observations, `tasks.tile.refill_tile`). (How the
 month is judged is part of the digest: a month judged unpublishable removes its tiles.)"""
 
 
+def pipeline_sources(package: Path = TASKS_PACKAGE) -> list[Path]:
+    """The stage code's modules below `package`, in a stable order: all but the test support."""
+    return sorted(
+        source for source in package.rglob("*.py") if source.relative_to(package).parts[0] != TEST_SUPPORT_FOLDER
+    )
+
+
 @cache
-def code_version() -> str:
-    """A digest of the stage code: any change to `tasks/` invalidates committed tiles."""
+def code_version(package: Path = TASKS_PACKAGE) -> str:
+    """A digest of the stage code (`pipeline_sources`): any change to it invalidates committed tiles."""
     digest = hashlib.sha256()
-    for source in sorted(TASKS_PACKAGE.rglob("*.py")):
+    for source in pipeline_sources(package):
+        digest.update(source.relative_to(package).as_posix().encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
