@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
@@ -46,6 +47,12 @@ AOI_INSET_PX = 20
 AOI_NAME = "synthetic"
 ONE_TILE_PX = 256
 FOUR_TILES_PX = 128
+MONTH_PLANS = [
+    pytest.param(ONE_TILE_PX, True, id="one tile"),
+    pytest.param(FOUR_TILES_PX, True, id="four tiles with single COGs"),
+    pytest.param(FOUR_TILES_PX, False, id="four tiles index only"),
+]
+"""(tile_size_px, single_cogs) of the months a product test builds: one tile, 2 x 2 tiles with and without single COGs."""
 ITEMS_NAME = "search/items.json"
 INPUTS_DIGEST = "inputs0digest"
 READ = ReadSettings(retry_base_delay_s=0.1)
@@ -167,3 +174,13 @@ def publish_layers(
         else:
             write_index_cog(local[name], values, box, SPECTRAL_INDICES[name], INDEX_PROFILE)
     destination.put({files[name]: path for name, path in local.items()})
+
+
+def assert_statistics_of(values: np.ndarray, statistics: dict, aoi_pixels: int) -> None:
+    """metadata.json's statistics of a band are numpy's over `values`, its valid AOI pixels."""
+    assert statistics["valid_pixels"] == values.size
+    assert (statistics["min"], statistics["max"]) == (values.min(), values.max())
+    assert statistics["mean"] == pytest.approx(values.mean()) and statistics["stddev"] == pytest.approx(values.std())
+    assert statistics["p2"] == np.percentile(values, 2, method="inverted_cdf")
+    assert statistics["p98"] == np.percentile(values, 98, method="inverted_cdf")
+    assert statistics["valid_share_of_aoi"] == pytest.approx(values.size / aoi_pixels)

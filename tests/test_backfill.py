@@ -14,7 +14,6 @@ from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import pytest
 import rasterio
@@ -26,7 +25,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
@@ -39,6 +37,7 @@ from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, 
 from tasks.month import Month
 from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
+from tests.prefect_runs import subflow_runs
 from tests.slack_receiver import SlackReceiver
 
 pytestmark = pytest.mark.slow
@@ -82,7 +81,7 @@ def test_a_backfill_builds_each_month_once_refills_the_published_reports_them_al
     rows = summary_rows(first_run)
     assert rows[EMPTY_MONTH] == [FAILED, "n/a", "n/a", no_scenes], "the summary says why a month failed"
     assert [rows[label][0] for label in (march, april)] == [BUILT, BUILT], rows
-    month_runs = subflow_runs([first_run.state_details.flow_run_id])
+    month_runs = subflow_runs(first_run.state_details.flow_run_id)
     assert Counter(month_of(run) for run in month_runs) == {EMPTY_MONTH: 1, march: 2, april: 2}, (
         "each month runs once, and each built month once more to refill once all are out"
     )
@@ -106,7 +105,7 @@ def test_a_backfill_builds_each_month_once_refills_the_published_reports_them_al
     assert rows[march] == [FAILED, "n/a", "n/a", damaged], "the summary says why a month's refill failed"
     assert rows[april][0] == REFILLED and rows[may][0] == BUILT, rows
     assert f"`{april}` {REFILLED}" in json.dumps(slack_receiver.bodies[-1]["blocks"])
-    tile_runs = tile_runs_per_month(subflow_runs([extended.state_details.flow_run_id]))
+    tile_runs = tile_runs_per_month(subflow_runs(extended.state_details.flow_run_id))
     april_tiles = [name for month, name in tile_runs if month == april]
     assert april_tiles and all(name.startswith("refill-") for name in april_tiles), f"April read scenes: {tile_runs}"
     assert may in [used["month"] for used in month_metadata(output, april)[FILL_LAYER]["months_used"]]
@@ -156,14 +155,6 @@ def summary_rows(state: State) -> dict[str, list[str]]:
     return {row[0].strip(): [cell.strip() for cell in row[1:]] for row in cells}
 
 
-def subflow_runs(parent_ids: list[UUID]) -> list[FlowRun]:
-    """The flow runs whose parent is one of the flow runs `parent_ids`."""
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parent_ids))
-        )
-
-
 def month_of(run: FlowRun) -> str:
     """The month ('YYYY-MM') of a run of the monthly flow."""
     return run.parameters["settings"]["month"]
@@ -172,7 +163,7 @@ def month_of(run: FlowRun) -> str:
 def tile_runs_per_month(month_runs: list[FlowRun]) -> Counter[tuple[str, str]]:
     """(month, task run name) -> runs of the tile tasks (`tile-<tile>` builds it, `refill-<tile>` refills it)
     in the build-tiles subflows of the monthly flow runs `month_runs`."""
-    month_of_build = {run.id: run.parameters["month_label"] for run in subflow_runs([run.id for run in month_runs])}
+    month_of_build = {run.id: run.parameters["month_label"] for run in subflow_runs(*[run.id for run in month_runs])}
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(month_of_build))))
     return Counter(

@@ -17,6 +17,7 @@ from tasks.scene import REFLECTANCE_BANDS, REFLECTANCE_SCALE, MaskClass, SceneWi
 from tasks.settings import CompositeSettings
 from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid
 from tasks.tiles import OutputTile, tile_grid, tile_layout
+from tests.composite_inputs import masked_window
 
 SLOVENIA = "l1c_stack_slovenia_2015"
 SLOVENIA_SHAPE = (101, 100)
@@ -28,15 +29,7 @@ SYNTHETIC_SHAPE = (192, 224)
 CLEAR_TOLERANCE_SHARE = 0.01
 CLEAR_TOLERANCE_DN = 6
 """A clear observation is within 1 % + 5.5 DN of the truth (tasks/testing/synthetic.py), so is any percentile of them."""
-SCL_VEGETATION = 4
 TILE_SIZE_PX = 128
-
-
-def masked_window(item_id: str, sub_grid: GeoBox, reflectance: np.ndarray, mask: np.ndarray) -> MaskedWindow:
-    """A scene window (red, green, blue, nir, SCL) on `sub_grid` and its mask, as the read and mask steps make them."""
-    scl = np.where((reflectance > 0).all(axis=0), SCL_VEGETATION, 0).astype(np.uint16)
-    bands = np.concatenate([reflectance, scl[None]]).astype(np.uint16)
-    return MaskedWindow(SceneWindow(item_id, sub_grid, bands), mask.astype(np.uint8))
 
 
 def run_composite(observations: list[MaskedWindow], grid: GeoBox, aoi: Geometry, **settings: object) -> TileComposite:

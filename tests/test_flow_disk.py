@@ -18,7 +18,7 @@ from tasks.metadata import TILES_FOLDER
 from tasks.testing.disk_faults import fill_disk_when
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
-from tests.test_flow_outputs import failed_run_error, flow_run_id, named, one_line, settled_task_runs, subflow_runs
+from tests.prefect_runs import failed_run_error, flow_run_id, named, one_line, settled_task_runs, subflow_runs
 
 TILE_PX = 128
 """Cuts the served month's AOI (216 x 216 pixels) into 2 x 2 tiles."""

@@ -29,9 +29,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -39,7 +36,6 @@ from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.settings import PREFECT_API_URL
-from prefect.states import State
 from prefect_aws import S3Bucket
 
 from blocks.publish import month_folder
@@ -63,18 +59,25 @@ from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import write_aoi
 from tasks.workspace import partial_prefix, remove_abandoned_partials
 from tests import REPO_ROOT
+from tests.prefect_runs import (
+    MONTH_PRODUCTS_TASK,
+    SETTLE_POLL_S,
+    SETTLE_TIMEOUT_S,
+    TILE_TASK,
+    failed_run_error,
+    flow_run_id,
+    named,
+    one_line,
+    settled_task_runs,
+    subflow_runs,
+)
 from tests.slack_receiver import SlackReceiver
 
 BUCKET_FOLDER = "basemaps"
 FARM_INSETS_PX = {"farmA": 20, "farmB": 60}
 """Two AOI files `<farm>/aoi.geojson`: quadrilaterals this many pixels inside the served grid."""
-SETTLE_TIMEOUT_S = 120.0
-"""How long task runs may take to reach the API (they are recorded from events, asynchronously)."""
-SETTLE_POLL_S = 1.0
 RUN_TIMEOUT_S = 900.0
 """How long a `python -m flows.run` subprocess may take on a loaded machine."""
-TILE_TASK, MONTH_PRODUCTS_TASK = "tile", "write-month-products"
-"""Run-name prefixes: tile runs are named `tile-<label>` (`tasks.tile.build_tile_task`)."""
 LOCK_RELEASED_EVENT = "prefect.concurrency-limit.released"
 EVENTS_PAGE_SIZE = 50
 """The most events the API answers at once (the client's default of 100 is refused)."""
@@ -145,48 +148,6 @@ def local_products(output_dir: Path, aoi_name: str, month_label: str) -> dict[st
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def flow_run_id(state: State) -> UUID:
-    return state.state_details.flow_run_id
-
-
-def subflow_runs(parent_id: UUID) -> list[FlowRun]:
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
-        )
-
-
-def settled_task_runs(flow_run_ids: list[UUID]) -> list[TaskRun]:
-    """The task runs of these flow runs once the API has recorded all of them in a final state.
-
-    Task runs reach the API from events, after the flow returns; read until two reads a poll apart
-    agree and every task run is final.
-    """
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    previous: list[tuple[UUID, str, int]] | None = None
-    while True:
-        with get_client(sync_client=True) as client:
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
-        snapshot = sorted((run.id, run.state_name or "", run.run_count) for run in task_runs)
-        if snapshot == previous and all(run.state and run.state.is_final() for run in task_runs):
-            return task_runs
-        assert time.monotonic() < deadline, f"task runs did not settle in {SETTLE_TIMEOUT_S:.0f} s: {snapshot}"
-        previous = snapshot
-        time.sleep(SETTLE_POLL_S)
-
-
-def named(task_runs: list[TaskRun], task_name: str) -> list[TaskRun]:
-    """The runs of the task called `task_name` (run names are '<task name>-<suffix>')."""
-    return [run for run in task_runs if run.name.rsplit("-", 1)[0] == task_name]
-
-
-def failed_run_error(state: State) -> BaseException:
-    assert state.is_failed(), f"the run should fail, it ended {state.name}: {state.message}"
-    error = state.result(raise_on_failure=False)
-    assert isinstance(error, BaseException), error
-    return error
-
-
 def botocore_attempts_per_call(client: Any) -> int:
     """How many requests botocore makes for one call of `client` before it raises (its retry configuration)."""
     retries = dict(client.meta.config.retries or {})
@@ -201,12 +162,6 @@ def botocore_attempts_per_call(client: Any) -> int:
         client.meta.service_model.endpoint_prefix, retry_model["retry"], retry_model.get("definitions", {})
     )
     return config["__default__"]["max_attempts"]
-
-
-def one_line(error: BaseException) -> str:
-    message = str(error)
-    assert message and "\n" not in message, f"not one line: {message!r}"
-    return message
 
 
 # --- 1. AOI identity decides the product folder -----------------------------------------------

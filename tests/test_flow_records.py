@@ -22,7 +22,7 @@ from flows.parameters import MosaicSettings
 from tasks.testing.disk_faults import corrupt_tile_record
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
-from tests.test_flow_outputs import flow_run_id, named, settled_task_runs, subflow_runs
+from tests.prefect_runs import flow_run_id, named, settled_task_runs, subflow_runs
 
 TILE_PX = 128
 """Cuts the served month's AOI (216 x 216 pixels) into 2 x 2 tiles."""

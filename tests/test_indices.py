@@ -39,17 +39,18 @@ from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, synthetic_grid
 from tasks.tile import build_tile
 from tasks.tiles import tiles_over_aoi
+from tests.composite_inputs import masked_window
 from tests.local_month import (
     FOUR_TILES_PX,
+    MONTH_PLANS,
     ONE_TILE_PX,
     SCENE_GRID,
     LocalMonth,
+    assert_statistics_of,
     make_local_month,
     month_plan,
     product_run,
 )
-from tests.test_composite import masked_window
-from tests.test_products import MONTH_PLANS, assert_statistics_of
 
 STACK_SHAPE = (11, len(REFLECTANCE_BANDS), 150, 140)
 BLOCK_SIZE = 64
@@ -59,7 +60,7 @@ PERCENTILES = (0, 10, 25, 33.3, "median", 71.7, 100)
 
 
 @pytest.fixture(scope="module")
-def test_stack() -> tuple[np.ndarray, np.ndarray]:
+def random_stack() -> tuple[np.ndarray, np.ndarray]:
     """A random (obs, band, y, x) uint16 reflectance stack and (obs, y, x) usable mask: about a third of the
     observations unusable, some usable ones with red + nir == 0, a pixel with no usable observation, and
     red/nir pairs whose NDVI x 10000 ends in exactly .5."""
@@ -97,8 +98,8 @@ def test_every_setting_name_is_a_defined_index():
     assert schema["items"]["enum"] == list(SPECTRAL_INDICES), "the Prefect UI form offers them as a choice"
 
 
-def test_per_observation_ndvi_is_numpys_rounded_ndvi(test_stack):
-    stack, usable = test_stack
+def test_per_observation_ndvi_is_numpys_rounded_ndvi(random_stack):
+    stack, usable = random_stack
     values, valid = index_observations(torch.from_numpy(stack), torch.from_numpy(usable), NDVI)
     _, rounded = numpy_ndvi(stack, usable)
     assert values.dtype == torch.int16 and values.shape == (STACK_SHAPE[0], 1, *STACK_SHAPE[2:])
@@ -108,10 +109,10 @@ def test_per_observation_ndvi_is_numpys_rounded_ndvi(test_stack):
 
 
 @pytest.mark.parametrize("percentile", PERCENTILES)
-def test_ndvi_composite_equals_numpy_nanpercentile(test_stack, percentile):
+def test_ndvi_composite_equals_numpy_nanpercentile(random_stack, percentile):
     """The must-show: the composite equals np.round(np.nanpercentile(NDVI x 10000 rounded)) exactly, and is
     within one stored unit of np.nanpercentile of the unrounded NDVI x 10000; nodata where no value."""
-    stack, usable = test_stack
+    stack, usable = random_stack
     composite = index_composite(torch.from_numpy(stack), torch.from_numpy(usable), NDVI, percentile).numpy()
     scaled, rounded = numpy_ndvi(stack, usable)
     expected = nanpercentile(rounded, percentile)
@@ -123,17 +124,17 @@ def test_ndvi_composite_equals_numpy_nanpercentile(test_stack, percentile):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_ndvi_composite_is_the_same_on_cuda(test_stack):
-    stack, usable = test_stack
+def test_ndvi_composite_is_the_same_on_cuda(random_stack):
+    stack, usable = random_stack
     on_cpu = index_composite(torch.from_numpy(stack), torch.from_numpy(usable), NDVI, 25)
     on_cuda = index_composite(torch.from_numpy(stack).cuda(), torch.from_numpy(usable).cuda(), NDVI, 25)
     assert torch.equal(on_cpu, on_cuda.cpu())
 
 
-def test_tile_composite_ndvi_is_blockwise_the_same_as_whole(test_stack):
+def test_tile_composite_ndvi_is_blockwise_the_same_as_whole(random_stack):
     """composite_tile's NDVI over small blocks and an AOI equals the index composite of the whole stack in the
     AOI, nodata outside it; without `indices` the tile has none."""
-    stack, usable = test_stack
+    stack, usable = random_stack
     grid = synthetic_grid(shape=STACK_SHAPE[2:], resolution=10.0)
     mask = np.where(usable, MaskClass.CLEAR, MaskClass.THICK_CLOUD)
     observations = [masked_window(f"scene-{i}", grid, np.maximum(stack[i], 1), mask[i]) for i in range(STACK_SHAPE[0])]

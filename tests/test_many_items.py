@@ -38,7 +38,7 @@ from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import SyntheticMonth, stac_collection, stac_item
 from tasks.tile import RECORD_SUFFIX, TileRecord
 from tasks.tiles import tile_grid, tiles_over_aoi
-from tests.test_flow_outputs import MONTH_PRODUCTS_TASK, TILE_TASK, named, settled_task_runs, subflow_runs
+from tests.prefect_runs import MONTH_PRODUCTS_TASK, TILE_TASK, named, settled_task_runs, subflow_runs
 
 PARAMETER_LIMIT_BYTES = 524_288
 """Prefect's ceiling on one flow run's JSON-encoded parameters (HTTP 422 above it)."""

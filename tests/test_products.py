@@ -31,9 +31,11 @@ from tasks.workspace import PARTIAL_PREFIX
 from tests.local_month import (
     AOI_NAME,
     FOUR_TILES_PX,
+    MONTH_PLANS,
     ONE_TILE_PX,
     SCENE_GRID,
     LocalMonth,
+    assert_statistics_of,
     make_local_month,
     month_plan,
     product_run,
@@ -148,13 +150,6 @@ def listed_files(files: dict) -> Iterator[str]:
             yield value
 
 
-MONTH_PLANS = [
-    pytest.param(ONE_TILE_PX, True, id="one tile"),
-    pytest.param(FOUR_TILES_PX, True, id="four tiles with single COGs"),
-    pytest.param(FOUR_TILES_PX, False, id="four tiles index only"),
-]
-
-
 @pytest.mark.parametrize(("tile_size_px", "single_cogs"), MONTH_PLANS)
 def test_the_month_publishes_every_file_it_lists(month: LocalMonth, tile_size_px: int, single_cogs: bool) -> None:
     plan, run, records = built_month(month, tile_size_px, single_cogs)
@@ -213,16 +208,6 @@ def test_statistics_from_merged_histograms_equal_numpy_on_the_mosaic(
         assert_statistics_of(values[valid], statistics["statistics"], inside_aoi.sum())
     assert_statistics_of(count[inside_aoi], metadata["count"]["statistics"], inside_aoi.sum())
     assert metadata["count"]["statistics"]["min"] == 0 and (count[~inside_aoi] == 0).all()
-
-
-def assert_statistics_of(values: np.ndarray, statistics: dict, aoi_pixels: int) -> None:
-    """metadata.json's statistics of a band are numpy's over `values`, its valid AOI pixels."""
-    assert statistics["valid_pixels"] == values.size
-    assert (statistics["min"], statistics["max"]) == (values.min(), values.max())
-    assert statistics["mean"] == pytest.approx(values.mean()) and statistics["stddev"] == pytest.approx(values.std())
-    assert statistics["p2"] == np.percentile(values, 2, method="inverted_cdf")
-    assert statistics["p98"] == np.percentile(values, 98, method="inverted_cdf")
-    assert statistics["valid_share_of_aoi"] == pytest.approx(values.size / aoi_pixels)
 
 
 def test_the_single_cogs_of_a_tiled_month_equal_its_indexes(month: LocalMonth) -> None:
