@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Tests talk to real servers on 127.0.0.1; Prefect telemetry would lock its SQLite database.
 TEST_ENV := DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 install: $(INSTALLED)
 
@@ -23,6 +23,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(TEST_ENV) $(BIN)/python -m pytest
+
+# The tests that start no server or process and mount no disk (tests/conftest.py marks the others
+# `integration` from the fixtures they use): a check of a change in minutes. CI runs `make test`.
+test-fast: install
+	$(BIN)/ruff check .
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not integration"
 
 demo: install
 	$(TEST_ENV) $(BIN)/python -m flows.demo

@@ -19,6 +19,23 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED_S2 = Path(os.environ.get("S2_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "s2"))
+SERVER_FIXTURES = frozenset(
+    {"s3_server", "stac_api_factory", "prefect_harness", "no_prefect_server", "slack_receiver", "small_disk_at"}
+)
+"""Fixtures that start a server (moto S3, rustac, a Prefect API, the Slack stand-in) or mount a disk:
+a test using one, directly or through another fixture, is an integration test."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test from what it uses, so no list of tests is kept by hand: `integration` when it
+    uses a `SERVER_FIXTURES` fixture or is marked `slow` (it starts processes itself), `shared_data`
+    when it reads the real Sentinel-2 files. `make test-fast` runs the tests that are neither."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+        if "shared_s2" in fixtures:
+            item.add_marker(pytest.mark.shared_data)
 
 
 @pytest.fixture(scope="session")

@@ -247,6 +247,7 @@ def test_an_aoi_named_like_the_bucket_folder_is_published_and_copied_below_it(bu
         client.delete_object(Bucket=BUCKET, Key=key)
 
 
+@pytest.mark.slow
 def test_a_store_that_refuses_connections_is_named_in_one_line_and_retried(
     products: dict[str, Path], item_file: Path, refused_endpoint: str
 ) -> None:

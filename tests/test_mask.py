@@ -75,6 +75,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_compat_makes_torchvision_and_omnicloudmask_importable():
     plain = run_python("import torchvision")
     patched = run_python(

@@ -33,6 +33,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "problem"),
     [
@@ -100,6 +101,7 @@ def run_basemap(*arguments: str, api_url: str = "") -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_the_installed_basemap_command_names_bad_input_and_lists_its_options() -> None:
     bad_month = run_basemap("run", "--aoi", "9,47,10,48", "--month", "2024-13")
     weights_help = run_basemap("download-models", "--help")
@@ -218,6 +220,7 @@ def test_a_products_store_that_refuses_connections_ends_in_one_line(
     assert [line for line in finished.stderr.splitlines() if line.startswith("run failed:")] == [last_line]
 
 
+@pytest.mark.slow
 def test_an_embedded_api_that_does_not_start_in_time_is_named_in_one_line(tmp_path: Path) -> None:
     finished = run_cli_against(
         "",
