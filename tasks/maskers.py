@@ -5,7 +5,9 @@ A masker turns a scene window's bands into cloud and shadow classes (`tasks.mask
 masker alike: the nodata edge, the buffer in metres, and SCL's invalid classes when the masker asks
 for them. A masker may also check each pixel's observations of the month together (`stack_check`),
 which the composite applies block by block (`tasks.composite.composite_tile`'s `refine_usable`). Adding one is a module that builds a `Masker` and calls `register_masker` on import, plus its
-module name in `MASKER_MODULES` (built-in) or an import of it before the run (your own code).
+name and module in `BUILTIN_MASKERS` (built-in) or an import of it before the run (your own code).
+Listing the names imports no masker: a built-in masker's module (torch and the model, for OmniCloudMask)
+is imported when the masker is first looked up.
 """
 
 import importlib
@@ -20,11 +22,18 @@ from tasks.errors import InvalidSettings
 if TYPE_CHECKING:
     from tasks.settings import MaskSettings
 
-__all__ = ["MASKER_MODULES", "Masker", "masker_named", "masker_names", "register_masker"]
+__all__ = ["BUILTIN_MASKERS", "Masker", "masker_named", "masker_names", "register_masker"]
 
-MASKER_MODULES: tuple[str, ...] = ("tasks.mask_scl", "tasks.mask_ocm", "tasks.mask_temporal")
-"""Modules of the built-in maskers, imported (so registered) on the first lookup; `tasks.mask_temporal`
-wraps the ones before it."""
+BUILTIN_MASKERS: dict[str, str] = {
+    "scl": "tasks.mask_scl",
+    "ocm+scl": "tasks.mask_ocm",
+    "ocm": "tasks.mask_ocm",
+    "scl+temporal": "tasks.mask_temporal",
+    "ocm+scl+temporal": "tasks.mask_temporal",
+    "ocm+temporal": "tasks.mask_temporal",
+}
+"""The built-in maskers' names, and the module that registers each on import (on its first lookup);
+`tasks.mask_temporal` wraps the others."""
 
 
 def no_context_px(settings: "MaskSettings", grid_pixel_m: float) -> int:
@@ -72,24 +81,20 @@ def register_masker(masker: Masker) -> Masker:
     return masker
 
 
-def _load_builtin_maskers() -> None:
-    for module in MASKER_MODULES:
-        importlib.import_module(module)
-
-
 def masker_names() -> tuple[str, ...]:
-    """The names of all registered maskers, built-in ones first."""
-    _load_builtin_maskers()
-    return tuple(_registered)
+    """The names of the built-in maskers, then of those registered since; imports no masker."""
+    return tuple(dict.fromkeys([*BUILTIN_MASKERS, *_registered]))
 
 
 def masker_named(name: str) -> Masker:
-    """The masker registered as `name`; `InvalidSettings` naming the known ones otherwise."""
-    _load_builtin_maskers()
+    """The masker registered as `name`, a built-in one imported first; `InvalidSettings` naming the known
+    ones otherwise."""
+    if name not in _registered and name in BUILTIN_MASKERS:
+        importlib.import_module(BUILTIN_MASKERS[name])
     try:
         return _registered[name]
     except KeyError:
         raise InvalidSettings(
-            f"unknown masker {name!r}; use one of {', '.join(_registered)} (or register yours with "
+            f"unknown masker {name!r}; use one of {', '.join(masker_names())} (or register yours with "
             "tasks.maskers.register_masker)"
         ) from None

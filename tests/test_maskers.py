@@ -1,5 +1,7 @@
 """Maskers are picked by name from a registry (`tasks.maskers`); a new one needs its registration alone."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +13,12 @@ from flows.monthly_mosaic import monthly_mosaic
 from tasks import maskers
 from tasks.errors import InvalidSettings
 from tasks.mask import mask_from_bands, mask_halo_px
-from tasks.maskers import Masker, masker_named, masker_names, register_masker
+from tasks.maskers import BUILTIN_MASKERS, Masker, masker_named, masker_names, register_masker
 from tasks.scene import MaskClass
 from tasks.settings import MaskSettings
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
+from tests import REPO_ROOT
 
 TOY_CONTEXT_PX = 7
 
@@ -40,9 +43,20 @@ def toy_masker(monkeypatch: pytest.MonkeyPatch) -> Masker:
     )
 
 
-def test_the_built_in_maskers_are_registered() -> None:
-    assert set(masker_names()) >= {"ocm+scl", "ocm", "scl"}
+def test_the_built_in_maskers_are_registered_by_the_modules_they_name() -> None:
+    assert masker_names()[: len(BUILTIN_MASKERS)] == tuple(BUILTIN_MASKERS)
+    assert {name: masker_named(name).name for name in BUILTIN_MASKERS} == {name: name for name in BUILTIN_MASKERS}
     assert masker_named("scl").uses_scl_invalid and not masker_named("ocm").uses_scl_invalid
+
+
+def test_naming_the_maskers_and_the_settings_form_imports_no_model_code() -> None:
+    listing = (
+        "import sys; from tasks.maskers import masker_names; from flows.parameters import MosaicSettings; "
+        "names = masker_names(); MosaicSettings.model_json_schema(); "
+        "print(len(names), 'torch' in sys.modules, 'tasks.mask_ocm' in sys.modules)"
+    )
+    listed = subprocess.run([sys.executable, "-c", listing], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert listed.stdout.split() == [str(len(BUILTIN_MASKERS)), "False", "False"], listed.stderr
 
 
 def test_an_unknown_masker_is_one_line_naming_the_known_ones(toy_masker: Masker) -> None:
