@@ -34,6 +34,7 @@ from blocks.slack import (
     RunReport,
     load_notifier,
 )
+from flows.arguments import DEFAULT_CONCURRENT_MONTHS
 from flows.monthly_mosaic import StepProgress, checked_inputs, monthly_mosaic, products_destination
 from flows.parameters import MosaicSettings
 from tasks.errors import InvalidSettings, MonthsFailed, first_line
@@ -138,7 +139,7 @@ def backfill(
     end_month: MonthLabel,
     settings: MosaicSettings,
     overwrite: bool = False,
-    max_concurrent_months: Annotated[int, Field(ge=1, le=MAX_CONCURRENT_MONTHS)] = 2,
+    max_concurrent_months: Annotated[int, Field(ge=1, le=MAX_CONCURRENT_MONTHS)] = DEFAULT_CONCURRENT_MONTHS,
 ) -> BackfillReport:
     """Build every month from `start_month` to `end_month` (both included) for the AOI of `settings`.
 

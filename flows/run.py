@@ -1,14 +1,14 @@
 """Run one monthly mosaic, or a backfill of a range of months, from the command line, without a deployment.
 
-    python -m flows.run --aoi field.gpkg --month 2024-06
-    python -m flows.run --settings lake.yaml --month 2024-07 --masker scl
+    basemap run --aoi field.gpkg --month 2024-06               (or: python -m flows.run ...)
     basemap backfill --settings lake.yaml --start-month 2024-01 --end-month 2024-12
 
-`--settings` takes a YAML or JSON file of `MosaicSettings` fields (the same shape as a deployment's
-`parameters.settings` in prefect.yaml); the other options override it. Bad input ends with one line
-on stderr naming the problem, and exit status 2; a run that fails (no scene, too many failed
-scenes, a products store that does not answer, failed months of a backfill, any other error) ends
-with one line, its reason, and status 1. Tracebacks, in Prefect's logs too, only with `--debug`.
+The options are `flows.arguments`'. `--settings` takes a YAML or JSON file of `MosaicSettings` fields
+(the same shape as a deployment's `parameters.settings` in prefect.yaml); the other options override
+it. Bad input ends with one line on stderr naming the problem, and exit status 2; a run that fails (no
+scene, too many failed scenes, a products store that does not answer, failed months of a backfill, any
+other error) ends with one line, its reason, and status 1. Tracebacks, in Prefect's logs too, only with
+`--debug`.
 """
 
 import argparse
@@ -23,14 +23,14 @@ import yaml
 from pydantic import ValidationError
 
 from blocks.slack import RunReport
+from flows.arguments import backfill_parser, run_parser
 from flows.embedded_api import startup_failure, waiting_long_enough
 from flows.parameters import MosaicSettings
 from tasks.errors import MosaicError, first_line
 from tasks.logs import errors_in_one_line
-from tasks.maskers import masker_names
 from tasks.month import Month
 
-__all__ = ["backfill_main", "failure_line", "main", "print_report"]
+__all__ = ["backfill_main", "failure_line", "main", "print_report", "run_backfill", "run_month"]
 
 INPUT_ERROR_STATUS = 2
 RUN_FAILED_STATUS = 1
@@ -77,26 +77,6 @@ def print_report(report: RunReport) -> None:
         print(f"  {product:10s} {location}")
 
 
-def settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The options every command that runs months shares: the settings file and its overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--settings", help="YAML or JSON file of MosaicSettings fields")
-    parser.add_argument(
-        "--aoi", help="vector file, WKT, or bbox 'minx,miny,maxx,maxy' in EPSG:4326 (a negative minx: --aoi=-10,30,-9,31)"
-    )
-    parser.add_argument("--masker", choices=masker_names())
-    parser.add_argument("--workspace", help="local directory or s3://bucket/prefix for intermediate files")
-    parser.add_argument("--output-dir", help="local directory for the products")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, in the logs too")
-    return parser
-
-
-def parse_arguments(argv: list[str] | None, prog: str = "python -m flows.run") -> argparse.Namespace:
-    parser = settings_parser(prog, __doc__.splitlines()[0])
-    parser.add_argument("--month", help="YYYY-MM (default: the previous month)")
-    return parser.parse_args(argv)
-
-
 def checked_settings(arguments: argparse.Namespace) -> MosaicSettings | None:
     """The settings the arguments give, or None after printing the one-line problem."""
     try:
@@ -140,11 +120,10 @@ def reporting_failures(command: Callable[[], int], verb: str, debug: bool) -> in
             return RUN_FAILED_STATUS
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
-    """Run the month the arguments describe; the exit status says how it ended."""
-    arguments = parse_arguments(argv, prog)
+def run_month(arguments: argparse.Namespace) -> int:
+    """Run the month that parsed `run_parser` arguments describe; the exit status says how it ended."""
 
-    def run_month() -> int:
+    def run() -> int:
         settings = checked_settings(arguments)
         if settings is None:
             return INPUT_ERROR_STATUS
@@ -153,17 +132,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> in
         print_report(monthly_mosaic(settings))
         return 0
 
-    return reporting_failures(run_month, "run", arguments.debug)
+    return reporting_failures(run, "run", arguments.debug)
 
 
-def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill") -> int:
-    """Run the backfill the arguments describe (`flows.backfill`); the exit status says how it ended."""
-    parser = settings_parser(prog, "build every month of a range for one AOI; published months are skipped")
-    parser.add_argument("--start-month", required=True, help="first month, YYYY-MM")
-    parser.add_argument("--end-month", required=True, help="last month, YYYY-MM (included)")
-    parser.add_argument("--overwrite", action="store_true", help="build published months again")
-    parser.add_argument("--max-concurrent-months", type=int, default=2, help="months built at once (default 2)")
-    arguments = parser.parse_args(argv)
+def run_backfill(arguments: argparse.Namespace) -> int:
+    """Run the backfill that parsed `backfill_parser` arguments describe (`flows.backfill`); the exit status
+    says how it ended."""
     from flows.backfill import MAX_BACKFILL_MONTHS, MAX_CONCURRENT_MONTHS, backfill
 
     try:
@@ -175,7 +149,7 @@ def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill")
         print(f"error: --max-concurrent-months must be 1..{MAX_CONCURRENT_MONTHS}", file=sys.stderr)
         return INPUT_ERROR_STATUS
 
-    def run_backfill() -> int:
+    def run() -> int:
         settings = checked_settings(arguments)
         if settings is None:
             return INPUT_ERROR_STATUS
@@ -189,7 +163,17 @@ def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill")
             print(f"  {outcome.month} {outcome.state:9s}{shares}  {outcome.item_url or ''}")
         return 0
 
-    return reporting_failures(run_backfill, "backfill", arguments.debug)
+    return reporting_failures(run, "backfill", arguments.debug)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.run") -> int:
+    """`python -m flows.run`: `basemap run` without the installed command."""
+    return run_month(run_parser(prog).parse_args(argv))
+
+
+def backfill_main(argv: list[str] | None = None, prog: str = "basemap backfill") -> int:
+    """`basemap backfill`'s options in, its exit status out."""
+    return run_backfill(backfill_parser(prog).parse_args(argv))
 
 
 if __name__ == "__main__":
