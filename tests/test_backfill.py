@@ -39,6 +39,7 @@ from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings,
 from tasks.testing.servers import S3Server
 from tests.prefect_runs import subflow_runs
 from tests.slack_receiver import SlackReceiver
+from tests.test_flow_outputs import settled_task_runs
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,11 @@ def test_a_backfill_builds_each_month_once_refills_the_published_reports_them_al
     assert Counter(month_of(run) for run in month_runs) == {EMPTY_MONTH: 1, march: 2, april: 2}, (
         "each month runs once, and each built month once more to refill once all are out"
     )
-    assert most_at_once([(run.start_time, run.end_time) for run in month_runs]) == 2
+    month_tasks = [run for run in settled_task_runs([first_run.state_details.flow_run_id]) if run.name.startswith("month-")]
+    # A month's task starts at once when a thread is free; its flow run only after some API calls, so
+    # two short months' flow runs may not overlap on a fast machine. The limit holds for both.
+    assert most_at_once([(run.start_time, run.end_time) for run in month_tasks]) == 2, "two months at a time"
+    assert most_at_once([(run.start_time, run.end_time) for run in month_runs]) <= 2
     tile_runs = tile_runs_per_month(month_runs)
     assert {month for month, name in tile_runs if name.startswith("tile-")} == {march, april}, tile_runs
     assert set(tile_runs.values()) == {1}, f"a tile was built or refilled twice: {tile_runs}"
