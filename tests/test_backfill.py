@@ -37,9 +37,8 @@ from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, 
 from tasks.month import Month
 from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
-from tests.prefect_runs import subflow_runs
+from tests.prefect_runs import settled_task_runs, subflow_runs
 from tests.slack_receiver import SlackReceiver
-from tests.test_flow_outputs import settled_task_runs
 
 pytestmark = pytest.mark.slow
 
