@@ -3,9 +3,9 @@
 A synthetic month (the real tile 29RKH as ground when ../shared/data/s2 is present, else the
 procedural surface on the same 100 m grid) is uploaded to a moto S3 server on 127.0.0.1 started
 here, and every scene is read for a centred AOI covering 10 % and then 50 % of the tile, as a month
-reads it: per output tile over the AOI (`tasks.tiles`, `--tile-size`, by default the pipeline's), the
-window of each scene over the tile and its masker's halo (`tasks.mask.mask_halo_px` of the default
-mask settings) with `tasks.read.read_scene_window`. Each AOI reads its own fresh copy of the files,
+reads it: per output tile over the AOI (`tasks.geometry.tiles`, `--tile-size`, by default the pipeline's), the
+window of each scene over the tile and its masker's halo (`tasks.masking.stage.mask_halo_px` of the default
+mask settings) with `tasks.acquisition.read.read_scene_window`. Each AOI reads its own fresh copy of the files,
 since GDAL caches what it fetched per URL; the tiles of one AOI share that cache, as the tiles of one
 worker process do.
 
@@ -34,15 +34,15 @@ if __package__ in (None, ""):  # run as `python bench/acquisition.py` (as `make 
 
 from odc.geo.geom import Geometry
 
-from tasks.errors import SceneOutsideAOI
-from tasks.grid import pixel_size_m
-from tasks.mask import mask_halo_px
-from tasks.read import read_scene_window
-from tasks.search import scene_from_item
-from tasks.settings import MaskSettings, ReadSettings, TileSettings
+from tasks.acquisition.read import read_scene_window
+from tasks.acquisition.search import scene_from_item
+from tasks.core.errors import SceneOutsideAOI
+from tasks.core.settings import MaskSettings, ReadSettings, TileSettings
+from tasks.geometry.grid import pixel_size_m
+from tasks.geometry.tiles import read_grid, tile_grid, tiles_over_aoi
+from tasks.masking.stage import mask_halo_px
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, SyntheticMonth, make_synthetic_month
-from tasks.tiles import read_grid, tile_grid, tiles_over_aoi
 
 REAL_TILE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2" / "l2a_29RKH_20200219"
 BUCKET = "acquisition-bench"

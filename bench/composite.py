@@ -1,7 +1,7 @@
 """Benchmark of the compositing stage.
 
 1. Kernel speed on a stack of 12 observations x 4 bands x 2048 x 2048 uint16 with 40 % of the
-   observations invalid, 25th percentile: `tasks.percentile.percentile_composite` against
+   observations invalid, 25th percentile: `tasks.compositing.percentile.percentile_composite` against
    `np.nanpercentile` and against S2Mosaic 1.1.0's percentile aggregation
    (`s2mosaic.mosaic_utils.calculate_percentile_mosaic`, numbagg's `nanquantile` over row chunks in
    a thread pool). S2Mosaic and the packages that function needs (numbagg, numba, llvmlite) are
@@ -13,9 +13,9 @@
    the others). The results are checked against each other.
 2. With a CUDA GPU: the seed's algorithm (NaN -> max, full argsort, gather) in torch on the same
    stack, against the kernel on the GPU.
-3. Peak memory of compositing an AOI tile by tile as a month does (`tasks.tiles` tiles of
+3. Peak memory of compositing an AOI tile by tile as a month does (`tasks.geometry.tiles` tiles of
    `--tile-size` px; per tile, the scene windows and their masks made in memory, as the tile task
-   holds them, then `tasks.composite.composite_tile`), over an AOI and over one 4 times larger
+   holds them, then `tasks.compositing.composite.composite_tile`), over an AOI and over one 4 times larger
    (same scenes and tile size, twice the side), each in a fresh subprocess (resource.getrusage
    maxrss). It runs first, while this process is small (see `memory_benchmark`).
 
@@ -42,12 +42,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from odc.geo.geobox import GeoBox  # noqa: E402
 
-from tasks.composite import MaskedWindow, composite_tile  # noqa: E402
-from tasks.percentile import percentile_composite  # noqa: E402
-from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, MaskClass, SceneWindow  # noqa: E402
-from tasks.settings import CompositeSettings  # noqa: E402
+from tasks.compositing.composite import MaskedWindow, composite_tile  # noqa: E402
+from tasks.compositing.percentile import percentile_composite  # noqa: E402
+from tasks.core.scene import REFLECTANCE_BANDS, SCENE_BANDS, MaskClass, SceneWindow  # noqa: E402
+from tasks.core.settings import CompositeSettings  # noqa: E402
+from tasks.geometry.tiles import OutputTile, tile_grid, tile_layout  # noqa: E402
 from tasks.testing.synthetic import synthetic_grid  # noqa: E402
-from tasks.tiles import OutputTile, tile_grid, tile_layout  # noqa: E402
 
 PERCENTILE = 25.0
 S2MOSAIC_VERSION = "1.1.0"

@@ -22,7 +22,7 @@ per runner on an eight-date month as `tests/test_faults.py` stages them (so thei
 seconds). Survived: the run COMPLETED, exactly those scenes failed, each with a reason starting with
 the expected one, and every other scene was used. `requests` is `failure_requests`: the requests the
 broken asset cost from its failing one on, against the same band of an intact item. `seconds` is the
-wall time `tasks.read.read_scene_window` takes to give up on the broken item, timed here after the
+wall time `tasks.acquisition.read.read_scene_window` takes to give up on the broken item, timed here after the
 run, in this process, under the same GDAL settings and fault: the item's five assets are uploaded
 again under a fresh prefix first, so the read starts with a cold GDAL cache as the run's read did. It
 includes the item's intact assets read before the broken one (milliseconds on loopback).
@@ -74,10 +74,10 @@ from blocks.publish import month_folder
 from flows.embedded_api import STARTUP_TIMEOUT_S
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
-from tasks.errors import SceneReadError, first_line
-from tasks.read import read_scene_window
-from tasks.scene import SCENE_BANDS
-from tasks.search import scene_from_item
+from tasks.acquisition.read import read_scene_window
+from tasks.acquisition.search import scene_from_item
+from tasks.core.errors import SceneReadError, first_line
+from tasks.core.scene import SCENE_BANDS
 from tasks.testing.disk_faults import MountRefused, corrupt_tile_record, fill_disk_when, small_disk
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
@@ -107,7 +107,7 @@ from tasks.testing.served_month import (
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server, StacApi
 from tasks.testing.synthetic import DEFAULT_DATES, stac_collection
 from tasks.testing.worker_loss import run_month_losing_a_worker
-from tasks.tile import HISTOGRAMS_SUFFIX, RECORD_SUFFIX
+from tasks.tiling.tile import HISTOGRAMS_SUFFIX, RECORD_SUFFIX
 
 CUT_AFTER_BYTES = 1000
 """Body bytes a cut or reset answer sends before the connection ends."""

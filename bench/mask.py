@@ -1,7 +1,7 @@
 """Benchmark of the masking step: megapixels per second of `mask_from_bands` at 10 m and 20 m, per tile.
 
 Runs OmniCloudMask (masker 'ocm+scl', no I/O) on the current device as a tile task does: on the
-window of an output tile of `--size` px and its masker's halo (`tasks.mask.mask_halo_px`: the patch
+window of an output tile of `--size` px and its masker's halo (`tasks.masking.stage.mask_halo_px`: the patch
 overlap in model pixels, so 300 px a side at 10 m and 600 at 20 m with the default settings), a
 synthetic cloudy 10 m scene. Two rates: masked pixels (the window) per second, and tile pixels per
 second, what a tile costs once its halo is paid for. When the real weights are not on disk, randomly
@@ -28,12 +28,12 @@ if __package__ in (None, ""):  # run as `python bench/mask.py` (as `make bench` 
 import numpy as np
 import torch
 
-from tasks.device import compute_device
-from tasks.errors import MissingModelWeights
-from tasks.mask import mask_from_bands, mask_halo_px
-from tasks.ocm_inference import load_omnicloudmask
-from tasks.ocm_weights import check_model_weights, model_dir_for, model_version_for
-from tasks.settings import MaskSettings
+from tasks.core.device import compute_device
+from tasks.core.errors import MissingModelWeights
+from tasks.core.settings import MaskSettings
+from tasks.masking.ocm_inference import load_omnicloudmask
+from tasks.masking.ocm_weights import check_model_weights, model_dir_for, model_version_for
+from tasks.masking.stage import mask_from_bands, mask_halo_px
 from tasks.testing.synthetic import (
     RadiometricJitter,
     full_resolution,

@@ -77,11 +77,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
-from tasks.aoi import load_aoi
-from tasks.grid import grid_for_aoi
-from tasks.maskers import masker_names
-from tasks.ocm_weights import model_version_for
-from tasks.settings import MaskSettings
+from tasks.core.settings import MaskSettings
+from tasks.geometry.aoi import load_aoi
+from tasks.geometry.grid import grid_for_aoi
+from tasks.masking.ocm_weights import model_version_for
+from tasks.masking.registry import masker_names
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.prefect_server import PrefectServer
 from tasks.testing.served_month import save_products_block

@@ -8,7 +8,7 @@ flow needs (put, remove, look up, read, open with GDAL) is a method of it, so th
 ask which kind they have; `aoi_root()` is the same kind of destination at the AOI's folder `{aoi}`
 (its STAC Collection lies there). `put` publishes files in the order given, local ones or copies of
 published ones (`Published`), and withdraws the file it is told replaces them (the month's Item)
-before the first lands, so the month stage (`tasks.products`) puts the Item last: an Item's presence
+before the first lands, so the month stage (`tasks.products.month`) puts the Item last: an Item's presence
 means every product beside it is complete. Publishing again overwrites: re-runs are idempotent.
 A local put is all or nothing: every file is first copied under a temporary name beside its target,
 and only once all are there is anything withdrawn and are they renamed into place, so a put that
@@ -17,7 +17,7 @@ fails (a full disk) leaves the folder as it was; on S3 each object lands whole.
 Credentials, one source per role: products reach S3 only through the `S3Bucket` block (its
 `AwsCredentials` and endpoint; uploads and copies through the block's own methods, deletes and
 lookups through its credentials' client, GDAL reads of products with its credentials); the
-workspace (`tasks.workspace`) and scene reads use the process's AWS chain. No block is created by
+workspace (`tasks.storage.workspace`) and scene reads use the process's AWS chain. No block is created by
 a run; `python -m blocks.register` saves them once.
 """
 
@@ -46,13 +46,13 @@ from prefect_aws import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 from rasterio.errors import RasterioError
 
-from tasks.aoi import AOI_NAME_PATTERN
-from tasks.errors import InvalidSettings, OutputCollision, PublishError, StoreUnreachable, error_chain, first_line
-from tasks.gdal_env import s3_endpoint_options
-from tasks.metadata import ProductNames
-from tasks.month import Month
-from tasks.retry import NOT_FOUND_CODES, s3_error_code
-from tasks.workspace import partial_file
+from tasks.core.errors import InvalidSettings, OutputCollision, PublishError, StoreUnreachable, error_chain, first_line
+from tasks.core.month import Month
+from tasks.core.retry import NOT_FOUND_CODES, s3_error_code
+from tasks.geometry.aoi import AOI_NAME_PATTERN
+from tasks.products.metadata import ProductNames
+from tasks.storage.gdal_env import s3_endpoint_options
+from tasks.storage.workspace import partial_file
 
 __all__ = [
     "COG_CONTENT_TYPE",
@@ -357,7 +357,7 @@ def month_folder(aoi: str, month: str) -> str:
 def check_month_folder_owner(destination: MonthDestination, aoi_digest: str) -> None:
     """Raise `OutputCollision` when the month folder holds the metadata.json of another AOI.
 
-    `aoi_digest` is this run's AOI identity (`tasks.aoi.aoi_digest`). A permanent S3 error (no
+    `aoi_digest` is this run's AOI identity (`tasks.geometry.aoi.aoi_digest`). A permanent S3 error (no
     bucket, no access) raises `PublishError` here, before any work is done.
     """
     document = destination.read_json(ProductNames.for_run(destination.aoi, Month.parse(destination.month)).metadata)

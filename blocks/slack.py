@@ -34,11 +34,11 @@ from pydantic import BaseModel, Field, SecretStr
 from slack_sdk.errors import SlackRequestError
 from slack_sdk.webhook import WebhookClient
 
-from tasks.aoi import aoi_label, aoi_name, load_aoi
-from tasks.errors import InvalidAOI
-from tasks.logs import stage_logger
-from tasks.month import Month
-from tasks.scene import FailedScene
+from tasks.core.errors import InvalidAOI
+from tasks.core.logs import stage_logger
+from tasks.core.month import Month
+from tasks.core.scene import FailedScene
+from tasks.geometry.aoi import aoi_label, aoi_name, load_aoi
 
 __all__ = [
     "BUILT",
@@ -368,7 +368,7 @@ def _report_from_parameters(flow_run: FlowRun) -> RunReport:
 
 def _aoi_name_of(settings: Mapping[str, Any]) -> str:
     """The AOI as its products name it (`aoi_name`, else the file's stem and the AOI's digest,
-    `tasks.aoi.aoi_name`); the file's stem when the AOI cannot be read (the notice then says why)."""
+    `tasks.geometry.aoi.aoi_name`); the file's stem when the AOI cannot be read (the notice then says why)."""
     source = settings.get("aoi")
     if settings.get("aoi_name") or not source:
         return settings.get("aoi_name") or "AOI"

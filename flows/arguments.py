@@ -7,7 +7,7 @@ once; `flows.run` builds and runs what the parsed arguments describe.
 
 import argparse
 
-from tasks.maskers import masker_names
+from tasks.masking.registry import masker_names
 
 __all__ = ["DEFAULT_CONCURRENT_MONTHS", "backfill_parser", "run_parser"]
 

@@ -37,9 +37,9 @@ from blocks.slack import (
 from flows.arguments import DEFAULT_CONCURRENT_MONTHS
 from flows.monthly_mosaic import StepProgress, checked_inputs, monthly_mosaic, products_destination
 from flows.parameters import MosaicSettings
-from tasks.errors import InvalidSettings, MonthsFailed, first_line
-from tasks.metadata import FILL_LAYER, OBSERVED_SHARE_FIELD, ProductNames
-from tasks.month import MONTH_PATTERN, Month
+from tasks.core.errors import InvalidSettings, MonthsFailed, first_line
+from tasks.core.month import MONTH_PATTERN, Month
+from tasks.products.metadata import FILL_LAYER, OBSERVED_SHARE_FIELD, ProductNames
 
 __all__ = ["MAX_BACKFILL_MONTHS", "MAX_CONCURRENT_MONTHS", "backfill", "backfill_summary_markdown", "published_outcome"]
 

@@ -15,10 +15,10 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
 from flows.parameters import MosaicSettings
-from tasks.aoi import WGS84
-from tasks.grid import grid_key
-from tasks.settings import MaskSettings, ReadSettings
-from tasks.workspace import content_digest
+from tasks.core.settings import MaskSettings, ReadSettings
+from tasks.geometry.aoi import WGS84
+from tasks.geometry.grid import grid_key
+from tasks.storage.workspace import content_digest
 
 __all__ = ["scene_folder_digest", "tiles_digest"]
 
@@ -28,7 +28,7 @@ TEST_SUPPORT_FOLDER = "testing"
 pipeline code, so editing it (a fault proxy, a test server) keeps committed tiles."""
 SETTINGS_NOT_SHAPING_TILES = {"runner", "slack_block", "staging_dir", "fill", "fill_max_months"}
 """Settings a re-run may change and still reuse committed tiles: where work runs, who hears of it, and how
-gaps are filled (a committed tile is refilled from its observations, `tasks.tile.refill_tile`). (How the
+gaps are filled (a committed tile is refilled from its observations, `tasks.tiling.tile.refill_tile`). (How the
 month is judged is part of the digest: a month judged unpublishable removes its tiles.)"""
 
 

@@ -2,7 +2,7 @@
 
     basemap run --aoi field.gpkg --month 2024-06      # one monthly mosaic (flows.run)
     basemap backfill --aoi field.gpkg --start-month 2024-01 --end-month 2024-12   # a range (flows.backfill)
-    basemap download-models --dir /data/ocm-weights   # OmniCloudMask weights (tasks.ocm_weights)
+    basemap download-models --dir /data/ocm-weights   # OmniCloudMask weights (tasks.masking.ocm_weights)
 
 A command's options are parsed before anything heavy is imported (`flows.arguments`): `--help` and a
 mistyped option answer at once; Prefect and the pipeline load only to run.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.run import run_backfill
 
         return run_backfill(arguments)
-    from tasks.ocm_weights import main as weights_main
+    from tasks.masking.ocm_weights import main as weights_main
 
     return weights_main(["download-models", *parsed.arguments], prog="basemap")
 

@@ -2,13 +2,13 @@
 
 `publish_collection(destination, lock_dir)` reads the month's published Item, then, holding the
 AOI's lock (`flows.locking.aoi_lock`), reads `{aoi}/collection.json`, adds the month
-(`tasks.stac_collection.updated_collection`) and puts it back. Runs of other months of the AOI that
+(`tasks.stac.collection.updated_collection`) and puts it back. Runs of other months of the AOI that
 publish at once take turns at this read-modify-write, so none loses another's month, locally and on
 S3 alike (the lock is a Prefect global concurrency limit with a server, a file lock in `lock_dir`
 on one machine without one).
 
 It runs after the Item is put, so the collection never links a month whose Item was never out. A
-re-run of a published month withdraws its Item while its new files land (`tasks.products`); for
+re-run of a published month withdraws its Item while its new files land (`tasks.products.month`); for
 that while the collection's link to the month dangles, as the month folder itself then has no Item.
 The month was published and will be again; readers of the collection see the Item missing, never a
 wrong one.
@@ -22,13 +22,13 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.publish import MonthDestination
 from flows.locking import aoi_lock
-from tasks.errors import InvalidProduct, portable_errors
-from tasks.metadata import ProductNames
-from tasks.month import Month
-from tasks.retry import io_task_retries
-from tasks.stac_collection import collection_json, updated_collection
-from tasks.stac_item import COLLECTION_FILE
-from tasks.workspace import partial_prefix
+from tasks.core.errors import InvalidProduct, portable_errors
+from tasks.core.month import Month
+from tasks.core.retry import io_task_retries
+from tasks.products.metadata import ProductNames
+from tasks.stac.collection import collection_json, updated_collection
+from tasks.stac.item import COLLECTION_FILE
+from tasks.storage.workspace import partial_prefix
 
 __all__ = ["publish_collection", "publish_collection_task"]
 

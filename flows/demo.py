@@ -13,15 +13,15 @@ from pathlib import Path
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
 from flows.run import print_report, reporting_failures
-from tasks.errors import MissingModelWeights
-from tasks.ocm_weights import (
+from tasks.core.errors import MissingModelWeights
+from tasks.core.settings import GridSettings, MaskSettings, SearchSettings
+from tasks.masking.ocm_weights import (
     check_model_weights,
     download_command,
     download_model_weights,
     model_dir_for,
     model_version_for,
 )
-from tasks.settings import GridSettings, MaskSettings, SearchSettings
 from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid, write_aoi
 
 __all__ = ["main"]

@@ -37,7 +37,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import BaseModel
 
-from tasks.logs import stage_logger
+from tasks.core.logs import stage_logger
 
 __all__ = ["LockHolder", "holder_record_name", "record_holder", "report_or_free_holder"]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL
 
 from flows.server_lock import server_lock
-from tasks.logs import stage_logger
-from tasks.month import Month
+from tasks.core.logs import stage_logger
+from tasks.core.month import Month
 
 __all__ = ["aoi_lock", "aoi_lock_name", "month_lock", "month_lock_name"]
 

@@ -2,11 +2,11 @@
 
 `monthly_mosaic(settings)` is what deployments run. One run at a time works on an AOI and month
 (`flows.locking.month_lock`). Before any scene is read, its local folders are checked for the disk
-the tiles in flight and the month's own files need (`tasks.disk_space`); a disk too small, or one
+the tiles in flight and the month's own files need (`tasks.storage.disk_space`); a disk too small, or one
 that fills up later, ends the run in one `DiskFull` line. The AOI's grid is cut into output tiles
-(`tasks.tiles`); the `build-tiles` subflow maps the tiles that are not committed yet over the
+(`tasks.geometry.tiles`); the `build-tiles` subflow maps the tiles that are not committed yet over the
 selected task runner, threads or Dask, and each tile reads, masks, composites and publishes its part
-(`tasks.tile`). A re-run skips committed tiles. The tiles' records are merged (`tasks.products`): a
+(`tasks.tiling.tile`). A re-run skips committed tiles. The tiles' records are merged (`tasks.products.month`): a
 scene that failed is recorded and skipped while the failed share stays within `max_failed_fraction`;
 above it the run fails listing them. A month with less than `min_valid_share` of the AOI clear fails with no STAC
 Item. Otherwise the mosaic index, single COGs, quicklook, metadata and the Item (last) are
@@ -36,21 +36,21 @@ from flows.caching import scene_folder_digest, tiles_digest
 from flows.collection import publish_collection_task
 from flows.locking import month_lock
 from flows.parameters import MosaicSettings, RunnerSettings, tile_concurrency, tiles_in_flight
-from tasks.aoi import aoi_digest, aoi_name, load_aoi
-from tasks.disk_space import DiskNeeds, MonthWrites, month_disk_needs, named_disk_full
-from tasks.errors import DiskFull, InvalidSettings, TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
-from tasks.fill_sources import MonthFill, neighbour_months
-from tasks.grid import check_grid_size, grid_for_aoi
-from tasks.indices import SPECTRAL_INDICES
-from tasks.maskers import masker_named
-from tasks.metadata import ProductNames, ProductRun, TileFiles
-from tasks.month import Month
-from tasks.products import MonthTiles, merge_tiles, month_histograms, month_layers, write_month_products_task
-from tasks.scene import SkippedScene, scene_items_json
-from tasks.search import search_scenes_task
-from tasks.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task, stale_fill
-from tasks.tiles import OutputTile, tile_layout, tiles_over_aoi
-from tasks.workspace import Workspace, content_digest, remove_abandoned_partials
+from tasks.acquisition.search import search_scenes_task
+from tasks.compositing.indices import SPECTRAL_INDICES
+from tasks.core.errors import DiskFull, InvalidSettings, TilesFailed, TooFewClearPixels, TooManyFailedScenes, first_line
+from tasks.core.month import Month
+from tasks.core.scene import SkippedScene, scene_items_json
+from tasks.gap_fill.sources import MonthFill, neighbour_months
+from tasks.geometry.aoi import aoi_digest, aoi_name, load_aoi
+from tasks.geometry.grid import check_grid_size, grid_for_aoi
+from tasks.geometry.tiles import OutputTile, tile_layout, tiles_over_aoi
+from tasks.masking.registry import masker_named
+from tasks.products.metadata import ProductNames, ProductRun, TileFiles
+from tasks.products.month import MonthTiles, merge_tiles, month_histograms, month_layers, write_month_products_task
+from tasks.storage.disk_space import DiskNeeds, MonthWrites, month_disk_needs, named_disk_full
+from tasks.storage.workspace import Workspace, content_digest, remove_abandoned_partials
+from tasks.tiling.tile import MonthPlan, TileRecord, build_tile_task, committed_record, refill_tile_task, stale_fill
 
 __all__ = [
     "SEARCH_FOLDER",
@@ -71,7 +71,7 @@ SEARCH_FOLDER = "search"
 class RunInputs:
     """What a run derives from its settings, the same in the parent flow and its subflow.
 
-    `name` names the product folder and files (`aoi_name`, else `tasks.aoi.aoi_name`), `digest` is
+    `name` names the product folder and files (`aoi_name`, else `tasks.geometry.aoi.aoi_name`), `digest` is
     the AOI's identity, and `workspace` the folder of the run's scene and mask files.
     """
 
@@ -93,7 +93,7 @@ def tile_task_runner(runner: RunnerSettings) -> TaskRunner:
         return DaskTaskRunner(address=runner.dask_address)
     # Dask starts workers with glibc's trim threshold fixed at 64 KiB, which also fixes the mmap
     # threshold: every tile array is then mapped and unmapped page by page (measured: +70 % CPU per
-    # tile). Tiles hand their memory back themselves (`tasks.memory`), so let glibc tune itself.
+    # tile). Tiles hand their memory back themselves (`tasks.core.memory`), so let glibc tune itself.
     dask.config.set({DASK_WORKER_MALLOC_TRIM: None})
     return DaskTaskRunner(
         cluster_kwargs={"n_workers": runner.dask_workers, "threads_per_worker": 1, "processes": True}
@@ -183,7 +183,7 @@ def has_single_cogs(settings: MosaicSettings, grid: GeoBox, single_tile: bool) -
 
 def disk_needs(settings: MosaicSettings, inputs: RunInputs) -> DiskNeeds:
     """What the run needs at once of its local disks: staging_dir, and the workspace and output_dir when they
-    are local (`tasks.disk_space`)."""
+    are local (`tasks.storage.disk_space`)."""
     grid, tile_size_px = inputs.grid, settings.tiles.tile_size_px
     tiles = len(tiles_over_aoi(grid, inputs.aoi, tile_size_px))
     indices = tuple(SPECTRAL_INDICES[name] for name in settings.composite.indices)
@@ -241,7 +241,7 @@ def month_plan(
 @flow(name="build-tiles")
 def build_tiles(month_label: str, items_name: str, items_digest: str, settings: MosaicSettings) -> list[TileRecord]:
     """Build every output tile over the AOI that is not committed yet, refill committed tiles whose fill
-    is stale (`tasks.tile.stale_fill`: a tile with gaps whose neighbouring months changed since); returns
+    is stale (`tasks.tiling.tile.stale_fill`: a tile with gaps whose neighbouring months changed since); returns
     all tiles' records.
 
     The found items are read from `items_name` in the run's workspace by each tile, never passed

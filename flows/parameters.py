@@ -8,11 +8,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tasks.aoi import AOI_NAME_PATTERN
-from tasks.errors import InvalidSettings
-from tasks.gap_fill import FillMethod
-from tasks.month import Month
-from tasks.settings import (
+from tasks.core.errors import InvalidSettings
+from tasks.core.month import Month
+from tasks.core.settings import (
     CompositeSettings,
     FrozenSettings,
     GridSettings,
@@ -21,6 +19,8 @@ from tasks.settings import (
     SearchSettings,
     TileSettings,
 )
+from tasks.gap_fill.fill import FillMethod
+from tasks.geometry.aoi import AOI_NAME_PATTERN
 
 __all__ = ["MosaicSettings", "RunnerSettings", "tile_concurrency", "tiles_in_flight"]
 

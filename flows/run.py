@@ -26,9 +26,9 @@ from blocks.slack import RunReport
 from flows.arguments import backfill_parser, run_parser
 from flows.embedded_api import startup_failure, waiting_long_enough
 from flows.parameters import MosaicSettings
-from tasks.errors import MosaicError, first_line
-from tasks.logs import errors_in_one_line
-from tasks.month import Month
+from tasks.core.errors import MosaicError, first_line
+from tasks.core.logs import errors_in_one_line
+from tasks.core.month import Month
 
 __all__ = ["backfill_main", "failure_line", "main", "print_report", "run_backfill", "run_month"]
 

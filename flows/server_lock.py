@@ -36,8 +36,8 @@ from prefect.events import Event, emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from flows.lock_holders import HTTP_GONE, LockHolder, record_holder, report_or_free_holder
-from tasks.errors import InvalidSettings
-from tasks.logs import stage_logger
+from tasks.core.errors import InvalidSettings
+from tasks.core.logs import stage_logger
 
 __all__ = [
     "LEASE_S",

@@ -4,8 +4,8 @@ and index tests."""
 import numpy as np
 from odc.geo.geobox import GeoBox
 
-from tasks.composite import MaskedWindow
-from tasks.scene import SceneWindow
+from tasks.compositing.composite import MaskedWindow
+from tasks.core.scene import SceneWindow
 from tasks.testing.synthetic import SCL_VEGETATION
 
 

@@ -51,7 +51,7 @@ def s3_server() -> Iterator[S3Server]:
     """A moto S3 server on 127.0.0.1 for the whole session, with the AWS variables pointing at it.
 
     AWS_ENDPOINT_URL, test credentials and region are set in os.environ while it runs (boto3 and
-    `tasks.gdal_env.gdal_env()` read them) and restored afterwards.
+    `tasks.storage.gdal_env.gdal_env()` read them) and restored afterwards.
     """
     server = S3Server()
     with pytest.MonkeyPatch.context() as environment:

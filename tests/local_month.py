@@ -17,8 +17,15 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
 from blocks.publish import MonthDestination, month_destination
-from tasks.aoi import aoi_digest, aoi_pixel_mask, load_aoi
-from tasks.cog import (
+from tasks.acquisition.search import scene_from_item
+from tasks.compositing.indices import SPECTRAL_INDICES
+from tasks.core.month import Month
+from tasks.core.scene import SceneAsset, SceneItem, scene_items_json
+from tasks.core.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.geometry.aoi import aoi_digest, aoi_pixel_mask, load_aoi
+from tasks.geometry.grid import grid_for_aoi
+from tasks.geometry.tiles import tile_layout
+from tasks.products.cog import (
     COUNT_PROFILE,
     FILL_PROFILE,
     INDEX_PROFILE,
@@ -28,18 +35,11 @@ from tasks.cog import (
     write_index_cog,
     write_mosaic_cog,
 )
-from tasks.grid import grid_for_aoi
-from tasks.indices import SPECTRAL_INDICES
-from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, ProductNames, ProductRun, TileFiles
-from tasks.month import Month
-from tasks.products import MonthTiles
-from tasks.scene import SceneAsset, SceneItem, scene_items_json
-from tasks.search import scene_from_item
-from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.products.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, ProductNames, ProductRun, TileFiles
+from tasks.products.month import MonthTiles
+from tasks.storage.workspace import Workspace
 from tasks.testing.synthetic import SyntheticMonth, make_synthetic_month, synthetic_grid, write_aoi
-from tasks.tile import MonthPlan, TileRecord
-from tasks.tiles import tile_layout
-from tasks.workspace import Workspace
+from tasks.tiling.tile import MonthPlan, TileRecord
 
 SCENE_GRID = synthetic_grid(shape=(256, 256), resolution=20.0)
 RESOLUTION_M = 20.0

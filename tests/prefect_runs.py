@@ -12,7 +12,7 @@ SETTLE_TIMEOUT_S = 120.0
 """How long task runs may take to reach the API (they are recorded from events, asynchronously)."""
 SETTLE_POLL_S = 1.0
 TILE_TASK, MONTH_PRODUCTS_TASK = "tile", "write-month-products"
-"""Run-name prefixes: tile runs are named `tile-<label>` (`tasks.tile.build_tile_task`)."""
+"""Run-name prefixes: tile runs are named `tile-<label>` (`tasks.tiling.tile.build_tile_task`)."""
 
 
 def flow_run_id(state: State) -> UUID:

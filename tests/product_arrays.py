@@ -1,7 +1,7 @@
 """A month's mosaic and count in memory, as the tiles compose them, and the `ProductRun` of them.
 
 The AOI is an L-shaped polygon (not a rectangle), so the grid holds pixels outside it; its grid comes
-from `tasks.grid.grid_for_aoi` and is larger than one 512-pixel COG block, so its COGs get overviews
+from `tasks.geometry.grid.grid_for_aoi` and is larger than one 512-pixel COG block, so its COGs get overviews
 and a 512-pixel tiling cuts it into 2 x 2 tiles of unequal sizes.
 """
 
@@ -13,8 +13,13 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
-from tasks.aoi import aoi_digest, aoi_pixel_mask, load_aoi
-from tasks.cog import (
+from tasks.core.month import Month
+from tasks.core.scene import NODATA, FailedScene, SkippedScene, UsedScene
+from tasks.core.settings import CompositeSettings, MaskSettings
+from tasks.geometry.aoi import aoi_digest, aoi_pixel_mask, load_aoi
+from tasks.geometry.grid import grid_for_aoi
+from tasks.geometry.tiles import OutputTile, tile_layout
+from tasks.products.cog import (
     COUNT_DESCRIPTION,
     COUNT_PROFILE,
     MOSAIC_BANDS,
@@ -23,14 +28,9 @@ from tasks.cog import (
     write_count_cog,
     write_mosaic_cog,
 )
-from tasks.grid import grid_for_aoi
-from tasks.metadata import MonthStatistics, ProductRun, statistics_from_histogram
-from tasks.month import Month
-from tasks.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
-from tasks.scene import NODATA, FailedScene, SkippedScene, UsedScene
-from tasks.settings import CompositeSettings, MaskSettings
-from tasks.tile import COUNT_VALUES, REFLECTANCE_VALUES
-from tasks.tiles import OutputTile, tile_layout
+from tasks.products.metadata import MonthStatistics, ProductRun, statistics_from_histogram
+from tasks.products.mosaic_index import IndexBand, IndexTile, mosaic_index_xml
+from tasks.tiling.tile import COUNT_VALUES, REFLECTANCE_VALUES
 
 L_SHAPED_AOI_WKT = (
     "POLYGON((15.00 45.00, 15.09 45.00, 15.09 45.03, 15.03 45.03, 15.03 45.07, 15.00 45.07, 15.00 45.00))"

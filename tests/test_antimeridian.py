@@ -17,7 +17,9 @@ from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 
 from flows.monthly_mosaic import monthly_mosaic
-from tasks.aoi import (
+from tasks.acquisition.search import outside_window_reason
+from tasks.core.month import Month
+from tasks.geometry.aoi import (
     WGS84,
     aoi_centre_lonlat,
     aoi_in_crs,
@@ -27,9 +29,7 @@ from tasks.aoi import (
     lonlat_unwrapped,
     union_lonlat_bboxes,
 )
-from tasks.grid import grid_for_aoi, utm_crs_for
-from tasks.month import Month
-from tasks.search import outside_window_reason
+from tasks.geometry.grid import grid_for_aoi, utm_crs_for
 from tasks.testing.served_month import flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, footprint_4326, synthetic_grid, write_aoi

@@ -13,8 +13,8 @@ import pytest
 import shapely
 from odc.geo.geobox import GeoBox
 
-from tasks.aoi import aoi_digest, aoi_label, aoi_name, aoi_pixel_mask, load_aoi
-from tasks.errors import InvalidAOI
+from tasks.core.errors import InvalidAOI
+from tasks.geometry.aoi import aoi_digest, aoi_label, aoi_name, aoi_pixel_mask, load_aoi
 from tests import REPO_ROOT
 
 UTM_33N = "EPSG:32633"
@@ -211,8 +211,8 @@ def test_csv_with_a_wkt_column_has_no_crs(tmp_path: Path) -> None:
 CONCURRENT_MASKS_SCRIPT = """
 import threading
 from odc.geo.geobox import GeoBox
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.gdal_env import gdal_env
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.storage.gdal_env import gdal_env
 
 aoi = load_aoi("9.10,47.52,9.20,47.58")
 grid = GeoBox.from_bbox((9.10, 47.52, 9.20, 47.58), "EPSG:4326", resolution=0.0005)

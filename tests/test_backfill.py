@@ -31,10 +31,10 @@ from prefect.states import State
 
 from blocks.slack import BUILT, FAILED, REFILLED, SKIPPED, SlackNotifier
 from flows.backfill import backfill
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.errors import InvalidSettings, MonthsFailed
-from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, ProductNames
-from tasks.month import Month
+from tasks.core.errors import InvalidSettings, MonthsFailed
+from tasks.core.month import Month
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.products.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER, ProductNames
 from tasks.testing.served_month import ServedMonth, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
 from tests.prefect_runs import settled_task_runs, subflow_runs

@@ -20,9 +20,9 @@ from blocks.publish import (
     month_destination,
     month_folder,
 )
-from tasks.errors import InvalidSettings, StoreUnreachable
-from tasks.gdal_env import gdal_env
-from tasks.retry import is_transient_io_failure
+from tasks.core.errors import InvalidSettings, StoreUnreachable
+from tasks.core.retry import is_transient_io_failure
+from tasks.storage.gdal_env import gdal_env
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 
 AOI = "lake_constance"

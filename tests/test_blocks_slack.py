@@ -29,8 +29,8 @@ from blocks.slack import (
     succeeded_message,
 )
 from flows.parameters import MosaicSettings
-from tasks.aoi import aoi_label, aoi_name, load_aoi
-from tasks.scene import FailedScene
+from tasks.core.scene import FailedScene
+from tasks.geometry.aoi import aoi_label, aoi_name, load_aoi
 from tests.slack_receiver import WEBHOOK_PATH, SlackReceiver
 
 AOI_PATH = "deployments/lake_constance.geojson"

@@ -30,6 +30,6 @@ def test_the_pipeline_sources_are_every_module_of_tasks_but_its_test_support() -
     sources = {path.relative_to(TASKS_PACKAGE).as_posix() for path in pipeline_sources()}
     every_module = {path.relative_to(TASKS_PACKAGE).as_posix() for path in TASKS_PACKAGE.rglob("*.py")}
 
-    assert {"tile.py", "read.py", "composite.py"} <= sources
+    assert {"tiling/tile.py", "acquisition/read.py", "compositing/composite.py"} <= sources
     assert sources == {name for name in every_module if not name.startswith(f"{TEST_SUPPORT_FOLDER}/")}
     assert len(sources) < len(every_module), "tasks/testing holds modules"

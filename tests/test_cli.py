@@ -10,7 +10,7 @@ import pytest
 from flows.arguments import backfill_parser, run_parser
 from tests import REPO_ROOT
 
-HEAVY_MODULES = ("prefect", "torch", "rasterio", "geopandas", "tasks.mask_ocm")
+HEAVY_MODULES = ("prefect", "torch", "rasterio", "geopandas", "tasks.masking.ocm")
 """What a help text must not import: the orchestrator, the model, the geospatial stack."""
 HELP_TIMEOUT_S = 60.0
 HELP_PROBE = """

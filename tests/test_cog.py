@@ -7,7 +7,9 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from tasks.cog import (
+from tasks.core.errors import InvalidProduct
+from tasks.geometry.tiles import OutputTile, tile_grid
+from tasks.products.cog import (
     COUNT_DESCRIPTION,
     COUNT_PROFILE,
     MOSAIC_BANDS,
@@ -18,8 +20,6 @@ from tasks.cog import (
     write_count_cog,
     write_mosaic_cog,
 )
-from tasks.errors import InvalidProduct
-from tasks.tiles import OutputTile, tile_grid
 from tests.product_arrays import ProductArrays, make_product_arrays
 
 SMALLEST_TILE_PX = 128

@@ -11,12 +11,12 @@ import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, polygon
 
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.composite import MaskedWindow, TileComposite, block_observations, composite_tile
-from tasks.scene import REFLECTANCE_BANDS, REFLECTANCE_SCALE, MaskClass, SceneWindow
-from tasks.settings import CompositeSettings
+from tasks.compositing.composite import MaskedWindow, TileComposite, block_observations, composite_tile
+from tasks.core.scene import REFLECTANCE_BANDS, REFLECTANCE_SCALE, MaskClass, SceneWindow
+from tasks.core.settings import CompositeSettings
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.geometry.tiles import OutputTile, tile_grid, tile_layout
 from tasks.testing.synthetic import DEFAULT_DATES, make_synthetic_month, synthetic_grid
-from tasks.tiles import OutputTile, tile_grid, tile_layout
 from tests.composite_inputs import masked_window
 
 SLOVENIA = "l1c_stack_slovenia_2015"

@@ -27,8 +27,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from blocks.register import DEFAULT_S3_BLOCK_NAME, DEFAULT_SLACK_BLOCK_NAME
-from tasks.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
-from tasks.month import MONTH_PATTERN, Month
+from tasks.core.month import MONTH_PATTERN, Month
+from tasks.products.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
 from tasks.testing.prefect_server import PrefectServer, flow_run_id_in
 from tasks.testing.served_month import (
     ServedMonth,

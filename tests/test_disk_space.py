@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from odc.geo.geobox import GeoBox
 
-from tasks.cog import (
+from tasks.core.errors import DiskFull, portable
+from tasks.products.cog import (
     COUNT_PROFILE,
     FILL_PROFILE,
     MOSAIC_PROFILE,
@@ -20,7 +21,7 @@ from tasks.cog import (
     write_fill_cog,
     write_mosaic_cog,
 )
-from tasks.disk_space import (
+from tasks.storage.disk_space import (
     OUTPUT_ROLE,
     STAGING_ROLE,
     WORKSPACE_ROLE,
@@ -30,7 +31,6 @@ from tasks.disk_space import (
     month_disk_needs,
     named_disk_full,
 )
-from tasks.errors import DiskFull, portable
 from tasks.testing.disk_faults import fill_disk
 
 TILE_SIDE = 1024

@@ -12,8 +12,8 @@ import rasterio
 import tblib.pickling_support
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from tasks import errors
-from tasks.errors import (
+from tasks.core import errors
+from tasks.core.errors import (
     DiskFull,
     ErrorCause,
     MonthsFailed,
@@ -29,7 +29,7 @@ from tasks.errors import (
     root_cause,
     scene_reason,
 )
-from tasks.retry import Failure, RetriesEnded
+from tasks.core.retry import Failure, RetriesEnded
 
 CONSTRUCTOR_ARGUMENTS: dict[type[MosaicError], tuple] = {
     SceneReadError: ("S2B_X", "nir", "truncated: HTTP 416 for a range past the object's end", False),
@@ -48,7 +48,7 @@ def all_subclasses(cls: type) -> list[type]:
 
 
 def project_errors() -> list[MosaicError]:
-    """One instance of every error class in `tasks.errors`."""
+    """One instance of every error class in `tasks.core.errors`."""
     return [
         error_class(*CONSTRUCTOR_ARGUMENTS.get(error_class, (f"{error_class.__name__}: one line; the fix",)))
         for error_class in all_subclasses(MosaicError)

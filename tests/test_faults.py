@@ -17,7 +17,7 @@ from rasterio.warp import Resampling
 from blocks.slack import SlackNotifier
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
-from tasks.scene import SCENE_BANDS, SCL_BAND
+from tasks.core.scene import SCENE_BANDS, SCL_BAND
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
     OUTAGE_DATES,

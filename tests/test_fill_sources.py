@@ -1,4 +1,4 @@
-"""Which published months may fill a month's gaps (tasks.fill_sources), on local month folders."""
+"""Which published months may fill a month's gaps (tasks.gap_fill.sources), on local month folders."""
 
 import json
 from pathlib import Path
@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from blocks.publish import MonthDestination, month_destination
-from tasks.fill_sources import MonthFill, neighbour_months
-from tasks.gap_fill import FillMethod
-from tasks.grid import grid_metadata
-from tasks.metadata import ProductNames
-from tasks.month import Month
+from tasks.core.month import Month
+from tasks.gap_fill.fill import FillMethod
+from tasks.gap_fill.sources import MonthFill, neighbour_months
+from tasks.geometry.grid import grid_metadata
+from tasks.products.metadata import ProductNames
 from tasks.testing.synthetic import synthetic_grid
 
 AOI = "fields"

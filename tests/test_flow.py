@@ -30,12 +30,13 @@ from flows.locking import month_lock, month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
 from flows.parameters import MosaicSettings
 from flows.server_lock import WAIT_REPORT_VARIABLE
-from tasks.errors import MissingModelWeights, TooManyFailedScenes
-from tasks.gdal_env import REMOTE_COG_OPTIONS, gdal_env
-from tasks.metadata import TILES_FOLDER
-from tasks.month import Month
-from tasks.ocm_inference import Patch, PatchBatcher
-from tasks.stac_item import COLLECTION_FILE
+from tasks.core.errors import MissingModelWeights, TooManyFailedScenes
+from tasks.core.month import Month
+from tasks.geometry.tiles import tiles_over_aoi
+from tasks.masking.ocm_inference import Patch, PatchBatcher
+from tasks.products.metadata import TILES_FOLDER
+from tasks.stac.item import COLLECTION_FILE
+from tasks.storage.gdal_env import REMOTE_COG_OPTIONS, gdal_env
 from tasks.testing.lock_faults import mark_crashed
 from tasks.testing.served_month import (
     ServedMonth,
@@ -46,8 +47,7 @@ from tasks.testing.served_month import (
 )
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import stac_collection
-from tasks.tile import RECORD_SUFFIX
-from tasks.tiles import tiles_over_aoi
+from tasks.tiling.tile import RECORD_SUFFIX
 from tests import REPO_ROOT
 from tests.slack_receiver import SlackReceiver
 

@@ -26,11 +26,11 @@ import rasterio
 
 from blocks.publish import ITEM_PRODUCT
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
-from tasks.metadata import FILL_LAYER, TILES_FOLDER
+from tasks.products.metadata import FILL_LAYER, TILES_FOLDER
 from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.worker_loss import TILE_SIZE_PX, run_month_losing_a_worker
-from tasks.tile import RECORD_SUFFIX
+from tasks.tiling.tile import RECORD_SUFFIX
 
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("prefect_dask")

@@ -13,8 +13,8 @@ from prefect.states import State
 from blocks.publish import month_folder
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
-from tasks.errors import DiskFull
-from tasks.metadata import TILES_FOLDER
+from tasks.core.errors import DiskFull
+from tasks.products.metadata import TILES_FOLDER
 from tasks.testing.disk_faults import fill_disk_when
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server

@@ -42,11 +42,12 @@ from blocks.publish import month_folder
 from blocks.slack import SlackNotifier
 from flows.locking import month_lock, month_lock_name
 from flows.monthly_mosaic import monthly_mosaic, run_inputs, staging_root
-from tasks.aoi import aoi_digest, load_aoi
-from tasks.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
-from tasks.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
-from tasks.month import Month
-from tasks.stac_item import COLLECTION_FILE
+from tasks.core.errors import OutputCollision, PublishError, TilesFailed, TooFewClearPixels
+from tasks.core.month import Month
+from tasks.geometry.aoi import aoi_digest, load_aoi
+from tasks.products.metadata import FILL_LAYER, TILES_FOLDER, ProductNames
+from tasks.stac.item import COLLECTION_FILE
+from tasks.storage.workspace import partial_prefix, remove_abandoned_partials
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.served_month import (
     SERVED_GRID,
@@ -57,7 +58,6 @@ from tasks.testing.served_month import (
 )
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import write_aoi
-from tasks.workspace import partial_prefix, remove_abandoned_partials
 from tests import REPO_ROOT
 from tests.prefect_runs import (
     MONTH_PRODUCTS_TASK,

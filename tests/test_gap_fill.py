@@ -1,9 +1,9 @@
-"""Gap fill's plan and values on small hand-built months (tasks.gap_fill)."""
+"""Gap fill's plan and values on small hand-built months (tasks.gap_fill.fill)."""
 
 import numpy as np
 import pytest
 
-from tasks.gap_fill import NO_SOURCE, NO_VALUE, OBSERVED, apply_gap_fill, plan_gap_fill
+from tasks.gap_fill.fill import NO_SOURCE, NO_VALUE, OBSERVED, apply_gap_fill, plan_gap_fill
 
 SHAPE = (4, 5)
 

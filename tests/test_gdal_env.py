@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.gdal_env import environment_session, gdal_env
+from tasks.storage.gdal_env import environment_session, gdal_env
 
 
 def test_the_environment_session_is_built_once_per_set_of_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,10 +10,10 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.crs import crs_code
-from tasks.errors import InvalidSettings
-from tasks.grid import METRES_PER_DEGREE_LATITUDE, grid_for_aoi, grid_key, grid_metadata, utm_crs_for
+from tasks.core.errors import InvalidSettings
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.geometry.crs import crs_code
+from tasks.geometry.grid import METRES_PER_DEGREE_LATITUDE, grid_for_aoi, grid_key, grid_metadata, utm_crs_for
 
 US_SURVEY_FOOT_M = 1200 / 3937
 ALPINE_AOI = "9.1234,47.2345,9.3456,47.3567"

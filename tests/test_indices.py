@@ -16,11 +16,8 @@ from odc.geo.geobox import GeoBox
 from flows.caching import tiles_digest
 from flows.monthly_mosaic import monthly_mosaic
 from flows.parameters import MosaicSettings
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.cog import validate_cog
-from tasks.composite import composite_tile
-from tasks.grid import roi_slices
-from tasks.indices import (
+from tasks.compositing.composite import composite_tile
+from tasks.compositing.indices import (
     INDEX_NODATA,
     INDEX_SCALE,
     INDEX_SCALE_FACTOR,
@@ -29,16 +26,19 @@ from tasks.indices import (
     index_composite,
     index_observations,
 )
-from tasks.percentile import percentile_value
-from tasks.products import merge_tiles, month_histograms, write_month_products
-from tasks.scene import REFLECTANCE_BANDS, MaskClass
-from tasks.settings import CompositeSettings, IndexName
-from tasks.stac_item import COLLECTION_FILE, validate_item
+from tasks.compositing.percentile import percentile_value
+from tasks.core.scene import REFLECTANCE_BANDS, MaskClass
+from tasks.core.settings import CompositeSettings, IndexName
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.geometry.grid import roi_slices
+from tasks.geometry.tiles import tiles_over_aoi
+from tasks.products.cog import validate_cog
+from tasks.products.month import merge_tiles, month_histograms, write_month_products
+from tasks.stac.item import COLLECTION_FILE, validate_item
 from tasks.testing.served_month import SERVED_GRID, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import DEFAULT_DATES, synthetic_grid
-from tasks.tile import build_tile
-from tasks.tiles import tiles_over_aoi
+from tasks.tiling.tile import build_tile
 from tests.composite_inputs import masked_window
 from tests.local_month import (
     FOUR_TILES_PX,

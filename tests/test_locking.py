@@ -24,8 +24,8 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.locking import aoi_lock, aoi_lock_name, month_lock
 from flows.server_lock import LEASE_VARIABLE, WAIT_REPORT_VARIABLE, LockIntervals
-from tasks.errors import InvalidSettings
-from tasks.month import Month
+from tasks.core.errors import InvalidSettings
+from tasks.core.month import Month
 from tasks.testing.lock_faults import (
     FREED_BY_WAITER_WITHIN_S,
     LockFaultOutcome,
@@ -47,7 +47,7 @@ after the server's Retry-After, at most 30 s)."""
 SHORT_INTERVALS = LockIntervals(lease_s=60.0, wait_report_s=10.0)
 """The server's shortest lease and a check every 10 s: each fault takes a minute or two, not 2.5."""
 HOLD_SCRIPT = (
-    "import sys, time; from pathlib import Path; from flows.locking import month_lock; from tasks.month import Month\n"
+    "import sys, time; from pathlib import Path; from flows.locking import month_lock; from tasks.core.month import Month\n"
     "with month_lock('farm', Month(2024, 6), Path(sys.argv[1])):\n"
     "    print('held', flush=True); time.sleep(600)\n"
 )

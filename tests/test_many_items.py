@@ -31,13 +31,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 
 from flows.monthly_mosaic import SEARCH_FOLDER, RunInputs, monthly_mosaic, run_inputs
-from tasks.aoi import aoi_in_crs
-from tasks.metadata import TILES_FOLDER
+from tasks.geometry.aoi import aoi_in_crs
+from tasks.geometry.tiles import tile_grid, tiles_over_aoi
+from tasks.products.metadata import TILES_FOLDER
 from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import SyntheticMonth, stac_collection, stac_item
-from tasks.tile import RECORD_SUFFIX, TileRecord
-from tasks.tiles import tile_grid, tiles_over_aoi
+from tasks.tiling.tile import RECORD_SUFFIX, TileRecord
 from tests.prefect_runs import MONTH_PRODUCTS_TASK, TILE_TASK, named, settled_task_runs, subflow_runs
 
 PARAMETER_LIMIT_BYTES = 524_288

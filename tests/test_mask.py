@@ -10,11 +10,19 @@ import pytest
 from odc.geo.geobox import GeoBox
 
 from bench.mask import write_random_weights
-from tasks import mask_ocm, ocm_weights, torch_compat
-from tasks.errors import InvalidSettings, MissingModelWeights
-from tasks.grid import pixel_size_m
-from tasks.mask import mask_from_bands, mask_halo_px
-from tasks.mask_rules import (
+from tasks.acquisition.read import read_scene_window
+from tasks.acquisition.search import scene_from_item
+from tasks.core import torch_compat
+from tasks.core.errors import InvalidSettings, MissingModelWeights
+from tasks.core.scene import MaskClass
+from tasks.core.settings import MaskSettings, ReadSettings
+from tasks.geometry.grid import pixel_size_m
+from tasks.geometry.tiles import OutputTile, read_grid, tile_grid, tile_layout
+from tasks.masking import ocm as mask_ocm
+from tasks.masking import ocm_weights
+from tasks.masking.ocm_inference import PatchBatcher, load_omnicloudmask
+from tasks.masking.ocm_weights import check_model_weights, expected_weight_files, model_dir_for
+from tasks.masking.rules import (
     SclClass,
     average_down,
     buffer_cloud_and_shadow,
@@ -25,14 +33,8 @@ from tasks.mask_rules import (
     scl_invalid,
     upsample_nearest,
 )
-from tasks.ocm_inference import PatchBatcher, load_omnicloudmask
-from tasks.ocm_weights import check_model_weights, expected_weight_files, model_dir_for
-from tasks.read import read_scene_window
-from tasks.scene import MaskClass
-from tasks.search import scene_from_item
-from tasks.settings import MaskSettings, ReadSettings
+from tasks.masking.stage import mask_from_bands, mask_halo_px
 from tasks.testing.synthetic import make_synthetic_month, synthetic_grid
-from tasks.tiles import OutputTile, read_grid, tile_grid, tile_layout
 from tests import REPO_ROOT
 
 MODEL_VERSION = 4.0
@@ -79,7 +81,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_compat_makes_torchvision_and_omnicloudmask_importable():
     plain = run_python("import torchvision")
     patched = run_python(
-        "from tasks.torch_compat import ensure_torchvision_importable, placeholder_operators\n"
+        "from tasks.core.torch_compat import ensure_torchvision_importable, placeholder_operators\n"
         "ensure_torchvision_importable()\n"
         "import torchvision, timm, omnicloudmask\n"
         "print(','.join(sorted(placeholder_operators())))"
@@ -268,7 +270,7 @@ def test_missing_weights_named_before_any_download(monkeypatch: pytest.MonkeyPat
     message = str(raised.value)
     assert "\n" not in message and str(tmp_path) in message
     assert all(name in message for name in names)
-    assert f"python -m tasks.ocm_weights download-models --dir {tmp_path}" in message
+    assert f"python -m tasks.masking.ocm_weights download-models --dir {tmp_path}" in message
 
 
 def test_unknown_model_version_is_one_line_error(tmp_path: Path):

@@ -8,10 +8,10 @@ import rasterio
 import torch
 
 from flows.monthly_mosaic import monthly_mosaic
-from tasks import mask_temporal
-from tasks.mask_temporal import TEMPORAL_BASES, temporal_check, temporal_flags
-from tasks.maskers import masker_named
-from tasks.settings import MaskSettings, TemporalSettings
+from tasks.core.settings import MaskSettings, TemporalSettings
+from tasks.masking import temporal as mask_temporal
+from tasks.masking.registry import masker_named
+from tasks.masking.temporal import TEMPORAL_BASES, temporal_check, temporal_flags
 from tasks.testing.mask_truth import mask_scores
 from tasks.testing.served_month import flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server

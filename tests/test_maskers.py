@@ -1,4 +1,4 @@
-"""Maskers are picked by name from a registry (`tasks.maskers`); a new one needs its registration alone."""
+"""Maskers are picked by name from a registry (`tasks.masking.registry`); a new one needs its registration alone."""
 
 import subprocess
 import sys
@@ -10,12 +10,12 @@ import rasterio
 from prefect.utilities.callables import parameter_schema
 
 from flows.monthly_mosaic import monthly_mosaic
-from tasks import maskers
-from tasks.errors import InvalidSettings
-from tasks.mask import mask_from_bands, mask_halo_px
-from tasks.maskers import BUILTIN_MASKERS, Masker, masker_named, masker_names, register_masker
-from tasks.scene import MaskClass
-from tasks.settings import MaskSettings
+from tasks.core.errors import InvalidSettings
+from tasks.core.scene import MaskClass
+from tasks.core.settings import MaskSettings
+from tasks.masking import registry as maskers
+from tasks.masking.registry import BUILTIN_MASKERS, Masker, masker_named, masker_names, register_masker
+from tasks.masking.stage import mask_from_bands, mask_halo_px
 from tasks.testing.served_month import ServedMonth, flow_settings, serve_synthetic_month
 from tasks.testing.servers import S3Server
 from tests import REPO_ROOT
@@ -51,9 +51,9 @@ def test_the_built_in_maskers_are_registered_by_the_modules_they_name() -> None:
 
 def test_naming_the_maskers_and_the_settings_form_imports_no_model_code() -> None:
     listing = (
-        "import sys; from tasks.maskers import masker_names; from flows.parameters import MosaicSettings; "
+        "import sys; from tasks.masking.registry import masker_names; from flows.parameters import MosaicSettings; "
         "names = masker_names(); MosaicSettings.model_json_schema(); "
-        "print(len(names), 'torch' in sys.modules, 'tasks.mask_ocm' in sys.modules)"
+        "print(len(names), 'torch' in sys.modules, 'tasks.masking.ocm' in sys.modules)"
     )
     listed = subprocess.run([sys.executable, "-c", listing], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert listed.stdout.split() == [str(len(BUILTIN_MASKERS)), "False", "False"], listed.stderr

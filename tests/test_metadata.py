@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from tasks.aoi import aoi_digest
-from tasks.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
-from tasks.errors import InvalidSettings
-from tasks.grid import grid_metadata
-from tasks.metadata import (
+from tasks.core.errors import InvalidSettings
+from tasks.core.month import Month
+from tasks.geometry.aoi import aoi_digest
+from tasks.geometry.grid import grid_metadata
+from tasks.products.cog import MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.products.metadata import (
     ProductNames,
     ProductRun,
     TileFiles,
@@ -19,8 +20,7 @@ from tasks.metadata import (
     metadata_json,
     statistics_from_histogram,
 )
-from tasks.month import Month
-from tasks.tile import REFLECTANCE_VALUES
+from tasks.tiling.tile import REFLECTANCE_VALUES
 from tests.product_arrays import (
     FAILED_SCENE,
     SKIPPED_SCENE,

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.errors import InvalidSettings
-from tasks.month import Month
+from tasks.core.errors import InvalidSettings
+from tasks.core.month import Month
 
 
 def test_bounds_cover_the_whole_month_in_utc() -> None:

@@ -11,9 +11,9 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from tasks.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
-from tasks.mosaic_index import IndexTile
-from tasks.scene import NODATA
+from tasks.core.scene import NODATA
+from tasks.products.cog import COUNT_DESCRIPTION, MOSAIC_BANDS, REFLECTANCE_SCALE_FACTOR
+from tasks.products.mosaic_index import IndexTile
 from tests.product_arrays import ProductArrays, make_product_arrays, write_indexed_tiles
 
 

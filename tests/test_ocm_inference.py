@@ -1,4 +1,4 @@
-"""OmniCloudMask inference batched across windows (`tasks.ocm_inference`), on CPU with random v4 weights.
+"""OmniCloudMask inference batched across windows (`tasks.masking.ocm_inference`), on CPU with random v4 weights.
 
 The library's own `predict_from_array`, window by window, is the reference for every result.
 """
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from bench.mask import write_random_weights
-from tasks import ocm_inference
-from tasks.errors import InferenceOutOfMemory
-from tasks.ocm_inference import (
+from tasks.core.errors import InferenceOutOfMemory
+from tasks.masking import ocm_inference
+from tasks.masking.ocm_inference import (
     GPU_CONCURRENCY_LIMIT,
     MODEL_SOURCE,
     PatchBatcher,

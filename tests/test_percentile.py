@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import percentile as percentile_module
-from tasks.device import compute_device
-from tasks.errors import InvalidSettings
-from tasks.percentile import (
+from tasks.compositing import percentile as percentile_module
+from tasks.compositing.percentile import (
     COUNT_SATURATION,
     percentile_composite,
     percentile_value,
     sort_observations,
     sorting_network,
 )
+from tasks.core.device import compute_device
+from tasks.core.errors import InvalidSettings
 
 PERCENTILES = (0, 10, 25, 50, 90, 100)
 OBSERVATION_COUNTS = (1, 2, 3, 4, 7, 12, 23, 40)

@@ -15,19 +15,19 @@ from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.publish import ITEM_PRODUCT, month_destination
 from flows.monthly_mosaic import check_failed_share
-from tasks.aoi import aoi_pixel_mask
-from tasks.cog import MOSAIC_BANDS, validate_cog
-from tasks.errors import PublishError, SceneOutsideAOI, TooManyFailedScenes
-from tasks.gdal_env import gdal_env
-from tasks.metadata import ProductRun
-from tasks.products import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
-from tasks.scene import NODATA, SceneItem
-from tasks.stac_item import validate_item
+from tasks.core.errors import PublishError, SceneOutsideAOI, TooManyFailedScenes
+from tasks.core.scene import NODATA, SceneItem
+from tasks.geometry.aoi import aoi_pixel_mask
+from tasks.geometry.tiles import tiles_over_aoi
+from tasks.products.cog import MOSAIC_BANDS, validate_cog
+from tasks.products.metadata import ProductRun
+from tasks.products.month import NO_CLEAR_PIXEL, merge_tiles, month_histograms, write_month_products
+from tasks.stac.item import validate_item
+from tasks.storage.gdal_env import gdal_env
+from tasks.storage.workspace import PARTIAL_PREFIX
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tasks.testing.synthetic import DEFAULT_DATES
-from tasks.tile import MonthPlan, TileRecord, build_tile
-from tasks.tiles import tiles_over_aoi
-from tasks.workspace import PARTIAL_PREFIX
+from tasks.tiling.tile import MonthPlan, TileRecord, build_tile
 from tests.local_month import (
     AOI_NAME,
     FOUR_TILES_PX,

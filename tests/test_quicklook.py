@@ -7,8 +7,8 @@ import pytest
 import rasterio
 from PIL import Image
 
-from tasks.cog import MOSAIC_PROFILE, write_mosaic_cog
-from tasks.quicklook import overview_level_for, read_rgb_overview, stretch_to_rgba, write_quicklook
+from tasks.products.cog import MOSAIC_PROFILE, write_mosaic_cog
+from tasks.products.quicklook import overview_level_for, read_rgb_overview, stretch_to_rgba, write_quicklook
 from tests.product_arrays import ProductArrays, make_product_arrays, write_indexed_tiles
 
 

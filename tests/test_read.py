@@ -21,17 +21,27 @@ from prefect.states import Failed
 from rasterio.enums import Resampling
 
 from blocks.publish import month_destination
-from tasks import read as read_module
-from tasks.aoi import aoi_pixel_mask
-from tasks.errors import SceneOutsideAOI, SceneReadError
-from tasks.grid import grid_for_aoi
-from tasks.metadata import ProductNames
-from tasks.month import Month
-from tasks.read import Lattice, harmonised_reflectance, read_scene_window, source_lattice
-from tasks.retry import retry_io_failure
-from tasks.scene import NODATA, REFLECTANCE_BANDS, SCENE_BANDS, SceneAsset, SceneItem, SceneWindow, scene_items_json
-from tasks.search import scene_from_item
-from tasks.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.acquisition import read as read_module
+from tasks.acquisition.read import Lattice, harmonised_reflectance, read_scene_window, source_lattice
+from tasks.acquisition.search import scene_from_item
+from tasks.core.errors import SceneOutsideAOI, SceneReadError
+from tasks.core.month import Month
+from tasks.core.retry import retry_io_failure
+from tasks.core.scene import (
+    NODATA,
+    REFLECTANCE_BANDS,
+    SCENE_BANDS,
+    SceneAsset,
+    SceneItem,
+    SceneWindow,
+    scene_items_json,
+)
+from tasks.core.settings import CompositeSettings, MaskSettings, ReadSettings
+from tasks.geometry.aoi import aoi_pixel_mask
+from tasks.geometry.grid import grid_for_aoi
+from tasks.geometry.tiles import OutputTile, read_grid, tile_grid
+from tasks.products.metadata import ProductNames
+from tasks.storage.workspace import Workspace
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.fault_scenarios import (
     CLAIMS_FULL_SIZE,
@@ -49,9 +59,7 @@ from tasks.testing.synthetic import (
     make_synthetic_month,
     synthetic_grid,
 )
-from tasks.tile import MonthPlan, TileRecord, build_tile_task
-from tasks.tiles import OutputTile, read_grid, tile_grid
-from tasks.workspace import Workspace
+from tasks.tiling.tile import MonthPlan, TileRecord, build_tile_task
 
 BUCKET = "read-test"
 REAL_TILE = "l2a_29RKH_20200219"

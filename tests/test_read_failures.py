@@ -25,8 +25,8 @@ from rasterio._err import (
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-import tasks.read_failures
-from tasks.read_failures import (
+import tasks.acquisition.read_failures
+from tasks.acquisition.read_failures import (
     FIRST_BYTES,
     ByteRange,
     ProbeAnswer,
@@ -37,7 +37,7 @@ from tasks.read_failures import (
     tiff_extent,
     without_url_queries,
 )
-from tasks.retry import Failure
+from tasks.core.retry import Failure
 
 PATH = "/vsis3/scenes/S2B_29RKH_20200305_0_L2A/B08.tif"
 HREF = "s3://scenes/S2B_29RKH_20200305_0_L2A/B08.tif"
@@ -100,7 +100,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ByteRange]]:
         sent.append((href, asked))
         return ProbeAnswer(None, no_answer="no connection: [Errno 111] Connection refused", asked=asked)
 
-    monkeypatch.setattr(tasks.read_failures, "probe_object", probe)
+    monkeypatch.setattr(tasks.acquisition.read_failures, "probe_object", probe)
     return sent
 
 

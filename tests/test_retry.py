@@ -8,8 +8,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
 from rasterio.errors import RasterioIOError
 
-from tasks.errors import DiskFull, InvalidSettings, SceneReadError, TransientReadError
-from tasks.retry import Failure, RetriesEnded, RetryPolicy, retried, retry_io_failure
+from tasks.core.errors import DiskFull, InvalidSettings, SceneReadError, TransientReadError
+from tasks.core.retry import Failure, RetriesEnded, RetryPolicy, retried, retry_io_failure
 
 NO_WAIT = RetryPolicy(attempts=4, first_delay_s=0.0, max_delay_s=0.0)
 

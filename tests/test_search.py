@@ -17,14 +17,9 @@ import numpy as np
 import pytest
 from odc.geo.geom import box
 
-import tasks.retry
-import tasks.search
-from tasks.aoi import WGS84, aoi_in_crs, load_aoi
-from tasks.errors import InvalidSettings, NoScenesFound, StacApiError
-from tasks.month import Month
-from tasks.retry import RetryPolicy
-from tasks.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
-from tasks.search import (
+import tasks.acquisition.search
+import tasks.core.retry
+from tasks.acquisition.search import (
     API_RETRY,
     BOA_OFFSET,
     DN_SCALE,
@@ -34,7 +29,12 @@ from tasks.search import (
     search_scenes_task,
     tile_id,
 )
-from tasks.settings import SearchSettings
+from tasks.core.errors import InvalidSettings, NoScenesFound, StacApiError
+from tasks.core.month import Month
+from tasks.core.retry import RetryPolicy
+from tasks.core.scene import REFLECTANCE_BANDS, SCENE_BANDS, SCL_BAND
+from tasks.core.settings import SearchSettings
+from tasks.geometry.aoi import WGS84, aoi_in_crs, load_aoi
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.synthetic import (
     COLLECTION_ID,
@@ -277,7 +277,7 @@ def test_tile_id_from_properties_or_id(item_id: str, properties: dict, expected:
 def quick_api_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
     """Three attempts without waiting, instead of a minute of them."""
     policy = RetryPolicy(attempts=3, first_delay_s=0.0, max_delay_s=0.0)
-    monkeypatch.setattr(tasks.search, "API_RETRY", policy)
+    monkeypatch.setattr(tasks.acquisition.search, "API_RETRY", policy)
     return policy
 
 
@@ -295,7 +295,7 @@ def test_unreachable_api_ends_saying_the_retries_are_exhausted(
 def test_a_stac_api_host_that_does_not_resolve_ends_at_once(unresolvable_host: str, caplog: pytest.LogCaptureFixture) -> None:
     url = f"http://{unresolvable_host}/v1"
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="tasks.retry"), pytest.raises(StacApiError) as error:
+    with caplog.at_level(logging.WARNING, logger="tasks.core.retry"), pytest.raises(StacApiError) as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
     assert str(error.value) == (
         f"STAC API {url} did not answer: host {unresolvable_host} does not resolve (DNS); "
@@ -344,7 +344,7 @@ def test_each_search_attempt_opens_one_connection(
 
 
 class RecordingClock:
-    """`tasks.retry`'s clock and random source: each wait is recorded and added to the time instead of
+    """`tasks.core.retry`'s clock and random source: each wait is recorded and added to the time instead of
     slept, each random draw recorded."""
 
     def __init__(self) -> None:
@@ -369,11 +369,11 @@ def test_an_api_that_does_not_answer_is_tried_6_times_over_about_a_minute(
     times a random factor in [0.5, 1.5)."""
     url, accepted = hanging_up_api
     clock = RecordingClock()
-    monkeypatch.setattr(tasks.retry, "time", clock)
-    monkeypatch.setattr(tasks.retry, "random", clock)
+    monkeypatch.setattr(tasks.core.retry, "time", clock)
+    monkeypatch.setattr(tasks.core.retry, "random", clock)
     started = time.monotonic()
 
-    with caplog.at_level(logging.WARNING, logger="tasks.retry"), pytest.raises(StacApiError) as error:
+    with caplog.at_level(logging.WARNING, logger="tasks.core.retry"), pytest.raises(StacApiError) as error:
         search_scenes(EARTH_SEARCH_AOI, "2020-03", SearchSettings(stac_api_url=url, collection=EARTH_SEARCH_COLLECTION))
 
     attempts_s = time.monotonic() - started

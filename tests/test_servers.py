@@ -16,7 +16,7 @@ import rasterio
 from pystac_client import Client
 from rasterio.windows import Window
 
-from tasks.gdal_env import gdal_env, gdal_path
+from tasks.storage.gdal_env import gdal_env, gdal_path
 from tasks.testing.dask_cluster import DaskCluster
 from tasks.testing.prefect_server import PrefectServer
 from tasks.testing.servers import ReservedPort, S3Server

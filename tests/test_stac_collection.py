@@ -21,17 +21,17 @@ from pystac.stac_io import DefaultStacIO
 from blocks.publish import LocalMonth
 from flows.collection import publish_collection
 from flows.monthly_mosaic import monthly_mosaic
-from tasks.errors import InvalidProduct
-from tasks.metadata import MonthStatistics, ProductRun
-from tasks.month import Month
-from tasks.stac_collection import (
+from tasks.core.errors import InvalidProduct
+from tasks.core.month import Month
+from tasks.products.metadata import MonthStatistics, ProductRun
+from tasks.stac.collection import (
     collection_id,
     collection_json,
     collection_months,
     updated_collection,
     validate_collection,
 )
-from tasks.stac_item import COLLECTION_FILE, COLLECTION_HREF, OfflineSTACValidator, build_item, item_document, item_json
+from tasks.stac.item import COLLECTION_FILE, COLLECTION_HREF, OfflineSTACValidator, build_item, item_document, item_json
 from tasks.testing.served_month import flow_settings, save_products_block, serve_synthetic_month
 from tasks.testing.servers import TEST_CREDENTIALS, S3Server
 from tests.product_arrays import make_product_arrays, make_product_run, product_statistics

@@ -9,9 +9,9 @@ import pystac
 import pytest
 import shapely.geometry
 
-from tasks.errors import InvalidProduct
-from tasks.metadata import ProductRun, TileFiles
-from tasks.stac_item import VRT_MEDIA_TYPE, OfflineSTACValidator, build_item, item_document, item_json, validate_item
+from tasks.core.errors import InvalidProduct
+from tasks.products.metadata import ProductRun, TileFiles
+from tasks.stac.item import VRT_MEDIA_TYPE, OfflineSTACValidator, build_item, item_document, item_json, validate_item
 from tests.product_arrays import make_product_arrays, make_product_run, product_statistics
 
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"

@@ -12,13 +12,15 @@ import pytest
 import rasterio
 
 from blocks.publish import month_destination
-from tasks.errors import PublishError
-from tasks.fill_sources import MonthFill, NeighbourMonth
-from tasks.gap_fill import NO_VALUE, OBSERVED
-from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER
-from tasks.scene import NODATA
+from tasks.core.errors import PublishError
+from tasks.core.scene import NODATA
+from tasks.gap_fill.fill import NO_VALUE, OBSERVED
+from tasks.gap_fill.sources import MonthFill, NeighbourMonth
+from tasks.gap_fill.tile_fill import TileLayers
+from tasks.geometry.tiles import OutputTile, tile_grid, tiles_over_aoi
+from tasks.products.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER
 from tasks.testing.synthetic import DEFAULT_DATES
-from tasks.tile import (
+from tasks.tiling.tile import (
     COUNT_VALUES,
     REFLECTANCE_VALUES,
     MonthPlan,
@@ -29,8 +31,6 @@ from tasks.tile import (
     refill_tile,
     stale_fill,
 )
-from tasks.tile_fill import TileLayers
-from tasks.tiles import OutputTile, tile_grid, tiles_over_aoi
 from tests.local_month import (
     AOI_NAME,
     FOUR_TILES_PX,
@@ -243,7 +243,7 @@ def test_an_unreadable_record_leaves_its_tile_uncommitted_with_a_warning_naming_
     name = file_of(plan, tile)
     plan.workspace.write_bytes(name, cut(plan.workspace.read_bytes(name)))
 
-    with caplog.at_level(logging.WARNING, logger="tasks.tile"):
+    with caplog.at_level(logging.WARNING, logger="tasks.tiling.tile"):
         assert committed_record(plan, tile) is None
 
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]

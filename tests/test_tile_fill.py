@@ -1,4 +1,4 @@
-"""Gap fill of a tile (tasks.tile_fill): by hand on small published months, and through the real flows.
+"""Gap fill of a tile (tasks.gap_fill.tile_fill): by hand on small published months, and through the real flows.
 
 `fill_tile` is checked against hand-computed values on a tile of a small grid whose neighbour months
 are published as local COGs; one neighbour's own gaps were filled (its fill layer says so), and none
@@ -26,21 +26,21 @@ from blocks.publish import month_destination
 from flows.backfill import backfill
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
-from tasks.aoi import aoi_pixel_mask, load_aoi
-from tasks.cog import FILL_NODATA
-from tasks.fill_sources import MonthFill, NeighbourMonth
-from tasks.gap_fill import NO_VALUE, OBSERVED
-from tasks.grid import roi_slices
-from tasks.indices import INDEX_NODATA
-from tasks.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER
-from tasks.month import Month
-from tasks.scene import NODATA
-from tasks.stac_item import COLLECTION_FILE, FILL_SOURCE_REL, FILLED_SHARE_PROPERTY
+from tasks.compositing.indices import INDEX_NODATA
+from tasks.core.month import Month
+from tasks.core.scene import NODATA
+from tasks.gap_fill.fill import NO_VALUE, OBSERVED
+from tasks.gap_fill.sources import MonthFill, NeighbourMonth
+from tasks.gap_fill.tile_fill import TileLayers, fill_tile
+from tasks.geometry.aoi import aoi_pixel_mask, load_aoi
+from tasks.geometry.grid import roi_slices
+from tasks.products.cog import FILL_NODATA
+from tasks.products.metadata import COUNT_LAYER, FILL_LAYER, MOSAIC_LAYER, TILES_FOLDER
+from tasks.stac.item import COLLECTION_FILE, FILL_SOURCE_REL, FILLED_SHARE_PROPERTY
 from tasks.testing.served_month import SERVED_GRID, ServedSeries, flow_settings, month_dates, serve_synthetic_series
 from tasks.testing.servers import S3Server
 from tasks.testing.synthetic import synthetic_grid
-from tasks.tile import TileRecord
-from tasks.tile_fill import TileLayers, fill_tile
+from tasks.tiling.tile import TileRecord
 from tests.local_month import publish_layers
 
 # --- fill_tile by hand ----------------------------------------------------------------------------

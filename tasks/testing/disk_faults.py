@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.metadata import TILES_FOLDER
-from tasks.workspace import Workspace
+from tasks.products.metadata import TILES_FOLDER
+from tasks.storage.workspace import Workspace
 
 __all__ = ["MountRefused", "corrupt_tile_record", "fill_disk", "fill_disk_when", "small_disk"]
 

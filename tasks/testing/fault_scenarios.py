@@ -22,8 +22,8 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from tasks.errors import NAME_NOT_FOUND_CODES
-from tasks.gdal_env import INGESTED_BYTES_AT_OPEN
+from tasks.core.errors import NAME_NOT_FOUND_CODES
+from tasks.storage.gdal_env import INGESTED_BYTES_AT_OPEN
 from tasks.testing.fault_proxy import FaultProxy
 from tasks.testing.served_month import ServedMonth
 from tasks.testing.servers import S3Server

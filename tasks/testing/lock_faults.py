@@ -38,7 +38,7 @@ from prefect.states import Crashed
 
 from flows.locking import month_lock, month_lock_name
 from flows.server_lock import LockIntervals
-from tasks.month import Month
+from tasks.core.month import Month
 from tasks.testing import PROJECT_ROOT
 from tasks.testing.prefect_server import BackgroundProcess, PrefectProcessError, PrefectServer
 

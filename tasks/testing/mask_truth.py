@@ -15,8 +15,8 @@ import rasterio
 import torch
 from odc.geo.geobox import GeoBox
 
-from tasks.aoi import aoi_in_crs, aoi_pixel_mask, load_aoi
-from tasks.percentile import percentile_composite
+from tasks.compositing.percentile import percentile_composite
+from tasks.geometry.aoi import aoi_in_crs, aoi_pixel_mask, load_aoi
 from tasks.testing.synthetic import SyntheticMonth
 
 __all__ = ["MaskScores", "mask_scores", "month_window"]

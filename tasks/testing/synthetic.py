@@ -35,8 +35,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, polygon
 
-from tasks.crs import crs_of
-from tasks.grid import pixel_size_m
+from tasks.geometry.crs import crs_of
+from tasks.geometry.grid import pixel_size_m
 
 __all__ = [
     "BOA_OFFSET_DN",

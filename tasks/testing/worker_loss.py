@@ -8,7 +8,7 @@ Dask then runs the tile in flight again on the surviving worker, and computes ag
 dead worker held whose future the flow still has. Call it under a Prefect API (`prefect_test_harness`)
 with the AWS variables pointing at the moto server; the workers get both.
 
-Builds are counted by commits: a tile commits by writing its record to the workspace (`tasks.tile`),
+Builds are counted by commits: a tile commits by writing its record to the workspace (`tasks.tiling.tile`),
 and each write of a key in a versioned bucket keeps a version, so the versions of a tile's record are
 its commits. A tile whose worker died mid-build is started again; no tile may be committed twice.
 Prefect's task runs of the tiles are read back too: one per tile, COMPLETED.
@@ -37,12 +37,12 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.monthly_mosaic import monthly_mosaic, run_inputs
 from flows.parameters import MosaicSettings
-from tasks.metadata import TILES_FOLDER
+from tasks.products.metadata import TILES_FOLDER
 from tasks.testing.dask_cluster import DaskCluster
 from tasks.testing.fault_scenarios import metadata_of
 from tasks.testing.served_month import ServedMonth, assert_every_scene_accounted, flow_settings
 from tasks.testing.servers import S3Server
-from tasks.tile import RECORD_SUFFIX
+from tasks.tiling.tile import RECORD_SUFFIX
 
 __all__ = ["DASK_WORKERS", "TILE_SIZE_PX", "WorkerLoss", "WorkerLossOutcome", "run_month_losing_a_worker", "tile_commits"]
 

@@ -1,0 +1,1 @@
+"""Finding scenes in a STAC API and reading their windows, with retries and named failures."""

@@ -1,0 +1,1 @@
+"""Per-pixel percentiles of the clear observations and spectral indices."""

@@ -1,0 +1,1 @@
+"""Filling a month's unobserved pixels from its neighbours' published observations."""

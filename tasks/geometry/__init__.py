@@ -1,0 +1,1 @@
+"""Where pixels are: the AOI, CRSs, the target grid and its tiles."""

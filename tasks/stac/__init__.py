@@ -1,0 +1,1 @@
+"""The STAC Item of a month and the Collection of an AOI, validated offline."""

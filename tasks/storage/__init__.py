@@ -1,0 +1,1 @@
+"""Where bytes go: GDAL's environment, the workspace, free disk space."""
