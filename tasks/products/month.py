@@ -70,7 +70,7 @@ from tasks.stac.collection import collection_id
 from tasks.stac.item import build_item, item_json
 from tasks.storage.disk_space import named_disk_full
 from tasks.storage.gdal_env import gdal_env
-from tasks.tiling.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder
+from tasks.tiling.tile import MonthPlan, TileHistograms, TileRecord, scratch_folder, unpublished_files
 
 __all__ = [
     "NO_CLEAR_PIXEL",
@@ -296,7 +296,7 @@ def named_missing_tiles(destination: MonthDestination, records: Sequence[TileRec
     except MosaicError:
         raise
     except Exception:
-        gone = [name for record in records for name in record.files.values() if not destination.exists(name)]
+        gone = [name for record in records for name in unpublished_files(destination, record)]
         if not gone:
             raise
         raise PublishError(

@@ -98,6 +98,7 @@ __all__ = [
     "refill_tile_task",
     "scratch_folder",
     "stale_fill",
+    "unpublished_files",
 ]
 
 REFLECTANCE_VALUES = int(np.iinfo(np.uint16).max) + 1
@@ -504,8 +505,12 @@ def committed_record(plan: MonthPlan, tile: OutputTile) -> TileRecord | None:
         return None
     if record.failed:
         return None
-    published = all(plan.destination.exists(file_name) for file_name in record.files.values())
-    return record if published else None
+    return None if unpublished_files(plan.destination, record) else record
+
+
+def unpublished_files(destination: MonthDestination, record: TileRecord) -> list[str]:
+    """The files `record` lists that `destination` no longer holds (removed since the tile was committed)."""
+    return [file_name for file_name in record.files.values() if not destination.exists(file_name)]
 
 
 def stale_fill(plan: MonthPlan, record: TileRecord) -> bool:
